@@ -1,0 +1,325 @@
+"""chunkless' document model on top of any PointsBackend.
+
+Per document: segment points (token multivector + segment pooled vector + offsets and text), and one
+header point (document pooled vector + what search returns). Segments carry the document version
+(content hash) in their ids and payloads; the header names the live version. Writes go segments
+first, header last, stale versions after, so a search (which always goes header -> version ->
+segments) sees the old or the new document, never a mix, and a killed write leaves only orphans
+that `remove_orphans` deletes.
+"""
+
+from __future__ import annotations
+
+import time
+from collections import defaultdict
+from dataclasses import dataclass
+from typing import Any, Literal
+
+import numpy as np
+from pydantic import BaseModel
+
+from indexer import quantize
+from indexer.backends import Match, NewPoint, PointRecord, PointsBackend, VectorSpace, Where
+from indexer.segments import header_id, segment_id, split_segments
+from schemas.errors import StoreMismatchError, StoreNotFoundError
+from schemas.models import EmbeddedDocument
+from schemas.settings import Settings, StorageDtype
+
+SCHEMA_VERSION = 1
+KEYWORD_FIELDS = ["kind", "doc_id", "version", "source"]
+HEADER_FIELDS = ["doc_id", "version", "source", "title", "n_tokens", "n_segments", "page_starts", "text_len"]
+
+
+class CollectionMeta(BaseModel):
+    """What a collection was built with; every later write and query must match it."""
+
+    model: str
+    dim: int
+    storage_dtype: StorageDtype
+    pooling: str
+    schema_version: int = SCHEMA_VERSION
+    created_at: float = 0.0
+
+    def check(self, model: str, dim: int, storage_dtype: StorageDtype | None, where: str) -> None:
+        """Raise StoreMismatchError when (model, dim, dtype) differ from the collection's."""
+        if dim != self.dim:
+            raise StoreMismatchError(
+                f"{where}: model '{model}' gives {dim}-d vectors but the collection holds {self.dim}-d vectors "
+                f"from '{self.model}'; use --model {self.model} or a new --collection"
+            )
+        if model != self.model:
+            raise StoreMismatchError(
+                f"{where}: the collection was built with model '{self.model}', not '{model}'; "
+                f"use --model {self.model} or a new --collection"
+            )
+        if storage_dtype is not None and storage_dtype != self.storage_dtype:
+            raise StoreMismatchError(
+                f"{where}: the collection stores {self.storage_dtype} tokens, not {storage_dtype}; "
+                f"set CHUNKLESS_STORAGE_DTYPE={self.storage_dtype} or use a new --collection"
+            )
+
+
+@dataclass
+class StoredSegment:
+    """A segment as read back: stored (encoded) token rows and what decoding and span-making need."""
+
+    doc_id: str
+    version: str
+    index: int
+    stored: np.ndarray  # (n, dim) float32, or uint8 codes for int8
+    scales: np.ndarray | None  # (n,) int8 scales
+    starts: np.ndarray  # (n,) absolute char offsets
+    ends: np.ndarray
+    char_start: int
+    text: str
+
+
+@dataclass
+class Candidate:
+    doc_id: str
+    score: float
+    header: dict[str, Any]
+
+
+def _seg_filter(doc_id: str, version: str | None = None) -> Where:
+    must: list[Match | Where] = [Match("kind", "segment"), Match("doc_id", doc_id)]
+    if version is not None:
+        must.append(Match("version", version))
+    return Where(must=must)
+
+
+class TokenStore:
+    """Documents as token multivectors in one collection."""
+
+    def __init__(self, backend: PointsBackend, meta: CollectionMeta) -> None:
+        self.backend = backend
+        self.meta = meta
+
+    # -- writes ------------------------------------------------------------------------------------
+    def write_document(self, emb: EmbeddedDocument) -> int:
+        """Store (or replace) a document; returns the bytes of vector data written."""
+        d = emb.doc
+        self.meta.check(self.meta.model, emb.dim, None, d.source)
+        segs = split_segments(emb)
+        dtype = self.meta.storage_dtype
+        points, nbytes = [], 0
+        for s in segs:
+            stored, scales = quantize.encode(s.vectors, dtype)
+            payload: dict[str, Any] = {
+                "kind": "segment",
+                "doc_id": d.doc_id,
+                "version": d.content_hash,
+                "seg": s.index,
+                "tok_start": s.tok_start,
+                "char_start": s.char_start,
+                "char_end": s.char_end,
+                "text": d.text[s.char_start : s.char_end],
+                "starts": s.offsets[:, 0].tolist(),
+                "ends": s.offsets[:, 1].tolist(),
+            }
+            if scales is not None:
+                payload["scales"] = scales.tolist()
+            points.append(
+                NewPoint(segment_id(d.doc_id, d.content_hash, s.index), {"tokens": stored, "pooled": s.pooled}, payload)
+            )
+            nbytes += s.vectors.size * quantize.BYTES_PER_NUMBER[dtype]
+        # one segment per upsert keeps each request under a server's payload limit
+        for p in points:
+            self.backend.upsert([p])
+        header = {
+            "kind": "doc",
+            "doc_id": d.doc_id,
+            "version": d.content_hash,
+            "source": d.source,
+            "title": d.title,
+            "n_tokens": emb.n_tokens,
+            "n_segments": len(segs),
+            "page_starts": d.page_starts,
+            "text_len": len(d.text),
+            "ingested_at": time.time(),
+        }
+        self.backend.upsert([NewPoint(header_id(d.doc_id), {"pooled": emb.pooled}, header)])
+        # the header now names the new version: older versions' segments are unreachable, drop them
+        self.backend.delete(
+            Where(
+                must=[Match("kind", "segment"), Match("doc_id", d.doc_id)],
+                must_not=[Match("version", d.content_hash)],
+            )
+        )
+        return nbytes
+
+    def delete_document(self, doc_id: str) -> bool:
+        """Remove a document (header first, so search stops seeing it at once). False if absent."""
+        if self.header(doc_id) is None:
+            return False
+        self.backend.delete(Where(must=[Match("kind", "doc"), Match("doc_id", doc_id)]))
+        self.backend.delete(_seg_filter(doc_id))
+        return True
+
+    def remove_orphans(self) -> int:
+        """Delete segments no header points to (left by a killed write); returns how many."""
+        live = {(h["doc_id"], h["version"]) for h in self.headers().values()}
+        segs = self.backend.scroll(Where(must=[Match("kind", "segment")]), with_vectors=[])
+        stale = {(r.payload["doc_id"], r.payload["version"]) for r in segs} - live
+        n = 0
+        for doc_id, version in stale:
+            n += sum(1 for r in segs if (r.payload["doc_id"], r.payload["version"]) == (doc_id, version))
+            self.backend.delete(_seg_filter(doc_id, version))
+        return n
+
+    # -- reads -------------------------------------------------------------------------------------
+    def headers(self) -> dict[str, dict[str, Any]]:
+        """Every live document's header payload, by doc_id."""
+        recs = self.backend.scroll(Where(must=[Match("kind", "doc")]), with_vectors=[])
+        return {r.payload["doc_id"]: r.payload for r in recs}
+
+    def header(self, doc_id: str) -> dict[str, Any] | None:
+        recs = self.backend.scroll(Where(must=[Match("kind", "doc"), Match("doc_id", doc_id)]), [], limit=1)
+        return recs[0].payload if recs else None
+
+    def recall(
+        self,
+        query: np.ndarray,
+        k: int,
+        level: Literal["doc", "segment"] = "doc",
+        where: Where | None = None,
+    ) -> list[Candidate]:
+        """Top-k documents by pooled cosine: of their header (doc) or of their best segment (segment)."""
+        self._check_query(query)
+        if level == "doc":
+            flt = Where(must=[Match("kind", "doc"), *(where.must if where else [])])
+            recs = self.backend.query("pooled", query, k, flt, HEADER_FIELDS)
+            return [Candidate(r.payload["doc_id"], r.score, r.payload) for r in recs]
+        recs = self.backend.query("pooled", query, 4 * k, Where(must=[Match("kind", "segment")]), ["doc_id", "version"])
+        return self._segments_to_docs(recs, k, where)
+
+    def maxsim(self, query_tokens: np.ndarray, k: int, doc_ids: list[str] | None = None) -> list[Candidate]:
+        """Top-k documents by Qdrant's MaxSim of the query's token vectors over segment token matrices."""
+        self._check_query(query_tokens[0])
+        must: list[Match | Where] = [Match("kind", "segment")]
+        if doc_ids is not None:
+            must.append(Match("doc_id", list(doc_ids)))
+        recs = self.backend.query("tokens", query_tokens, 4 * k, Where(must=must), ["doc_id", "version"])
+        return self._segments_to_docs(recs, k, None)
+
+    def _segments_to_docs(self, recs: list[PointRecord], k: int, where: Where | None) -> list[Candidate]:
+        best: dict[str, float] = {}
+        versions: dict[str, str] = {}
+        for r in recs:  # best segment per document; results come best first
+            did = r.payload["doc_id"]
+            if did not in best:
+                best[did], versions[did] = r.score, r.payload["version"]
+        if not best:
+            return []
+        must: list[Match | Where] = [Match("kind", "doc"), Match("doc_id", list(best)), *(where.must if where else [])]
+        heads = {r.payload["doc_id"]: r.payload for r in self.backend.scroll(Where(must=must), [])}
+        # a segment whose version is not its header's is an orphan or stale: never a candidate
+        out = [Candidate(d, s, heads[d]) for d, s in best.items() if d in heads and heads[d]["version"] == versions[d]]
+        return sorted(out, key=lambda c: -c.score)[:k]
+
+    def fetch_segments(self, docs: dict[str, str]) -> dict[str, list[StoredSegment]]:
+        """Segments of each doc_id at the given version, in order, with their stored token rows."""
+        if not docs:
+            return {}
+        where = Where(should=[_seg_filter(d, v) for d, v in docs.items()])
+        out: dict[str, list[StoredSegment]] = defaultdict(list)
+        for r in self.backend.scroll(where, with_vectors=["tokens"]):
+            p = r.payload
+            scales = p.get("scales")
+            out[p["doc_id"]].append(
+                StoredSegment(
+                    doc_id=p["doc_id"],
+                    version=p["version"],
+                    index=int(p["seg"]),
+                    stored=r.vectors["tokens"],
+                    scales=None if scales is None else np.asarray(scales, dtype=np.float32),
+                    starts=np.asarray(p["starts"], dtype=np.int64),
+                    ends=np.asarray(p["ends"], dtype=np.int64),
+                    char_start=int(p["char_start"]),
+                    text=p["text"],
+                )
+            )
+        for segs in out.values():
+            segs.sort(key=lambda s: s.index)
+        return dict(out)
+
+    def _check_query(self, q: np.ndarray) -> None:
+        if q.shape[-1] != self.meta.dim:
+            raise StoreMismatchError(
+                f"query vector is {q.shape[-1]}-d but collection holds {self.meta.dim}-d vectors from "
+                f"'{self.meta.model}'; search with --model {self.meta.model}"
+            )
+
+    def stats(self) -> dict[str, Any]:
+        """Documents, segments, tokens, bytes on disk and bytes per token."""
+        heads = self.headers()
+        tokens = sum(int(h["n_tokens"]) for h in heads.values())
+        disk = self.backend.disk_bytes()
+        return {
+            "documents": len(heads),
+            "segments": self.backend.count(Where(must=[Match("kind", "segment")])),
+            "tokens": tokens,
+            "dim": self.meta.dim,
+            "storage_dtype": self.meta.storage_dtype,
+            "bytes_on_disk": disk,
+            "bytes_per_token": (disk / tokens) if disk is not None and tokens else None,
+        }
+
+    def flush(self) -> None:
+        self.backend.flush()
+
+    def close(self) -> None:
+        self.backend.close()
+
+
+def vector_spaces(dim: int, dtype: StorageDtype) -> dict[str, VectorSpace]:
+    """The two named vectors: pooled (cosine, HNSW) and tokens (MaxSim multivector, no HNSW)."""
+    stored = {"float32": "float32", "float16": "float16", "int8": "uint8"}[dtype]
+    return {
+        "pooled": VectorSpace(size=dim, multivector=False, datatype="float32", distance="cosine", hnsw=True),
+        # dot, not cosine: rows are unit vectors already, and cosine would renormalise int8 codes
+        "tokens": VectorSpace(size=dim, multivector=True, datatype=stored, distance="dot", hnsw=False),
+    }
+
+
+def make_backend(settings: Settings) -> PointsBackend:
+    """Edge on settings.store_path unless settings.url names a Qdrant server."""
+    if settings.url:
+        from indexer.server_backend import ServerBackend
+
+        return ServerBackend(settings)
+    from indexer.edge_backend import EdgeBackend
+
+    return EdgeBackend(settings.collection_path)
+
+
+def open_store(settings: Settings) -> TokenStore:
+    """Open an existing collection for reading; StoreNotFoundError names what is missing."""
+    backend = make_backend(settings)
+    if not backend.exists():
+        where = settings.url or str(settings.store_path)
+        raise StoreNotFoundError(
+            f"no collection '{settings.collection}' in store {where}; run 'chunkless ingest PATH' first "
+            "or pass the right --store/--collection"
+        )
+    meta = CollectionMeta.model_validate(backend.read_metadata()["chunkless"])
+    return TokenStore(backend, meta)
+
+
+def open_or_create_store(settings: Settings, model: str, dim: int, pooling: str) -> TokenStore:
+    """Open the collection for writing, creating it for (model, dim, dtype) if it does not exist."""
+    backend = make_backend(settings)
+    if backend.exists():
+        meta = CollectionMeta.model_validate(backend.read_metadata()["chunkless"])
+        meta.check(model, dim, settings.storage_dtype, f"collection '{settings.collection}'")
+        return TokenStore(backend, meta)
+    meta = CollectionMeta(
+        model=model, dim=dim, storage_dtype=settings.storage_dtype, pooling=pooling, created_at=time.time()
+    )
+    spaces = vector_spaces(dim, settings.storage_dtype)
+    backend.create(
+        spaces,
+        {"chunkless": meta.model_dump(), "spaces": {n: vars(s) for n, s in spaces.items()}},
+        KEYWORD_FIELDS,
+    )
+    return TokenStore(backend, meta)

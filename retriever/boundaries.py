@@ -1,0 +1,53 @@
+"""Where sentences end, per token: the stops a span may be extended to.
+
+Two rules: "separators" (the original method: any "\n", "\t" or ".") and "sentences" (a period,
+question or exclamation mark followed by space and a capital/digit/quote, or a newline; abbreviations
+and decimals do not end a sentence).
+"""
+
+from __future__ import annotations
+
+import re
+
+import numpy as np
+
+from schemas.settings import Boundary
+
+_SEPARATORS = re.compile(r"[\n\t.]")
+# a stop, optional closing quotes/brackets, then whitespace and something that can open a sentence
+_SENTENCE_END = re.compile(r"[.!?][\"'”’)\]]*(?=\s+[\"'“‘(\[]?[A-Z0-9À-Þ]|\s*$)|\n")
+_ABBREV = re.compile(
+    r"(?:\b(?:Mr|Mrs|Ms|Dr|Prof|Sr|Jr|St|Mt|vs|etc|e\.g|i\.e|cf|approx|No|Vol|Fig|Inc|Ltd|Co|Corp|Jan|Feb|Mar|Apr"
+    r"|Jun|Jul|Aug|Sep|Sept|Oct|Nov|Dec)|\b[A-Z](?:\.[A-Z])*)\.$"
+)
+
+
+def boundary_chars(text: str, rule: Boundary) -> np.ndarray:
+    """(len(text),) bool: True at each character that ends a sentence under `rule`."""
+    mask = np.zeros(len(text) + 1, dtype=bool)
+    if rule == "separators":
+        idx = [m.start() for m in _SEPARATORS.finditer(text)]
+    else:
+        idx = []
+        for m in _SENTENCE_END.finditer(text):
+            p = m.start()
+            if text[p] == "." and _ABBREV.search(text, max(0, p - 12), p + 1):
+                continue  # "Dr." / "U.S." / "e.g." end a word, not a sentence
+            idx.append(p)
+    mask[idx] = True
+    return mask[: len(text)]
+
+
+def token_ends_sentence(text: str, starts: np.ndarray, rule: Boundary) -> np.ndarray:
+    """(n,) bool: token i ends a sentence if a boundary lies in its text or the gap after it."""
+    chars = boundary_chars(text, rule)
+    csum = np.concatenate([[0], np.cumsum(chars, dtype=np.int64)])  # csum[c] = boundaries before char c
+    n = len(starts)
+    if n == 0:
+        return np.zeros(0, dtype=bool)
+    nxt = np.empty(n, dtype=np.int64)
+    nxt[:-1] = starts[1:]
+    nxt[-1] = len(text)
+    lo = np.minimum(starts, len(text))
+    hi = np.maximum(np.minimum(nxt, len(text)), lo)
+    return np.asarray(csum[hi] - csum[lo] > 0)

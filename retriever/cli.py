@@ -1,0 +1,154 @@
+"""The `chunkless` command: ingest, search, stats, delete."""
+
+from __future__ import annotations
+
+import argparse
+import json
+import logging
+import sys
+from pathlib import Path
+
+from schemas.errors import ChunklessError
+from schemas.settings import Settings
+
+
+def _settings(args: argparse.Namespace) -> Settings:
+    """Settings from the environment, with the flags given on the command line on top."""
+    flags = {
+        "store": "store_path",
+        "model": "model",
+        "collection": "collection",
+        "dtype": "storage_dtype",
+        "url": "url",
+    }
+    over = {field: getattr(args, flag) for flag, field in flags.items() if getattr(args, flag, None) is not None}
+    return Settings(**over)
+
+
+def _common(p: argparse.ArgumentParser) -> None:
+    p.add_argument(
+        "--store", type=Path, help="embedded store folder (default: CHUNKLESS_STORE_PATH or ./chunkless_store)"
+    )
+    p.add_argument("--model", help="embedding model name or path (default: CHUNKLESS_MODEL)")
+    p.add_argument("--collection", help="collection name (default: chunkless)")
+    p.add_argument("--url", help="Qdrant server URL instead of the embedded store")
+
+
+def cmd_ingest(args: argparse.Namespace) -> int:
+    from indexer.pipeline import ingest
+
+    settings = _settings(args)
+    report = ingest(args.paths, settings)
+    msg = (
+        f"ingested {report.documents} documents ({report.tokens} tokens, {report.replaced} replaced, "
+        f"{report.skipped_unchanged} unchanged) in {report.seconds:.1f}s, {report.tokens_per_second:.0f} tokens/s; "
+        f"{len(report.failures)} failed"
+    )
+    print(msg, file=sys.stderr)
+    for f in report.failures:
+        print(f"  failed: {f.path}: {f.reason}", file=sys.stderr)
+    if args.report:
+        Path(args.report).write_text(json.dumps(report.to_json_dict(), indent=2))
+    return 1 if report.failures else 0
+
+
+def cmd_search(args: argparse.Namespace) -> int:
+    from retriever.search import Retriever
+
+    settings = _settings(args)
+    with Retriever(settings) as r:
+        resp = r.search(args.query, top=args.top)
+    if args.json:
+        print(json.dumps({"query": resp.query, "spans": [s.model_dump() for s in resp.spans]}, ensure_ascii=False))
+        return 0
+    if not resp.spans:
+        print("no span passed the threshold; try another wording or a lower --threshold", file=sys.stderr)
+    for i, s in enumerate(resp.spans, 1):
+        pages = ",".join(map(str, s.pages))
+        print(f"[{i}] {s.score:.3f}  {s.doc_id}  chars {s.start}-{s.end}  page {pages}")
+        print("    " + " ".join(s.text.split())[:600])
+    return 0
+
+
+def cmd_stats(args: argparse.Namespace) -> int:
+    from indexer.store import open_store
+
+    store = open_store(_settings(args))
+    try:
+        st = store.stats()
+    finally:
+        store.close()
+    print(json.dumps(st, indent=2) if args.json else "\n".join(f"{k}: {v}" for k, v in st.items()))
+    return 0
+
+
+def cmd_delete(args: argparse.Namespace) -> int:
+    from indexer.store import open_store
+
+    store = open_store(_settings(args))
+    try:
+        target = args.target
+        heads = store.headers()
+        ids = (
+            [target] if target in heads else [d for d, h in heads.items() if h["source"] == str(Path(target).resolve())]
+        )
+        if not ids:
+            print(
+                f"chunkless: error: no document '{target}' (doc_id or path) in the collection; see 'chunkless stats'",
+                file=sys.stderr,
+            )
+            return 2
+        for d in ids:
+            store.delete_document(d)
+            print(f"deleted {d}", file=sys.stderr)
+    finally:
+        store.close()
+    return 0
+
+
+def build_parser() -> argparse.ArgumentParser:
+    p = argparse.ArgumentParser(prog="chunkless", description="Token-level retrieval of exact answer spans.")
+    sub = p.add_subparsers(dest="command", required=True)
+
+    ing = sub.add_parser("ingest", help="ingest PDF, Markdown and text files or folders")
+    ing.add_argument("paths", nargs="+", type=Path)
+    ing.add_argument("--dtype", choices=["float32", "float16", "int8"], help="token storage dtype of a new collection")
+    ing.add_argument("--report", help="write a JSON report of the run here")
+    ing.add_argument("--quiet", action="store_true", help="plain log lines, no progress bar")
+    _common(ing)
+    ing.set_defaults(func=cmd_ingest)
+
+    se = sub.add_parser("search", help="search for answer spans")
+    se.add_argument("query")
+    se.add_argument("--top", type=int, default=5)
+    se.add_argument("--json", action="store_true", help="one JSON object on stdout")
+    _common(se)
+    se.set_defaults(func=cmd_search)
+
+    st = sub.add_parser("stats", help="documents, segments, tokens and bytes per token")
+    st.add_argument("--json", action="store_true")
+    _common(st)
+    st.set_defaults(func=cmd_stats)
+
+    de = sub.add_parser("delete", help="remove a document by doc_id or path")
+    de.add_argument("target")
+    _common(de)
+    de.set_defaults(func=cmd_delete)
+    return p
+
+
+def main(argv: list[str] | None = None) -> int:
+    args = build_parser().parse_args(argv)
+    logging.basicConfig(level=logging.WARNING, format="%(levelname)s %(name)s: %(message)s", stream=sys.stderr)
+    try:
+        return int(args.func(args))
+    except ChunklessError as e:
+        print(f"chunkless: error: {e}", file=sys.stderr)
+        return 2
+    except ValueError as e:  # pydantic validation of settings / flags
+        print(f"chunkless: error: invalid setting: {e}".splitlines()[0], file=sys.stderr)
+        return 2
+
+
+if __name__ == "__main__":
+    sys.exit(main())

@@ -1,0 +1,104 @@
+"""Data crossing module boundaries: loaded and embedded documents, spans, responses, reports."""
+
+from __future__ import annotations
+
+import itertools
+from typing import Any
+
+import numpy as np
+from pydantic import BaseModel, ConfigDict, Field, field_validator, model_validator
+
+
+class LoadedDocument(BaseModel):
+    """A document's text as the loader returns it; every offset in chunkless indexes `text`."""
+
+    doc_id: str = Field(min_length=1)
+    source: str
+    title: str
+    text: str
+    page_starts: list[int] = Field(default_factory=lambda: [0], description="Character offset of each page.")
+    content_hash: str = Field(min_length=8, description="sha256 of the source file's bytes.")
+
+    @field_validator("page_starts")
+    @classmethod
+    def _sorted(cls, v: list[int]) -> list[int]:
+        if not v or v[0] != 0 or any(b < a for a, b in itertools.pairwise(v)):
+            raise ValueError("page_starts must start at 0 and be non-decreasing")
+        return v
+
+
+class EmbeddedDocument(BaseModel):
+    """Token matrix of one document: row i is token i's unit vector, covering text[offsets[i,0]:offsets[i,1]]."""
+
+    model_config = ConfigDict(arbitrary_types_allowed=True)
+
+    doc: LoadedDocument
+    vectors: np.ndarray  # (n_tokens, dim) float32, rows L2-normalised
+    offsets: np.ndarray  # (n_tokens, 2) int64 character [start, end)
+    pooled: np.ndarray  # (dim,) float32, unit
+    window_pooled: np.ndarray  # (n_windows, dim) float32, unit: one pooled vector per embedding window
+    window_bounds: np.ndarray  # (n_windows, 2) int64 token [start, end) of each window
+
+    @model_validator(mode="after")
+    def _shapes(self) -> EmbeddedDocument:
+        n, dim = self.vectors.shape
+        if self.offsets.shape != (n, 2):
+            raise ValueError(f"offsets shape {self.offsets.shape} does not match {n} tokens")
+        if self.pooled.shape != (dim,):
+            raise ValueError(f"pooled shape {self.pooled.shape} does not match dim {dim}")
+        return self
+
+    @property
+    def dim(self) -> int:
+        return int(self.vectors.shape[1])
+
+    @property
+    def n_tokens(self) -> int:
+        return int(self.vectors.shape[0])
+
+
+class SpanResult(BaseModel):
+    """One answer span: text[start:end] of document doc_id."""
+
+    doc_id: str
+    source: str
+    start: int = Field(ge=0)
+    end: int = Field(ge=0)
+    text: str
+    score: float
+    pages: list[int] = Field(description="1-based pages the span touches.")
+
+
+class SearchResponse(BaseModel):
+    """Spans for one query, best first."""
+
+    query: str
+    spans: list[SpanResult]
+    timings_ms: dict[str, float] = Field(default_factory=dict, exclude=True)
+
+
+class IngestFailure(BaseModel):
+    path: str
+    reason: str
+
+
+class IngestReport(BaseModel):
+    """What one ingest run did."""
+
+    documents: int = 0
+    skipped_unchanged: int = 0
+    replaced: int = 0
+    tokens: int = 0
+    segments: int = 0
+    bytes_stored: int = 0
+    seconds: float = 0.0
+    failures: list[IngestFailure] = Field(default_factory=list)
+
+    @property
+    def tokens_per_second(self) -> float:
+        return self.tokens / self.seconds if self.seconds > 0 else 0.0
+
+    def to_json_dict(self) -> dict[str, Any]:
+        d = self.model_dump()
+        d["tokens_per_second"] = round(self.tokens_per_second, 1)
+        return d

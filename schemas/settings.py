@@ -1,0 +1,75 @@
+"""The one configuration object. Read once from the environment (prefix CHUNKLESS_), then passed down."""
+
+from __future__ import annotations
+
+from pathlib import Path
+from typing import Literal
+
+from pydantic import Field, SecretStr, model_validator
+from pydantic_settings import BaseSettings, SettingsConfigDict
+
+StorageDtype = Literal["float32", "float16", "int8"]
+Pooling = Literal["auto", "last", "mean"]
+Device = Literal["auto", "cpu", "cuda"]
+ModelDtype = Literal["auto", "float32", "bfloat16", "float16"]
+Boundary = Literal["separators", "sentences"]
+ThresholdMode = Literal["absolute", "relative"]
+
+
+class Settings(BaseSettings):
+    """Everything chunkless can be told; CLI flags override fields, env vars (CHUNKLESS_*) set defaults."""
+
+    model_config = SettingsConfigDict(env_prefix="CHUNKLESS_", extra="forbid", validate_assignment=True)
+
+    # --- store -------------------------------------------------------------------------------------
+    store_path: Path = Field(Path("chunkless_store"), description="Folder of the embedded (Edge) store.")
+    url: str | None = Field(None, description="Qdrant server URL; when set, the server backend is used.")
+    api_key: SecretStr | None = None
+    prefer_grpc: bool = True
+    https: bool | None = None
+    collection: str = Field("chunkless", pattern=r"^[A-Za-z0-9_.-]+$")
+    storage_dtype: StorageDtype = "float32"
+    shard_number: int = Field(1, ge=1)
+    replication_factor: int = Field(1, ge=1)
+    on_disk: bool = True
+
+    # --- model -------------------------------------------------------------------------------------
+    model: str = Field(
+        "sentence-transformers/all-MiniLM-L6-v2",
+        description="Hugging Face name or local path; the MiniLM name resolves to the packaged copy.",
+    )
+    pooling: Pooling = "auto"
+    device: Device = "auto"
+    dtype: ModelDtype = "auto"
+    window_tokens: int | None = Field(None, ge=16, description="Tokens per embedding window (None: model max).")
+    window_overlap: float = Field(0.5, ge=0.0, lt=1.0)
+    batch_tokens: int = Field(16384, ge=256, description="Upper bound on padded tokens per forward pass.")
+    query_instruction: str | None = Field(
+        None, description="Task for decoder embedders: 'Instruct: {task}\\nQuery:{query}'."
+    )
+    max_query_tokens: int = Field(512, ge=1)
+
+    # --- recall and spans --------------------------------------------------------------------------
+    recall_k: int = Field(10, ge=1)
+    recall_level: Literal["doc", "segment"] = "doc"
+    cache_mb: int = Field(1024, ge=0, description="Host/GPU cache of decoded token matrices.")
+    top: int = Field(5, ge=1)
+    sigma: float = Field(4.0, ge=0.0)
+    threshold: float = 0.39
+    threshold_mode: ThresholdMode = "absolute"
+    relative_margin: float = Field(0.05, ge=0.0, description="relative mode: keep tokens within this of the best.")
+    delta: int = Field(170, ge=0)
+    min_span_size: int = Field(15, ge=1)
+    max_extension: int = Field(32, ge=0)
+    boundary: Boundary = "separators"
+
+    @model_validator(mode="after")
+    def _server_options_need_url(self) -> Settings:
+        if self.url is None and self.api_key is not None:
+            raise ValueError("api_key is set but url is not: set CHUNKLESS_URL to use a Qdrant server")
+        return self
+
+    @property
+    def collection_path(self) -> Path:
+        """Folder of this collection inside the embedded store."""
+        return self.store_path / self.collection

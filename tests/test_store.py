@@ -1,0 +1,123 @@
+"""The Edge store: real Qdrant engine on a temporary path."""
+
+from __future__ import annotations
+
+import itertools
+
+import numpy as np
+import pytest
+
+from indexer import quantize
+from indexer.segments import MAX_MULTIVECTOR_NUMBERS, max_segment_tokens, split_segments
+from indexer.store import open_or_create_store, open_store
+from schemas.errors import StoreMismatchError, StoreNotFoundError
+from schemas.models import EmbeddedDocument, LoadedDocument
+from schemas.settings import Settings
+
+
+def fake_embedded(doc_id: str, n: int, dim: int, seed: int = 0, version: str = "a" * 64) -> EmbeddedDocument:
+    """Random unit token vectors over a synthetic text with one 'word' per token."""
+    rng = np.random.default_rng(seed)
+    words = [f"w{i}" for i in range(n)]
+    text = " ".join(words)
+    starts = np.cumsum([0] + [len(w) + 1 for w in words[:-1]])
+    offsets = np.stack([starts, starts + [len(w) for w in words]], axis=1).astype(np.int64)
+    v = rng.standard_normal((n, dim)).astype(np.float32)
+    v /= np.linalg.norm(v, axis=1, keepdims=True)
+    pooled = v.mean(0) / np.linalg.norm(v.mean(0))
+    doc = LoadedDocument(doc_id=doc_id, source=f"/x/{doc_id}", title=doc_id, text=text, content_hash=version)
+    return EmbeddedDocument(
+        doc=doc, vectors=v, offsets=offsets, pooled=pooled, window_pooled=pooled[None], window_bounds=np.array([[0, n]])
+    )
+
+
+@pytest.mark.parametrize(("dim", "cap"), [(1024, 1023), (384, 2730)])
+def test_segments_stay_under_server_limit(dim: int, cap: int) -> None:
+    assert max_segment_tokens(dim) == cap
+    emb = fake_embedded("d", 2 * cap + 5, dim)
+    segs = split_segments(emb)
+    assert len(segs) == 3
+    assert all(s.vectors.size < MAX_MULTIVECTOR_NUMBERS for s in segs)
+    assert sum(len(s.vectors) for s in segs) == emb.n_tokens
+    # character ranges tile the text exactly
+    assert segs[0].char_start == 0 and segs[-1].char_end == len(emb.doc.text)
+    assert all(a.char_end == b.char_start for a, b in itertools.pairwise(segs))
+    assert split_segments(fake_embedded("e", cap, dim))[0].vectors.shape[0] == cap
+
+
+def test_round_trip_and_reopen(settings: Settings) -> None:
+    store = open_or_create_store(settings, "m", 32, "mean")
+    a, b = fake_embedded("a", 50, 32, 1), fake_embedded("b", 3000, 32, 2)
+    store.write_document(a)
+    store.write_document(b)
+    store.close()
+
+    store = open_store(settings)  # a fresh open reads everything back from disk
+    assert set(store.headers()) == {"a", "b"}
+    assert store.headers()["b"]["n_segments"] == 1  # 32-d allows 32767 rows per segment
+    got = store.fetch_segments({"a": "a" * 64})["a"]
+    assert np.allclose(np.concatenate([s.stored for s in got]), a.vectors, atol=1e-6)
+    assert "".join(s.text for s in got) == a.doc.text
+    hits = store.recall(b.pooled, k=1)
+    assert hits[0].doc_id == "b" and hits[0].score == pytest.approx(1.0, abs=1e-4)
+    assert store.stats()["tokens"] == 3050 and store.stats()["bytes_on_disk"] > 0
+    store.close()
+
+
+def test_multi_segment_document_reassembles(settings: Settings) -> None:
+    store = open_or_create_store(settings, "m", 1024, "last")
+    emb = fake_embedded("big", 2500, 1024, 3)
+    store.write_document(emb)
+    segs = store.fetch_segments({"big": "a" * 64})["big"]
+    assert [s.index for s in segs] == [0, 1, 2]
+    assert np.allclose(np.concatenate([s.stored for s in segs]), emb.vectors, atol=1e-6)
+    assert "".join(s.text for s in segs) == emb.doc.text
+    store.close()
+
+
+def test_changed_document_replaces_old_version(settings: Settings) -> None:
+    store = open_or_create_store(settings, "m", 16, "mean")
+    store.write_document(fake_embedded("a", 40, 16, 1, version="1" * 64))
+    new = fake_embedded("a", 25, 16, 2, version="2" * 64)
+    store.write_document(new)
+    assert store.headers()["a"]["version"] == "2" * 64
+    assert store.fetch_segments({"a": "1" * 64}) == {}
+    assert store.stats()["segments"] == 1
+    assert store.delete_document("a") and store.headers() == {}
+    store.close()
+
+
+def test_mismatched_model_dim_and_dtype_are_refused(settings: Settings) -> None:
+    open_or_create_store(settings, "m", 16, "mean").close()
+    with pytest.raises(StoreMismatchError, match="16-d"):
+        open_or_create_store(settings, "m", 32, "mean")
+    with pytest.raises(StoreMismatchError, match="built with model 'm'"):
+        open_or_create_store(settings, "other", 16, "mean")
+    with pytest.raises(StoreMismatchError, match="stores float32"):
+        open_or_create_store(settings.model_copy(update={"storage_dtype": "int8"}), "m", 16, "mean")
+    store = open_store(settings)
+    with pytest.raises(StoreMismatchError, match="query vector is 8-d"):
+        store.recall(np.ones(8, dtype=np.float32), 3)
+    store.close()
+
+
+def test_missing_store_is_a_clear_error(settings: Settings) -> None:
+    with pytest.raises(StoreNotFoundError, match="run 'chunkless ingest"):
+        open_store(settings)
+
+
+@pytest.mark.parametrize(("dtype", "tol"), [("float32", 1e-6), ("float16", 1e-3), ("int8", 1.5e-2)])
+def test_dtype_round_trip_bounds_relevance_error(tmp_path, dtype: str, tol: float) -> None:
+    s = Settings(store_path=tmp_path, storage_dtype=dtype)
+    store = open_or_create_store(s, "m", 384, "mean")
+    emb = fake_embedded("a", 500, 384, 4)
+    store.write_document(emb)
+    seg = store.fetch_segments({"a": "a" * 64})["a"][0]
+    decoded = quantize.decode_numpy(seg.stored, seg.scales, dtype)
+    q = np.random.default_rng(5).standard_normal(384).astype(np.float32)
+    q /= np.linalg.norm(q)
+    err = np.abs(decoded @ q - emb.vectors @ q).max()
+    assert err < tol
+    if dtype == "int8":
+        assert seg.stored.dtype == np.uint8 and seg.stored.min() >= 1 and seg.stored.max() <= 255
+    store.close()
