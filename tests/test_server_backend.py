@@ -1,0 +1,100 @@
+"""The server backend, through qdrant-client's local mode.
+
+No Qdrant server can run in CI, so these tests drive `ServerBackend` with `url="local:FOLDER"`:
+qdrant-client's local mode answers the same API calls a server does (create with metadata, upsert,
+scroll, query, count, delete by filter). It ignores vector datatypes, payload indexes, sharding and
+on-disk settings, so what is tested here is the protocol and chunkless' semantics, not server storage.
+
+The store scenarios of tests/test_store.py run again here unchanged: importing them makes pytest
+collect them in this module, where the `settings` fixture below points them at the server backend.
+"""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import numpy as np
+import pytest
+
+from indexer import quantize
+from indexer.backends import Match, NewPoint, Where
+from indexer.segments import segment_id
+from indexer.server_backend import ServerBackend, to_client_filter
+from indexer.store import open_or_create_store, open_store
+from schemas.settings import Settings
+from tests.test_store import (  # noqa: F401 - collected here, against the server backend
+    fake_embedded,
+    test_changed_document_replaces_old_version,
+    test_missing_store_is_a_clear_error,
+    test_multi_segment_document_reassembles,
+    test_round_trip_and_reopen,
+)
+
+
+@pytest.fixture
+def settings(tmp_path: Path) -> Settings:
+    return Settings(url=f"local:{tmp_path / 'qdrant'}", device="cpu")
+
+
+def test_backend_is_the_server_one(settings: Settings) -> None:
+    store = open_or_create_store(settings, "m", 8, "mean")
+    assert isinstance(store.backend, ServerBackend) and store.backend.local
+    # the collection records what it was built with in Qdrant's own collection metadata
+    meta = store.backend.client.get_collection(settings.collection).config.metadata or {}
+    assert meta["chunkless"]["dim"] == 8 and meta["spaces"]["tokens"]["datatype"] == "float32"
+    store.close()
+
+
+def test_mismatched_dtype_is_refused_with_a_clear_error(settings: Settings) -> None:
+    open_or_create_store(settings, "m", 16, "mean").close()
+    with pytest.raises(Exception, match="stores float32 tokens, not int8; set CHUNKLESS_STORAGE_DTYPE=float32"):
+        open_or_create_store(settings.model_copy(update={"storage_dtype": "int8"}), "m", 16, "mean")
+    store = open_store(settings)  # the refused open released the folder
+    assert store.meta.storage_dtype == "float32"
+    store.close()
+
+
+@pytest.mark.parametrize(("dtype", "tol"), [("float16", 1e-3), ("int8", 1.5e-2)])
+def test_dtype_round_trip(tmp_path: Path, dtype: str, tol: float) -> None:
+    s = Settings(url=f"local:{tmp_path / 'q'}", storage_dtype=dtype)
+    store = open_or_create_store(s, "m", 64, "mean")
+    emb = fake_embedded("a", 300, 64, 4)
+    store.write_document(emb)
+    seg = store.fetch_segments({"a": "a" * 64})["a"][0]
+    decoded = quantize.decode_numpy(seg.stored, seg.scales, dtype)
+    assert np.abs(decoded - emb.vectors).max() < tol
+    store.close()
+
+
+def test_orphans_are_invisible_then_removed(settings: Settings) -> None:
+    store = open_or_create_store(settings, "m", 16, "mean")
+    store.write_document(fake_embedded("a", 40, 16, 1, version="1" * 64))
+    # a write killed after its segments, before its header: version 2 segments with no header
+    half = fake_embedded("a", 30, 16, 2, version="2" * 64)
+    store.backend.upsert(
+        [
+            NewPoint(
+                segment_id("a", "2" * 64, 0),
+                {"tokens": half.vectors, "pooled": half.pooled},
+                {"kind": "segment", "doc_id": "a", "version": "2" * 64, "seg": 0},
+            )
+        ]
+    )
+    assert store.headers()["a"]["version"] == "1" * 64
+    assert [c.doc_id for c in store.recall(half.pooled, k=3, level="segment")] == []  # orphan never a candidate
+    assert store.remove_orphans() == 1
+    assert store.backend.count(Where(must=[Match("kind", "segment")])) == 1
+    store.close()
+
+
+def test_filter_translation_covers_every_form() -> None:
+    f = to_client_filter(
+        Where(
+            must=[Match("kind", "segment"), Match("doc_id", ["a", "b"])],
+            should=[Where(must=[Match("version", "v")])],
+            must_not=[Match("doc_id", ["c"], negate=True)],
+        )
+    )
+    assert f.must is not None and len(f.must) == 2 and f.should is not None and f.must_not is not None
+    dumped = f.model_dump_json(by_alias=True, exclude_none=True)
+    assert '"any":["a","b"]' in dumped and '"except":["c"]' in dumped and '"value":"v"' in dumped
