@@ -38,11 +38,14 @@ def cmd_ingest(args: argparse.Namespace) -> int:
     from indexer.pipeline import ingest
 
     settings = _settings(args)
-    report = ingest(args.paths, settings)
+    bar = not args.quiet and sys.stderr.isatty()  # a bar in a log file is noise: plain lines there instead
+    if not bar:
+        logging.getLogger("indexer.pipeline").setLevel(logging.INFO)
+    report = ingest(args.paths, settings, progress=bar)
     msg = (
         f"ingested {report.documents} documents ({report.tokens} tokens, {report.replaced} replaced, "
-        f"{report.skipped_unchanged} unchanged) in {report.seconds:.1f}s, {report.tokens_per_second:.0f} tokens/s; "
-        f"{len(report.failures)} failed"
+        f"{report.skipped_unchanged} unchanged, {report.bytes_stored / 1e6:.1f} MB of vectors) in "
+        f"{report.seconds:.1f}s, {report.tokens_per_second:.0f} tokens/s; {len(report.failures)} failed"
     )
     print(msg, file=sys.stderr)
     for f in report.failures:
