@@ -220,8 +220,8 @@ class HFTokenEmbedder:
             )
         return out
 
-    def embed_query(self, query: str) -> np.ndarray:
-        """Pooled unit vector (dim,) of a query; the Qwen3 instruction is applied when configured."""
+    def _query_ids(self, query: str) -> list[int]:
+        """Model input ids of a query (instruction applied for decoders); QueryError if empty or too long."""
         if not query.strip():
             raise QueryError("query is empty; pass the question to search for")
         text = query
@@ -233,7 +233,22 @@ class HFTokenEmbedder:
                 f"query is {len(ids)} tokens, over the limit of {self.max_query_tokens} "
                 "(max_query_tokens / model window); shorten it"
             )
-        return self._forward([self.prefix + ids + self.suffix])[0][1].numpy().astype(np.float32)
+        return self.prefix + ids + self.suffix
+
+    def embed_query(self, query: str) -> np.ndarray:
+        """Pooled unit vector (dim,) of a query; the Qwen3 instruction is applied when configured."""
+        return self._forward([self._query_ids(query)])[0][1].numpy().astype(np.float32)
+
+    def embed_queries(self, queries: Sequence[str]) -> np.ndarray:
+        """Pooled unit vectors (n, dim) of several queries in batched forward passes."""
+        res = self._forward([self._query_ids(q) for q in queries])
+        return np.stack([r[1].numpy() for r in res]).astype(np.float32) if res else np.zeros((0, self.dim), np.float32)
+
+    def embed_query_tokens(self, query: str) -> np.ndarray:
+        """Unit vectors (m, dim) of the query's content tokens (MaxSim re-ranking against `tokens`)."""
+        ids = self._query_ids(query)
+        hidden = self._forward([ids])[0][0][len(self.prefix) : len(ids) - len(self.suffix)]
+        return torch.nn.functional.normalize(hidden, dim=-1).numpy().astype(np.float32)
 
     def embed_texts(self, texts: Sequence[str]) -> np.ndarray:
         """Pooled unit vectors (n, dim) of short texts embedded alone (chunk baselines, re-ranking)."""

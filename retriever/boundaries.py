@@ -51,3 +51,16 @@ def token_ends_sentence(text: str, starts: np.ndarray, rule: Boundary) -> np.nda
     lo = np.minimum(starts, len(text))
     hi = np.maximum(np.minimum(nxt, len(text)), lo)
     return np.asarray(csum[hi] - csum[lo] > 0)
+
+
+def sentence_ranges(text: str, rule: Boundary = "sentences") -> list[tuple[int, int]]:
+    """Character ranges [start, end) of the sentences of `text`, whitespace trimmed, empty ones dropped."""
+    ends = np.flatnonzero(boundary_chars(text, rule)) + 1
+    out = []
+    for a, b in zip(np.concatenate([[0], ends]), np.concatenate([ends, [len(text)]]), strict=True):
+        piece = text[a:b]
+        lead = len(piece) - len(piece.lstrip())
+        trail = len(piece) - len(piece.rstrip())
+        if b - a - lead - trail > 0:
+            out.append((int(a + lead), int(b - trail)))
+    return out

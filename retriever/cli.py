@@ -1,4 +1,4 @@
-"""The `chunkless` command: ingest, search, stats, delete."""
+"""The `chunkless` command: ingest, search, stats, delete, eval."""
 
 from __future__ import annotations
 
@@ -109,6 +109,26 @@ def cmd_delete(args: argparse.Namespace) -> int:
     return 0
 
 
+def cmd_eval(args: argparse.Namespace) -> int:
+    from retriever.benchmark import load_benchmark
+    from retriever.evaluate import evaluate
+
+    settings = _settings(args)
+    bench = load_benchmark(args.bench_dir)
+    report = evaluate(
+        bench,
+        settings,
+        store_dir=args.store,
+        sample=args.sample,
+        baselines=not args.no_baselines,
+        log=lambda m: print(m, file=sys.stderr),
+    )
+    print(report.table())
+    if args.results:
+        report.write_results(Path(args.results))
+    return 0
+
+
 def build_parser() -> argparse.ArgumentParser:
     p = argparse.ArgumentParser(prog="chunkless", description="Token-level retrieval of exact answer spans.")
     sub = p.add_subparsers(dest="command", required=True)
@@ -132,6 +152,14 @@ def build_parser() -> argparse.ArgumentParser:
     st.add_argument("--json", action="store_true")
     _common(st)
     st.set_defaults(func=cmd_stats)
+
+    ev = sub.add_parser("eval", help="measure chunkless and chunk/sentence baselines on a span-QA benchmark")
+    ev.add_argument("bench_dir", type=Path, help="folder with corpus.jsonl and queries.jsonl")
+    ev.add_argument("--results", help="write one JSON line per query (chunkless' spans, best first) here")
+    ev.add_argument("--sample", type=int, help="measure a random sample of this many answerable questions")
+    ev.add_argument("--no-baselines", action="store_true", help="chunkless only")
+    _common(ev)  # --store names a store to (re)use; without it the corpus is indexed into a temporary one
+    ev.set_defaults(func=cmd_eval)
 
     de = sub.add_parser("delete", help="remove a document by doc_id or path")
     de.add_argument("target")

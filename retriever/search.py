@@ -3,6 +3,8 @@
 from __future__ import annotations
 
 import bisect
+import math
+import threading
 import time
 from collections.abc import Sequence
 from dataclasses import dataclass
@@ -13,8 +15,9 @@ import torch
 from indexer.backends import Match, Where
 from indexer.embedders import TokenEmbedder, load_embedder
 from indexer.models import pick_device
-from indexer.store import TokenStore, open_store
+from indexer.store import Candidate, TokenStore, open_store
 from retriever.fetch import DocTokens, Fetcher
+from retriever.sentences import SentenceCandidates, SentenceTables
 from retriever.spans import SpanParams, TokenSpans, extract_spans, smooth
 from schemas.errors import QueryError
 from schemas.models import SearchResponse, SpanResult
@@ -56,6 +59,11 @@ class Retriever:
         self.device = pick_device(settings.device)
         self.params = SpanParams.from_settings(settings)
         self.fetcher = Fetcher(self.store, self.device, settings.boundary, settings.cache_mb << 20)
+        # the tokenizer (Rust, mutable truncation state) and the store handle are not safe to share
+        # across threads; scoring is, so only model and store calls are serialised
+        self._model_lock = threading.Lock()
+        self._store_lock = threading.Lock()
+        self._sentences = SentenceTables()
 
     def close(self) -> None:
         self.store.close()
@@ -71,29 +79,152 @@ class Retriever:
         self, query: str, top: int | None = None, filter: dict[str, str | list[str]] | None = None
     ) -> SearchResponse:
         """Best spans for `query` across the collection; `filter` restricts doc_id/source (value or list)."""
-        t0 = time.perf_counter()
-        q = self.embedder.embed_query(query)
-        t1 = time.perf_counter()
-        resp = self._search_vector(query, q, top or self.settings.top, filter)
-        resp.timings_ms["embed"] = (t1 - t0) * 1e3
-        return resp
+        return self.search_batch([query], top, filter)[0]
 
-    def search_batch(self, queries: Sequence[str], top: int | None = None) -> list[SearchResponse]:
-        """`search` for several queries; documents fetched for one are served from the cache to the others."""
-        return [self.search(q, top) for q in queries]
+    def search_batch(
+        self, queries: Sequence[str], top: int | None = None, filter: dict[str, str | list[str]] | None = None
+    ) -> list[SearchResponse]:
+        """`search` for several queries: one batched forward pass for all queries (and one for re-ranking)."""
+        if not queries:
+            return []
+        where = _where(filter)
+        top = top or self.settings.top
+        t0 = time.perf_counter()
+        qs = self._embed_queries(list(queries))
+        t1 = time.perf_counter()
+        out = []
+        pending: list[tuple[int, SentenceCandidates, list[DocTokens]]] = []
+        for i, (query, q) in enumerate(zip(queries, qs, strict=True)):
+            docs, timings = self._recall_fetch(query, q, where)
+            t2 = time.perf_counter()
+            if self.settings.span_method == "sentences" and docs:
+                cands = self._sentence_candidates(q, docs, top)
+                pending.append((i, cands, docs))
+                spans: list[SpanResult] = []
+            else:
+                spans = self._spans(q, docs)[:top]
+            timings["score"] = (time.perf_counter() - t2) * 1e3
+            timings["embed"] = (t1 - t0) * 1e3 / len(queries)
+            out.append(SearchResponse(query=query, spans=spans, timings_ms=timings))
+        if pending:
+            t3 = time.perf_counter()
+            self._rerank([c for _, c, _ in pending])
+            per = (time.perf_counter() - t3) * 1e3 / len(pending)
+            for i, cands, docs in pending:
+                out[i].spans = self._sentence_results(cands, docs, top)
+                out[i].timings_ms["rerank"] = per
+        return out
+
+    def _embed_queries(self, queries: list[str]) -> np.ndarray:
+        with self._model_lock:
+            batched = getattr(self.embedder, "embed_queries", None)
+            if batched is not None:
+                return np.asarray(batched(queries), dtype=np.float32)
+            return np.stack([self.embedder.embed_query(q) for q in queries]).astype(np.float32)
+
+    def _recall_fetch(self, query: str, q: np.ndarray, where: Where | None) -> tuple[list[DocTokens], dict[str, float]]:
+        t0 = time.perf_counter()
+        cands = self.recall(query, q, where)
+        t1 = time.perf_counter()
+        with self._store_lock:
+            docs = self.fetcher.fetch({c.doc_id: c.header for c in cands})
+        t2 = time.perf_counter()
+        return docs, {"recall": (t1 - t0) * 1e3, "fetch": (t2 - t1) * 1e3}
+
+    def recall(self, query: str, q: np.ndarray, where: Where | None = None) -> list[Candidate]:
+        """Candidate documents, best first: pooled-vector HNSW (doc or segment level), optionally MaxSim re-ranked."""
+        st = self.settings
+        with self._store_lock:
+            cands = self.store.recall(q, st.recall_k, st.recall_level, where)
+        if not st.recall_maxsim or not cands:
+            return cands
+        tokens_of = getattr(self.embedder, "embed_query_tokens", None)
+        if tokens_of is None:
+            raise QueryError(f"recall_maxsim needs query token vectors, which {type(self.embedder).__name__} lacks")
+        with self._model_lock:
+            qt = np.asarray(tokens_of(query), dtype=np.float32)
+        with self._store_lock:
+            ranked = self.store.maxsim(qt, len(cands), [c.doc_id for c in cands])
+        return [c for c in ranked if c.doc_id in {x.doc_id for x in cands}]
 
     def _search_vector(
         self, query: str, q: np.ndarray, top: int, filter: dict[str, str | list[str]] | None
     ) -> SearchResponse:
-        t0 = time.perf_counter()
-        cands = self.store.recall(q, self.settings.recall_k, self.settings.recall_level, _where(filter))
-        t1 = time.perf_counter()
-        docs = self.fetcher.fetch({c.doc_id: c.header for c in cands})
-        t2 = time.perf_counter()
-        spans = self._spans(q, docs)[:top]
-        t3 = time.perf_counter()
-        timings = {"recall": (t1 - t0) * 1e3, "fetch": (t2 - t1) * 1e3, "score": (t3 - t2) * 1e3}
+        """One query from its vector (kept for callers that embed themselves)."""
+        docs, timings = self._recall_fetch(query, q, _where(filter))
+        t = time.perf_counter()
+        if self.settings.span_method == "sentences" and docs:
+            cands = self._sentence_candidates(q, docs, top)
+            self._rerank([cands])
+            spans = self._sentence_results(cands, docs, top)
+        else:
+            spans = self._spans(q, docs)[:top]
+        timings["score"] = (time.perf_counter() - t) * 1e3
         return SearchResponse(query=query, spans=spans, timings_ms=timings)
+
+    # --- the sentence method ---------------------------------------------------------------------
+    def _sentence_candidates(self, q: np.ndarray, docs: list[DocTokens], top: int) -> SentenceCandidates:
+        """Score every sentence of the candidate documents from the token signal alone; keep the best few."""
+        st = self.settings
+        r, doc_starts = self._relevance(q, docs)
+        tab = self._sentences.table(docs, self.device)
+        rs = torch.zeros(tab.n, device=r.device).index_add_(0, tab.sid, r)
+        pooled = rs / tab.norm  # cosine of the sentence's summed in-context token vectors with q
+        score = pooled
+        if st.token_weight > 0:
+            s = smooth(r, doc_starts, self.params.sigma)
+            smax = torch.full((tab.n,), -math.inf, device=r.device).scatter_reduce(0, tab.sid, s, "amax")
+            score = (1 - st.token_weight) * pooled + st.token_weight * smax
+        score = torch.where(tab.length >= st.min_sentence_tokens, score, torch.full_like(score, -math.inf))
+        k = min(max(st.rerank_k, top), tab.n)
+        best = torch.topk(score, k).indices
+        best = best[torch.isfinite(score[best])]
+        offsets = np.cumsum([0] + [len(d.starts) for d in docs])
+        sdoc = tab.doc[best].cpu().numpy()
+        a = tab.start[best].cpu().numpy() - offsets[sdoc]
+        b = tab.end[best].cpu().numpy() - offsets[sdoc]
+        chars = [(int(docs[d].starts[x]), int(docs[d].ends[y])) for d, x, y in zip(sdoc, a, b, strict=True)]
+        texts = [docs[d].text[c0:c1] for d, (c0, c1) in zip(sdoc, chars, strict=True)]
+        return SentenceCandidates(sdoc, chars, texts, score[best].cpu().numpy().astype(np.float64), q)
+
+    def _rerank(self, batch: list[SentenceCandidates]) -> None:
+        """Re-embed the best `rerank_k` candidates of every query alone, in one batched call; blend cosines."""
+        st = self.settings
+        if st.rerank_k == 0:
+            return
+        texts = [t for c in batch for t in c.texts[: st.rerank_k]]
+        if not texts:
+            return
+        with self._model_lock:
+            vecs = self.embedder.embed_texts(texts)
+        i = 0
+        for c in batch:
+            m = min(st.rerank_k, len(c.texts))
+            alone = vecs[i : i + m] @ c.q
+            i += m
+            c.score[:m] = st.rerank_weight * alone + (1 - st.rerank_weight) * c.score[:m]
+            c.score[m:] = -math.inf if m else c.score[m:]  # not re-embedded: below every re-ranked one
+
+    def _sentence_results(self, c: SentenceCandidates, docs: list[DocTokens], top: int) -> list[SpanResult]:
+        order = np.argsort(-c.score, kind="stable")[:top]
+        out = []
+        for i in order:
+            if not np.isfinite(c.score[i]):
+                continue
+            d = docs[int(c.doc[i])]
+            cs, ce = c.chars[i]
+            out.append(
+                SpanResult(
+                    doc_id=d.doc_id,
+                    source=d.header["source"],
+                    start=cs,
+                    end=ce,
+                    text=c.texts[i],
+                    score=float(c.score[i]),
+                    pages=pages_of(d.header.get("page_starts", [0]), cs, ce),
+                )
+            )
+        return out
 
     def _relevance(self, q: np.ndarray, docs: list[DocTokens]) -> tuple[torch.Tensor, torch.Tensor]:
         """Flat raw relevance (N,) of every candidate token and doc_starts (B+1,)."""
@@ -149,13 +280,15 @@ class Retriever:
 
     def explain(self, query: str, doc_id: str) -> Explanation:
         """Raw and smoothed relevance of every token of `doc_id`, the threshold, and the spans it yields."""
-        header = self.store.header(doc_id)
+        with self._store_lock:
+            header = self.store.header(doc_id)
         if header is None:
             raise QueryError(
                 f"document '{doc_id}' is not in collection '{self.settings.collection}'; see 'chunkless stats'"
             )
-        q = self.embedder.embed_query(query)
-        docs = self.fetcher.fetch({doc_id: header})
+        q = self._embed_queries([query])[0]
+        with self._store_lock:
+            docs = self.fetcher.fetch({doc_id: header})
         ts, r, s, thr = self._token_spans(q, docs)
         d = docs[0]
         return Explanation(

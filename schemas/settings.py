@@ -14,6 +14,8 @@ Device = Literal["auto", "cpu", "cuda"]
 ModelDtype = Literal["auto", "float32", "bfloat16", "float16"]
 Boundary = Literal["separators", "sentences"]
 ThresholdMode = Literal["absolute", "relative"]
+SpanMethod = Literal["threshold", "sentences"]
+RecallLevel = Literal["doc", "segment"]
 
 
 class Settings(BaseSettings):
@@ -51,7 +53,8 @@ class Settings(BaseSettings):
 
     # --- recall and spans --------------------------------------------------------------------------
     recall_k: int = Field(10, ge=1)
-    recall_level: Literal["doc", "segment"] = "doc"
+    recall_level: RecallLevel = "doc"
+    recall_maxsim: bool = Field(False, description="Re-rank recalled documents by Qdrant MaxSim over `tokens`.")
     cache_mb: int = Field(1024, ge=0, description="Host/GPU cache of decoded token matrices.")
     top: int = Field(5, ge=1)
     sigma: float = Field(4.0, ge=0.0)
@@ -62,6 +65,15 @@ class Settings(BaseSettings):
     min_span_size: int = Field(15, ge=1)
     max_extension: int = Field(32, ge=0)
     boundary: Boundary = "separators"
+    span_method: SpanMethod = Field(
+        "threshold",
+        description="threshold: the original method (smooth, threshold, cluster, extend); sentences: rank the "
+        "sentences of candidate documents by their pooled in-context token vectors, re-embed the best alone.",
+    )
+    rerank_k: int = Field(0, ge=0, description="sentences: best candidates re-embedded alone per query (0: none).")
+    rerank_weight: float = Field(0.5, ge=0.0, le=1.0, description="sentences: weight of the alone cosine.")
+    token_weight: float = Field(0.0, ge=0.0, le=1.0, description="sentences: weight of the smoothed token maximum.")
+    min_sentence_tokens: int = Field(4, ge=1, description="sentences: shorter sentences (headings) are skipped.")
 
     @model_validator(mode="after")
     def _server_options_need_url(self) -> Settings:

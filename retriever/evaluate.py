@@ -1,0 +1,184 @@
+"""`chunkless eval`: index a benchmark corpus, run chunkless and the baselines, print one table.
+
+Importable API (used by scripts/storage_experiment.py and tests):
+
+    bench = load_benchmark(Path("../shared/benchmarks/squad2-dev"))
+    report = evaluate(bench, settings, embedder=None, store_dir=None, sample=None, baselines=True)
+    print(report.table())            # Markdown: chunkless and each baseline, Scores.HEADER columns
+    report.rows["chunkless"]         # Scores
+    report.results["chunkless"]      # list[list[Hit]] aligned with report.queries
+    report.auc                       # AUC of top-span scores, answerable vs unanswerable (None if no unanswerable)
+
+Documents are embedded straight from the benchmark text (no files), with doc_id = the benchmark's
+doc_id, so span offsets index the benchmark text exactly. A named store holding the same corpus
+(same doc_ids and content hashes) is reused without re-embedding.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import json
+import tempfile
+import time
+from collections.abc import Callable
+from dataclasses import dataclass, field
+from pathlib import Path
+
+import numpy as np
+
+from indexer.embedders import TokenEmbedder, load_embedder
+from indexer.store import open_or_create_store
+from retriever.benchmark import Benchmark, BenchQuery, Hit, Scores, score
+from schemas.models import LoadedDocument, SearchResponse
+from schemas.settings import Settings
+
+EMBED_BATCH_CHARS = 200_000  # documents embedded per call: fills token-budgeted batches, bounds memory
+
+
+def content_hash(text: str) -> str:
+    return hashlib.sha256(text.encode("utf-8")).hexdigest()
+
+
+def index_benchmark(bench: Benchmark, settings: Settings, embedder: TokenEmbedder) -> int:
+    """Write the benchmark corpus into settings' collection; returns how many documents were (re)embedded.
+
+    Documents already stored with the same content hash are skipped, so a named store is reused.
+    """
+    store = open_or_create_store(settings, embedder.name, embedder.dim, getattr(embedder, "pooling", "mean"))
+    try:
+        live = {d: h["version"] for d, h in store.headers().items()}
+        todo = [
+            LoadedDocument(
+                doc_id=d.doc_id, source=d.doc_id, title=d.title, text=d.text, content_hash=content_hash(d.text)
+            )
+            for d in bench.docs
+            if live.get(d.doc_id) != content_hash(d.text)
+        ]
+        batch: list[LoadedDocument] = []
+        for doc in [*todo, None]:
+            if doc is not None:
+                batch.append(doc)
+            if batch and (doc is None or sum(len(b.text) for b in batch) >= EMBED_BATCH_CHARS):
+                for emb in embedder.embed_documents(batch):
+                    store.write_document(emb)
+                batch = []
+        store.flush()
+    finally:
+        store.close()
+    return len(todo)
+
+
+def to_hits(resp: SearchResponse) -> list[Hit]:
+    return [Hit(s.doc_id, s.start, s.end, s.text, s.score) for s in resp.spans]
+
+
+def auc(pos: list[float], neg: list[float]) -> float | None:
+    """Probability that a random answerable question's top score beats an unanswerable one's (ties 1/2)."""
+    if not pos or not neg:
+        return None
+    p, n = np.asarray(pos, dtype=np.float64), np.asarray(neg, dtype=np.float64)
+    allv = np.concatenate([p, n])
+    order = allv.argsort(kind="mergesort")
+    ranks = np.empty(len(allv))
+    ranks[order] = np.arange(1, len(allv) + 1)
+    for v in np.unique(allv):  # average ranks over ties
+        m = allv == v
+        ranks[m] = ranks[m].mean()
+    return float((ranks[: len(p)].sum() - len(p) * (len(p) + 1) / 2) / (len(p) * len(n)))
+
+
+NO_SPAN_SCORE = -1.0  # a question with no span at all ranks below every scored one
+
+
+def top_scores(results: list[list[Hit]]) -> list[float]:
+    return [h[0].score if h else NO_SPAN_SCORE for h in results]
+
+
+@dataclass
+class EvalReport:
+    """What `evaluate` measured: per method Scores and per-query hits (aligned with `queries`)."""
+
+    queries: list[BenchQuery]
+    rows: dict[str, Scores] = field(default_factory=dict)
+    results: dict[str, list[list[Hit]]] = field(default_factory=dict)
+    auc: float | None = None
+    unanswerable: list[BenchQuery] = field(default_factory=list)
+
+    def table(self) -> str:
+        lines = [Scores.HEADER] + [s.row(name) for name, s in self.rows.items()]
+        n = next(iter(self.rows.values())).n if self.rows else 0
+        tail = f"\n\n{n} answerable questions"
+        if self.auc is not None:
+            tail += f"; unanswerable vs answerable AUC of chunkless' top-span score: {self.auc:.3f}"
+            tail += f" ({len(self.unanswerable)} unanswerable)"
+        return "\n".join(lines) + tail
+
+    def write_results(self, path: Path, method: str = "chunkless") -> None:
+        """One JSON line per query: {"query_id", "spans": [{"doc_id", "start", "end", "text", "score"}]}."""
+        with path.open("w", encoding="utf-8") as f:
+            for q, hits in zip(self.queries, self.results[method], strict=True):
+                spans = [
+                    {"doc_id": h.doc_id, "start": h.start, "end": h.end, "text": h.text, "score": h.score} for h in hits
+                ]
+                f.write(json.dumps({"query_id": q.query_id, "spans": spans}, ensure_ascii=False) + "\n")
+
+
+def run_chunkless(retriever: object, queries: list[BenchQuery], top: int = 5) -> tuple[list[list[Hit]], float]:
+    """Hits per query through `Retriever.search_batch`, and the seconds it took."""
+    from retriever.search import Retriever
+
+    assert isinstance(retriever, Retriever)
+    t0 = time.perf_counter()
+    out: list[list[Hit]] = []
+    step = 64  # batched query embedding, bounded memory
+    for i in range(0, len(queries), step):
+        out += [to_hits(r) for r in retriever.search_batch([q.query for q in queries[i : i + step]], top=top)]
+    return out, time.perf_counter() - t0
+
+
+def evaluate(
+    bench: Benchmark,
+    settings: Settings,
+    embedder: TokenEmbedder | None = None,
+    store_dir: Path | None = None,
+    sample: int | None = None,
+    baselines: bool = True,
+    log: Callable[[str], None] | None = None,
+) -> EvalReport:
+    """Index `bench` (into store_dir, else a temporary folder), run chunkless and baselines over its questions.
+
+    Answerable questions are measured (a random `sample` of them if given); unanswerable ones (the same
+    number at most) only feed the AUC of chunkless' top-span scores.
+    """
+    from retriever.baselines import chunk_baseline, sentence_baseline
+    from retriever.search import Retriever
+
+    say = log or (lambda _m: None)
+    embedder = embedder or load_embedder(settings)
+    answerable = bench.answerable(sample)
+    unans = [q for q in bench.queries if not q.answerable]
+    if sample:
+        unans = unans[:sample]
+    with tempfile.TemporaryDirectory(prefix="chunkless-eval-") as tmp:
+        s = settings.model_copy(update={"store_path": Path(store_dir) if store_dir else Path(tmp)})
+        t0 = time.perf_counter()
+        n = index_benchmark(bench, s, embedder)
+        say(f"indexed {n} documents ({len(bench.docs) - n} reused) in {time.perf_counter() - t0:.1f}s")
+        report = EvalReport(queries=answerable, unanswerable=unans)
+        with Retriever(s, embedder=embedder) as r:
+            hits, secs = run_chunkless(r, answerable)
+            report.rows["chunkless"], report.results["chunkless"] = score(answerable, hits, secs), hits
+            say(report.rows["chunkless"].row("chunkless"))
+            if unans:
+                neg, _ = run_chunkless(r, unans, top=1)
+                report.auc = auc(top_scores(hits), top_scores(neg))
+    if baselines:
+        for size in (64, 128, 256):
+            name = f"{size}-token chunks"
+            hits, secs = chunk_baseline(bench, answerable, embedder, size)
+            report.rows[name], report.results[name] = score(answerable, hits, secs), hits
+            say(report.rows[name].row(name))
+        hits, secs = sentence_baseline(bench, answerable, embedder)
+        report.rows["sentences"], report.results["sentences"] = score(answerable, hits, secs), hits
+        say(report.rows["sentences"].row("sentences"))
+    return report

@@ -1,0 +1,85 @@
+"""The Retriever SDK on a real MiniLM store of a few single-topic documents."""
+
+from __future__ import annotations
+
+from concurrent.futures import ThreadPoolExecutor
+from pathlib import Path
+
+import numpy as np
+import pytest
+
+from indexer.embedders import HFTokenEmbedder
+from retriever.benchmark import load_benchmark
+from retriever.evaluate import index_benchmark
+from retriever.search import Retriever
+from schemas.errors import QueryError
+from schemas.settings import Settings
+from tests._bench_fixture import DOCS, write_bench
+
+QUERIES = ["What makes the dough rise?", "How many squares does a chess board have?", "What does an eruption throw?"]
+
+
+@pytest.fixture(scope="module")
+def store(tmp_path_factory: pytest.TempPathFactory, minilm: HFTokenEmbedder) -> Path:
+    root = tmp_path_factory.mktemp("search")
+    bench = load_benchmark(write_bench(root / "bench"))
+    index_benchmark(bench, Settings(store_path=root / "store", device="cpu"), minilm)
+    return root / "store"
+
+
+def retriever(store: Path, minilm: HFTokenEmbedder, **over: object) -> Retriever:
+    return Retriever(Settings(store_path=store, device="cpu", **over), embedder=minilm)  # type: ignore[arg-type]
+
+
+@pytest.mark.parametrize("method", ["threshold", "sentences"])
+def test_search_batch_equals_search_and_threads_equal_serial(store: Path, minilm: HFTokenEmbedder, method: str) -> None:
+    over = {"span_method": method, "threshold_mode": "relative", "rerank_k": 3, "boundary": "sentences"}
+    with retriever(store, minilm, **over) as r:
+        serial = [r.search(q).spans for q in QUERIES]
+        batch = [resp.spans for resp in r.search_batch(QUERIES)]
+        with ThreadPoolExecutor(4) as pool:
+            threaded = list(pool.map(lambda q: r.search(q).spans, QUERIES * 4))
+    assert all(serial), "every query should find a span"
+    for a, b in zip(serial, batch, strict=True):
+        assert [(s.doc_id, s.start, s.end) for s in a] == [(s.doc_id, s.start, s.end) for s in b]
+        assert [s.score for s in a] == pytest.approx([s.score for s in b], abs=1e-5)
+    assert [[(s.doc_id, s.start, s.end) for s in t] for t in threaded] == [
+        [(s.doc_id, s.start, s.end) for s in t] for t in serial * 4
+    ]
+
+
+def test_sentence_method_returns_whole_sentences_on_topic(store: Path, minilm: HFTokenEmbedder) -> None:
+    with retriever(store, minilm, span_method="sentences", boundary="sentences", rerank_k=4) as r:
+        spans = r.search("What makes the dough rise?", top=3).spans
+    top = spans[0]
+    assert top.doc_id == "bread" and "carbon dioxide" in top.text
+    assert top.text == DOCS["bread"][top.start : top.end] and top.text.endswith(".")
+    assert [s.score for s in spans] == sorted((s.score for s in spans), reverse=True)
+
+
+def test_filter_restricts_documents_and_rejects_unknown_fields(store: Path, minilm: HFTokenEmbedder) -> None:
+    with retriever(store, minilm, span_method="sentences", boundary="sentences") as r:
+        only = r.search("What makes the dough rise?", filter={"doc_id": ["chess", "volcano"]}).spans
+        assert only and {s.doc_id for s in only} <= {"chess", "volcano"}
+        with pytest.raises(QueryError, match="not supported"):
+            r.search("dough", filter={"title": "Bread"})
+        with pytest.raises(QueryError, match="empty"):
+            r.search("   ")
+
+
+def test_explain_shapes(store: Path, minilm: HFTokenEmbedder) -> None:
+    with retriever(store, minilm) as r:
+        ex = r.explain("How many squares does a chess board have?", "chess")
+        n = len(ex.starts)
+        assert n > 20 and ex.raw.shape == ex.smoothed.shape == ex.ends.shape == (n,)
+        assert np.all(np.diff(ex.starts) >= 0) and ex.text == DOCS["chess"]
+        assert ex.smoothed.max() <= ex.raw.max() + 1e-6  # smoothing averages, never exceeds the peak
+        with pytest.raises(QueryError, match="not in collection"):
+            r.explain("x", "nope")
+
+
+def test_maxsim_recall_reorders_candidates_only(store: Path, minilm: HFTokenEmbedder) -> None:
+    q = "How many squares does a chess board have?"
+    with retriever(store, minilm, recall_maxsim=True) as r:
+        got = r.recall(q, r._embed_queries([q])[0])
+    assert got[0].doc_id == "chess" and sorted(c.doc_id for c in got) == sorted(DOCS)
