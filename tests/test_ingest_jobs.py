@@ -294,3 +294,12 @@ def test_report_json_has_what_the_issue_asks(tmp_path: Path, minilm: HFTokenEmbe
     assert d["documents"] == 2 and d["tokens"] > 0 and d["bytes_stored"] > 0
     assert d["seconds"] > 0 and d["tokens_per_second"] > 0
     assert [Path(f["path"]).name for f in d["failures"]] == ["bad.txt"] and d["failures"][0]["reason"]
+
+
+def test_progress_bar_shows_files_tokens_per_second_and_eta(capsys: pytest.CaptureFixture[str]) -> None:
+    bar = pipeline.Progress(4, bar=True)
+    bar.advance("stored", "a.txt", 1000)
+    bar.advance("unchanged", "b.txt")
+    bar.close()
+    err = capsys.readouterr().err
+    assert "2/4" in err and "tok/s" in err and "<" in err  # tqdm writes the ETA as elapsed<remaining
