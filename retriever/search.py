@@ -6,7 +6,8 @@ import bisect
 import math
 import threading
 import time
-from collections.abc import Sequence
+from collections import OrderedDict
+from collections.abc import Callable, Sequence
 from dataclasses import dataclass
 
 import numpy as np
@@ -64,6 +65,7 @@ class Retriever:
         self._model_lock = threading.Lock()
         self._store_lock = threading.Lock()
         self._sentences = SentenceTables()
+        self._alone = AloneCache(settings.rerank_cache)
 
     def close(self) -> None:
         self.store.close()
@@ -195,8 +197,7 @@ class Retriever:
         texts = [t for c in batch for t in c.texts[: st.rerank_k]]
         if not texts:
             return
-        with self._model_lock:
-            vecs = self.embedder.embed_texts(texts)
+        vecs = self._alone.embed(texts, self._embed_alone)
         i = 0
         for c in batch:
             m = min(st.rerank_k, len(c.texts))
@@ -204,6 +205,10 @@ class Retriever:
             i += m
             c.score[:m] = st.rerank_weight * alone + (1 - st.rerank_weight) * c.score[:m]
             c.score[m:] = -math.inf if m else c.score[m:]  # not re-embedded: below every re-ranked one
+
+    def _embed_alone(self, texts: list[str]) -> np.ndarray:
+        with self._model_lock:
+            return self.embedder.embed_texts(texts)
 
     def _sentence_results(self, c: SentenceCandidates, docs: list[DocTokens], top: int) -> list[SpanResult]:
         order = np.argsort(-c.score, kind="stable")[:top]
@@ -278,8 +283,15 @@ class Retriever:
             )
         return out
 
+    def _explained_spans(self, q: np.ndarray, docs: list[DocTokens], ts: TokenSpans) -> list[SpanResult]:
+        if self.settings.span_method != "sentences":
+            return self._to_results(ts, docs)
+        cands = self._sentence_candidates(q, docs, self.settings.top)
+        self._rerank([cands])
+        return self._sentence_results(cands, docs, self.settings.top)
+
     def explain(self, query: str, doc_id: str) -> Explanation:
-        """Raw and smoothed relevance of every token of `doc_id`, the threshold, and the spans it yields."""
+        """Raw and smoothed relevance of every token of `doc_id`, the threshold, and the configured method's spans."""
         with self._store_lock:
             header = self.store.header(doc_id)
         if header is None:
@@ -299,9 +311,35 @@ class Retriever:
             raw=r.cpu().numpy(),
             smoothed=s.cpu().numpy(),
             threshold=thr,
-            spans=self._to_results(ts, docs),
+            spans=self._explained_spans(q, docs, ts),
             page_starts=list(header.get("page_starts", [0])),
         )
+
+
+class AloneCache:
+    """Bounded LRU of sentences' alone embeddings by text: popular sentences are re-embedded once."""
+
+    def __init__(self, max_entries: int) -> None:
+        self.max_entries = max_entries
+        self._items: OrderedDict[str, np.ndarray] = OrderedDict()
+        self._lock = threading.Lock()
+
+    def embed(self, texts: list[str], embed: Callable[[list[str]], np.ndarray]) -> np.ndarray:
+        """(n, dim) vectors of `texts`; only the ones not cached go through `embed`, in one batch."""
+        with self._lock:
+            found = {t: self._items[t] for t in texts if t in self._items}
+            for t in found:
+                self._items.move_to_end(t)
+        todo = list(dict.fromkeys(t for t in texts if t not in found))
+        if todo:
+            fresh = embed(todo)
+            found.update(zip(todo, fresh, strict=True))
+            with self._lock:
+                for t, v in zip(todo, fresh, strict=True):
+                    self._items[t] = v
+                while len(self._items) > self.max_entries:
+                    self._items.popitem(last=False)
+        return np.stack([found[t] for t in texts])
 
 
 def _where(filter: dict[str, str | list[str]] | None) -> Where | None:

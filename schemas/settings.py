@@ -64,16 +64,19 @@ class Settings(BaseSettings):
     delta: int = Field(170, ge=0)
     min_span_size: int = Field(15, ge=1)
     max_extension: int = Field(32, ge=0)
-    boundary: Boundary = "separators"
+    boundary: Boundary = Field(
+        "sentences", description='Span ends: "sentences" (real boundaries) or "separators" (original: \\n \\t .).'
+    )
     span_method: SpanMethod = Field(
-        "threshold",
+        "sentences",
         description="threshold: the original method (smooth, threshold, cluster, extend); sentences: rank the "
         "sentences of candidate documents by their pooled in-context token vectors, re-embed the best alone.",
     )
-    rerank_k: int = Field(0, ge=0, description="sentences: best candidates re-embedded alone per query (0: none).")
-    rerank_weight: float = Field(0.5, ge=0.0, le=1.0, description="sentences: weight of the alone cosine.")
+    rerank_k: int = Field(40, ge=0, description="sentences: best candidates re-embedded alone per query (0: none).")
+    rerank_weight: float = Field(0.7, ge=0.0, le=1.0, description="sentences: weight of the alone cosine.")
     token_weight: float = Field(0.0, ge=0.0, le=1.0, description="sentences: weight of the smoothed token maximum.")
     min_sentence_tokens: int = Field(4, ge=1, description="sentences: shorter sentences (headings) are skipped.")
+    rerank_cache: int = Field(16384, ge=0, description="sentences: alone embeddings kept (LRU by text).")
 
     @model_validator(mode="after")
     def _server_options_need_url(self) -> Settings:

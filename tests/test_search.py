@@ -11,7 +11,7 @@ import pytest
 from indexer.embedders import HFTokenEmbedder
 from retriever.benchmark import load_benchmark
 from retriever.evaluate import index_benchmark
-from retriever.search import Retriever
+from retriever.search import AloneCache, Retriever
 from schemas.errors import QueryError
 from schemas.settings import Settings
 from tests._bench_fixture import DOCS, write_bench
@@ -83,3 +83,27 @@ def test_maxsim_recall_reorders_candidates_only(store: Path, minilm: HFTokenEmbe
     with retriever(store, minilm, recall_maxsim=True) as r:
         got = r.recall(q, r._embed_queries([q])[0])
     assert got[0].doc_id == "chess" and sorted(c.doc_id for c in got) == sorted(DOCS)
+
+
+def test_original_method_stays_reachable(store: Path, minilm: HFTokenEmbedder) -> None:
+    with retriever(store, minilm, span_method="threshold", boundary="separators", threshold=0.99) as r:
+        assert r.search("What makes the dough rise?").spans == []  # nothing clears an absolute 0.99
+    with retriever(store, minilm, span_method="threshold", threshold_mode="relative") as r:
+        ex = r.explain("What makes the dough rise?", "bread")
+        assert ex.threshold == pytest.approx(float(ex.smoothed.max()) - 0.05, abs=1e-5)
+        assert ex.spans and all(s.doc_id == "bread" for s in ex.spans)
+
+
+def test_alone_cache_embeds_each_text_once() -> None:
+    calls: list[list[str]] = []
+
+    def embed(texts: list[str]) -> np.ndarray:
+        calls.append(texts)
+        return np.array([[float(len(t)), 1.0] for t in texts])
+
+    cache = AloneCache(max_entries=2)
+    first = cache.embed(["ab", "c", "ab"], embed)
+    assert calls == [["ab", "c"]] and first[:, 0].tolist() == [2.0, 1.0, 2.0]
+    cache.embed(["c", "dddd"], embed)  # "c" cached; "dddd" evicts the least recently used "ab"
+    cache.embed(["ab"], embed)
+    assert calls == [["ab", "c"], ["dddd"], ["ab"]]
