@@ -35,6 +35,7 @@ log = logging.getLogger(__name__)
 CHARS_PER_TOKEN = 4  # English BPE averages ~4 characters a token: enough to size batches before tokenizing
 LOAD_QUEUE_DOCS = 64  # parsed documents waiting for the model
 WRITE_QUEUE_BATCHES = 2  # embedded batches waiting for the store: one being written, one ready
+SERVER_ORPHAN_GRACE_S = 3600.0  # far longer than any one document's write; older orphans are a dead writer's
 _DONE = object()
 
 
@@ -145,7 +146,8 @@ def ingest(
     docs: queue.Queue[Any] = queue.Queue(LOAD_QUEUE_DOCS)
     embedded: queue.Queue[Any] = queue.Queue(WRITE_QUEUE_BATCHES)
     try:
-        removed = store.remove_orphans()
+        # on a server another worker may be between a document's segments and its header right now
+        removed = store.remove_orphans(min_age_s=SERVER_ORPHAN_GRACE_S if settings.url else 0.0)
         if removed:
             log.info("removed %d orphan segments left by an interrupted run", removed)
         live = {d: h["version"] for d, h in store.headers().items()}
@@ -213,18 +215,15 @@ def _open(settings: Settings, embedder: TokenEmbedder | None) -> tuple[TokenStor
     """The store to write, and the embedder if it had to be loaded to create the collection."""
     if embedder is None:
         try:
-            store = open_store(settings)  # existing collection: defer loading the model until needed
+            existing = open_store(settings)
         except StoreNotFoundError:
             embedder = load_embedder(settings)
         else:
-            try:
-                store.meta.check(
-                    settings.model, store.meta.dim, settings.storage_dtype, f"collection '{settings.collection}'"
-                )
-            except ChunklessError:
-                store.close()
-                raise
-            return store, None
+            # an existing collection knows its dimension: defer loading the model until a file needs it,
+            # and let open_or_create_store apply every check (model, dtype, layout) as it always does
+            meta = existing.meta
+            existing.close()
+            return open_or_create_store(settings, settings.model, meta.dim, meta.pooling), None
     pooling = str(getattr(embedder, "pooling", "mean"))
     return open_or_create_store(settings, embedder.name, embedder.dim, pooling), embedder
 

@@ -21,6 +21,8 @@ def encode(vectors: np.ndarray, dtype: StorageDtype) -> tuple[np.ndarray, np.nda
         return vectors.astype(np.float32, copy=False), None
     if dtype == "float16":
         return vectors.astype(np.float16).astype(np.float32), None  # Qdrant narrows; round here so reads match
+    if dtype != "int8":
+        raise ValueError(f"{dtype} rows are encoded by indexer.compress.TokenCodec, not here")
     scale = np.abs(vectors).max(axis=1).astype(np.float32)  # (n,)
     scale = np.where(scale > 0, scale, 1.0).astype(np.float32)
     codes = np.clip(np.rint(vectors / scale[:, None] * 127.0), -127, 127).astype(np.int16) + 128

@@ -11,6 +11,7 @@ that `remove_orphans` deletes.
 from __future__ import annotations
 
 import time
+import uuid
 from collections import defaultdict
 from dataclasses import dataclass
 from typing import Any, Literal
@@ -18,12 +19,12 @@ from typing import Any, Literal
 import numpy as np
 from pydantic import BaseModel
 
-from indexer import quantize
 from indexer.backends import Match, NewPoint, PointRecord, PointsBackend, VectorSpace, Where
-from indexer.segments import header_id, segment_id, split_segments
+from indexer.compress import CodecParams, StorageLayout, TokenCodec, fit, pool_document
+from indexer.segments import POINT_NAMESPACE, header_id, segment_id, split_segments
 from schemas.errors import StoreMismatchError, StoreNotFoundError
 from schemas.models import EmbeddedDocument
-from schemas.settings import Settings, StorageDtype
+from schemas.settings import Settings, StorageDtype, StorageReduce
 
 SCHEMA_VERSION = 1
 KEYWORD_FIELDS = ["kind", "doc_id", "version", "source"]
@@ -39,9 +40,26 @@ class CollectionMeta(BaseModel):
     pooling: str
     schema_version: int = SCHEMA_VERSION
     created_at: float = 0.0
+    # storage layout (indexer.compress); defaults keep collections made before layouts readable
+    storage_reduce: StorageReduce = "none"
+    storage_dim: int | None = None
+    storage_pool: int = 1
 
-    def check(self, model: str, dim: int, storage_dtype: StorageDtype | None, where: str) -> None:
-        """Raise StoreMismatchError when (model, dim, dtype) differ from the collection's."""
+    @property
+    def layout(self) -> StorageLayout:
+        return StorageLayout(
+            dtype=self.storage_dtype, reduce=self.storage_reduce, dim=self.storage_dim, pool=self.storage_pool
+        )
+
+    def check(
+        self,
+        model: str,
+        dim: int,
+        storage_dtype: StorageDtype | None,
+        where: str,
+        layout: StorageLayout | None = None,
+    ) -> None:
+        """Raise StoreMismatchError when (model, dim, dtype, layout) differ from the collection's."""
         if dim != self.dim:
             raise StoreMismatchError(
                 f"{where}: model '{model}' gives {dim}-d vectors but the collection holds {self.dim}-d vectors "
@@ -57,6 +75,13 @@ class CollectionMeta(BaseModel):
                 f"{where}: the collection stores {self.storage_dtype} tokens, not {storage_dtype}; "
                 f"set CHUNKLESS_STORAGE_DTYPE={self.storage_dtype} or use a new --collection"
             )
+        if layout is not None and layout != self.layout:
+            m = self.layout
+            raise StoreMismatchError(
+                f"{where}: the collection stores tokens as {m.name}, not {layout.name}; set "
+                f"CHUNKLESS_STORAGE_DTYPE={m.dtype} CHUNKLESS_STORAGE_REDUCE={m.reduce} "
+                f"CHUNKLESS_STORAGE_DIM={m.dim or ''} CHUNKLESS_STORAGE_POOL={m.pool} or use a new --collection"
+            )
 
 
 @dataclass
@@ -66,8 +91,8 @@ class StoredSegment:
     doc_id: str
     version: str
     index: int
-    stored: np.ndarray  # (n, dim) float32, or uint8 codes for int8
-    scales: np.ndarray | None  # (n,) int8 scales
+    stored: np.ndarray  # (n, columns) float32, or uint8 codes for int8 and binary
+    scales: np.ndarray | None  # (n,) int8 / binary row scales
     starts: np.ndarray  # (n,) absolute char offsets
     ends: np.ndarray
     char_start: int
@@ -94,17 +119,55 @@ class TokenStore:
     def __init__(self, backend: PointsBackend, meta: CollectionMeta) -> None:
         self.backend = backend
         self.meta = meta
+        self._codec: TokenCodec | None = None
+
+    # -- storage layout ----------------------------------------------------------------------------
+    @property
+    def codec(self) -> TokenCodec:
+        """The collection's token codec; fitted layouts read their parameters from the codec point."""
+        if self._codec is None:
+            params = None
+            if self.meta.layout.needs_fit:
+                recs = self.backend.scroll(Where(must=[Match("kind", "codec")]), [], limit=1)
+                if not recs:
+                    raise StoreMismatchError(
+                        f"collection stores {self.meta.layout.name} tokens but has no fitted codec yet; "
+                        "ingest a document first"
+                    )
+                params = CodecParams.from_payload(recs[0].payload["params"])
+            self._codec = TokenCodec(self.meta.layout, self.meta.dim, params)
+        return self._codec
+
+    def fit_codec(self, sample: np.ndarray) -> bool:
+        """Fit and store the layout's parameters on (n, dim) token rows, unless already fitted; True if fitted now.
+
+        The first document written fits them when nobody called this; a sample across documents fits better.
+        """
+        layout = self.meta.layout
+        if not layout.needs_fit or self.backend.count(Where(must=[Match("kind", "codec")])):
+            return False
+        params = fit(layout, sample)
+        # a codec point carries the parameters so every backend keeps them with the collection;
+        # its pooled vector is a fixed unit vector, never recalled (recall filters on kind)
+        unit = np.zeros(self.meta.dim, dtype=np.float32)
+        unit[0] = 1.0
+        pid = str(uuid.uuid5(POINT_NAMESPACE, "codec"))
+        self.backend.upsert([NewPoint(pid, {"pooled": unit}, {"kind": "codec", "params": params.to_payload()})])
+        self._codec = TokenCodec(layout, self.meta.dim, params)
+        return True
 
     # -- writes ------------------------------------------------------------------------------------
     def write_document(self, emb: EmbeddedDocument) -> int:
         """Store (or replace) a document; returns the bytes of vector data written."""
         d = emb.doc
         self.meta.check(self.meta.model, emb.dim, None, d.source)
+        n_model_tokens = emb.n_tokens
+        emb = pool_document(emb, self.meta.storage_pool)
+        self.fit_codec(emb.vectors)
         segs = split_segments(emb)
-        dtype = self.meta.storage_dtype
         points, nbytes = [], 0
         for s in segs:
-            stored, scales = quantize.encode(s.vectors, dtype)
+            stored, scales = self.codec.encode(s.vectors)
             payload: dict[str, Any] = {
                 "kind": "segment",
                 "doc_id": d.doc_id,
@@ -122,7 +185,7 @@ class TokenStore:
             points.append(
                 NewPoint(segment_id(d.doc_id, d.content_hash, s.index), {"tokens": stored, "pooled": s.pooled}, payload)
             )
-            nbytes += s.vectors.size * quantize.BYTES_PER_NUMBER[dtype]
+            nbytes += stored.nbytes
         # one segment per upsert keeps each request under a server's payload limit
         for p in points:
             self.backend.upsert([p])
@@ -132,7 +195,8 @@ class TokenStore:
             "version": d.content_hash,
             "source": d.source,
             "title": d.title,
-            "n_tokens": emb.n_tokens,
+            "n_tokens": n_model_tokens,
+            "n_rows": emb.n_tokens,  # stored rows: fewer than tokens when adjacent tokens are pooled
             "n_segments": len(segs),
             "page_starts": d.page_starts,
             "text_len": len(d.text),
@@ -196,6 +260,10 @@ class TokenStore:
     def maxsim(self, query_tokens: np.ndarray, k: int, doc_ids: list[str] | None = None) -> list[Candidate]:
         """Top-k documents by Qdrant's MaxSim of the query's token vectors over segment token matrices."""
         self._check_query(query_tokens[0])
+        if not self.meta.layout.is_plain:
+            raise StoreMismatchError(
+                f"MaxSim in Qdrant needs plain token rows; this collection stores {self.meta.layout.name}"
+            )
         must: list[Match | Where] = [Match("kind", "segment")]
         if doc_ids is not None:
             must.append(Match("doc_id", list(doc_ids)))
@@ -261,6 +329,7 @@ class TokenStore:
             "tokens": tokens,
             "dim": self.meta.dim,
             "storage_dtype": self.meta.storage_dtype,
+            "storage_layout": self.meta.layout.name,
             "bytes_on_disk": disk,
             "bytes_per_token": (disk / tokens) if disk is not None and tokens else None,
         }
@@ -272,13 +341,15 @@ class TokenStore:
         self.backend.close()
 
 
-def vector_spaces(dim: int, dtype: StorageDtype) -> dict[str, VectorSpace]:
+def vector_spaces(dim: int, dtype: StorageDtype, layout: StorageLayout | None = None) -> dict[str, VectorSpace]:
     """The two named vectors: pooled (cosine, HNSW) and tokens (MaxSim multivector, no HNSW)."""
-    stored = {"float32": "float32", "float16": "float16", "int8": "uint8"}[dtype]
+    layout = layout or StorageLayout(dtype=dtype)
     return {
         "pooled": VectorSpace(size=dim, multivector=False, datatype="float32", distance="cosine", hnsw=True),
         # dot, not cosine: rows are unit vectors already, and cosine would renormalise int8 codes
-        "tokens": VectorSpace(size=dim, multivector=True, datatype=stored, distance="dot", hnsw=False),
+        "tokens": VectorSpace(
+            size=layout.columns(dim), multivector=True, datatype=layout.qdrant_datatype, distance="dot", hnsw=False
+        ),
     }
 
 
@@ -307,16 +378,28 @@ def open_store(settings: Settings) -> TokenStore:
 
 
 def open_or_create_store(settings: Settings, model: str, dim: int, pooling: str) -> TokenStore:
-    """Open the collection for writing, creating it for (model, dim, dtype) if it does not exist."""
+    """Open the collection for writing, creating it for (model, dim, storage layout) if it does not exist."""
     backend = make_backend(settings)
+    layout = StorageLayout.from_settings(settings)
     if backend.exists():
         meta = CollectionMeta.model_validate(backend.read_metadata()["chunkless"])
-        meta.check(model, dim, settings.storage_dtype, f"collection '{settings.collection}'")
+        meta.check(model, dim, settings.storage_dtype, f"collection '{settings.collection}'", layout)
         return TokenStore(backend, meta)
+    try:
+        layout.stored_dim(dim)
+    except ValueError as e:
+        raise StoreMismatchError(f"collection '{settings.collection}': {e}") from e
     meta = CollectionMeta(
-        model=model, dim=dim, storage_dtype=settings.storage_dtype, pooling=pooling, created_at=time.time()
+        model=model,
+        dim=dim,
+        storage_dtype=settings.storage_dtype,
+        pooling=pooling,
+        created_at=time.time(),
+        storage_reduce=layout.reduce,
+        storage_dim=layout.dim,
+        storage_pool=layout.pool,
     )
-    spaces = vector_spaces(dim, settings.storage_dtype)
+    spaces = vector_spaces(dim, settings.storage_dtype, layout)
     backend.create(
         spaces,
         {"chunkless": meta.model_dump(), "spaces": {n: vars(s) for n, s in spaces.items()}},

@@ -22,7 +22,14 @@ def _settings(args: argparse.Namespace) -> Settings:
         "url": "url",
     }
     over = {field: getattr(args, flag) for flag, field in flags.items() if getattr(args, flag, None) is not None}
+    if getattr(args, "storage", None):  # a whole storage layout by name, e.g. binary or int8-pca128-pool2
+        from indexer.compress import StorageLayout
+
+        lay = StorageLayout.parse(args.storage)
+        over |= {"storage_dtype": lay.dtype, "storage_reduce": lay.reduce, "storage_dim": lay.dim}
+        over["storage_pool"] = lay.pool
     return Settings(**over)
+
 
 
 def _common(p: argparse.ArgumentParser) -> None:
@@ -129,13 +136,32 @@ def cmd_eval(args: argparse.Namespace) -> int:
     return 0
 
 
+def cmd_storage_report(args: argparse.Namespace) -> int:
+    import importlib.util
+
+    # the experiment is a script (scripts/storage_experiment.py), run from the checkout it was installed from
+    path = Path(__file__).resolve().parent.parent / "scripts" / "storage_experiment.py"
+    if not path.is_file():
+        print(f"chunkless: error: {path} not found; storage-report runs from a source checkout", file=sys.stderr)
+        return 2
+    spec = importlib.util.spec_from_file_location("storage_experiment", path)
+    assert spec is not None and spec.loader is not None
+    mod = importlib.util.module_from_spec(spec)
+    sys.modules[spec.name] = mod  # dataclasses look their module up there
+    spec.loader.exec_module(mod)
+    return int(mod.main(args.rest))
+
+
 def build_parser() -> argparse.ArgumentParser:
     p = argparse.ArgumentParser(prog="chunkless", description="Token-level retrieval of exact answer spans.")
     sub = p.add_subparsers(dest="command", required=True)
 
     ing = sub.add_parser("ingest", help="ingest PDF, Markdown and text files or folders")
     ing.add_argument("paths", nargs="+", type=Path)
-    ing.add_argument("--dtype", choices=["float32", "float16", "int8"], help="token storage dtype of a new collection")
+    ing.add_argument(
+        "--dtype", choices=["float32", "float16", "int8", "binary"], help="token storage dtype of a new collection"
+    )
+    ing.add_argument("--storage", help="storage layout of a new collection, e.g. binary, int8-pca128, int8-pool2")
     ing.add_argument("--report", help="write a JSON report of the run here")
     ing.add_argument("--quiet", action="store_true", help="plain log lines, no progress bar")
     _common(ing)
@@ -160,6 +186,15 @@ def build_parser() -> argparse.ArgumentParser:
     ev.add_argument("--no-baselines", action="store_true", help="chunkless only")
     _common(ev)  # --store names a store to (re)use; without it the corpus is indexed into a temporary one
     ev.set_defaults(func=cmd_eval)
+
+    sr = sub.add_parser(
+        "storage-report",
+        help="bytes per token in the store against span quality, per storage layout (scripts/storage_experiment.py)",
+        add_help=False,
+        prefix_chars="+",  # every flag, --help included, belongs to the script's own parser
+    )
+    sr.add_argument("rest", nargs="*", help="BENCH_DIR [--model M] [--out DIR] [--sample N] ...")
+    sr.set_defaults(func=cmd_storage_report)
 
     de = sub.add_parser("delete", help="remove a document by doc_id or path")
     de.add_argument("target")

@@ -13,7 +13,6 @@ from dataclasses import dataclass
 import numpy as np
 import torch
 
-from indexer import quantize
 from indexer.store import TokenStore
 from retriever.boundaries import token_ends_sentence
 from schemas.settings import Boundary
@@ -103,7 +102,7 @@ class Fetcher:
         scales = np.concatenate([s.scales for s in segs]) if dtype == "int8" else None
         t = torch.from_numpy(stored).to(self.device, non_blocking=True)
         sc = torch.from_numpy(scales).to(self.device) if scales is not None else None
-        vectors = quantize.decode(t, sc, dtype)
+        vectors = self.store.codec.decode(t, sc)  # the collection's storage layout
         text = "".join(s.text for s in segs)
         starts = np.concatenate([s.starts for s in segs])
         ends = np.maximum.accumulate(np.concatenate([s.ends for s in segs]))

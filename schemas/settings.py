@@ -8,7 +8,8 @@ from typing import Literal
 from pydantic import Field, SecretStr, model_validator
 from pydantic_settings import BaseSettings, SettingsConfigDict
 
-StorageDtype = Literal["float32", "float16", "int8"]
+StorageDtype = Literal["float32", "float16", "int8", "binary"]
+StorageReduce = Literal["none", "pca", "truncate"]
 Pooling = Literal["auto", "last", "mean"]
 Device = Literal["auto", "cpu", "cuda"]
 ModelDtype = Literal["auto", "float32", "bfloat16", "float16"]
@@ -31,6 +32,9 @@ class Settings(BaseSettings):
     https: bool | None = None
     collection: str = Field("chunkless", pattern=r"^[A-Za-z0-9_.-]+$")
     storage_dtype: StorageDtype = "float32"
+    storage_reduce: StorageReduce = Field("none", description="Token dimension reduction of a new collection.")
+    storage_dim: int | None = Field(None, ge=8, description="Stored dimensions when storage_reduce is pca/truncate.")
+    storage_pool: int = Field(1, ge=1, le=4, description="Adjacent tokens merged into one stored row.")
     shard_number: int = Field(1, ge=1)
     replication_factor: int = Field(1, ge=1)
     on_disk: bool = True
@@ -82,6 +86,8 @@ class Settings(BaseSettings):
     def _server_options_need_url(self) -> Settings:
         if self.url is None and self.api_key is not None:
             raise ValueError("api_key is set but url is not: set CHUNKLESS_URL to use a Qdrant server")
+        if (self.storage_reduce == "none") != (self.storage_dim is None):
+            raise ValueError("storage_dim is set exactly when storage_reduce is pca or truncate")
         return self
 
     @property

@@ -1,0 +1,255 @@
+"""Storage layouts of token matrices: fewer bytes per token, decoded back to the model's space.
+
+A layout is three choices applied in this order on write and undone on read:
+
+1. **pool** k adjacent tokens into one row (mean, renormalised; character range = first start to last
+   end), so span code works on pooled "tokens" unchanged;
+2. **reduce** the dimension: `pca` (centred, fitted on a sample of the collection's token vectors) or
+   `truncate` (keep the first `dim` coordinates; only sensible for Matryoshka-trained models);
+3. **dtype** of the stored numbers: float32, float16, int8 (per-row scale, see `quantize`) or binary:
+   1 bit per dimension packed 8 to a uint8 column, because Qdrant has no bit datatype.
+
+Binary codes are signs of the *centred* coordinates z = y - mean (token vectors share a large common
+direction, so signs of raw coordinates would mostly encode that). Decoding is z ~ c * a * sign(z): `a`
+(per dimension, fitted) is E|z_j|, and `c` (per row) is the least-squares factor, kept as a float16
+in two extra uint8 columns of the row itself: a JSON payload number would cost ~15 bytes per token.
+Every decode returns float32 rows in the model's space, so the query needs no projection and
+`r = D @ q` is unchanged downstream.
+
+Fitted parameters (mean, PCA components, binary dimension scales) live in one `kind="codec"` point of
+the collection, written by the first document (or an explicit sample), so they work on every backend.
+"""
+
+from __future__ import annotations
+
+import base64
+import re
+from dataclasses import dataclass
+
+import numpy as np
+import torch
+from pydantic import BaseModel, Field
+
+from indexer import quantize
+from schemas.models import EmbeddedDocument
+from schemas.settings import Settings, StorageDtype, StorageReduce
+
+BINARY_SCALE_COLUMNS = 2  # a binary row ends with its float16 scale's two bytes
+FIT_ROWS = 20_000  # token rows a fit uses at most: enough for a stable 1024-d covariance
+_NAME = re.compile(r"^(float32|float16|int8|binary)(?:-(pca|truncate)(\d+))?(?:-pool(\d))?$")
+
+
+class StorageLayout(BaseModel, frozen=True):
+    """How token rows are stored; recorded in CollectionMeta and checked on every use."""
+
+    dtype: StorageDtype = "float32"
+    reduce: StorageReduce = "none"
+    dim: int | None = Field(None, ge=8, description="Stored dimensions when reduce is pca or truncate.")
+    pool: int = Field(1, ge=1, le=4, description="Adjacent tokens merged into one stored row.")
+
+    @classmethod
+    def from_settings(cls, s: Settings) -> StorageLayout:
+        return cls(dtype=s.storage_dtype, reduce=s.storage_reduce, dim=s.storage_dim, pool=s.storage_pool)
+
+    @classmethod
+    def parse(cls, name: str) -> StorageLayout:
+        """'int8-pca128-pool2' -> layout (the form `name` prints)."""
+        m = _NAME.match(name)
+        if m is None:
+            raise ValueError(f"storage layout '{name}' is not DTYPE[-pcaN|-truncateN][-poolK], e.g. int8-pca128-pool2")
+        dtype, reduce, dim, pool = m.groups()
+        return cls(dtype=dtype, reduce=reduce or "none", dim=int(dim) if dim else None, pool=int(pool or 1))
+
+    @property
+    def name(self) -> str:
+        red = f"-{self.reduce}{self.dim}" if self.reduce != "none" else ""
+        return f"{self.dtype}{red}" + (f"-pool{self.pool}" if self.pool > 1 else "")
+
+    @property
+    def is_plain(self) -> bool:
+        """Stored rows are the model's vectors in a plain number format (what Qdrant's MaxSim can score)."""
+        return self.dtype != "binary" and self.reduce == "none" and self.pool == 1
+
+    @property
+    def needs_fit(self) -> bool:
+        return self.reduce == "pca" or self.dtype == "binary"
+
+    def stored_dim(self, model_dim: int) -> int:
+        """Coordinates kept per row."""
+        if self.reduce == "none":
+            return model_dim
+        if self.dim is None or self.dim > model_dim:
+            raise ValueError(f"storage_dim {self.dim} must be set and at most the model's {model_dim} dimensions")
+        return self.dim
+
+    def columns(self, model_dim: int) -> int:
+        """Width of the stored Qdrant multivector."""
+        d = self.stored_dim(model_dim)
+        return -(-d // 8) + BINARY_SCALE_COLUMNS if self.dtype == "binary" else d
+
+    @property
+    def qdrant_datatype(self) -> str:
+        return {"float32": "float32", "float16": "float16", "int8": "uint8", "binary": "uint8"}[self.dtype]
+
+    def vector_bytes_per_token(self, model_dim: int) -> float:
+        """Stored token-vector bytes per *model* token, on paper (int8's payload scales not included)."""
+        per_row = self.columns(model_dim) * {"float32": 4, "float16": 2, "int8": 1, "binary": 1}[self.dtype]
+        return per_row / self.pool
+
+
+# --- fitted parameters --------------------------------------------------------------------------------
+@dataclass
+class CodecParams:
+    """What a fit learns: mean (dim,), PCA components (dim, k) or None, binary dimension scales (k,) or None."""
+
+    mean: np.ndarray
+    components: np.ndarray | None
+    abs_mean: np.ndarray | None
+
+    def to_payload(self) -> dict[str, object]:
+        def enc(a: np.ndarray | None) -> object:
+            if a is None:
+                return None
+            a32 = np.ascontiguousarray(a, dtype=np.float32)
+            return {"shape": list(a32.shape), "b64": base64.b64encode(a32.tobytes()).decode("ascii")}
+
+        return {"mean": enc(self.mean), "components": enc(self.components), "abs_mean": enc(self.abs_mean)}
+
+    @classmethod
+    def from_payload(cls, p: dict) -> CodecParams:
+        def dec(v: dict | None) -> np.ndarray | None:
+            if v is None:
+                return None
+            return np.frombuffer(base64.b64decode(v["b64"]), dtype=np.float32).reshape(v["shape"]).copy()
+
+        mean = dec(p["mean"])
+        assert mean is not None
+        return cls(mean=mean, components=dec(p.get("components")), abs_mean=dec(p.get("abs_mean")))
+
+
+def fit(layout: StorageLayout, sample: np.ndarray, seed: int = 0) -> CodecParams:
+    """Fit mean, PCA components and binary dimension scales on (n, dim) unit token rows."""
+    rows = sample
+    if len(rows) > FIT_ROWS:
+        rows = rows[np.random.default_rng(seed).choice(len(rows), FIT_ROWS, replace=False)]
+    x = rows.astype(np.float64)
+    mean = x.mean(0)
+    components = None
+    y = x
+    if layout.reduce == "pca":
+        k = layout.stored_dim(x.shape[1])
+        xc = x - mean
+        evals, evecs = np.linalg.eigh(xc.T @ xc)  # (dim, dim): cheaper than an SVD of the sample
+        components = evecs[:, np.argsort(evals)[::-1][:k]]
+        y = xc @ components
+    elif layout.reduce == "truncate":
+        y = x[:, : layout.stored_dim(x.shape[1])]
+    abs_mean = None
+    if layout.dtype == "binary":
+        centred = y if layout.reduce == "pca" else y - y.mean(0)
+        abs_mean = np.maximum(np.abs(centred).mean(0), 1e-6)
+    return CodecParams(
+        mean=mean.astype(np.float32),
+        components=None if components is None else components.astype(np.float32),
+        abs_mean=None if abs_mean is None else abs_mean.astype(np.float32),
+    )
+
+
+# --- pooling ------------------------------------------------------------------------------------------
+def pool_document(emb: EmbeddedDocument, k: int) -> EmbeddedDocument:
+    """Merge each run of k adjacent tokens: mean vector renormalised, character range [first start, last end)."""
+    if k == 1:
+        return emb
+    n = emb.n_tokens
+    idx = np.arange(0, n, k)
+    counts = np.diff(np.append(idx, n)).astype(np.float32)
+    v = np.add.reduceat(emb.vectors, idx, axis=0) / counts[:, None]
+    v /= np.maximum(np.linalg.norm(v, axis=1, keepdims=True), 1e-12)
+    offsets = np.stack(
+        [np.minimum.reduceat(emb.offsets[:, 0], idx), np.maximum.reduceat(emb.offsets[:, 1], idx)], axis=1
+    )
+    bounds = np.minimum(-(-emb.window_bounds // k), len(idx))  # token windows in pooled rows
+    return EmbeddedDocument(
+        doc=emb.doc,
+        vectors=v.astype(np.float32),
+        offsets=offsets,
+        pooled=emb.pooled,
+        window_pooled=emb.window_pooled,
+        window_bounds=bounds,
+    )
+
+
+# --- encode / decode ----------------------------------------------------------------------------------
+class TokenCodec:
+    """Encode (n, dim) float32 token rows to what Qdrant stores, and decode them back on any device."""
+
+    def __init__(self, layout: StorageLayout, model_dim: int, params: CodecParams | None) -> None:
+        if layout.needs_fit and params is None:
+            raise ValueError(f"storage layout {layout.name} needs fitted parameters")
+        self.layout = layout
+        self.model_dim = model_dim
+        self.stored_dim = layout.stored_dim(model_dim)
+        self.params = params
+        self._on: dict[torch.device, dict[str, torch.Tensor]] = {}
+
+    def _reduce(self, x: np.ndarray) -> np.ndarray:
+        if self.layout.reduce == "pca":
+            assert self.params is not None and self.params.components is not None
+            return (x - self.params.mean) @ self.params.components
+        return x[:, : self.stored_dim]
+
+    def _binary_centre(self) -> np.ndarray:
+        """What binary codes are centred on, in stored coordinates (PCA coordinates are centred already)."""
+        assert self.params is not None
+        if self.layout.reduce == "pca":
+            return np.zeros(self.stored_dim, dtype=np.float32)
+        return self.params.mean[: self.stored_dim]
+
+    def encode(self, vectors: np.ndarray) -> tuple[np.ndarray, np.ndarray | None]:
+        """(n, dim) float32 -> (stored rows, per-row payload scales or None)."""
+        y = self._reduce(vectors.astype(np.float32, copy=False)).astype(np.float32)
+        if self.layout.dtype != "binary":
+            return quantize.encode(y, self.layout.dtype)
+        assert self.params is not None and self.params.abs_mean is not None
+        z = y - self._binary_centre()
+        a = self.params.abs_mean
+        # least-squares row factor for z ~ c * a * sign(z): c = sum(|z| a) / sum(a^2)
+        scale = (np.abs(z) @ a / float(a @ a)).astype(np.float16)
+        return np.concatenate([np.packbits(z > 0, axis=1), scale[:, None].view(np.uint8)], axis=1), None
+
+    def _tensors(self, device: torch.device) -> dict[str, torch.Tensor]:
+        if device not in self._on:
+            p = self.params
+            t: dict[str, torch.Tensor] = {}
+            if p is not None:
+                t["mean"] = torch.from_numpy(p.mean).to(device)
+                t["centre"] = torch.from_numpy(self._binary_centre()).to(device)
+                if p.components is not None:
+                    t["components_t"] = torch.from_numpy(np.ascontiguousarray(p.components.T)).to(device)
+                if p.abs_mean is not None:
+                    t["abs_mean"] = torch.from_numpy(p.abs_mean).to(device)
+            self._on[device] = t
+        return self._on[device]
+
+    def decode(self, stored: torch.Tensor, scales: torch.Tensor | None) -> torch.Tensor:
+        """Stored rows (n, columns) on any device -> float32 (n, model_dim) on that device."""
+        t = self._tensors(stored.device)
+        if self.layout.dtype == "binary":
+            codes = stored.to(torch.uint8)
+            row_scale = codes[:, -BINARY_SCALE_COLUMNS:].contiguous().view(torch.float16).float()  # (n, 1)
+            shifts = torch.arange(7, -1, -1, device=stored.device, dtype=torch.uint8)
+            bits = (codes[:, :-BINARY_SCALE_COLUMNS].unsqueeze(-1) >> shifts) & 1  # (n, cols, 8), MSB first
+            signs = bits.reshape(stored.shape[0], -1)[:, : self.stored_dim].float() * 2.0 - 1.0
+            y = signs * t["abs_mean"] * row_scale + t["centre"]
+        else:
+            y = quantize.decode(stored, scales, self.layout.dtype)
+        if self.layout.reduce == "pca":
+            return t["mean"] + y @ t["components_t"]
+        if self.layout.reduce == "truncate":
+            return torch.nn.functional.pad(y, (0, self.model_dim - self.stored_dim))
+        return y
+
+    def decode_numpy(self, stored: np.ndarray, scales: np.ndarray | None) -> np.ndarray:
+        """NumPy twin of `decode`, for tests and offline analysis."""
+        sc = None if scales is None else torch.from_numpy(np.asarray(scales, dtype=np.float32))
+        return self.decode(torch.from_numpy(np.ascontiguousarray(stored)), sc).numpy()
