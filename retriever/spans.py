@@ -9,6 +9,7 @@ score each span by its smoothed maximum.
 
 from __future__ import annotations
 
+import functools
 import math
 from dataclasses import dataclass
 
@@ -48,30 +49,57 @@ def gaussian_kernel(sigma: float, device: torch.device) -> torch.Tensor:
     return (w / w.sum()).float()
 
 
+@functools.lru_cache(maxsize=16)
+def _kernel_taps(sigma: float) -> tuple[float, ...]:
+    """Host copy of the kernel's weights, built once per sigma: the per-query cost is then nil."""
+    return tuple(gaussian_kernel(sigma, torch.device("cpu")).tolist())
+
+
 def doc_index(doc_starts: torch.Tensor) -> torch.Tensor:
     """(N,) index of the document each flat token belongs to."""
     lengths = doc_starts[1:] - doc_starts[:-1]
     return torch.repeat_interleave(torch.arange(len(lengths), device=doc_starts.device), lengths)
 
 
+def locate(doc_starts: torch.Tensor, flat: torch.Tensor) -> torch.Tensor:
+    """Document of each of a few flat token indices; cheaper than `doc_index` when there are few."""
+    # right=True skips empty documents, whose start equals the next one's
+    return torch.searchsorted(doc_starts, flat, right=True) - 1
+
+
 def smooth(r: torch.Tensor, doc_starts: torch.Tensor, sigma: float) -> torch.Tensor:
-    """Per-document Gaussian smoothing with "nearest" (edge-replicating) borders, in one conv1d."""
+    """Per-document Gaussian smoothing with "nearest" (edge-replicating) borders.
+
+    One convolution over the flat signal as if it were a single document, then the <= 2*radius
+    tokens at each end of every document, whose window crossed a document border, recomputed with
+    clamped indices. Only B * 2 * radius tokens are gathered, not a padded copy of all N.
+    """
     if sigma <= 0 or r.numel() == 0:
         return r.clone()
-    w = gaussian_kernel(sigma, r.device)
-    rad = (len(w) - 1) // 2
+    taps_host = _kernel_taps(float(sigma))  # (K,) host floats, K = 2 * rad + 1: reading taps off the device would sync
+    w = torch.tensor(taps_host, device=r.device)
+    rad = (len(taps_host) - 1) // 2
+    n = r.numel()
+    x = r.float()
+    # one extra zero at the end gives an (N + 1,)-long output whose last slot takes the edge
+    # fix-ups of empty documents, which own no token: no host sync to filter them out
+    padded = torch.nn.functional.pad(x, (rad, rad + 1))  # (N + 2 * rad + 1,)
+    # one conv1d, not K shifted multiply-adds: the shifts are ~3x faster on an idle CPU, but each is a
+    # parallel op with its own thread barrier, and on a busy machine K barriers cost 5x more than one
+    out = torch.nn.functional.conv1d(padded.view(1, 1, -1), w.view(1, 1, -1)).view(-1)  # (N + 1,) symmetric w
     lengths = doc_starts[1:] - doc_starts[:-1]  # (B,)
-    padded_len = lengths + 2 * rad
-    pdoc = torch.repeat_interleave(torch.arange(len(lengths), device=r.device), padded_len)
-    pstart = torch.cumsum(padded_len, 0) - padded_len  # (B,) where each padded doc begins
-    local = torch.arange(len(pdoc), device=r.device) - pstart[pdoc] - rad  # position within its doc
-    src = doc_starts[pdoc] + local.clamp(min=torch.zeros_like(local), max=lengths[pdoc] - 1)
-    padded = r[src].float()  # each doc framed by rad copies of its edge values
-    out = torch.nn.functional.conv1d(padded.view(1, 1, -1), w.flip(0).view(1, 1, -1)).view(-1)
-    # output j is centred on padded j + rad; doc token t of doc d sits at padded pstart[d] + rad + t
-    tok_doc = doc_index(doc_starts)
-    t = torch.arange(r.numel(), device=r.device) - doc_starts[tok_doc]
-    return out[pstart[tok_doc] + t]
+    first = doc_starts[:-1]  # (B,)
+    j = torch.arange(2 * rad, device=r.device)  # (2*rad,) the first rad and last rad local positions
+    local = torch.where(j < rad, j, lengths[:, None] - 2 * rad + j)  # (B, 2*rad)
+    last_local = (lengths - 1).clamp(min=0)[:, None]  # (B, 1)
+    local = torch.minimum(local.clamp(min=0), last_local)  # short documents repeat positions: same values
+    taps = torch.arange(-rad, rad + 1, device=r.device)  # (K,)
+    src = torch.minimum((local[:, :, None] + taps).clamp(min=0), last_local[:, :, None])  # (B, 2*rad, K)
+    # empty documents read token 0 (or nothing at all when N == 0, excluded above) and write to the spare slot
+    vals = x[(first[:, None, None] + src).clamp(max=n - 1)] @ w  # (B, 2*rad)
+    dst = torch.where(lengths[:, None] > 0, first[:, None] + local, n)  # (B, 2*rad)
+    out[dst.reshape(-1)] = vals.reshape(-1)
+    return out[:n]
 
 
 def extract_spans(
@@ -87,18 +115,18 @@ def extract_spans(
     empty = torch.zeros(0, dtype=torch.long, device=dev)
     if n == 0:
         return TokenSpans(empty, empty, empty, torch.zeros(0, device=dev))
-    tdoc = doc_index(doc_starts)
     thr = params.threshold if threshold is None else threshold
-    thr_tok = thr[tdoc] if isinstance(thr, torch.Tensor) else thr
-    kept = torch.nonzero(smoothed > thr_tok).view(-1)  # (K,) sorted flat indices
+    if isinstance(thr, torch.Tensor):  # per document: spread to tokens only in this (rarer) case
+        thr = thr[doc_index(doc_starts)]
+    kept = torch.nonzero(smoothed > thr).view(-1)  # (K,) sorted flat indices
     if kept.numel() == 0:
         return TokenSpans(empty, empty, empty, torch.zeros(0, device=dev))
-    kdoc = tdoc[kept]
+    kdoc = locate(doc_starts, kept)  # (K,) no (N,) document index on the scalar-threshold path
     new = torch.ones_like(kept, dtype=torch.bool)
     new[1:] = (kdoc[1:] != kdoc[:-1]) | (kept[1:] - kept[:-1] > params.delta)
     label = torch.cumsum(new.long(), 0) - 1  # (K,) cluster of each kept token
-    c = int(label[-1].item()) + 1
-    start = kept[new]
+    start = kept[new]  # (C,) the boolean index already waits for the device: no extra .item()
+    c = start.numel()
     end = torch.full((c,), -1, dtype=torch.long, device=dev).scatter_reduce(0, label, kept, "amax")
     score = torch.full((c,), -math.inf, device=dev).scatter_reduce(0, label, smoothed[kept].float(), "amax")
     cdoc = kdoc[new]
@@ -120,12 +148,34 @@ def _extend(
 ) -> tuple[torch.Tensor, torch.Tensor]:
     """Move starts back to just after the previous sentence end, ends forward to the next, by <= max_ext."""
     n = ends_sentence.numel()
+    first, last = doc_starts[cdoc], doc_starts[cdoc + 1] - 1
+    if start.numel() * (max_ext + 1) > n:  # windows would outweigh one scan of the whole signal
+        return _extend_scan(start, end, first, last, ends_sentence, max_ext)
+    # look only at the max_ext tokens around each of the S spans: (S, max_ext) reads, not (N,) scans
+    back = start[:, None] - torch.arange(1, max_ext + 1, device=start.device)  # (S, M) start-1 .. start-M
+    stop = (back < first[:, None]) | ends_sentence[back.clamp(min=0)]  # first stop: document start or sentence end
+    steps = torch.where(stop.any(1), stop.int().argmax(1), max_ext) if max_ext else torch.zeros_like(start)
+    fwd = end[:, None] + torch.arange(max_ext + 1, device=start.device)  # (S, M + 1) end .. end+M
+    hit = (fwd <= last[:, None]) & ends_sentence[fwd.clamp(max=n - 1)]  # sentence end inside the document
+    new_end = torch.where(hit.any(1), end + hit.int().argmax(1), torch.minimum(end + max_ext, last))
+    return start - steps, new_end
+
+
+def _extend_scan(
+    start: torch.Tensor,
+    end: torch.Tensor,
+    first: torch.Tensor,
+    last: torch.Tensor,
+    ends_sentence: torch.Tensor,
+    max_ext: int,
+) -> tuple[torch.Tensor, torch.Tensor]:
+    """`_extend` by prefix scans over all N tokens: for many spans or a very long max_ext."""
+    n = ends_sentence.numel()
     idx = torch.arange(n, device=start.device)
     neg = torch.full_like(idx, -1)
     big = torch.full_like(idx, n)
     prev_end = torch.cummax(torch.where(ends_sentence, idx, neg), 0).values  # last boundary at or before i
     next_end = torch.flip(torch.cummin(torch.flip(torch.where(ends_sentence, idx, big), [0]), 0).values, [0])
-    first, last = doc_starts[cdoc], doc_starts[cdoc + 1] - 1
     before = prev_end[(start - 1).clamp(min=0)]
     before = torch.where(start > first, before, first - 1)  # nothing before a document's first token
     new_start = torch.maximum(torch.maximum(before + 1, start - max_ext), first)
@@ -140,8 +190,9 @@ def _merge_overlaps(cdoc: torch.Tensor, start: torch.Tensor, end: torch.Tensor, 
     new = torch.ones_like(start, dtype=torch.bool)
     new[1:] = (cdoc[1:] != cdoc[:-1]) | (start[1:] > run_end[:-1])
     label = torch.cumsum(new.long(), 0) - 1
-    m = int(label[-1].item()) + 1
+    mstart = start[new]
+    m = mstart.numel()
     dev = start.device
     mend = torch.full((m,), -1, dtype=torch.long, device=dev).scatter_reduce(0, label, end, "amax")
     mscore = torch.full((m,), -math.inf, device=dev).scatter_reduce(0, label, score, "amax")
-    return TokenSpans(cdoc[new], start[new], mend, mscore)
+    return TokenSpans(cdoc[new], mstart, mend, mscore)

@@ -9,7 +9,7 @@ import pytest
 import torch
 
 from retriever.boundaries import boundary_chars, token_ends_sentence
-from retriever.spans import SpanParams, extract_spans, smooth
+from retriever.spans import SpanParams, _extend, _extend_scan, extract_spans, smooth
 from tests.reference_spans import reference_spans
 
 PARAMS = [
@@ -33,11 +33,8 @@ def random_docs(rng: np.random.Generator, n_docs: int) -> tuple[list[np.ndarray]
     return rs, es
 
 
-@pytest.mark.parametrize("params", PARAMS)
-@pytest.mark.parametrize("seed", range(6))
-def test_engine_matches_reference(params: SpanParams, seed: int) -> None:
-    rng = np.random.default_rng(seed)
-    rs, es = random_docs(rng, int(rng.integers(1, 8)))
+def assert_matches_reference(rs: list[np.ndarray], es: list[np.ndarray], params: SpanParams) -> None:
+    """Engine over all documents laid flat == reference per document: smoothed signal and spans."""
     doc_starts = torch.tensor(np.cumsum([0] + [len(r) for r in rs]))
     flat = torch.from_numpy(np.concatenate(rs))
     s = smooth(flat, doc_starts, params.sigma)
@@ -53,6 +50,62 @@ def test_engine_matches_reference(params: SpanParams, seed: int) -> None:
     have = list(zip(got.doc.tolist(), got.start.tolist(), got.end.tolist(), got.score.tolist(), strict=True))
     assert [h[:3] for h in have] == [w[:3] for w in want]
     np.testing.assert_allclose([h[3] for h in have], [w[3] for w in want], atol=1e-5)
+
+
+@pytest.mark.parametrize("params", PARAMS)
+@pytest.mark.parametrize("seed", range(6))
+def test_engine_matches_reference(params: SpanParams, seed: int) -> None:
+    rng = np.random.default_rng(seed)
+    rs, es = random_docs(rng, int(rng.integers(1, 8)))
+    assert_matches_reference(rs, es, params)
+
+
+@pytest.mark.parametrize("params", PARAMS)
+def test_many_short_and_one_token_documents(params: SpanParams) -> None:
+    """Documents shorter than the kernel radius (1 token included), many at once."""
+    rng = np.random.default_rng(7)
+    lengths = [1, 1, 2, 3, 1, *rng.integers(1, 60, 300).tolist(), 1]
+    rs = [rng.normal(0.4, 0.1, n).astype(np.float32) for n in lengths]
+    es = [rng.random(n) < 0.2 for n in lengths]
+    assert_matches_reference(rs, es, params)
+
+
+@pytest.mark.parametrize("params", PARAMS)
+def test_every_token_above_threshold(params: SpanParams) -> None:
+    rng = np.random.default_rng(8)
+    rs = [rng.uniform(0.6, 0.9, n).astype(np.float32) for n in (5, 700, 40)]
+    es = [rng.random(len(r)) < 0.03 for r in rs]
+    assert_matches_reference(rs, es, params)
+
+
+def test_long_documents_many_spans_use_both_extension_paths() -> None:
+    """Few spans take the windowed extension, many spans the prefix scans: both match the reference."""
+    rng = np.random.default_rng(9)
+    rs, es = random_docs(rng, 40)
+    for params in (SpanParams(1.0, 0.3, 2, 1, 3), SpanParams(1.0, 0.3, 2, 1, 200)):
+        assert_matches_reference(rs, es, params)
+
+
+def test_extension_paths_agree() -> None:
+    rng = np.random.default_rng(10)
+    doc_starts = torch.tensor([0, 50, 51, 300, 1000])
+    ends = torch.from_numpy(rng.random(1000) < 0.05)
+    start = torch.tensor([0, 20, 50, 51, 60, 299, 400, 999])
+    end = torch.tensor([10, 49, 50, 55, 90, 299, 600, 999])
+    cdoc = torch.searchsorted(doc_starts, start, right=True) - 1
+    first, last = doc_starts[cdoc], doc_starts[cdoc + 1] - 1
+    for m in (0, 1, 7, 40):
+        win = _extend(start, end, cdoc, doc_starts, ends, m)
+        scan = _extend_scan(start, end, first, last, ends, m)
+        assert torch.equal(win[0], scan[0]) and torch.equal(win[1], scan[1]), m
+
+
+def test_empty_documents_are_skipped_by_smoothing() -> None:
+    """An empty document owns no token and changes nothing around it."""
+    r = torch.rand(30)
+    with_empty = smooth(r, torch.tensor([0, 0, 10, 10, 30, 30]), 3.0)
+    without = smooth(r, torch.tensor([0, 10, 30]), 3.0)
+    torch.testing.assert_close(with_empty, without)
 
 
 def test_per_document_threshold() -> None:
