@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import itertools
 import json
 import os
 import threading
@@ -40,6 +41,19 @@ def to_edge_filter(w: Where) -> qe.Filter:
         should=[_condition(c) for c in w.should] or None,
         must_not=[_condition(c) for c in w.must_not] or None,
     )
+
+
+def _to_array(v: list, dtype: type) -> np.ndarray:
+    """Edge's Python lists -> array: a multivector (list of rows) through one flat fromiter.
+
+    Edge 0.9 has no array output. Measured per 2000x384 matrix on a shared 2-core CPU: building the
+    lists (Record.vector) ~62 ms, then np.asarray ~30 ms vs fromiter over the chained rows ~25 ms
+    (2000x1024: ~80 vs ~72 ms): fromiter skips asarray's shape discovery over nested lists.
+    """
+    if not v or not isinstance(v[0], list):
+        return np.asarray(v, dtype=dtype)
+    dim = len(v[0])
+    return np.fromiter(itertools.chain.from_iterable(v), dtype=dtype, count=len(v) * dim).reshape(len(v), dim)
 
 
 class EdgeBackend:
@@ -117,8 +131,7 @@ class EdgeBackend:
     def _vectors(self, raw: Any, names: list[str]) -> dict[str, np.ndarray]:
         if not raw:
             return {}
-        # Edge hands vectors back as Python lists; one asarray per matrix is the cheapest way out.
-        return {n: np.asarray(raw[n], dtype=_NUMPY_OUT[self._dtypes.get(n, "float32")]) for n in names if n in raw}
+        return {n: _to_array(raw[n], _NUMPY_OUT[self._dtypes.get(n, "float32")]) for n in names if n in raw}
 
     def scroll(self, where: Where, with_vectors: list[str], limit: int | None = None) -> list[PointRecord]:
         out: list[PointRecord] = []

@@ -37,15 +37,31 @@ class DocTokens:
 
 
 class DocCache:
-    """Bounded LRU of DocTokens by bytes; safe across threads."""
+    """Bounded LRU of DocTokens by bytes; safe across threads.
+
+    Keyed by (doc_id, version). Putting a new version of a document drops its older versions at once:
+    they can never be served again (the header names one version), so they would only hold memory.
+    """
 
     def __init__(self, max_bytes: int) -> None:
         self.max_bytes = max_bytes
         self._items: OrderedDict[tuple[str, str], DocTokens] = OrderedDict()
+        self._versions: dict[str, set[str]] = {}  # doc_id -> versions held, to drop stale ones on put
         self._bytes = 0
         self._lock = threading.Lock()
         self.hits = 0
         self.misses = 0
+
+    def __len__(self) -> int:
+        return len(self._items)
+
+    def __contains__(self, key: tuple[str, str]) -> bool:
+        return key in self._items
+
+    @property
+    def nbytes(self) -> int:
+        """Bytes held now; never above max_bytes."""
+        return self._bytes
 
     def get(self, key: tuple[str, str]) -> DocTokens | None:
         with self._lock:
@@ -58,15 +74,34 @@ class DocCache:
             return doc
 
     def put(self, doc: DocTokens) -> None:
+        """Insert as most recent, evicting least recent entries past max_bytes; too-big documents are not kept."""
         key = (doc.doc_id, doc.version)
         with self._lock:
             if key in self._items or doc.nbytes > self.max_bytes:
                 return
+            for old_version in self._versions.get(doc.doc_id, set()) - {doc.version}:
+                self._remove((doc.doc_id, old_version))
             self._items[key] = doc
+            self._versions.setdefault(doc.doc_id, set()).add(doc.version)
             self._bytes += doc.nbytes
             while self._bytes > self.max_bytes:
-                _, old = self._items.popitem(last=False)
-                self._bytes -= old.nbytes
+                self._remove(next(iter(self._items)))
+
+    def clear(self) -> None:
+        """Drop everything (a cold start for benchmarks); hit and miss counts are kept."""
+        with self._lock:
+            self._items.clear()
+            self._versions.clear()
+            self._bytes = 0
+
+    def _remove(self, key: tuple[str, str]) -> None:
+        """Caller holds the lock."""
+        old = self._items.pop(key)
+        self._bytes -= old.nbytes
+        versions = self._versions[key[0]]
+        versions.discard(key[1])
+        if not versions:
+            del self._versions[key[0]]
 
 
 class Fetcher:
