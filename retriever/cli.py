@@ -1,4 +1,4 @@
-"""The `chunkless` command: ingest, search, stats, delete, eval."""
+"""The `chunkless` command: ingest, search, stats, delete, eval, explain."""
 
 from __future__ import annotations
 
@@ -29,7 +29,6 @@ def _settings(args: argparse.Namespace) -> Settings:
         over |= {"storage_dtype": lay.dtype, "storage_reduce": lay.reduce, "storage_dim": lay.dim}
         over["storage_pool"] = lay.pool
     return Settings(**over)
-
 
 
 def _common(p: argparse.ArgumentParser) -> None:
@@ -116,6 +115,36 @@ def cmd_delete(args: argparse.Namespace) -> int:
     return 0
 
 
+def cmd_explain(args: argparse.Namespace) -> int:
+    """Per-token relevance of one document for one query: a picture (--out) and/or the arrays (--json)."""
+    from retriever.search import Retriever
+
+    settings = _settings(args)
+    with Retriever(settings) as r:
+        ex = r.explain(args.query, args.doc_id)
+    if args.out:
+        from retriever.plots import plot_explanation
+
+        print(f"wrote {plot_explanation(ex, args.query, Path(args.out))}", file=sys.stderr)
+    if args.json:
+        body = {
+            "query": args.query,
+            "doc_id": ex.doc_id,
+            "threshold": ex.threshold,
+            "starts": ex.starts.tolist(),
+            "raw": ex.raw.tolist(),
+            "smoothed": ex.smoothed.tolist(),
+            "page_starts": ex.page_starts,
+            "spans": [s.model_dump() for s in ex.spans],
+        }
+        print(json.dumps(body, ensure_ascii=False))
+    elif not args.out:
+        print(f"{ex.doc_id}: {len(ex.raw)} tokens, threshold {ex.threshold:.3f}, {len(ex.spans)} span(s)")
+        for s in ex.spans:
+            print(f"  {s.score:.3f} chars {s.start}-{s.end}: " + " ".join(s.text.split())[:200])
+    return 0
+
+
 def cmd_eval(args: argparse.Namespace) -> int:
     from retriever.benchmark import load_benchmark
     from retriever.evaluate import evaluate
@@ -186,6 +215,14 @@ def build_parser() -> argparse.ArgumentParser:
     ev.add_argument("--no-baselines", action="store_true", help="chunkless only")
     _common(ev)  # --store names a store to (re)use; without it the corpus is indexed into a temporary one
     ev.set_defaults(func=cmd_eval)
+
+    ex = sub.add_parser("explain", help="raw and smoothed relevance of one document for a query, as a plot")
+    ex.add_argument("query")
+    ex.add_argument("doc_id")
+    ex.add_argument("--out", help="write the plot here (.png, .svg, .pdf)")
+    ex.add_argument("--json", action="store_true", help="per-token raw/smoothed arrays as one JSON object")
+    _common(ex)
+    ex.set_defaults(func=cmd_explain)
 
     sr = sub.add_parser(
         "storage-report",
