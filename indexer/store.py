@@ -166,6 +166,7 @@ class TokenStore:
         self.fit_codec(emb.vectors)
         segs = split_segments(emb)
         points, nbytes = [], 0
+        written_at = time.time()
         for s in segs:
             stored, scales = self.codec.encode(s.vectors)
             payload: dict[str, Any] = {
@@ -179,6 +180,7 @@ class TokenStore:
                 "text": d.text[s.char_start : s.char_end],
                 "starts": s.offsets[:, 0].tolist(),
                 "ends": s.offsets[:, 1].tolist(),
+                "written_at": written_at,  # lets remove_orphans spare a concurrent writer's in-flight segments
             }
             if scales is not None:
                 payload["scales"] = scales.tolist()
@@ -220,11 +222,17 @@ class TokenStore:
         self.backend.delete(_seg_filter(doc_id))
         return True
 
-    def remove_orphans(self) -> int:
-        """Delete segments no header points to (left by a killed write); returns how many."""
+    def remove_orphans(self, min_age_s: float = 0.0) -> int:
+        """Delete segments no header points to (left by a killed write); returns how many.
+
+        `min_age_s` spares orphans written in the last that many seconds: on a server, another
+        worker's document between its segments and its header looks exactly like an orphan.
+        """
         live = {(h["doc_id"], h["version"]) for h in self.headers().values()}
         segs = self.backend.scroll(Where(must=[Match("kind", "segment")]), with_vectors=[])
-        stale = {(r.payload["doc_id"], r.payload["version"]) for r in segs} - live
+        cutoff = time.time() - min_age_s
+        young = {(r.payload["doc_id"], r.payload["version"]) for r in segs if r.payload.get("written_at", 0) > cutoff}
+        stale = {(r.payload["doc_id"], r.payload["version"]) for r in segs} - live - young
         n = 0
         for doc_id, version in stale:
             n += sum(1 for r in segs if (r.payload["doc_id"], r.payload["version"]) == (doc_id, version))
