@@ -1,0 +1,190 @@
+"""Query latency over a >= 1M-token corpus of random unit vectors: recall, fetch and scoring, cold and warm.
+
+Builds the corpus straight through `TokenStore.write_document` (no model) into an Edge store in a
+temporary folder, then runs fixed random query vectors through `Retriever._search_vector` with
+recall_k candidates. "Cold" clears the retriever's document cache before each query (the OS page
+cache still holds the store's files); "warm" repeats queries whose documents are cached. Also prints
+what moving one token matrix out of Edge costs: Edge building Python lists, then list -> array.
+
+    python scripts/bench_query.py --device cpu --docs 520 --tokens 2000 --dim 384
+"""
+
+from __future__ import annotations
+
+import argparse
+import statistics
+import tempfile
+import time
+from collections.abc import Callable, Sequence
+from pathlib import Path
+
+import numpy as np
+import qdrant_edge as qe
+import torch
+
+from indexer.edge_backend import _to_array
+from indexer.store import TokenStore, open_or_create_store
+from retriever.search import Retriever
+from schemas.models import EmbeddedDocument, LoadedDocument
+from schemas.settings import Settings
+
+MODEL = "bench-random"
+
+
+class VectorOnlyEmbedder:
+    """Satisfies what Retriever reads of a TokenEmbedder (name, dim); queries come as vectors."""
+
+    name = MODEL
+
+    def __init__(self, dim: int) -> None:
+        self.dim = dim
+
+    def embed_documents(self, docs: Sequence[LoadedDocument]) -> list[EmbeddedDocument]:
+        raise NotImplementedError("the benchmark writes vectors directly")
+
+    def embed_query(self, query: str) -> np.ndarray:
+        raise NotImplementedError("the benchmark queries by vector")
+
+    def embed_texts(self, texts: Sequence[str]) -> np.ndarray:
+        raise NotImplementedError("the benchmark queries by vector")
+
+
+def unit(x: np.ndarray) -> np.ndarray:
+    return (x / np.linalg.norm(x, axis=-1, keepdims=True)).astype(np.float32)
+
+
+def random_document(i: int, n: int, dim: int, target: np.ndarray, rng: np.random.Generator) -> EmbeddedDocument:
+    """n random unit tokens, one 60-token run leaning towards `target` (so spans exist), one word per token."""
+    v = rng.standard_normal((n, dim)).astype(np.float32)
+    a = int(rng.integers(0, n - 60))
+    v[a : a + 60] += 0.6 * np.sqrt(dim) * target  # cosine ~0.5 with the target on the run
+    v = unit(v)
+    lens = np.full(n, 6)  # "w00000 " words: fixed width keeps text building vectorised
+    starts = np.concatenate([[0], np.cumsum(lens + 1)[:-1]])
+    offsets = np.stack([starts, starts + lens], axis=1).astype(np.int64)
+    text = " ".join(f"w{t % 100000:05d}" for t in range(n))
+    pooled = unit(rng.standard_normal(dim).astype(np.float32) * 0.05 + target)  # recalled by its target query
+    doc = LoadedDocument(
+        doc_id=f"doc{i:05d}", source=f"/bench/doc{i}", title=f"doc{i}", text=text, content_hash=f"{i:064x}"
+    )
+    return EmbeddedDocument(
+        doc=doc, vectors=v, offsets=offsets, pooled=pooled, window_pooled=pooled[None], window_bounds=np.array([[0, n]])
+    )
+
+
+def build_corpus(settings: Settings, args: argparse.Namespace, queries: np.ndarray) -> TokenStore:
+    store = open_or_create_store(settings, MODEL, args.dim, "mean")
+    rng = np.random.default_rng(0)
+    t0 = time.perf_counter()
+    for i in range(args.docs):
+        store.write_document(random_document(i, args.tokens, args.dim, queries[i % len(queries)], rng))
+    store.flush()
+    n = args.docs * args.tokens
+    print(
+        f"corpus: {args.docs} docs x {args.tokens} tokens = {n:,} tokens at {args.dim}-d {settings.storage_dtype}, "
+        f"written in {time.perf_counter() - t0:.1f}s"
+    )
+    return store
+
+
+def pct(xs: list[float], p: float) -> float:
+    return float(np.percentile(xs, p))
+
+
+def run_queries(r: Retriever, queries: np.ndarray, repeats: int, cold: bool) -> dict[str, list[float]]:
+    """Per-stage milliseconds of every query run; cold clears the document cache first."""
+    out: dict[str, list[float]] = {"recall": [], "fetch": [], "score": [], "total": []}
+    for _ in range(repeats):
+        for q in queries:
+            if cold:
+                r.fetcher.cache.clear()
+            t0 = time.perf_counter()
+            resp = r._search_vector("bench", q, r.settings.top, None)
+            total = (time.perf_counter() - t0) * 1e3
+            for k in ("recall", "fetch", "score"):
+                out[k].append(resp.timings_ms[k])
+            out["total"].append(total)
+    return out
+
+
+def report(name: str, t: dict[str, list[float]]) -> None:
+    cells = "  ".join(f"{k} {pct(v, 50):7.1f} / {pct(v, 95):7.1f}" for k, v in t.items())
+    print(f"  {name:<5} p50 / p95 ms: {cells}   (n={len(t['total'])})")
+
+
+def timed(fn: Callable[[], object], repeats: int = 5) -> float:
+    ts = []
+    for _ in range(repeats):
+        t0 = time.perf_counter()
+        fn()
+        ts.append(time.perf_counter() - t0)
+    return statistics.median(ts) * 1e3
+
+
+def conversion_costs(dim: int, n: int) -> None:
+    """Milliseconds to get one n x dim float32 token matrix out of Edge: lists, then list -> array."""
+    with tempfile.TemporaryDirectory() as d:
+        settings = Settings(store_path=Path(d), device="cpu")
+        store = open_or_create_store(settings, MODEL, dim, "mean")
+        rng = np.random.default_rng(1)
+        store.write_document(random_document(0, n, dim, unit(rng.standard_normal(dim)), rng))
+        shard = store.backend.shard  # type: ignore[attr-defined]
+        flt = qe.Filter(must=[qe.FieldCondition("kind", match=qe.MatchValue("segment"))])
+        req = qe.ScrollRequest(limit=16, filter=flt, with_payload=False, with_vector=["tokens"])
+        recs, _ = shard.scroll(req)
+        raws = [rec.vector["tokens"] for rec in recs]  # type: ignore[index]
+        lists = timed(lambda: [rec.vector for rec in shard.scroll(req)[0]])
+        old = timed(lambda: [np.asarray(x, dtype=np.float32) for x in raws])
+        new = timed(lambda: [_to_array(x, np.float32) for x in raws])
+        fetch = timed(lambda: store.fetch_segments({"doc00000": f"{0:064x}"}))
+        store.close()
+    print(
+        f"  {n}x{dim} ({len(raws)} segment(s)): Edge scroll + Python lists {lists:6.1f} ms, "
+        f"np.asarray {old:6.1f} ms -> fromiter {new:6.1f} ms; whole fetch_segments {fetch:6.1f} ms"
+    )
+
+
+def main() -> None:
+    ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    ap.add_argument("--device", default="cuda" if torch.cuda.is_available() else "cpu")
+    ap.add_argument("--docs", type=int, default=520)
+    ap.add_argument("--tokens", type=int, default=2000, help="tokens per document")
+    ap.add_argument("--dim", type=int, default=384)
+    ap.add_argument("--dtype", default="float32", choices=["float32", "float16", "int8"])
+    ap.add_argument("--recall-k", type=int, default=10)
+    ap.add_argument("--queries", type=int, default=20)
+    ap.add_argument("--repeats", type=int, default=3, help="warm passes over the queries")
+    ap.add_argument("--threads", type=int, default=0, help="torch CPU threads (0: torch's default)")
+    ap.add_argument("--conversion-dims", type=int, nargs="*", default=[384, 1024])
+    args = ap.parse_args()
+    if args.threads:
+        torch.set_num_threads(args.threads)
+    print(f"device {args.device}, torch {torch.__version__}, {torch.get_num_threads()} CPU threads")
+    if args.conversion_dims:
+        print("fetch anatomy, one 2000-token document (median of 5):")
+        for dim in args.conversion_dims:
+            conversion_costs(dim, 2000)
+    rng = np.random.default_rng(42)
+    queries = unit(rng.standard_normal((args.queries, args.dim)))  # (Q, dim) fixed query vectors
+    with tempfile.TemporaryDirectory() as d:
+        settings = Settings(
+            store_path=Path(d),
+            device=args.device,
+            storage_dtype=args.dtype,
+            recall_k=args.recall_k,
+            threshold=0.2,
+            span_method="threshold",  # the span engine under test; "sentences" re-embeds with a model
+        )
+        store = build_corpus(settings, args, queries)
+        with Retriever(settings, embedder=VectorOnlyEmbedder(args.dim), store=store) as r:  # type: ignore[arg-type]
+            r._search_vector("warmup", queries[0], settings.top, None)
+            n_spans = len(r._search_vector("check", queries[0], settings.top, None).spans)
+            print(f"recall_k={args.recall_k}, {args.queries} query vectors, spans for the first: {n_spans}")
+            report("cold", run_queries(r, queries, 1, cold=True))
+            run_queries(r, queries, 1, cold=False)  # fill the cache
+            report("warm", run_queries(r, queries, args.repeats, cold=False))
+            print(f"  cache: {len(r.fetcher.cache)} docs, {r.fetcher.cache.nbytes / 2**20:.0f} MiB")
+
+
+if __name__ == "__main__":
+    main()
