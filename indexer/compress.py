@@ -6,13 +6,15 @@ A layout is three choices applied in this order on write and undone on read:
    end), so span code works on pooled "tokens" unchanged;
 2. **reduce** the dimension: `pca` (centred, fitted on a sample of the collection's token vectors) or
    `truncate` (keep the first `dim` coordinates; only sensible for Matryoshka-trained models);
-3. **dtype** of the stored numbers: float32, float16, int8 (per-row scale, see `quantize`) or binary:
-   1 bit per dimension packed 8 to a uint8 column, because Qdrant has no bit datatype.
+3. **dtype** of the stored numbers: float32, float16, int8 (per-row scale, see `quantize`), int4
+   (symmetric, per-row scale, two codes per uint8 column) or binary: 1 bit per dimension packed 8 to a
+   uint8 column. Qdrant has no 4- or 1-bit datatype, hence the packing into Uint8 multivectors.
 
 Binary codes are signs of the *centred* coordinates z = y - mean (token vectors share a large common
 direction, so signs of raw coordinates would mostly encode that). Decoding is z ~ c * a * sign(z): `a`
 (per dimension, fitted) is E|z_j|, and `c` (per row) is the least-squares factor, kept as a float16
 in two extra uint8 columns of the row itself: a JSON payload number would cost ~15 bytes per token.
+int4 rows keep their scale (max |y| / 7) the same way.
 Every decode returns float32 rows in the model's space, so the query needs no projection and
 `r = D @ q` is unchanged downstream.
 
@@ -34,9 +36,9 @@ from indexer import quantize
 from schemas.models import EmbeddedDocument
 from schemas.settings import Settings, StorageDtype, StorageReduce
 
-BINARY_SCALE_COLUMNS = 2  # a binary row ends with its float16 scale's two bytes
+SCALE_COLUMNS = 2  # an int4 or binary row ends with its float16 scale's two bytes
 FIT_ROWS = 20_000  # token rows a fit uses at most: enough for a stable 1024-d covariance
-_NAME = re.compile(r"^(float32|float16|int8|binary)(?:-(pca|truncate)(\d+))?(?:-pool(\d))?$")
+_NAME = re.compile(r"^(float32|float16|int8|int4|binary)(?:-(pca|truncate)(\d+))?(?:-pool(\d))?$")
 
 
 class StorageLayout(BaseModel, frozen=True):
@@ -85,15 +87,17 @@ class StorageLayout(BaseModel, frozen=True):
     def columns(self, model_dim: int) -> int:
         """Width of the stored Qdrant multivector."""
         d = self.stored_dim(model_dim)
-        return -(-d // 8) + BINARY_SCALE_COLUMNS if self.dtype == "binary" else d
+        if self.dtype == "binary":
+            return -(-d // 8) + SCALE_COLUMNS
+        return -(-d // 2) + SCALE_COLUMNS if self.dtype == "int4" else d
 
     @property
     def qdrant_datatype(self) -> str:
-        return {"float32": "float32", "float16": "float16", "int8": "uint8", "binary": "uint8"}[self.dtype]
+        return {"float32": "float32", "float16": "float16", "int8": "uint8"}.get(self.dtype, "uint8")
 
     def vector_bytes_per_token(self, model_dim: int) -> float:
         """Stored token-vector bytes per *model* token, on paper (int8's payload scales not included)."""
-        per_row = self.columns(model_dim) * {"float32": 4, "float16": 2, "int8": 1, "binary": 1}[self.dtype]
+        per_row = self.columns(model_dim) * {"float32": 4, "float16": 2}.get(self.dtype, 1)
         return per_row / self.pool
 
 
@@ -208,6 +212,8 @@ class TokenCodec:
     def encode(self, vectors: np.ndarray) -> tuple[np.ndarray, np.ndarray | None]:
         """(n, dim) float32 -> (stored rows, per-row payload scales or None)."""
         y = self._reduce(vectors.astype(np.float32, copy=False)).astype(np.float32)
+        if self.layout.dtype == "int4":
+            return _encode_int4(y), None
         if self.layout.dtype != "binary":
             return quantize.encode(y, self.layout.dtype)
         assert self.params is not None and self.params.abs_mean is not None
@@ -236,11 +242,13 @@ class TokenCodec:
         t = self._tensors(stored.device)
         if self.layout.dtype == "binary":
             codes = stored.to(torch.uint8)
-            row_scale = codes[:, -BINARY_SCALE_COLUMNS:].contiguous().view(torch.float16).float()  # (n, 1)
+            row_scale = codes[:, -SCALE_COLUMNS:].contiguous().view(torch.float16).float()  # (n, 1)
             shifts = torch.arange(7, -1, -1, device=stored.device, dtype=torch.uint8)
-            bits = (codes[:, :-BINARY_SCALE_COLUMNS].unsqueeze(-1) >> shifts) & 1  # (n, cols, 8), MSB first
+            bits = (codes[:, :-SCALE_COLUMNS].unsqueeze(-1) >> shifts) & 1  # (n, cols, 8), MSB first
             signs = bits.reshape(stored.shape[0], -1)[:, : self.stored_dim].float() * 2.0 - 1.0
             y = signs * t["abs_mean"] * row_scale + t["centre"]
+        elif self.layout.dtype == "int4":
+            y = _decode_int4(stored, self.stored_dim)
         else:
             y = quantize.decode(stored, scales, self.layout.dtype)
         if self.layout.reduce == "pca":
@@ -253,3 +261,24 @@ class TokenCodec:
         """NumPy twin of `decode`, for tests and offline analysis."""
         sc = None if scales is None else torch.from_numpy(np.asarray(scales, dtype=np.float32))
         return self.decode(torch.from_numpy(np.ascontiguousarray(stored)), sc).numpy()
+
+
+def _encode_int4(y: np.ndarray) -> np.ndarray:
+    """(n, d) float32 -> (n, ceil(d/2) + 2) uint8: codes 1..15 (value / scale + 8), high nibble first, then scale."""
+    n, d = y.shape
+    scale = (np.abs(y).max(axis=1) / 7.0).astype(np.float16)
+    scale = np.where(scale > 0, scale, np.float16(1.0))
+    codes = np.clip(np.rint(y / scale.astype(np.float32)[:, None]), -7, 7).astype(np.int16) + 8
+    if d % 2:
+        codes = np.concatenate([codes, np.full((n, 1), 8, dtype=np.int16)], axis=1)  # a zero pads odd widths
+    packed = ((codes[:, 0::2] << 4) | codes[:, 1::2]).astype(np.uint8)
+    return np.concatenate([packed, scale[:, None].view(np.uint8)], axis=1)
+
+
+def _decode_int4(stored: torch.Tensor, dim: int) -> torch.Tensor:
+    """Inverse of `_encode_int4` on the stored rows' device."""
+    codes = stored.to(torch.uint8)
+    scale = codes[:, -SCALE_COLUMNS:].contiguous().view(torch.float16).float()  # (n, 1)
+    packed = codes[:, :-SCALE_COLUMNS]
+    nibbles = torch.stack([packed >> 4, packed & 15], dim=-1).reshape(stored.shape[0], -1)[:, :dim]
+    return (nibbles.float() - 8.0) * scale

@@ -70,17 +70,18 @@ class CollectionMeta(BaseModel):
                 f"{where}: the collection was built with model '{self.model}', not '{model}'; "
                 f"use --model {self.model} or a new --collection"
             )
-        if storage_dtype is not None and storage_dtype != self.storage_dtype:
-            raise StoreMismatchError(
-                f"{where}: the collection stores {self.storage_dtype} tokens, not {storage_dtype}; "
-                f"set CHUNKLESS_STORAGE_DTYPE={self.storage_dtype} or use a new --collection"
-            )
-        if layout is not None and layout != self.layout:
+        plain = layout is None or (layout.is_plain and self.layout.is_plain)
+        if layout is not None and layout != self.layout and not plain:  # names the whole layout, dtype included
             m = self.layout
             raise StoreMismatchError(
                 f"{where}: the collection stores tokens as {m.name}, not {layout.name}; set "
                 f"CHUNKLESS_STORAGE_DTYPE={m.dtype} CHUNKLESS_STORAGE_REDUCE={m.reduce} "
                 f"CHUNKLESS_STORAGE_DIM={m.dim or ''} CHUNKLESS_STORAGE_POOL={m.pool} or use a new --collection"
+            )
+        if storage_dtype is not None and storage_dtype != self.storage_dtype:
+            raise StoreMismatchError(
+                f"{where}: the collection stores {self.storage_dtype} tokens, not {storage_dtype}; "
+                f"set CHUNKLESS_STORAGE_DTYPE={self.storage_dtype} or use a new --collection"
             )
 
 

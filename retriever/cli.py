@@ -188,7 +188,9 @@ def build_parser() -> argparse.ArgumentParser:
     ing = sub.add_parser("ingest", help="ingest PDF, Markdown and text files or folders")
     ing.add_argument("paths", nargs="+", type=Path)
     ing.add_argument(
-        "--dtype", choices=["float32", "float16", "int8", "binary"], help="token storage dtype of a new collection"
+        "--dtype",
+        choices=["float32", "float16", "int8", "int4", "binary"],
+        help="token storage dtype of a new collection",
     )
     ing.add_argument("--storage", help="storage layout of a new collection, e.g. binary, int8-pca128, int8-pool2")
     ing.add_argument("--report", help="write a JSON report of the run here")

@@ -8,7 +8,7 @@ from typing import Literal
 from pydantic import Field, SecretStr, model_validator
 from pydantic_settings import BaseSettings, SettingsConfigDict
 
-StorageDtype = Literal["float32", "float16", "int8", "binary"]
+StorageDtype = Literal["float32", "float16", "int8", "int4", "binary"]
 StorageReduce = Literal["none", "pca", "truncate"]
 Pooling = Literal["auto", "last", "mean"]
 Device = Literal["auto", "cpu", "cuda"]

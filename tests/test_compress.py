@@ -34,12 +34,13 @@ def codec_for(name: str, x: np.ndarray) -> TokenCodec:
 
 
 def test_layout_names_round_trip_and_bad_names_fail() -> None:
-    for name in ["float32", "int8", "binary", "float16-pca64", "int8-truncate128", "binary-pca256-pool2"]:
+    for name in ["float32", "int8", "int4-pool2", "binary", "float16-pca64", "int8-truncate128", "binary-pca256-pool2"]:
         assert StorageLayout.parse(name).name == name
     assert StorageLayout.parse("int8-pca128-pool2").vector_bytes_per_token(384) == 64
     assert StorageLayout.parse("binary").vector_bytes_per_token(384) == 48 + 2  # bits + float16 row scale
+    assert StorageLayout.parse("int4-pool2").vector_bytes_per_token(384) == (192 + 2) / 2
     with pytest.raises(ValueError, match="DTYPE"):
-        StorageLayout.parse("int4")
+        StorageLayout.parse("int2")
     with pytest.raises(ValueError, match="storage_dim"):
         Settings(storage_reduce="pca")
 
@@ -84,6 +85,18 @@ def test_pca_reconstructs_low_rank_rows_and_truncate_pads() -> None:
     assert np.array_equal(back[:, :16], x[:, :16]) and not back[:, 16:].any()
 
 
+@pytest.mark.parametrize("dim", [64, 65])
+def test_int4_round_trip_is_within_half_a_step(dim: int) -> None:
+    x = anisotropic(200, dim, seed=4)
+    c = codec_for("int4", x)
+    stored, scales = c.encode(x)
+    assert stored.dtype == np.uint8 and stored.shape == (200, -(-dim // 2) + 2) and scales is None
+    back = c.decode_numpy(stored, scales)
+    step = np.abs(x).max(axis=1, keepdims=True) / 7.0
+    assert np.all(np.abs(back - x) <= step * 0.5 + 1e-3)  # rounding error, plus float16 scale rounding
+    assert np.abs(back - x).max() > 0  # it did quantise
+
+
 def test_binary_relevance_follows_float_relevance() -> None:
     x = anisotropic(3000, 128, seed=2)
     c = codec_for("binary", x)
@@ -122,7 +135,7 @@ def test_collection_keeps_its_layout_and_refuses_another(settings: Settings) -> 
     for update, message in (
         ({"storage_pool": 1}, "binary-pool2, not binary;"),
         ({"storage_reduce": "pca", "storage_dim": 16}, "binary-pool2, not binary-pca16-pool2"),
-        ({"storage_dtype": "int8"}, "stores binary tokens, not int8"),
+        ({"storage_dtype": "int8"}, "binary-pool2, not int8-pool2; set CHUNKLESS_STORAGE_DTYPE=binary"),
     ):
         with pytest.raises(StoreMismatchError, match=message):
             open_or_create_store(s.model_copy(update=update), "m", 32, "mean")
