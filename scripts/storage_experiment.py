@@ -104,7 +104,9 @@ def _cache_key(model: str, texts: Sequence[str]) -> str:
 
 def embed_corpus(bench: Benchmark, embedder: TokenEmbedder, cache_dir: Path) -> list[EmbeddedDocument]:
     """Token matrices of every document, from an .npz cache when present."""
-    path = cache_dir / f"corpus-{_cache_key(embedder.name, [d.text for d in bench.docs])}.npz"
+    # the windowing decides every token's vector, so it is part of the key
+    how = f"{embedder.name}|{getattr(embedder, 'window', '')}|{getattr(embedder, 'stride', '')}"
+    path = cache_dir / f"corpus-{_cache_key(how, [d.text for d in bench.docs])}.npz"
     loaded = [
         LoadedDocument(
             doc_id=d.doc_id,
