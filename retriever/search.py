@@ -58,7 +58,9 @@ class Retriever:
         self.embedder = embedder or load_embedder(settings)
         self.store.meta.check(self.embedder.name, self.embedder.dim, None, f"collection '{settings.collection}'")
         self.device = pick_device(settings.device)
-        self.params = SpanParams.from_settings(settings)
+        pool = self.store.meta.storage_pool
+        self.params = SpanParams.from_settings(settings).per_row(pool)
+        self.min_sentence_rows = max(1, math.ceil(settings.min_sentence_tokens / pool))
         self.fetcher = Fetcher(self.store, self.device, settings.boundary, settings.cache_mb << 20)
         # the tokenizer (Rust, mutable truncation state) and the store handle are not safe to share
         # across threads; scoring is, so only model and store calls are serialised
@@ -177,7 +179,7 @@ class Retriever:
             s = smooth(r, doc_starts, self.params.sigma)
             smax = torch.full((tab.n,), -math.inf, device=r.device).scatter_reduce(0, tab.sid, s, "amax")
             score = (1 - st.token_weight) * pooled + st.token_weight * smax
-        score = torch.where(tab.length >= st.min_sentence_tokens, score, torch.full_like(score, -math.inf))
+        score = torch.where(tab.length >= self.min_sentence_rows, score, torch.full_like(score, -math.inf))
         k = min(max(st.rerank_k, top), tab.n)
         best = torch.topk(score, k).indices
         best = best[torch.isfinite(score[best])]

@@ -30,6 +30,22 @@ class SpanParams:
     def from_settings(cls, s: Settings) -> SpanParams:
         return cls(s.sigma, s.threshold, s.delta, s.min_span_size, s.max_extension)
 
+    def per_row(self, pool: int) -> SpanParams:
+        """The same parameters counted in stored rows when `pool` adjacent tokens share one row.
+
+        Settings speak in model tokens; a pooled collection (storage_pool > 1) scores rows, so every
+        length shrinks by the pool size and spans keep their length in text.
+        """
+        if pool <= 1:
+            return self
+        return SpanParams(
+            sigma=self.sigma / pool,
+            threshold=self.threshold,
+            delta=self.delta // pool,
+            min_span_size=max(1, math.ceil(self.min_span_size / pool)),
+            max_extension=math.ceil(self.max_extension / pool),
+        )
+
 
 @dataclass
 class TokenSpans:

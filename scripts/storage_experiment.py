@@ -19,7 +19,6 @@ from __future__ import annotations
 import argparse
 import csv
 import hashlib
-import math
 import shutil
 import sys
 import tempfile
@@ -181,17 +180,6 @@ def file_bytes(folder: Path) -> dict[str, int]:
     return out
 
 
-def span_settings(base: Settings, pool: int) -> dict[str, float | int]:
-    """Span parameters counted in model tokens, rescaled to stored rows when k tokens share a row."""
-    return {
-        "sigma": base.sigma / pool,
-        "delta": base.delta // pool,
-        "min_span_size": max(1, math.ceil(base.min_span_size / pool)),
-        "max_extension": math.ceil(base.max_extension / pool),
-        "min_sentence_tokens": max(1, math.ceil(base.min_sentence_tokens / pool)),
-    }
-
-
 def evaluate(r: Retriever, queries: list[BenchQuery], latency_n: int) -> tuple[list[list[Hit]], float]:
     """Hits per query through the eval harness (fills the cache), then warm ms/query over the first `latency_n`."""
     results, _ = run_chunkless(r, queries)
@@ -217,8 +205,7 @@ def run_layout(
             "storage_dtype": layout.dtype,
             "storage_reduce": layout.reduce,
             "storage_dim": layout.dim,
-            "storage_pool": layout.pool,
-            **span_settings(base, layout.pool),
+            "storage_pool": layout.pool,  # the Retriever rescales span lengths to rows itself
         }
     )
     tokens = sum(d.n_tokens for d in docs)
@@ -526,7 +513,7 @@ def main(argv: list[str] | None = None) -> int:
         table(all_rows, front),
         "",
         "Span settings (identical for every layout; sigma, delta, min_span_size, max_extension and "
-        "min_sentence_tokens are divided by k for poolk so they keep their length in model tokens): "
+        "min_sentence_tokens are divided by k for poolk by the Retriever, so they keep their length in model tokens): "
         + ", ".join(f"{k}={getattr(base, k)}" for k in SPAN_FIELDS)
         + ".",
         "",

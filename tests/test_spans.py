@@ -127,3 +127,11 @@ def test_sentence_rule_keeps_abbreviations_and_decimals() -> None:
     words = list(re.finditer(r"\S+", text))
     flags = token_ends_sentence(text, np.array([w.start() for w in words]), "sentences")
     assert [w.group() for w, f in zip(words, flags, strict=True) if f] == ["year.", "left."]
+
+
+def test_pooled_rows_keep_span_lengths_in_tokens() -> None:
+    p = SpanParams(4.0, 0.39, 170, 15, 32)
+    assert p.per_row(1) is p
+    two = p.per_row(2)
+    assert (two.sigma, two.delta, two.min_span_size, two.max_extension, two.threshold) == (2.0, 85, 8, 16, 0.39)
+    assert p.per_row(4).min_span_size == 4 and p.per_row(32).min_span_size == 1
