@@ -218,19 +218,8 @@ class Retriever:
         for i in order:
             if not np.isfinite(c.score[i]):
                 continue
-            d = docs[int(c.doc[i])]
             cs, ce = c.chars[i]
-            out.append(
-                SpanResult(
-                    doc_id=d.doc_id,
-                    source=d.header["source"],
-                    start=cs,
-                    end=ce,
-                    text=c.texts[i],
-                    score=float(c.score[i]),
-                    pages=pages_of(d.header.get("page_starts", [0]), cs, ce),
-                )
-            )
+            out.append(_result(docs[int(c.doc[i])], int(cs), int(ce), float(c.score[i])))
         return out
 
     def _relevance(self, q: np.ndarray, docs: list[DocTokens]) -> tuple[torch.Tensor, torch.Tensor]:
@@ -271,18 +260,7 @@ class Retriever:
         for i in order:
             d = docs[int(dsel[i])]
             a, b = int(s0[i] - offsets[dsel[i]]), int(s1[i] - offsets[dsel[i]])
-            cs, ce = int(d.starts[a]), int(d.ends[b])
-            out.append(
-                SpanResult(
-                    doc_id=d.doc_id,
-                    source=d.header["source"],
-                    start=cs,
-                    end=ce,
-                    text=d.text[cs:ce],
-                    score=float(sc[i]),
-                    pages=pages_of(d.header.get("page_starts", [0]), cs, ce),
-                )
-            )
+            out.append(_result(d, int(d.starts[a]), int(d.ends[b]), float(sc[i])))
         return out
 
     def _explained_spans(self, q: np.ndarray, docs: list[DocTokens], ts: TokenSpans) -> list[SpanResult]:
@@ -342,6 +320,19 @@ class AloneCache:
                 while len(self._items) > self.max_entries:
                     self._items.popitem(last=False)
         return np.stack([found[t] for t in texts])
+
+
+def _result(d: DocTokens, start: int, end: int, score: float) -> SpanResult:
+    """A span of document `d`: characters [start, end) with its pages."""
+    return SpanResult(
+        doc_id=d.doc_id,
+        source=d.header["source"],
+        start=start,
+        end=end,
+        text=d.text[start:end],
+        score=score,
+        pages=pages_of(d.header.get("page_starts", [0]), start, end),
+    )
 
 
 def _where(filter: dict[str, str | list[str]] | None) -> Where | None:
