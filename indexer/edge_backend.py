@@ -13,6 +13,7 @@ import numpy as np
 import qdrant_edge as qe
 
 from indexer.backends import Match, NewPoint, PointRecord, VectorSpace, Where
+from schemas.errors import StoreBusyError
 
 METADATA_FILE = "chunkless.json"
 _DATATYPES = {
@@ -102,7 +103,16 @@ class EdgeBackend:
     def shard(self) -> qe.EdgeShard:
         if self._shard is None:
             self.read_metadata()
-            self._shard = qe.EdgeShard.load(str(self.folder / "shard"))
+            try:
+                self._shard = qe.EdgeShard.load(str(self.folder / "shard"))
+            except Exception as e:  # Edge raises a bare Exception; its WAL lock says WouldBlock
+                if "WouldBlock" not in str(e):
+                    raise
+                raise StoreBusyError(
+                    f"store {self.folder} is open in another process (an ingest or a search); Edge allows one "
+                    "process per store: wait for it to finish, or serve several processes from a Qdrant server "
+                    "(CHUNKLESS_URL)"
+                ) from e
         return self._shard
 
     def flush(self) -> None:

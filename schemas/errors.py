@@ -22,6 +22,10 @@ class StoreMismatchError(ChunklessError):
     """A write or query does not match the collection's recorded model, dimension or dtype."""
 
 
+class StoreBusyError(ChunklessError):
+    """The embedded store is held by another process (Edge allows one process per shard)."""
+
+
 class QueryError(ChunklessError):
     """An empty or oversize query."""
 

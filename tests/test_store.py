@@ -121,3 +121,21 @@ def test_dtype_round_trip_bounds_relevance_error(tmp_path, dtype: str, tol: floa
     if dtype == "int8":
         assert seg.stored.dtype == np.uint8 and seg.stored.min() >= 1 and seg.stored.max() <= 255
     store.close()
+
+
+def test_second_process_on_an_edge_store_gets_a_clear_error(settings: Settings) -> None:
+    import subprocess
+    import sys
+
+    store = open_or_create_store(settings, "m", 8, "mean")
+    store.write_document(fake_embedded("a", 5, 8))
+    code = (
+        "import sys; from schemas import Settings; from indexer.store import open_store; "
+        "from schemas.errors import StoreBusyError\n"
+        f"s = Settings(store_path={str(settings.store_path)!r})\n"
+        "try:\n    open_store(s).headers()\nexcept StoreBusyError as e:\n    print(e); sys.exit(3)\n"
+    )
+    out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, timeout=60)
+    store.close()
+    assert out.returncode == 3, out.stderr
+    assert "open in another process" in out.stdout and str(settings.store_path) in out.stdout
