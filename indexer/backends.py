@@ -74,7 +74,9 @@ class PointsBackend(Protocol):
 
     def delete(self, where: Where) -> None: ...
 
-    def scroll(self, where: Where, with_vectors: list[str], limit: int | None = None) -> list[PointRecord]: ...
+    def scroll(
+        self, where: Where, with_vectors: list[str], limit: int | None = None, payload: bool | list[str] = True
+    ) -> list[PointRecord]: ...
 
     def query(
         self, using: str, vector: np.ndarray, limit: int, where: Where | None, with_payload: bool | list[str]

@@ -143,16 +143,19 @@ class EdgeBackend:
             return {}
         return {n: _to_array(raw[n], _NUMPY_OUT[self._dtypes.get(n, "float32")]) for n in names if n in raw}
 
-    def scroll(self, where: Where, with_vectors: list[str], limit: int | None = None) -> list[PointRecord]:
+    def scroll(
+        self, where: Where, with_vectors: list[str], limit: int | None = None, payload: bool | list[str] = True
+    ) -> list[PointRecord]:
         out: list[PointRecord] = []
         offset = None
         page = 256 if limit is None else max(1, min(limit, 256))
         flt = to_edge_filter(where)
+        selector = qe.PayloadSelector.Include(payload) if isinstance(payload, list) else payload
         while True:
             with self._lock:
                 recs, offset = self.shard.scroll(
                     qe.ScrollRequest(
-                        offset=offset, limit=page, filter=flt, with_payload=True, with_vector=with_vectors or False
+                        offset=offset, limit=page, filter=flt, with_payload=selector, with_vector=with_vectors or False
                     )
                 )
             out += [PointRecord(str(r.id), dict(r.payload or {}), self._vectors(r.vector, with_vectors)) for r in recs]

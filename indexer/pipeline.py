@@ -24,7 +24,6 @@ from typing import Any
 
 from indexer.embedders import TokenEmbedder, load_embedder
 from indexer.loaders import file_hash, iter_files, load_file
-from indexer.segments import max_segment_tokens
 from indexer.store import TokenStore, open_or_create_store, open_store
 from schemas.errors import ChunklessError, InputError, StoreNotFoundError
 from schemas.models import EmbeddedDocument, IngestFailure, IngestReport, LoadedDocument
@@ -294,16 +293,16 @@ def _write_one(
         fail(d.source, "no tokens after tokenizing; the file holds no indexable text", d.doc_id)
         return
     try:
-        nbytes = store.write_document(emb)
+        written = store.write_document(emb)
     except ChunklessError as e:
         fail(d.source, str(e), d.doc_id)
         return
     with lock:
-        report.bytes_stored += nbytes
+        report.bytes_stored += written.bytes
         if d.doc_id in live:
             report.replaced += 1
         live[d.doc_id] = d.content_hash
         report.documents += 1
         report.tokens += emb.n_tokens
-        report.segments += -(-emb.n_tokens // max_segment_tokens(emb.dim))
+        report.segments += written.segments
         bar.advance("stored", d.doc_id, emb.n_tokens)

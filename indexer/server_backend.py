@@ -149,7 +149,9 @@ class ServerBackend:
             return {}
         return {n: np.asarray(raw[n], dtype=_NUMPY_OUT[self._dtypes.get(n, "float32")]) for n in names if n in raw}
 
-    def scroll(self, where: Where, with_vectors: list[str], limit: int | None = None) -> list[PointRecord]:
+    def scroll(
+        self, where: Where, with_vectors: list[str], limit: int | None = None, payload: bool | list[str] = True
+    ) -> list[PointRecord]:
         out: list[PointRecord] = []
         offset: Any = None
         page = _SCROLL_PAGE if with_vectors else 1024
@@ -162,7 +164,7 @@ class ServerBackend:
                 scroll_filter=flt,
                 limit=page,
                 offset=offset,
-                with_payload=True,
+                with_payload=payload,
                 with_vectors=with_vectors or False,
             )
             out += [PointRecord(str(r.id), dict(r.payload or {}), self._vectors(r.vector, with_vectors)) for r in recs]

@@ -12,7 +12,7 @@ from __future__ import annotations
 
 import time
 import uuid
-from collections import defaultdict
+from collections import Counter, defaultdict
 from dataclasses import dataclass
 from typing import Any, Literal
 
@@ -100,6 +100,14 @@ class StoredSegment:
     text: str
 
 
+@dataclass(frozen=True)
+class Written:
+    """What writing one document stored."""
+
+    bytes: int  # token-vector bytes as stored (after the collection's encoding)
+    segments: int
+
+
 @dataclass
 class Candidate:
     doc_id: str
@@ -158,8 +166,8 @@ class TokenStore:
         return True
 
     # -- writes ------------------------------------------------------------------------------------
-    def write_document(self, emb: EmbeddedDocument) -> int:
-        """Store (or replace) a document; returns the bytes of vector data written."""
+    def write_document(self, emb: EmbeddedDocument) -> Written:
+        """Store (or replace) a document; returns the vector bytes and segments written."""
         d = emb.doc
         self.meta.check(self.meta.model, emb.dim, None, d.source)
         n_model_tokens = emb.n_tokens
@@ -213,7 +221,7 @@ class TokenStore:
                 must_not=[Match("version", d.content_hash)],
             )
         )
-        return nbytes
+        return Written(nbytes, len(points))
 
     def delete_document(self, doc_id: str) -> bool:
         """Remove a document (header first, so search stops seeing it at once). False if absent."""
@@ -230,15 +238,17 @@ class TokenStore:
         worker's document between its segments and its header looks exactly like an orphan.
         """
         live = {(h["doc_id"], h["version"]) for h in self.headers().values()}
-        segs = self.backend.scroll(Where(must=[Match("kind", "segment")]), with_vectors=[])
+        # three small fields, not each segment's text and offsets: this runs at the start of every ingest
+        segs = self.backend.scroll(
+            Where(must=[Match("kind", "segment")]), with_vectors=[], payload=["doc_id", "version", "written_at"]
+        )
         cutoff = time.time() - min_age_s
+        counts = Counter((r.payload["doc_id"], r.payload["version"]) for r in segs)
         young = {(r.payload["doc_id"], r.payload["version"]) for r in segs if r.payload.get("written_at", 0) > cutoff}
-        stale = {(r.payload["doc_id"], r.payload["version"]) for r in segs} - live - young
-        n = 0
+        stale = set(counts) - live - young
         for doc_id, version in stale:
-            n += sum(1 for r in segs if (r.payload["doc_id"], r.payload["version"]) == (doc_id, version))
             self.backend.delete(_seg_filter(doc_id, version))
-        return n
+        return sum(counts[k] for k in stale)
 
     # -- reads -------------------------------------------------------------------------------------
     def headers(self) -> dict[str, dict[str, Any]]:

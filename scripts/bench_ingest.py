@@ -80,7 +80,7 @@ def bench_store(tokens: int, doc_tokens: int, tmp: Path) -> None:
             s = Settings(store_path=tmp / f"store-{dim}-{dtype}", storage_dtype=dtype)
             store = open_or_create_store(s, "bench", dim, "mean")
             t0 = time.perf_counter()
-            nbytes = sum(store.write_document(d) for d in docs)
+            nbytes = sum(store.write_document(d).bytes for d in docs)
             store.flush()
             dt = time.perf_counter() - t0
             store.close()
