@@ -125,9 +125,10 @@ def _seg_filter(doc_id: str, version: str | None = None) -> Where:
 class TokenStore:
     """Documents as token multivectors in one collection."""
 
-    def __init__(self, backend: PointsBackend, meta: CollectionMeta) -> None:
+    def __init__(self, backend: PointsBackend, meta: CollectionMeta, segment_rows: int | None = None) -> None:
         self.backend = backend
         self.meta = meta
+        self.segment_rows = segment_rows  # rows per segment written (None: the server's limit)
         self._codec: TokenCodec | None = None
 
     # -- storage layout ----------------------------------------------------------------------------
@@ -173,7 +174,7 @@ class TokenStore:
         n_model_tokens = emb.n_tokens
         emb = pool_document(emb, self.meta.storage_pool)
         self.fit_codec(emb.vectors)
-        segs = split_segments(emb)
+        segs = split_segments(emb, self.segment_rows)
         points, nbytes = [], 0
         written_at = time.time()
         for s in segs:
@@ -304,11 +305,40 @@ class TokenStore:
         out = [Candidate(d, s, heads[d]) for d, s in best.items() if d in heads and heads[d]["version"] == versions[d]]
         return sorted(out, key=lambda c: -c.score)[:k]
 
-    def fetch_segments(self, docs: dict[str, str]) -> dict[str, list[StoredSegment]]:
-        """Segments of each doc_id at the given version, in order, with their stored token rows."""
+    def rank_segments(self, query: np.ndarray, versions: dict[str, str], k: int) -> list[tuple[str, int, float]]:
+        """The k segments of these documents (doc_id -> live version) nearest `query` by pooled cosine.
+
+        (doc_id, segment index, score), best first: what a query fetches when it need not score whole documents.
+        """
+        self._check_query(query)
+        if not versions or k <= 0:
+            return []
+        flt = Where(must=[Match("kind", "segment"), Match("doc_id", list(versions))])
+        # a few spare hits: a document's orphaned or stale segments match the filter until swept
+        recs = self.backend.query("pooled", query, 2 * k, flt, ["doc_id", "version", "seg"])
+        out = [
+            (r.payload["doc_id"], int(r.payload["seg"]), r.score)
+            for r in recs
+            if versions.get(r.payload["doc_id"]) == r.payload["version"]
+        ]
+        return out[:k]
+
+    def fetch_segments(
+        self, docs: dict[str, str], indices: dict[str, list[int]] | None = None
+    ) -> dict[str, list[StoredSegment]]:
+        """Segments of each doc_id at the given version, in order, with their stored token rows.
+
+        `indices` restricts a document to those segment indices; documents it leaves out come whole.
+        """
         if not docs:
             return {}
-        where = Where(should=[_seg_filter(d, v) for d, v in docs.items()])
+        parts = []
+        for d, v in docs.items():
+            f = _seg_filter(d, v)
+            if indices and d in indices:
+                f = Where(must=[*f.must, Match("seg", [int(i) for i in indices[d]])])
+            parts.append(f)
+        where = Where(should=parts)
         out: dict[str, list[StoredSegment]] = defaultdict(list)
         for r in self.backend.scroll(where, with_vectors=["tokens"]):
             p = r.payload
@@ -403,7 +433,7 @@ def open_or_create_store(settings: Settings, model: str, dim: int, pooling: str)
     if backend.exists():
         meta = CollectionMeta.model_validate(backend.read_metadata()["chunkless"])
         meta.check(model, dim, settings.storage_dtype, f"collection '{settings.collection}'", layout)
-        return TokenStore(backend, meta)
+        return TokenStore(backend, meta, settings.segment_tokens)
     try:
         layout.stored_dim(dim)
     except ValueError as e:
@@ -424,4 +454,4 @@ def open_or_create_store(settings: Settings, model: str, dim: int, pooling: str)
         {"chunkless": meta.model_dump(), "spaces": {n: vars(s) for n, s in spaces.items()}},
         KEYWORD_FIELDS,
     )
-    return TokenStore(backend, meta)
+    return TokenStore(backend, meta, settings.segment_tokens)

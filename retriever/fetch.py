@@ -1,52 +1,122 @@
 """Move candidate documents' token matrices from the store to the scoring device, through a cache.
 
-The cache is keyed by (doc_id, version): a re-ingested document has a new version, so stale
-entries can never be served, only evicted. It is bounded by bytes and evicts least recently used.
+The unit of fetching and caching is a stored segment (at most the server's multivector limit, or
+`segment_tokens` rows), so a query can move only the segments worth scoring. The cache is keyed by
+(doc_id, version, segment): a re-ingested document has a new version, so stale entries can never be
+served, only evicted. It is bounded by bytes and evicts least recently used. What a query scores is a
+`DocTokens`: a run of consecutive cached segments of one document (the whole document by default),
+assembled without copying the token rows.
 """
 
 from __future__ import annotations
 
 import threading
 from collections import OrderedDict
+from collections.abc import Sequence
 from dataclasses import dataclass
 
 import numpy as np
 import torch
 
-from indexer.store import TokenStore
+from indexer.store import StoredSegment, TokenStore
 from retriever.boundaries import token_ends_sentence
 from schemas.settings import Boundary
 
+SegKey = tuple[str, str, int]  # (doc_id, version, segment index)
+
 
 @dataclass
-class DocTokens:
-    """One document ready to score: decoded token rows on the device and what spans need on the host."""
+class SegmentTokens:
+    """One segment decoded on the scoring device, with what spans need on the host."""
 
     doc_id: str
     version: str
-    header: dict
+    index: int
     vectors: torch.Tensor  # (n, dim) float32 on the scoring device
-    starts: np.ndarray  # (n,) char offsets
-    ends: np.ndarray  # (n,) running max of token ends: end char of a span ending at token i
+    starts: np.ndarray  # (n,) absolute char offsets
+    ends: np.ndarray  # (n,) running max of token ends within the segment
     ends_sentence: torch.Tensor  # (n,) bool on the device
+    char_start: int  # absolute offset of text[0]
     text: str
+
+    @property
+    def key(self) -> SegKey:
+        return (self.doc_id, self.version, self.index)
 
     @property
     def nbytes(self) -> int:
         return self.vectors.numel() * self.vectors.element_size() + len(self.text) + 24 * len(self.starts)
 
 
-class DocCache:
-    """Bounded LRU of DocTokens by bytes; safe across threads.
+@dataclass
+class DocTokens:
+    """Consecutive segments [first_segment, first_segment + len(parts)) of one document, ready to score.
 
-    Keyed by (doc_id, version). Putting a new version of a document drops its older versions at once:
-    they can never be served again (the header names one version), so they would only hold memory.
+    Offsets are absolute in the document; `text` starts at char `char_base`, so slice through `chars`.
+    """
+
+    doc_id: str
+    version: str
+    header: dict
+    parts: list[torch.Tensor]  # per segment (n_i, dim) on the device: scored part by part, never concatenated
+    starts: np.ndarray  # (n,) absolute char offsets
+    ends: np.ndarray  # (n,) running max of token ends: end char of a span ending at token i
+    ends_sentence: torch.Tensor  # (n,) bool on the device
+    text: str
+    char_base: int = 0
+    first_segment: int = 0
+
+    @property
+    def key(self) -> tuple[str, str, int, int]:
+        """Identifies this run of this document version (sentence tables are cached by it)."""
+        return (self.doc_id, self.version, self.first_segment, len(self.parts))
+
+    @property
+    def n(self) -> int:
+        return len(self.starts)
+
+    @property
+    def vectors(self) -> torch.Tensor:
+        """(n, dim) all rows; a copy when the run spans several segments, so not for the per-query path."""
+        return self.parts[0] if len(self.parts) == 1 else torch.cat(self.parts)
+
+    def relevance(self, q: torch.Tensor) -> torch.Tensor:
+        """(n,) r = D @ q, one GEMV per segment."""
+        if len(self.parts) == 1:
+            return self.parts[0] @ q
+        return torch.cat([p @ q for p in self.parts])
+
+    def chars(self, start: int, end: int) -> str:
+        """Document characters [start, end) (absolute offsets)."""
+        return self.text[start - self.char_base : end - self.char_base]
+
+    @classmethod
+    def of_segments(cls, header: dict, segs: Sequence[SegmentTokens]) -> DocTokens:
+        """A run of consecutive segments; one segment is used as is, no copies."""
+        s0 = segs[0]
+        if len(segs) == 1:
+            starts, ends, es, text = s0.starts, s0.ends, s0.ends_sentence, s0.text
+        else:
+            starts = np.concatenate([s.starts for s in segs])
+            ends = np.maximum.accumulate(np.concatenate([s.ends for s in segs]))
+            es = torch.cat([s.ends_sentence for s in segs])
+            text = "".join(s.text for s in segs)
+        return cls(
+            s0.doc_id, s0.version, header, [s.vectors for s in segs], starts, ends, es, text, s0.char_start, s0.index
+        )
+
+
+class DocCache:
+    """Bounded LRU of SegmentTokens by bytes; safe across threads.
+
+    Putting a segment of a new version of a document drops every cached segment of its older versions
+    at once: they can never be served again (the header names one version), so they would only hold memory.
     """
 
     def __init__(self, max_bytes: int) -> None:
         self.max_bytes = max_bytes
-        self._items: OrderedDict[tuple[str, str], DocTokens] = OrderedDict()
-        self._versions: dict[str, set[str]] = {}  # doc_id -> versions held, to drop stale ones on put
+        self._items: OrderedDict[SegKey, SegmentTokens] = OrderedDict()
+        self._keys: dict[str, set[SegKey]] = {}  # doc_id -> keys held, to drop stale versions on put
         self._bytes = 0
         self._lock = threading.Lock()
         self.hits = 0
@@ -55,7 +125,7 @@ class DocCache:
     def __len__(self) -> int:
         return len(self._items)
 
-    def __contains__(self, key: tuple[str, str]) -> bool:
+    def __contains__(self, key: SegKey) -> bool:
         return key in self._items
 
     @property
@@ -63,27 +133,27 @@ class DocCache:
         """Bytes held now; never above max_bytes."""
         return self._bytes
 
-    def get(self, key: tuple[str, str]) -> DocTokens | None:
+    def get(self, key: SegKey) -> SegmentTokens | None:
         with self._lock:
-            doc = self._items.get(key)
-            if doc is None:
+            seg = self._items.get(key)
+            if seg is None:
                 self.misses += 1
                 return None
             self._items.move_to_end(key)
             self.hits += 1
-            return doc
+            return seg
 
-    def put(self, doc: DocTokens) -> None:
-        """Insert as most recent, evicting least recent entries past max_bytes; too-big documents are not kept."""
-        key = (doc.doc_id, doc.version)
+    def put(self, seg: SegmentTokens) -> None:
+        """Insert as most recent, evicting least recent entries past max_bytes; too-big segments are not kept."""
+        key = seg.key
         with self._lock:
-            if key in self._items or doc.nbytes > self.max_bytes:
+            if key in self._items or seg.nbytes > self.max_bytes:
                 return
-            for old_version in self._versions.get(doc.doc_id, set()) - {doc.version}:
-                self._remove((doc.doc_id, old_version))
-            self._items[key] = doc
-            self._versions.setdefault(doc.doc_id, set()).add(doc.version)
-            self._bytes += doc.nbytes
+            for old in [k for k in self._keys.get(seg.doc_id, set()) if k[1] != seg.version]:
+                self._remove(old)
+            self._items[key] = seg
+            self._keys.setdefault(seg.doc_id, set()).add(key)
+            self._bytes += seg.nbytes
             while self._bytes > self.max_bytes:
                 self._remove(next(iter(self._items)))
 
@@ -91,21 +161,21 @@ class DocCache:
         """Drop everything (a cold start for benchmarks); hit and miss counts are kept."""
         with self._lock:
             self._items.clear()
-            self._versions.clear()
+            self._keys.clear()
             self._bytes = 0
 
-    def _remove(self, key: tuple[str, str]) -> None:
+    def _remove(self, key: SegKey) -> None:
         """Caller holds the lock."""
         old = self._items.pop(key)
         self._bytes -= old.nbytes
-        versions = self._versions[key[0]]
-        versions.discard(key[1])
-        if not versions:
-            del self._versions[key[0]]
+        keys = self._keys[key[0]]
+        keys.discard(key)
+        if not keys:
+            del self._keys[key[0]]
 
 
 class Fetcher:
-    """Store -> device, caching hot documents."""
+    """Store -> device, caching hot segments."""
 
     def __init__(self, store: TokenStore, device: torch.device, boundary: Boundary, cache_bytes: int) -> None:
         self.store = store
@@ -113,33 +183,66 @@ class Fetcher:
         self.boundary: Boundary = boundary
         self.cache = DocCache(cache_bytes)
 
-    def fetch(self, headers: dict[str, dict]) -> list[DocTokens]:
-        """DocTokens for each doc_id -> header, in the given order; documents gone from the store are skipped."""
-        out: dict[str, DocTokens] = {}
-        missing: dict[str, str] = {}
-        for doc_id, h in headers.items():
-            hit = self.cache.get((doc_id, h["version"]))
-            if hit is not None:
-                out[doc_id] = hit
-            else:
-                missing[doc_id] = h["version"]
-        for doc_id, segs in self.store.fetch_segments(missing).items():
-            if len(segs) != int(headers[doc_id]["n_segments"]):
-                continue  # being replaced or deleted right now: skip rather than score half a document
-            doc = self._assemble(doc_id, headers[doc_id], segs)
-            self.cache.put(doc)
-            out[doc_id] = doc
-        return [out[d] for d in headers if d in out]
+    def fetch(self, headers: dict[str, dict], segments: dict[str, list[int]] | None = None) -> list[DocTokens]:
+        """Runs of consecutive segments to score, per doc_id -> header in the given order.
 
-    def _assemble(self, doc_id: str, header: dict, segs: list) -> DocTokens:
-        dtype = self.store.meta.storage_dtype
-        stored = np.concatenate([s.stored for s in segs])
-        scales = np.concatenate([s.scales for s in segs]) if dtype == "int8" else None
-        t = torch.from_numpy(stored).to(self.device, non_blocking=True)
-        sc = torch.from_numpy(scales).to(self.device) if scales is not None else None
+        `segments` names the segment indices wanted per document; a document it leaves out (or None)
+        comes whole. Documents gone from the store, or being replaced right now, are skipped rather
+        than scored in part.
+        """
+        wanted: dict[str, list[int]] = {}
+        for doc_id, h in headers.items():
+            idx = (segments or {}).get(doc_id)
+            wanted[doc_id] = sorted(set(idx)) if idx else list(range(int(h["n_segments"])))
+        have: dict[SegKey, SegmentTokens] = {}
+        missing: dict[str, list[int]] = {}
+        for doc_id, idx in wanted.items():
+            version = headers[doc_id]["version"]
+            for i in idx:
+                hit = self.cache.get((doc_id, version, i))
+                if hit is not None:
+                    have[hit.key] = hit
+                else:
+                    missing.setdefault(doc_id, []).append(i)
+        if missing:
+            versions = {d: headers[d]["version"] for d in missing}
+            whole = {d: i for d, i in missing.items() if len(i) == int(headers[d]["n_segments"])}
+            some = {d: i for d, i in missing.items() if d not in whole}
+            found = self.store.fetch_segments(versions, some or None)
+            for doc_id, segs in found.items():
+                if len(segs) != len(missing[doc_id]):
+                    continue  # being replaced or deleted right now: its absent segments are skipped below
+                for s in segs:
+                    seg = self._decode(s)
+                    self.cache.put(seg)
+                    have[seg.key] = seg
+        out = []
+        for doc_id, idx in wanted.items():
+            version = headers[doc_id]["version"]
+            if not all((doc_id, version, i) in have for i in idx):
+                continue
+            for run in _runs(idx):
+                out.append(DocTokens.of_segments(headers[doc_id], [have[(doc_id, version, i)] for i in run]))
+        return out
+
+    def _decode(self, s: StoredSegment) -> SegmentTokens:
+        t = torch.from_numpy(s.stored).to(self.device, non_blocking=True)
+        sc = torch.from_numpy(s.scales).to(self.device) if s.scales is not None else None
         vectors = self.store.codec.decode(t, sc)  # the collection's storage layout
-        text = "".join(s.text for s in segs)
-        starts = np.concatenate([s.starts for s in segs])
-        ends = np.maximum.accumulate(np.concatenate([s.ends for s in segs]))
-        es = torch.from_numpy(token_ends_sentence(text, starts, self.boundary)).to(self.device)
-        return DocTokens(doc_id, header["version"], header, vectors, starts, ends, es, text)
+        # boundaries from the segment's own text: its text runs up to the next segment's first token, so
+        # every token's "gap after it" is inside it
+        local = s.starts - s.char_start
+        es = torch.from_numpy(token_ends_sentence(s.text, local, self.boundary)).to(self.device)
+        ends = np.maximum.accumulate(s.ends) if len(s.ends) else s.ends
+        return SegmentTokens(s.doc_id, s.version, s.index, vectors, s.starts, ends, es, s.char_start, s.text)
+
+
+def _runs(idx: list[int]) -> list[list[int]]:
+    """Sorted indices -> runs of consecutive ones: [0, 1, 3] -> [[0, 1], [3]]."""
+    runs: list[list[int]] = []
+    for i in idx:
+        if runs and runs[-1][-1] == i - 1:
+            runs[-1].append(i)
+        else:
+            runs.append([i])
+    return runs

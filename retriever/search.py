@@ -129,11 +129,27 @@ class Retriever:
     def _recall_fetch(self, query: str, q: np.ndarray, where: Where | None) -> tuple[list[DocTokens], dict[str, float]]:
         t0 = time.perf_counter()
         cands = self.recall(query, q, where)
+        headers = {c.doc_id: c.header for c in cands}
+        segments = self._segments_worth_scoring(q, headers)
+        if segments is not None:
+            headers = {d: h for d, h in headers.items() if d in segments}
         t1 = time.perf_counter()
         with self._store_lock:
-            docs = self.fetcher.fetch({c.doc_id: c.header for c in cands})
+            docs = self.fetcher.fetch(headers, segments)
         t2 = time.perf_counter()
         return docs, {"recall": (t1 - t0) * 1e3, "fetch": (t2 - t1) * 1e3}
+
+    def _segments_worth_scoring(self, q: np.ndarray, headers: dict[str, dict]) -> dict[str, list[int]] | None:
+        """The `fetch_segments` best segments of the recalled documents by pooled cosine; None: whole documents."""
+        k = self.settings.fetch_segments
+        if k == 0 or not headers:
+            return None
+        with self._store_lock:
+            ranked = self.store.rank_segments(q, {d: h["version"] for d, h in headers.items()}, k)
+        out: dict[str, list[int]] = {}
+        for doc_id, seg, _ in ranked:
+            out.setdefault(doc_id, []).append(seg)
+        return out
 
     def recall(self, query: str, q: np.ndarray, where: Where | None = None) -> list[Candidate]:
         """Candidate documents, best first: pooled-vector HNSW (doc or segment level), optionally MaxSim re-ranked."""
@@ -188,7 +204,7 @@ class Retriever:
         a = tab.start[best].cpu().numpy() - offsets[sdoc]
         b = tab.end[best].cpu().numpy() - offsets[sdoc]
         chars = [(int(docs[d].starts[x]), int(docs[d].ends[y])) for d, x, y in zip(sdoc, a, b, strict=True)]
-        texts = [docs[d].text[c0:c1] for d, (c0, c1) in zip(sdoc, chars, strict=True)]
+        texts = [docs[d].chars(c0, c1) for d, (c0, c1) in zip(sdoc, chars, strict=True)]
         return SentenceCandidates(sdoc, chars, texts, score[best].cpu().numpy().astype(np.float64), q)
 
     def _rerank(self, batch: list[SentenceCandidates]) -> None:
@@ -225,11 +241,11 @@ class Retriever:
     def _relevance(self, q: np.ndarray, docs: list[DocTokens]) -> tuple[torch.Tensor, torch.Tensor]:
         """Flat raw relevance (N,) of every candidate token and doc_starts (B+1,)."""
         qt = torch.from_numpy(q).to(self.device)
-        lengths = torch.tensor([0] + [d.vectors.shape[0] for d in docs], device=self.device)
+        lengths = torch.tensor([0] + [d.n for d in docs], device=self.device)
         doc_starts = torch.cumsum(lengths, 0)
         if not docs:
             return torch.zeros(0, device=self.device), doc_starts
-        r = torch.cat([d.vectors @ qt for d in docs])  # one GEMV per doc: no (N, dim) concat copy
+        r = torch.cat([d.relevance(qt) for d in docs])  # one GEMV per segment: no (N, dim) concat copy
         return r, doc_starts
 
     def _threshold(self, smoothed: torch.Tensor) -> float:
@@ -329,7 +345,7 @@ def _result(d: DocTokens, start: int, end: int, score: float) -> SpanResult:
         source=d.header["source"],
         start=start,
         end=end,
-        text=d.text[start:end],
+        text=d.chars(start, end),
         score=score,
         pages=pages_of(d.header.get("page_starts", [0]), start, end),
     )

@@ -54,15 +54,15 @@ def doc_sentences(doc: DocTokens) -> DocSentences:
 
 
 class SentenceTables:
-    """Per-document sentence tables cached by (doc_id, version); safe across threads."""
+    """Per-document sentence tables cached by the run of segments scored (DocTokens.key); safe across threads."""
 
     def __init__(self, max_docs: int = 4096) -> None:
-        self._cache: dict[tuple[str, str], DocSentences] = {}
+        self._cache: dict[tuple[str, str, int, int], DocSentences] = {}
         self._lock = threading.Lock()
         self.max_docs = max_docs
 
     def get(self, doc: DocTokens) -> DocSentences:
-        key = (doc.doc_id, doc.version)
+        key = doc.key
         with self._lock:
             hit = self._cache.get(key)
         if hit is not None:

@@ -35,6 +35,12 @@ class Settings(BaseSettings):
     storage_reduce: StorageReduce = Field("none", description="Token dimension reduction of a new collection.")
     storage_dim: int | None = Field(None, ge=8, description="Stored dimensions when storage_reduce is pca/truncate.")
     storage_pool: int = Field(1, ge=1, le=4, description="Adjacent tokens merged into one stored row.")
+    segment_tokens: int | None = Field(
+        None,
+        ge=16,
+        description="Rows per stored segment written (None: the most a Qdrant server takes, 2,730 at 384-d); "
+        "smaller segments let a query fetch and score less with fetch_segments.",
+    )
     shard_number: int = Field(1, ge=1)
     replication_factor: int = Field(1, ge=1)
     on_disk: bool = True
@@ -59,6 +65,12 @@ class Settings(BaseSettings):
     recall_k: int = Field(10, ge=1)
     recall_level: RecallLevel = "doc"
     recall_maxsim: bool = Field(False, description="Re-rank recalled documents by Qdrant MaxSim over `tokens`.")
+    fetch_segments: int = Field(
+        0,
+        ge=0,
+        description="Fetch and score only the best N segments of the recalled documents by pooled cosine "
+        "(0: whole documents).",
+    )
     cache_mb: int = Field(1024, ge=0, description="Host/GPU cache of decoded token matrices.")
     top: int = Field(5, ge=1)
     sigma: float = Field(4.0, ge=0.0)

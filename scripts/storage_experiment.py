@@ -219,7 +219,7 @@ def run_layout(
     with Retriever(settings, embedder=embedder, store=open_store(settings)) as r:
         results, warm_ms = evaluate(r, queries, latency_n)
         cached = r.fetcher.cache._bytes  # decoded rows + offsets + text of every document searched
-        cached_tokens = sum(int(doc.header["n_tokens"]) for doc in r.fetcher.cache._items.values())
+        cached_tokens = layout.pool * sum(len(seg.starts) for seg in r.fetcher.cache._items.values())
     shutil.rmtree(settings.store_path, ignore_errors=True)
     s = score(queries, results)
     return Row(

@@ -9,21 +9,23 @@ import torch
 
 from indexer.edge_backend import _to_array
 from indexer.store import open_or_create_store
-from retriever.fetch import DocCache, DocTokens, Fetcher
+from retriever.fetch import DocCache, Fetcher, SegmentTokens
+from schemas.models import EmbeddedDocument
 from schemas.settings import Settings
 from tests.test_store import fake_embedded
 
 
-def doc(doc_id: str, n: int, version: str = "v1") -> DocTokens:
-    """A DocTokens of n 4-d tokens: 16 n bytes of vectors, 24 n of offsets, plus the text."""
-    return DocTokens(
+def doc(doc_id: str, n: int, version: str = "v1", index: int = 0) -> SegmentTokens:
+    """A segment of n 4-d tokens: 16 n bytes of vectors, 24 n of offsets, plus the text."""
+    return SegmentTokens(
         doc_id=doc_id,
         version=version,
-        header={},
+        index=index,
         vectors=torch.zeros(n, 4),
         starts=np.zeros(n, dtype=np.int64),
         ends=np.zeros(n, dtype=np.int64),
         ends_sentence=torch.zeros(n, dtype=torch.bool),
+        char_start=0,
         text="",
     )
 
@@ -33,22 +35,23 @@ def test_cache_evicts_least_recently_used_within_bytes() -> None:
     cache = DocCache(3 * size)
     for d in "abc":
         cache.put(doc(d, 10))
-    assert cache.get(("a", "v1")) is not None  # a is now the most recent: b goes first
+    assert cache.get(("a", "v1", 0)) is not None  # a is now the most recent: b goes first
     cache.put(doc("d", 10))
-    assert ("b", "v1") not in cache and {("a", "v1"), ("c", "v1"), ("d", "v1")} <= set(cache._items)
+    assert ("b", "v1", 0) not in cache and {("a", "v1", 0), ("c", "v1", 0), ("d", "v1", 0)} <= set(cache._items)
     assert cache.nbytes == 3 * size <= cache.max_bytes
     cache.put(doc("huge", 100))  # larger than the whole cache: not kept, nothing evicted for it
-    assert ("huge", "v1") not in cache and len(cache) == 3
+    assert ("huge", "v1", 0) not in cache and len(cache) == 3
     assert (cache.hits, cache.misses) == (1, 0)
 
 
 def test_new_version_drops_the_old_one() -> None:
     cache = DocCache(1 << 20)
-    cache.put(doc("a", 10, "v1"))
+    cache.put(doc("a", 10, "v1", 0))
+    cache.put(doc("a", 10, "v1", 1))
     cache.put(doc("b", 10, "v1"))
-    cache.put(doc("a", 12, "v2"))
-    assert cache.get(("a", "v1")) is None
-    got = cache.get(("a", "v2"))
+    cache.put(doc("a", 12, "v2", 1))  # any segment of a new version drops every segment of the old one
+    assert cache.get(("a", "v1", 0)) is None and cache.get(("a", "v1", 1)) is None
+    got = cache.get(("a", "v2", 1))
     assert got is not None and got.vectors.shape[0] == 12
     assert cache.nbytes == doc("a", 12).nbytes + doc("b", 10).nbytes
 
@@ -61,8 +64,8 @@ def test_cache_stays_consistent_under_threads() -> None:
     def work(t: int) -> None:
         barrier.wait()  # start together so the threads really interleave
         for i in range(300):
-            cache.put(doc(f"d{(i * 7 + t) % 50}", 5, f"v{i % 3}"))
-            cache.get((f"d{i % 50}", f"v{t % 3}"))
+            cache.put(doc(f"d{(i * 7 + t) % 50}", 5, f"v{i % 3}", i % 2))
+            cache.get((f"d{i % 50}", f"v{t % 3}", t % 2))
 
     threads = [threading.Thread(target=work, args=(t,)) for t in range(4)]
     for th in threads:
@@ -70,7 +73,7 @@ def test_cache_stays_consistent_under_threads() -> None:
     for th in threads:
         th.join()
     assert cache.nbytes == sum(d.nbytes for d in cache._items.values()) <= cache.max_bytes
-    assert len({k[0] for k in cache._items}) == len(cache)  # at most one version per document
+    assert len({k[:2] for k in cache._items}) == len({k[0] for k in cache._items})  # one version per document
     assert cache.hits + cache.misses == 4 * 300
 
 
@@ -87,7 +90,7 @@ def test_fetcher_cached_equals_uncached_and_follows_versions(settings: Settings)
     assert [d.doc_id for d in second] == ["a", "b"] and cached.cache.hits == 2
     assert len(uncached.cache) == 0
     for x, y, z in zip(first, second, plain, strict=True):
-        assert x is y  # served from the cache
+        assert x.parts[0] is y.parts[0]  # served from the cache
         assert torch.equal(y.vectors, z.vectors) and torch.equal(y.ends_sentence, z.ends_sentence)
         assert np.array_equal(y.starts, z.starts) and y.text == z.text
     # re-ingest a with new content: the new header's version misses the cache and the new rows come back
@@ -96,7 +99,7 @@ def test_fetcher_cached_equals_uncached_and_follows_versions(settings: Settings)
     got = cached.fetch({"a": store.headers()["a"]})[0]
     assert got.version == "2" * 64 and got.vectors.shape == (120, 16)
     np.testing.assert_allclose(got.vectors.numpy(), new_a.vectors, atol=1e-6)
-    assert ("a", "1" * 64) not in cached.cache
+    assert ("a", "1" * 64, 0) not in cached.cache
     store.close()
 
 
@@ -109,3 +112,54 @@ def test_list_conversion_matches_asarray() -> None:
     flat = _to_array(m[0].tolist(), np.float32)  # a plain (pooled) vector
     assert flat.shape == (5,) and np.array_equal(flat, m[0])
     assert _to_array([], np.float32).shape == (0,)
+
+
+def test_selective_fetch_returns_runs_of_the_chosen_segments(settings: Settings) -> None:
+    store = open_or_create_store(settings.model_copy(update={"segment_tokens": 50}), "m", 16, "mean")
+    emb = fake_embedded("a", 230, 16, seed=4)  # 5 balanced segments of 46 rows
+    store.write_document(emb)
+    header = store.headers()["a"]
+    assert header["n_segments"] == 5
+    fetcher = Fetcher(store, torch.device("cpu"), "separators", 1 << 20)
+    runs = fetcher.fetch({"a": header}, {"a": [3, 0, 2]})
+    assert [r.key for r in runs] == [("a", "a" * 64, 0, 1), ("a", "a" * 64, 2, 2)]
+    text = emb.doc.text
+    for run in runs:
+        rows = slice(46 * run.first_segment, 46 * (run.first_segment + len(run.parts)))
+        np.testing.assert_allclose(run.vectors.numpy(), emb.vectors[rows], atol=1e-6)
+        assert np.array_equal(run.starts, emb.offsets[rows, 0])
+        # absolute offsets slice the right words out of a text that starts mid-document
+        words = [run.chars(int(a), int(b)) for a, b in zip(run.starts, run.ends, strict=True)]
+        assert words == [text[a:b] for a, b in emb.offsets[rows]]
+    assert runs[1].char_base == emb.offsets[92, 0] > 0
+    # the whole document afterwards: the three cached segments are reused, one run comes back
+    whole = fetcher.fetch({"a": header})
+    assert len(whole) == 1 and whole[0].n == 230 and whole[0].text == text
+    assert fetcher.cache.hits == 3
+    np.testing.assert_allclose(whole[0].relevance(torch.ones(16)).numpy(), emb.vectors.sum(1), atol=1e-5)
+    store.close()
+
+
+def windowed(emb: EmbeddedDocument, size: int) -> EmbeddedDocument:
+    """Give a fake document one pooled vector per `size` tokens, as windowed embedding does."""
+    bounds = np.array([[a, min(a + size, emb.n_tokens)] for a in range(0, emb.n_tokens, size)])
+    pooled = np.stack([emb.vectors[a:b].mean(0) for a, b in bounds])
+    pooled /= np.linalg.norm(pooled, axis=1, keepdims=True)
+    return emb.model_copy(update={"window_pooled": pooled.astype(np.float32), "window_bounds": bounds})
+
+
+def test_rank_segments_ranks_live_segments_by_pooled_cosine(settings: Settings) -> None:
+    store = open_or_create_store(settings.model_copy(update={"segment_tokens": 40}), "m", 16, "mean")
+    old = fake_embedded("a", 120, 16, seed=5, version="1" * 64)
+    new = windowed(fake_embedded("a", 120, 16, seed=6, version="2" * 64), 40)
+    store.write_document(old)
+    store.write_document(new)
+    store.write_document(windowed(fake_embedded("b", 80, 16, seed=7), 40))
+    target = new.vectors[40:80].sum(0)  # near segment 1 of a's live version
+    target /= np.linalg.norm(target)
+    ranked = store.rank_segments(target, {"a": "2" * 64, "b": "a" * 64}, 3)
+    assert len(ranked) == 3 and ranked[0][:2] == ("a", 1)
+    assert [s for _, _, s in ranked] == sorted((s for _, _, s in ranked), reverse=True)
+    assert {d for d, _, _ in store.rank_segments(target, {"b": "a" * 64}, 5)} == {"b"}
+    assert store.rank_segments(target, {"a": "1" * 64}, 5) == []  # a replaced version is never ranked
+    store.close()

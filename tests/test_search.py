@@ -57,6 +57,20 @@ def test_sentence_method_returns_whole_sentences_on_topic(store: Path, minilm: H
     assert [s.score for s in spans] == sorted((s.score for s in spans), reverse=True)
 
 
+@pytest.mark.parametrize("method", ["threshold", "sentences"])
+def test_fetching_only_the_best_segments_keeps_text_exact(tmp_path: Path, minilm: HFTokenEmbedder, method: str) -> None:
+    settings = Settings(store_path=tmp_path / "store", device="cpu", segment_tokens=16)
+    index_benchmark(load_benchmark(write_bench(tmp_path / "bench")), settings, minilm)
+    over = {"span_method": method, "threshold_mode": "relative", "rerank_k": 4, "fetch_segments": 2, "min_span_size": 4}
+    with Retriever(settings.model_copy(update=over), embedder=minilm) as r:
+        assert all(h["n_segments"] >= 3 for h in r.store.headers().values())
+        spans = r.search("What makes the dough rise?").spans
+        assert len(r.fetcher.cache) == 2  # two segments moved, not three documents
+    assert spans and spans[0].doc_id == "bread"
+    for sp in spans:  # offsets stay absolute although the scored text starts mid-document
+        assert sp.text == DOCS[sp.doc_id][sp.start : sp.end]
+
+
 def test_filter_restricts_documents_and_rejects_unknown_fields(store: Path, minilm: HFTokenEmbedder) -> None:
     with retriever(store, minilm, span_method="sentences", boundary="sentences") as r:
         only = r.search("What makes the dough rise?", filter={"doc_id": ["chess", "volcano"]}).spans
