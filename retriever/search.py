@@ -109,7 +109,7 @@ class Retriever:
                 spans = self._spans(q, docs)[:top]
             timings["score"] = (time.perf_counter() - t2) * 1e3
             timings["embed"] = (t1 - t0) * 1e3 / len(queries)
-            out.append(SearchResponse(query=query, spans=spans, timings_ms=timings))
+            out.append(SearchResponse(query=query, spans=spans, timings_ms=timings, rows_scored=_rows(docs)))
         if pending:
             t3 = time.perf_counter()
             self._rerank([c for _, c, _ in pending])
@@ -180,7 +180,7 @@ class Retriever:
         else:
             spans = self._spans(q, docs)[:top]
         timings["score"] = (time.perf_counter() - t) * 1e3
-        return SearchResponse(query=query, spans=spans, timings_ms=timings)
+        return SearchResponse(query=query, spans=spans, timings_ms=timings, rows_scored=_rows(docs))
 
     # --- the sentence method ---------------------------------------------------------------------
     def _sentence_candidates(self, q: np.ndarray, docs: list[DocTokens], top: int) -> SentenceCandidates:
@@ -349,6 +349,10 @@ def _result(d: DocTokens, start: int, end: int, score: float) -> SpanResult:
         score=score,
         pages=pages_of(d.header.get("page_starts", [0]), start, end),
     )
+
+
+def _rows(docs: list[DocTokens]) -> int:
+    return sum(d.n for d in docs)
 
 
 def _where(filter: dict[str, str | list[str]] | None) -> Where | None:

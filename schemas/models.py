@@ -75,6 +75,7 @@ class SearchResponse(BaseModel):
     query: str
     spans: list[SpanResult]
     timings_ms: dict[str, float] = Field(default_factory=dict, exclude=True)
+    rows_scored: int = Field(0, exclude=True, description="Token rows fetched and scored for this query.")
 
 
 class IngestFailure(BaseModel):

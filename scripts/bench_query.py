@@ -54,7 +54,11 @@ def unit(x: np.ndarray) -> np.ndarray:
 
 
 def random_document(i: int, n: int, dim: int, target: np.ndarray, rng: np.random.Generator) -> EmbeddedDocument:
-    """n random unit tokens, one 60-token run leaning towards `target` (so spans exist), one word per token."""
+    """n random unit tokens, one 60-token run leaning towards `target` (so spans exist), one word per token.
+
+    Pooled vectors come per 512-token window, as windowed embedding gives them: the window holding the
+    run leans towards the target, so segment ranking (fetch_segments) can find the run's segment.
+    """
     v = rng.standard_normal((n, dim)).astype(np.float32)
     a = int(rng.integers(0, n - 60))
     v[a : a + 60] += 0.6 * np.sqrt(dim) * target  # cosine ~0.5 with the target on the run
@@ -64,11 +68,14 @@ def random_document(i: int, n: int, dim: int, target: np.ndarray, rng: np.random
     offsets = np.stack([starts, starts + lens], axis=1).astype(np.int64)
     text = " ".join(f"w{t % 100000:05d}" for t in range(n))
     pooled = unit(rng.standard_normal(dim).astype(np.float32) * 0.05 + target)  # recalled by its target query
+    bounds = np.array([[w, min(w + 512, n)] for w in range(0, n, 512)])
+    windows = unit(rng.standard_normal((len(bounds), dim)).astype(np.float32))
+    windows[a // 512] = pooled
     doc = LoadedDocument(
         doc_id=f"doc{i:05d}", source=f"/bench/doc{i}", title=f"doc{i}", text=text, content_hash=f"{i:064x}"
     )
     return EmbeddedDocument(
-        doc=doc, vectors=v, offsets=offsets, pooled=pooled, window_pooled=pooled[None], window_bounds=np.array([[0, n]])
+        doc=doc, vectors=v, offsets=offsets, pooled=pooled, window_pooled=windows, window_bounds=bounds
     )
 
 
@@ -93,7 +100,7 @@ def pct(xs: list[float], p: float) -> float:
 
 def run_queries(r: Retriever, queries: np.ndarray, repeats: int, cold: bool) -> dict[str, list[float]]:
     """Per-stage milliseconds of every query run; cold clears the document cache first."""
-    out: dict[str, list[float]] = {"recall": [], "fetch": [], "score": [], "total": []}
+    out: dict[str, list[float]] = {"recall": [], "fetch": [], "score": [], "total": [], "rows": []}
     for _ in range(repeats):
         for q in queries:
             if cold:
@@ -104,12 +111,14 @@ def run_queries(r: Retriever, queries: np.ndarray, repeats: int, cold: bool) -> 
             for k in ("recall", "fetch", "score"):
                 out[k].append(resp.timings_ms[k])
             out["total"].append(total)
+            out["rows"].append(float(resp.rows_scored))
     return out
 
 
 def report(name: str, t: dict[str, list[float]]) -> None:
-    cells = "  ".join(f"{k} {pct(v, 50):7.1f} / {pct(v, 95):7.1f}" for k, v in t.items())
-    print(f"  {name:<5} p50 / p95 ms: {cells}   (n={len(t['total'])})")
+    cells = "  ".join(f"{k} {pct(v, 50):7.1f} / {pct(v, 95):7.1f}" for k, v in t.items() if k != "rows")
+    rows = statistics.mean(t["rows"])
+    print(f"  {name:<5} p50 / p95 ms: {cells}   (n={len(t['total'])}, {rows:,.0f} token rows scored per query)")
 
 
 def timed(fn: Callable[[], object], repeats: int = 5) -> float:
@@ -152,6 +161,8 @@ def main() -> None:
     ap.add_argument("--dim", type=int, default=384)
     ap.add_argument("--dtype", default="float32", choices=["float32", "float16", "int8"])
     ap.add_argument("--recall-k", type=int, default=10)
+    ap.add_argument("--segment-tokens", type=int, help="rows per stored segment (default: the server limit)")
+    ap.add_argument("--fetch-segments", type=int, default=0, help="score only the best N segments (0: whole docs)")
     ap.add_argument("--queries", type=int, default=20)
     ap.add_argument("--repeats", type=int, default=3, help="warm passes over the queries")
     ap.add_argument("--threads", type=int, default=0, help="torch CPU threads (0: torch's default)")
@@ -172,6 +183,8 @@ def main() -> None:
             device=args.device,
             storage_dtype=args.dtype,
             recall_k=args.recall_k,
+            segment_tokens=args.segment_tokens,
+            fetch_segments=args.fetch_segments,
             threshold=0.2,
             span_method="threshold",  # the span engine under test; "sentences" re-embeds with a model
         )
@@ -179,11 +192,14 @@ def main() -> None:
         with Retriever(settings, embedder=VectorOnlyEmbedder(args.dim), store=store) as r:  # type: ignore[arg-type]
             r._search_vector("warmup", queries[0], settings.top, None)
             n_spans = len(r._search_vector("check", queries[0], settings.top, None).spans)
-            print(f"recall_k={args.recall_k}, {args.queries} query vectors, spans for the first: {n_spans}")
+            print(
+                f"recall_k={args.recall_k}, fetch_segments={args.fetch_segments}, {args.queries} query vectors, "
+                f"spans for the first: {n_spans}"
+            )
             report("cold", run_queries(r, queries, 1, cold=True))
             run_queries(r, queries, 1, cold=False)  # fill the cache
             report("warm", run_queries(r, queries, args.repeats, cold=False))
-            print(f"  cache: {len(r.fetcher.cache)} docs, {r.fetcher.cache.nbytes / 2**20:.0f} MiB")
+            print(f"  cache: {len(r.fetcher.cache)} segments, {r.fetcher.cache.nbytes / 2**20:.0f} MiB")
 
 
 if __name__ == "__main__":

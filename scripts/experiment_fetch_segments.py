@@ -1,0 +1,72 @@
+"""Quality and cost of scoring only the best segments instead of whole candidate documents.
+
+For each segment size (rows per stored segment, set at ingest) it indexes the benchmark corpus once,
+then runs the same answerable questions with fetch_segments = 0 (whole documents) and each N given,
+printing hit@1, hit@5, evidence F1, words, token rows scored per query and ms per query.
+
+    python scripts/experiment_fetch_segments.py ../shared/benchmarks/squad2-dev --work /tmp/segx \
+        --segment-tokens 0 512 256 --fetch 0 2 4 8 --sample 400
+"""
+
+from __future__ import annotations
+
+import argparse
+from pathlib import Path
+
+from indexer.embedders import load_embedder
+from retriever.benchmark import load_benchmark, score
+from retriever.evaluate import index_benchmark, run_chunkless
+from retriever.fetch import DocTokens
+from retriever.search import Retriever
+from schemas.settings import Settings
+
+
+def count_rows(r: Retriever) -> list[int]:
+    """Wrap r's fetcher so every fetch appends the token rows it returned to the list given back."""
+    scored: list[int] = []
+    fetch = r.fetcher.fetch
+
+    def counting(headers: dict[str, dict], segments: dict[str, list[int]] | None = None) -> list[DocTokens]:
+        docs = fetch(headers, segments)
+        scored.append(sum(d.n for d in docs))
+        return docs
+
+    r.fetcher.fetch = counting  # type: ignore[method-assign]
+    return scored
+
+
+def main() -> None:
+    ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    ap.add_argument("bench_dir", type=Path)
+    ap.add_argument("--work", type=Path, required=True, help="folder for one store per segment size (reused)")
+    ap.add_argument("--segment-tokens", type=int, nargs="+", default=[0, 512, 256], help="0: the server limit")
+    ap.add_argument("--fetch", type=int, nargs="+", default=[0, 2, 4, 8], help="fetch_segments values (0: whole)")
+    ap.add_argument("--sample", type=int, default=400, help="answerable questions (seeded sample)")
+    ap.add_argument("--recall-k", type=int, default=10)
+    args = ap.parse_args()
+    bench = load_benchmark(args.bench_dir)
+    queries = bench.answerable(args.sample)
+    base = Settings(device="cpu", recall_k=args.recall_k)
+    embedder = load_embedder(base)
+    print(f"{len(queries)} answerable questions, {len(bench.docs)} documents, recall_k {args.recall_k}\n")
+    print("| rows/segment | fetch_segments | rows scored/query | hit@1 | hit@5 | F1 | words | ms/query |")
+    print("|---|---|---|---|---|---|---|---|")
+    for seg in args.segment_tokens:
+        s = base.model_copy(update={"store_path": args.work / f"seg{seg}", "segment_tokens": seg or None})
+        index_benchmark(bench, s, embedder)
+        for k in args.fetch:
+            with Retriever(s.model_copy(update={"fetch_segments": k}), embedder=embedder) as r:
+                scored = count_rows(r)
+                hits, secs = run_chunkless(r, queries)
+                n_seg = sum(int(h["n_segments"]) for h in r.store.headers().values())
+            sc = score(queries, hits, secs)
+            label = f"{seg or 'limit'} ({n_seg} segments)"
+            print(
+                f"| {label} | {k or 'whole docs'} | {sum(scored) / len(scored):,.0f} | {sc.hit1:.3f} | {sc.hit5:.3f} "
+                f"| {sc.f1:.3f} | {sc.words:.0f} | {sc.ms_per_query:.0f} |",
+                flush=True,
+            )
+
+
+if __name__ == "__main__":
+    main()
