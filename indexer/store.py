@@ -306,16 +306,23 @@ class TokenStore:
         return sorted(out, key=lambda c: -c.score)[:k]
 
     def rank_segments(self, query: np.ndarray, versions: dict[str, str], k: int) -> list[tuple[str, int, float]]:
-        """The k segments of these documents (doc_id -> live version) nearest `query` by pooled cosine.
+        """The k segments of these documents (doc_id -> live version) nearest the query, best first.
 
-        (doc_id, segment index, score), best first: what a query fetches when it need not score whole documents.
+        A (dim,) query ranks by pooled cosine (HNSW); an (m, dim) matrix of query token vectors by Qdrant's
+        MaxSim over each segment's token rows, which reads them inside the engine but never moves them.
+        Returns (doc_id, segment index, score): what a query fetches when it need not score whole documents.
         """
-        self._check_query(query)
+        self._check_query(query[-1] if query.ndim == 2 else query)
         if not versions or k <= 0:
             return []
+        using = "pooled" if query.ndim == 1 else "tokens"
+        if using == "tokens" and not self.meta.layout.is_plain:
+            raise StoreMismatchError(
+                f"MaxSim in Qdrant needs plain token rows; this collection stores {self.meta.layout.name}"
+            )
         flt = Where(must=[Match("kind", "segment"), Match("doc_id", list(versions))])
         # a few spare hits: a document's orphaned or stale segments match the filter until swept
-        recs = self.backend.query("pooled", query, 2 * k, flt, ["doc_id", "version", "seg"])
+        recs = self.backend.query(using, query, 2 * k, flt, ["doc_id", "version", "seg"])
         out = [
             (r.payload["doc_id"], int(r.payload["seg"]), r.score)
             for r in recs

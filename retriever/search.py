@@ -130,7 +130,7 @@ class Retriever:
         t0 = time.perf_counter()
         cands = self.recall(query, q, where)
         headers = {c.doc_id: c.header for c in cands}
-        segments = self._segments_worth_scoring(q, headers)
+        segments = self._segments_worth_scoring(query, q, headers)
         if segments is not None:
             headers = {d: h for d, h in headers.items() if d in segments}
         t1 = time.perf_counter()
@@ -139,13 +139,16 @@ class Retriever:
         t2 = time.perf_counter()
         return docs, {"recall": (t1 - t0) * 1e3, "fetch": (t2 - t1) * 1e3}
 
-    def _segments_worth_scoring(self, q: np.ndarray, headers: dict[str, dict]) -> dict[str, list[int]] | None:
-        """The `fetch_segments` best segments of the recalled documents by pooled cosine; None: whole documents."""
+    def _segments_worth_scoring(
+        self, query: str, q: np.ndarray, headers: dict[str, dict]
+    ) -> dict[str, list[int]] | None:
+        """The `fetch_segments` best segments of the recalled documents (by `fetch_rank`); None: whole documents."""
         k = self.settings.fetch_segments
         if k == 0 or not headers:
             return None
+        by = self._query_tokens(query) if self.settings.fetch_rank == "maxsim" else q
         with self._store_lock:
-            ranked = self.store.rank_segments(q, {d: h["version"] for d, h in headers.items()}, k)
+            ranked = self.store.rank_segments(by, {d: h["version"] for d, h in headers.items()}, k)
         out: dict[str, list[int]] = {}
         for doc_id, seg, _ in ranked:
             out.setdefault(doc_id, []).append(seg)
@@ -158,14 +161,18 @@ class Retriever:
             cands = self.store.recall(q, st.recall_k, st.recall_level, where)
         if not st.recall_maxsim or not cands:
             return cands
-        tokens_of = getattr(self.embedder, "embed_query_tokens", None)
-        if tokens_of is None:
-            raise QueryError(f"recall_maxsim needs query token vectors, which {type(self.embedder).__name__} lacks")
-        with self._model_lock:
-            qt = np.asarray(tokens_of(query), dtype=np.float32)
+        qt = self._query_tokens(query)
         with self._store_lock:
             ranked = self.store.maxsim(qt, len(cands), [c.doc_id for c in cands])
         return [c for c in ranked if c.doc_id in {x.doc_id for x in cands}]
+
+    def _query_tokens(self, query: str) -> np.ndarray:
+        """(m, dim) the query's token vectors, for MaxSim in Qdrant."""
+        tokens_of = getattr(self.embedder, "embed_query_tokens", None)
+        if tokens_of is None:
+            raise QueryError(f"MaxSim needs query token vectors, which {type(self.embedder).__name__} lacks")
+        with self._model_lock:
+            return np.asarray(tokens_of(query), dtype=np.float32)
 
     def _search_vector(
         self, query: str, q: np.ndarray, top: int, filter: dict[str, str | list[str]] | None

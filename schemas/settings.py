@@ -17,6 +17,7 @@ Boundary = Literal["separators", "sentences"]
 ThresholdMode = Literal["absolute", "relative"]
 SpanMethod = Literal["threshold", "sentences"]
 RecallLevel = Literal["doc", "segment"]
+FetchRank = Literal["pooled", "maxsim"]
 
 
 class Settings(BaseSettings):
@@ -68,8 +69,10 @@ class Settings(BaseSettings):
     fetch_segments: int = Field(
         0,
         ge=0,
-        description="Fetch and score only the best N segments of the recalled documents by pooled cosine "
-        "(0: whole documents).",
+        description="Fetch and score only the best N segments of the recalled documents (0: whole documents).",
+    )
+    fetch_rank: FetchRank = Field(
+        "pooled", description="How fetch_segments ranks segments: pooled cosine, or Qdrant MaxSim over `tokens`."
     )
     cache_mb: int = Field(1024, ge=0, description="Host/GPU cache of decoded token matrices.")
     top: int = Field(5, ge=1)

@@ -5,6 +5,7 @@ from __future__ import annotations
 import threading
 
 import numpy as np
+import pytest
 import torch
 
 from indexer.edge_backend import _to_array
@@ -162,4 +163,7 @@ def test_rank_segments_ranks_live_segments_by_pooled_cosine(settings: Settings) 
     assert [s for _, _, s in ranked] == sorted((s for _, _, s in ranked), reverse=True)
     assert {d for d, _, _ in store.rank_segments(target, {"b": "a" * 64}, 5)} == {"b"}
     assert store.rank_segments(target, {"a": "1" * 64}, 5) == []  # a replaced version is never ranked
+    # MaxSim over token rows: three rows of segment 2 match themselves exactly, a score of 3
+    by_tokens = store.rank_segments(new.vectors[85:88], {"a": "2" * 64, "b": "a" * 64}, 2)
+    assert by_tokens[0][:2] == ("a", 2) and by_tokens[0][2] == pytest.approx(3.0, abs=1e-4)
     store.close()

@@ -57,11 +57,22 @@ def test_sentence_method_returns_whole_sentences_on_topic(store: Path, minilm: H
     assert [s.score for s in spans] == sorted((s.score for s in spans), reverse=True)
 
 
-@pytest.mark.parametrize("method", ["threshold", "sentences"])
-def test_fetching_only_the_best_segments_keeps_text_exact(tmp_path: Path, minilm: HFTokenEmbedder, method: str) -> None:
+@pytest.mark.parametrize(
+    ("method", "rank"), [("threshold", "pooled"), ("sentences", "pooled"), ("sentences", "maxsim")]
+)
+def test_fetching_only_the_best_segments_keeps_text_exact(
+    tmp_path: Path, minilm: HFTokenEmbedder, method: str, rank: str
+) -> None:
     settings = Settings(store_path=tmp_path / "store", device="cpu", segment_tokens=16)
     index_benchmark(load_benchmark(write_bench(tmp_path / "bench")), settings, minilm)
-    over = {"span_method": method, "threshold_mode": "relative", "rerank_k": 4, "fetch_segments": 2, "min_span_size": 4}
+    over = {
+        "span_method": method,
+        "threshold_mode": "relative",
+        "rerank_k": 4,
+        "fetch_segments": 2,
+        "min_span_size": 4,
+        "fetch_rank": rank,
+    }
     with Retriever(settings.model_copy(update=over), embedder=minilm) as r:
         assert all(h["n_segments"] >= 3 for h in r.store.headers().values())
         spans = r.search("What makes the dough rise?").spans
