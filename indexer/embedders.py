@@ -6,8 +6,10 @@ which it sits most centrally, where it saw the most context on both sides.
 
 from __future__ import annotations
 
+import json
 from collections.abc import Sequence
 from dataclasses import dataclass
+from pathlib import Path
 from typing import Any, Literal, Protocol, runtime_checkable
 
 import numpy as np
@@ -77,6 +79,16 @@ def clean_offsets(offsets: np.ndarray, text_len: int) -> np.ndarray:
     return off
 
 
+def trained_length(path: str) -> int | None:
+    """max_seq_length from a local model folder's sentence_bert_config.json, if it has one."""
+    cfg = Path(path) / "sentence_bert_config.json"
+    try:
+        n = json.loads(cfg.read_text()).get("max_seq_length") if cfg.is_file() else None
+    except (OSError, ValueError):
+        return None
+    return int(n) if isinstance(n, int) and n > 0 else None
+
+
 class HFTokenEmbedder:
     """A Hugging Face model as a TokenEmbedder: last-token pooling for decoders, mean pooling for encoders."""
 
@@ -99,7 +111,7 @@ class HFTokenEmbedder:
         self.device = pick_device(settings.device)
         self.torch_dtype = pick_dtype(settings.dtype, self.device)
         model = AutoModel.from_pretrained(path, dtype=self.torch_dtype)
-        self._init(model, config, settings)
+        self._init(model, config, settings, trained_length(path))
 
     @classmethod
     def from_model(cls, model: torch.nn.Module, tokenizer: Any, settings: Settings) -> HFTokenEmbedder:
@@ -112,7 +124,7 @@ class HFTokenEmbedder:
         self._init(model.to(self.torch_dtype), model.config, settings)
         return self
 
-    def _init(self, model: torch.nn.Module, config: object, settings: Settings) -> None:
+    def _init(self, model: torch.nn.Module, config: object, settings: Settings, trained: int | None = None) -> None:
         self.model = model.to(self.device).eval()
         model_type = str(getattr(config, "model_type", ""))
         pooling = settings.pooling
@@ -126,7 +138,9 @@ class HFTokenEmbedder:
         if 0 < tml < 1_000_000:
             limits.append(tml)
         model_max = min(limits)
-        self.window = min(settings.window_tokens or model_max, model_max, 32768)
+        # default: the length the model was fine-tuned for, when it says (sentence-transformers
+        # max_seq_length), not its position table: MiniLM's 256 vs 512 is +.03 span hit@1 on squad2-dev
+        self.window = min(settings.window_tokens or trained or model_max, model_max, 32768)
         tok.model_max_length = 10**9  # we window ourselves; silence the "sequence too long" warning
         if self.pooling == "last":
             eot = tok.convert_tokens_to_ids("<|endoftext|>")

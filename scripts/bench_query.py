@@ -32,12 +32,21 @@ MODEL = "bench-random"
 
 
 class VectorOnlyEmbedder:
-    """Satisfies what Retriever reads of a TokenEmbedder (name, dim); queries come as vectors."""
+    """Satisfies what Retriever reads of a TokenEmbedder (name, dim); queries come as vectors.
+
+    For MaxSim (fetch_rank=maxsim) a query named "q<i>" has 8 token vectors scattered around query i.
+    """
 
     name = MODEL
 
-    def __init__(self, dim: int) -> None:
+    def __init__(self, dim: int, queries: np.ndarray) -> None:
         self.dim = dim
+        rng = np.random.default_rng(7)
+        noise = rng.standard_normal((len(queries), 8, dim)).astype(np.float32) / np.sqrt(dim)
+        self.query_tokens = unit(queries[:, None, :] + noise)  # (Q, 8, dim) cosine ~0.7 with the query
+
+    def embed_query_tokens(self, query: str) -> np.ndarray:
+        return self.query_tokens[int(query[1:])]
 
     def embed_documents(self, docs: Sequence[LoadedDocument]) -> list[EmbeddedDocument]:
         raise NotImplementedError("the benchmark writes vectors directly")
@@ -102,11 +111,11 @@ def run_queries(r: Retriever, queries: np.ndarray, repeats: int, cold: bool) -> 
     """Per-stage milliseconds of every query run; cold clears the document cache first."""
     out: dict[str, list[float]] = {"recall": [], "fetch": [], "score": [], "total": [], "rows": []}
     for _ in range(repeats):
-        for q in queries:
+        for i, q in enumerate(queries):
             if cold:
                 r.fetcher.cache.clear()
             t0 = time.perf_counter()
-            resp = r._search_vector("bench", q, r.settings.top, None)
+            resp = r._search_vector(f"q{i}", q, r.settings.top, None)
             total = (time.perf_counter() - t0) * 1e3
             for k in ("recall", "fetch", "score"):
                 out[k].append(resp.timings_ms[k])
@@ -163,6 +172,7 @@ def main() -> None:
     ap.add_argument("--recall-k", type=int, default=10)
     ap.add_argument("--segment-tokens", type=int, help="rows per stored segment (default: the server limit)")
     ap.add_argument("--fetch-segments", type=int, default=0, help="score only the best N segments (0: whole docs)")
+    ap.add_argument("--fetch-rank", choices=["pooled", "maxsim"], default="pooled")
     ap.add_argument("--queries", type=int, default=20)
     ap.add_argument("--repeats", type=int, default=3, help="warm passes over the queries")
     ap.add_argument("--threads", type=int, default=0, help="torch CPU threads (0: torch's default)")
@@ -185,15 +195,18 @@ def main() -> None:
             recall_k=args.recall_k,
             segment_tokens=args.segment_tokens,
             fetch_segments=args.fetch_segments,
+            fetch_rank=args.fetch_rank,
             threshold=0.2,
             span_method="threshold",  # the span engine under test; "sentences" re-embeds with a model
         )
         store = build_corpus(settings, args, queries)
-        with Retriever(settings, embedder=VectorOnlyEmbedder(args.dim), store=store) as r:  # type: ignore[arg-type]
-            r._search_vector("warmup", queries[0], settings.top, None)
-            n_spans = len(r._search_vector("check", queries[0], settings.top, None).spans)
+        embedder = VectorOnlyEmbedder(args.dim, queries)
+        with Retriever(settings, embedder=embedder, store=store) as r:  # type: ignore[arg-type]
+            r._search_vector("q0", queries[0], settings.top, None)
+            n_spans = len(r._search_vector("q0", queries[0], settings.top, None).spans)
             print(
-                f"recall_k={args.recall_k}, fetch_segments={args.fetch_segments}, {args.queries} query vectors, "
+                f"recall_k={args.recall_k}, fetch_segments={args.fetch_segments} by {args.fetch_rank}, "
+                f"{args.queries} query vectors, "
                 f"spans for the first: {n_spans}"
             )
             report("cold", run_queries(r, queries, 1, cold=True))
