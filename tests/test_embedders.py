@@ -2,10 +2,12 @@
 
 from __future__ import annotations
 
+from pathlib import Path
+
 import numpy as np
 import pytest
 
-from indexer.embedders import HFTokenEmbedder, assign_central, window_starts
+from indexer.embedders import HFTokenEmbedder, assign_central, trained_length, window_starts
 from schemas.errors import QueryError
 from schemas.models import LoadedDocument
 
@@ -101,3 +103,13 @@ def test_minilm_query_lands_on_the_right_paragraph(minilm: HFTokenEmbedder, quer
     best_char = emb.offsets[int(np.argmax(smoothed)), 0]
     start = text.index(paras[list(TOPICS).index(topic)])
     assert start <= best_char < start + len(paras[list(TOPICS).index(topic)])
+
+
+def test_default_window_is_the_trained_length(minilm: HFTokenEmbedder, tmp_path: Path) -> None:
+    # MiniLM's position table has 512 rows, but its sentence-transformers config says it was tuned on 256
+    assert minilm.window == 256 and minilm.model.config.max_position_embeddings == 512
+    (tmp_path / "sentence_bert_config.json").write_text('{"max_seq_length": 128}')
+    assert trained_length(str(tmp_path)) == 128
+    (tmp_path / "sentence_bert_config.json").write_text("not json")
+    assert trained_length(str(tmp_path)) is None
+    assert trained_length(str(tmp_path / "absent")) is None
