@@ -67,6 +67,9 @@ class Retriever:
         self._model_lock = threading.Lock()
         self._store_lock = threading.Lock()
         self._sentences = SentenceTables()
+        rank = settings.fetch_rank
+        can_maxsim = self.store.meta.layout.is_plain and hasattr(self.embedder, "embed_query_tokens")
+        self._fetch_by_maxsim = rank == "maxsim" or (rank == "auto" and can_maxsim)
         self._alone = AloneCache(settings.rerank_cache)
 
     def close(self) -> None:
@@ -146,7 +149,7 @@ class Retriever:
         k = self.settings.fetch_segments
         if k == 0 or not headers:
             return None
-        by = self._query_tokens(query) if self.settings.fetch_rank == "maxsim" else q
+        by = self._query_tokens(query) if self._fetch_by_maxsim else q
         with self._store_lock:
             ranked = self.store.rank_segments(by, {d: h["version"] for d, h in headers.items()}, k)
         out: dict[str, list[int]] = {}

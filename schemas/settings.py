@@ -17,7 +17,7 @@ Boundary = Literal["separators", "sentences"]
 ThresholdMode = Literal["absolute", "relative"]
 SpanMethod = Literal["threshold", "sentences"]
 RecallLevel = Literal["doc", "segment"]
-FetchRank = Literal["pooled", "maxsim"]
+FetchRank = Literal["auto", "pooled", "maxsim"]
 
 
 class Settings(BaseSettings):
@@ -37,10 +37,10 @@ class Settings(BaseSettings):
     storage_dim: int | None = Field(None, ge=8, description="Stored dimensions when storage_reduce is pca/truncate.")
     storage_pool: int = Field(1, ge=1, le=4, description="Adjacent tokens merged into one stored row.")
     segment_tokens: int | None = Field(
-        None,
+        256,
         ge=16,
         description="Rows per stored segment written (None: the most a Qdrant server takes, 2,730 at 384-d); "
-        "smaller segments let a query fetch and score less with fetch_segments.",
+        "small segments let a query fetch and score only where the answer is (fetch_segments).",
     )
     shard_number: int = Field(1, ge=1)
     replication_factor: int = Field(1, ge=1)
@@ -67,12 +67,14 @@ class Settings(BaseSettings):
     recall_level: RecallLevel = "doc"
     recall_maxsim: bool = Field(False, description="Re-rank recalled documents by Qdrant MaxSim over `tokens`.")
     fetch_segments: int = Field(
-        0,
+        4,
         ge=0,
         description="Fetch and score only the best N segments of the recalled documents (0: whole documents).",
     )
     fetch_rank: FetchRank = Field(
-        "pooled", description="How fetch_segments ranks segments: pooled cosine, or Qdrant MaxSim over `tokens`."
+        "auto",
+        description="How fetch_segments ranks segments: Qdrant MaxSim over `tokens`, or pooled cosine; "
+        "auto: MaxSim when the collection's layout and the embedder allow it.",
     )
     cache_mb: int = Field(1024, ge=0, description="Host/GPU cache of decoded token matrices.")
     top: int = Field(5, ge=1)

@@ -57,7 +57,7 @@ def test_mismatched_dtype_is_refused_with_a_clear_error(settings: Settings) -> N
 
 @pytest.mark.parametrize(("dtype", "tol"), [("float16", 1e-3), ("int8", 1.5e-2)])
 def test_dtype_round_trip(tmp_path: Path, dtype: str, tol: float) -> None:
-    s = Settings(url=f"local:{tmp_path / 'q'}", storage_dtype=dtype)
+    s = Settings(url=f"local:{tmp_path / 'q'}", storage_dtype=dtype, segment_tokens=None)  # one segment
     store = open_or_create_store(s, "m", 64, "mean")
     emb = fake_embedded("a", 300, 64, 4)
     store.write_document(emb)

@@ -46,6 +46,7 @@ def test_segments_stay_under_server_limit(dim: int, cap: int) -> None:
 
 
 def test_round_trip_and_reopen(settings: Settings) -> None:
+    settings = settings.model_copy(update={"segment_tokens": None})  # segments as large as a server takes
     store = open_or_create_store(settings, "m", 32, "mean")
     a, b = fake_embedded("a", 50, 32, 1), fake_embedded("b", 3000, 32, 2)
     store.write_document(a)
@@ -65,6 +66,7 @@ def test_round_trip_and_reopen(settings: Settings) -> None:
 
 
 def test_multi_segment_document_reassembles(settings: Settings) -> None:
+    settings = settings.model_copy(update={"segment_tokens": None})  # 1,023 rows at 1024-d: the server limit
     store = open_or_create_store(settings, "m", 1024, "last")
     emb = fake_embedded("big", 2500, 1024, 3)
     store.write_document(emb)
@@ -108,7 +110,7 @@ def test_missing_store_is_a_clear_error(settings: Settings) -> None:
 
 @pytest.mark.parametrize(("dtype", "tol"), [("float32", 1e-6), ("float16", 1e-3), ("int8", 1.5e-2)])
 def test_dtype_round_trip_bounds_relevance_error(tmp_path, dtype: str, tol: float) -> None:
-    s = Settings(store_path=tmp_path, storage_dtype=dtype)
+    s = Settings(store_path=tmp_path, storage_dtype=dtype, segment_tokens=None)  # one segment holds the document
     store = open_or_create_store(s, "m", 384, "mean")
     emb = fake_embedded("a", 500, 384, 4)
     store.write_document(emb)
