@@ -58,18 +58,19 @@ class DocTokens:
     doc_id: str
     version: str
     header: dict
-    parts: list[torch.Tensor]  # per segment (n_i, dim) on the device: scored part by part, never concatenated
+    parts: list[torch.Tensor]  # (n_i, dim) row blocks on the device, scored block by block, never concatenated
     starts: np.ndarray  # (n,) absolute char offsets
     ends: np.ndarray  # (n,) running max of token ends: end char of a span ending at token i
     ends_sentence: torch.Tensor  # (n,) bool on the device
     text: str
     char_base: int = 0
     first_segment: int = 0
+    n_segments: int = 1
 
     @property
     def key(self) -> tuple[str, str, int, int]:
         """Identifies this run of this document version (sentence tables are cached by it)."""
-        return (self.doc_id, self.version, self.first_segment, len(self.parts))
+        return (self.doc_id, self.version, self.first_segment, self.n_segments)
 
     @property
     def n(self) -> int:
@@ -101,13 +102,15 @@ class DocTokens:
             ends = np.maximum.accumulate(np.concatenate([s.ends for s in segs]))
             es = torch.cat([s.ends_sentence for s in segs])
             text = "".join(s.text for s in segs)
-        return cls(
-            s0.doc_id, s0.version, header, [s.vectors for s in segs], starts, ends, es, text, s0.char_start, s0.index
-        )
+        parts = _merge_contiguous([s.vectors for s in segs])
+        return cls(s0.doc_id, s0.version, header, parts, starts, ends, es, text, s0.char_start, s0.index, len(segs))
 
 
 class DocCache:
     """Bounded LRU of SegmentTokens by bytes; safe across threads.
+
+    Segments decoded together are views of one tensor, so memory returns when a document's last cached
+    segment goes: the bound can be overshot by part of one document, never more.
 
     Putting a segment of a new version of a document drops every cached segment of its older versions
     at once: they can never be served again (the header names one version), so they would only hold memory.
@@ -212,8 +215,7 @@ class Fetcher:
             for doc_id, segs in found.items():
                 if len(segs) != len(missing[doc_id]):
                     continue  # being replaced or deleted right now: its absent segments are skipped below
-                for s in segs:
-                    seg = self._decode(s)
+                for seg in self._decode(segs):
                     self.cache.put(seg)
                     have[seg.key] = seg
         out = []
@@ -225,16 +227,58 @@ class Fetcher:
                 out.append(DocTokens.of_segments(headers[doc_id], [have[(doc_id, version, i)] for i in run]))
         return out
 
-    def _decode(self, s: StoredSegment) -> SegmentTokens:
-        t = torch.from_numpy(s.stored).to(self.device, non_blocking=True)
-        sc = torch.from_numpy(s.scales).to(self.device) if s.scales is not None else None
-        vectors = self.store.codec.decode(t, sc)  # the collection's storage layout
-        # boundaries from the segment's own text: its text runs up to the next segment's first token, so
-        # every token's "gap after it" is inside it
-        local = s.starts - s.char_start
-        es = torch.from_numpy(token_ends_sentence(s.text, local, self.boundary)).to(self.device)
-        ends = np.maximum.accumulate(s.ends) if len(s.ends) else s.ends
-        return SegmentTokens(s.doc_id, s.version, s.index, vectors, s.starts, ends, es, s.char_start, s.text)
+    def _decode(self, segs: list[StoredSegment]) -> list[SegmentTokens]:
+        """Decode one document's fetched segments in one go: their rows are views of one device tensor, so
+        consecutive segments can later be scored as one GEMV (`_merge_contiguous`)."""
+        stored = np.concatenate([s.stored for s in segs]) if len(segs) > 1 else segs[0].stored
+        scales = [s.scales for s in segs if s.scales is not None]
+        t = torch.from_numpy(stored).to(self.device, non_blocking=True)
+        sc = torch.from_numpy(np.concatenate(scales)).to(self.device) if scales else None
+        rows = self.store.codec.decode(t, sc)  # (sum n_i, dim) in the collection's storage layout
+        out, at = [], 0
+        for s in segs:
+            n = len(s.starts)
+            # boundaries from the segment's own text: its text runs up to the next segment's first token,
+            # so every token's "gap after it" is inside it
+            es = token_ends_sentence(s.text, s.starts - s.char_start, self.boundary)
+            ends = np.maximum.accumulate(s.ends) if n else s.ends
+            out.append(
+                SegmentTokens(
+                    s.doc_id,
+                    s.version,
+                    s.index,
+                    rows[at : at + n],
+                    s.starts,
+                    ends,
+                    torch.from_numpy(es).to(self.device),
+                    s.char_start,
+                    s.text,
+                )
+            )
+            at += n
+        return out
+
+
+def _merge_contiguous(parts: list[torch.Tensor]) -> list[torch.Tensor]:
+    """Fuse neighbouring (n_i, dim) row blocks that are adjacent views of one tensor into one view.
+
+    Segments decoded together share storage, so a whole document is scored by one GEMV rather than one
+    per 256-row segment (per-call overhead is a large share of a small GEMV).
+    """
+    out = [parts[0]]
+    for p in parts[1:]:
+        a = out[-1]
+        adjacent = (
+            a.is_contiguous()
+            and p.is_contiguous()
+            and a.untyped_storage().data_ptr() == p.untyped_storage().data_ptr()
+            and a.storage_offset() + a.numel() == p.storage_offset()
+        )
+        if adjacent:
+            out[-1] = a.as_strided((a.shape[0] + p.shape[0], a.shape[1]), a.stride(), a.storage_offset())
+        else:
+            out.append(p)
+    return out
 
 
 def _runs(idx: list[int]) -> list[list[int]]:

@@ -91,7 +91,8 @@ def test_fetcher_cached_equals_uncached_and_follows_versions(settings: Settings)
     assert [d.doc_id for d in second] == ["a", "b"] and cached.cache.hits == 3  # a's two segments, b's one
     assert len(uncached.cache) == 0
     for x, y, z in zip(first, second, plain, strict=True):
-        assert x.parts[0] is y.parts[0]  # served from the cache
+        assert x.parts[0].data_ptr() == y.parts[0].data_ptr()  # served from the cache
+        assert len(x.parts) == 1  # a's two segments were decoded together: one GEMV, not two
         assert torch.equal(y.vectors, z.vectors) and torch.equal(y.ends_sentence, z.ends_sentence)
         assert np.array_equal(y.starts, z.starts) and y.text == z.text
     # re-ingest a with new content: the new header's version misses the cache and the new rows come back
@@ -126,7 +127,7 @@ def test_selective_fetch_returns_runs_of_the_chosen_segments(settings: Settings)
     assert [r.key for r in runs] == [("a", "a" * 64, 0, 1), ("a", "a" * 64, 2, 2)]
     text = emb.doc.text
     for run in runs:
-        rows = slice(46 * run.first_segment, 46 * (run.first_segment + len(run.parts)))
+        rows = slice(46 * run.first_segment, 46 * (run.first_segment + run.n_segments))
         np.testing.assert_allclose(run.vectors.numpy(), emb.vectors[rows], atol=1e-6)
         assert np.array_equal(run.starts, emb.offsets[rows, 0])
         # absolute offsets slice the right words out of a text that starts mid-document
@@ -136,6 +137,8 @@ def test_selective_fetch_returns_runs_of_the_chosen_segments(settings: Settings)
     # the whole document afterwards: the three cached segments are reused, one run comes back
     whole = fetcher.fetch({"a": header})
     assert len(whole) == 1 and whole[0].n == 230 and whole[0].text == text
+    # row blocks: 0 | 1 | 2-3 (decoded together earlier) | 4; 1 and 4 share storage but are not neighbours
+    assert [p.shape[0] for p in whole[0].parts] == [46, 46, 92, 46]
     assert fetcher.cache.hits == 3
     np.testing.assert_allclose(whole[0].relevance(torch.ones(16)).numpy(), emb.vectors.sum(1), atol=1e-5)
     store.close()
