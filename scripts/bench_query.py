@@ -6,7 +6,8 @@ recall_k candidates. "Cold" clears the retriever's document cache before each qu
 cache still holds the store's files); "warm" repeats queries whose documents are cached. Also prints
 what moving one token matrix out of Edge costs: Edge building Python lists, then list -> array.
 
-    python scripts/bench_query.py --device cpu --docs 520 --tokens 2000 --dim 384
+    python scripts/bench_query.py --device cpu --docs 520 --tokens 2000 --dim 384   # defaults: best 4 segments
+    python scripts/bench_query.py --device cpu --fetch-segments 0                    # whole candidate documents
 """
 
 from __future__ import annotations
@@ -170,9 +171,10 @@ def main() -> None:
     ap.add_argument("--dim", type=int, default=384)
     ap.add_argument("--dtype", default="float32", choices=["float32", "float16", "int8"])
     ap.add_argument("--recall-k", type=int, default=10)
-    ap.add_argument("--segment-tokens", type=int, help="rows per stored segment (default: the server limit)")
-    ap.add_argument("--fetch-segments", type=int, default=0, help="score only the best N segments (0: whole docs)")
-    ap.add_argument("--fetch-rank", choices=["pooled", "maxsim"], default="pooled")
+    d = Settings()
+    ap.add_argument("--segment-tokens", type=int, default=d.segment_tokens, help="rows per segment (0: server limit)")
+    ap.add_argument("--fetch-segments", type=int, default=d.fetch_segments, help="best N segments (0: whole docs)")
+    ap.add_argument("--fetch-rank", choices=["auto", "pooled", "maxsim"], default=d.fetch_rank)
     ap.add_argument("--queries", type=int, default=20)
     ap.add_argument("--repeats", type=int, default=3, help="warm passes over the queries")
     ap.add_argument("--threads", type=int, default=0, help="torch CPU threads (0: torch's default)")
@@ -193,7 +195,7 @@ def main() -> None:
             device=args.device,
             storage_dtype=args.dtype,
             recall_k=args.recall_k,
-            segment_tokens=args.segment_tokens,
+            segment_tokens=args.segment_tokens or None,
             fetch_segments=args.fetch_segments,
             fetch_rank=args.fetch_rank,
             threshold=0.2,
