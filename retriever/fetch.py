@@ -20,6 +20,7 @@ import torch
 
 from indexer.store import StoredSegment, TokenStore
 from retriever.boundaries import token_ends_sentence
+from retriever.relevance import gemv_blocks
 from schemas.settings import Boundary
 
 SegKey = tuple[str, str, int]  # (doc_id, version, segment index)
@@ -82,10 +83,8 @@ class DocTokens:
         return self.parts[0] if len(self.parts) == 1 else torch.cat(self.parts)
 
     def relevance(self, q: torch.Tensor) -> torch.Tensor:
-        """(n,) r = D @ q, one GEMV per segment."""
-        if len(self.parts) == 1:
-            return self.parts[0] @ q
-        return torch.cat([p @ q for p in self.parts])
+        """(n,) r = D @ q, one GEMV per block of rows."""
+        return gemv_blocks(self.parts, q)
 
     def chars(self, start: int, end: int) -> str:
         """Document characters [start, end) (absolute offsets)."""

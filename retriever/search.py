@@ -18,6 +18,7 @@ from indexer.embedders import TokenEmbedder, load_embedder
 from indexer.models import pick_device
 from indexer.store import Candidate, TokenStore, open_store
 from retriever.fetch import DocTokens, Fetcher
+from retriever.relevance import gemv_blocks, relevance_smoothed
 from retriever.sentences import SentenceCandidates, SentenceTables
 from retriever.spans import SpanParams, TokenSpans, extract_spans, smooth
 from schemas.errors import QueryError
@@ -255,7 +256,7 @@ class Retriever:
         doc_starts = torch.cumsum(lengths, 0)
         if not docs:
             return torch.zeros(0, device=self.device), doc_starts
-        r = torch.cat([d.relevance(qt) for d in docs])  # one GEMV per segment: no (N, dim) concat copy
+        r = gemv_blocks([p for d in docs for p in d.parts], qt)  # one GEMV per block, no (N, dim) concat copy
         return r, doc_starts
 
     def _threshold(self, smoothed: torch.Tensor) -> float:
@@ -266,8 +267,9 @@ class Retriever:
     def _token_spans(
         self, q: np.ndarray, docs: list[DocTokens]
     ) -> tuple[TokenSpans, torch.Tensor, torch.Tensor, float]:
-        r, doc_starts = self._relevance(q, docs)
-        s = smooth(r, doc_starts, self.params.sigma)
+        qt = torch.from_numpy(q).to(self.device)
+        doc_starts = torch.cumsum(torch.tensor([0] + [d.n for d in docs], device=self.device), 0)
+        r, s = relevance_smoothed([p for d in docs for p in d.parts], qt, doc_starts, self.params.sigma)
         ends_sentence = torch.cat([d.ends_sentence for d in docs]) if docs else torch.zeros(0, dtype=torch.bool)
         thr = self._threshold(s)
         return extract_spans(s, doc_starts, ends_sentence, self.params, thr), r, s, thr

@@ -66,7 +66,7 @@ def gaussian_kernel(sigma: float, device: torch.device) -> torch.Tensor:
 
 
 @functools.lru_cache(maxsize=16)
-def _kernel_taps(sigma: float) -> tuple[float, ...]:
+def kernel_taps(sigma: float) -> tuple[float, ...]:
     """Host copy of the kernel's weights, built once per sigma: the per-query cost is then nil."""
     return tuple(gaussian_kernel(sigma, torch.device("cpu")).tolist())
 
@@ -92,10 +92,9 @@ def smooth(r: torch.Tensor, doc_starts: torch.Tensor, sigma: float) -> torch.Ten
     """
     if sigma <= 0 or r.numel() == 0:
         return r.clone()
-    taps_host = _kernel_taps(float(sigma))  # (K,) host floats, K = 2 * rad + 1: reading taps off the device would sync
+    taps_host = kernel_taps(float(sigma))  # (K,) host floats, K = 2 * rad + 1: reading taps off the device would sync
     w = torch.tensor(taps_host, device=r.device)
     rad = (len(taps_host) - 1) // 2
-    n = r.numel()
     x = r.float()
     # one extra zero at the end gives an (N + 1,)-long output whose last slot takes the edge
     # fix-ups of empty documents, which own no token: no host sync to filter them out
@@ -103,15 +102,29 @@ def smooth(r: torch.Tensor, doc_starts: torch.Tensor, sigma: float) -> torch.Ten
     # one conv1d, not K shifted multiply-adds: the shifts are ~3x faster on an idle CPU, but each is a
     # parallel op with its own thread barrier, and on a busy machine K barriers cost 5x more than one
     out = torch.nn.functional.conv1d(padded.view(1, 1, -1), w.view(1, 1, -1)).view(-1)  # (N + 1,) symmetric w
+    return fix_edges(out, x, doc_starts, sigma)
+
+
+def fix_edges(out: torch.Tensor, x: torch.Tensor, doc_starts: torch.Tensor, sigma: float) -> torch.Tensor:
+    """Turn a zero-padded flat convolution into per-document "nearest"-edge smoothing.
+
+    `out` (N + 1,) holds the flat convolution of `x` (N,) with the kernel of `sigma` in its first N slots;
+    the last slot is scratch for empty documents. Rewrites each document's first and last rad tokens in
+    place and returns the (N,) view.
+    """
+    taps_host = kernel_taps(float(sigma))
+    w = torch.tensor(taps_host, device=x.device)
+    rad = (len(taps_host) - 1) // 2
+    n = x.numel()
     lengths = doc_starts[1:] - doc_starts[:-1]  # (B,)
     first = doc_starts[:-1]  # (B,)
-    j = torch.arange(2 * rad, device=r.device)  # (2*rad,) the first rad and last rad local positions
+    j = torch.arange(2 * rad, device=x.device)  # (2*rad,) the first rad and last rad local positions
     local = torch.where(j < rad, j, lengths[:, None] - 2 * rad + j)  # (B, 2*rad)
     last_local = (lengths - 1).clamp(min=0)[:, None]  # (B, 1)
     local = torch.minimum(local.clamp(min=0), last_local)  # short documents repeat positions: same values
-    taps = torch.arange(-rad, rad + 1, device=r.device)  # (K,)
+    taps = torch.arange(-rad, rad + 1, device=x.device)  # (K,)
     src = torch.minimum((local[:, :, None] + taps).clamp(min=0), last_local[:, :, None])  # (B, 2*rad, K)
-    # empty documents read token 0 (or nothing at all when N == 0, excluded above) and write to the spare slot
+    # empty documents read token 0 (or nothing at all when N == 0, excluded by callers) and write to the spare slot
     vals = x[(first[:, None, None] + src).clamp(max=n - 1)] @ w  # (B, 2*rad)
     dst = torch.where(lengths[:, None] > 0, first[:, None] + local, n)  # (B, 2*rad)
     out[dst.reshape(-1)] = vals.reshape(-1)

@@ -9,6 +9,7 @@ import pytest
 import torch
 
 from retriever.boundaries import boundary_chars, token_ends_sentence
+from retriever.relevance import gemv_blocks, relevance_smoothed
 from retriever.spans import SpanParams, _extend, _extend_scan, extract_spans, smooth
 from tests.reference_spans import reference_spans
 
@@ -135,3 +136,19 @@ def test_pooled_rows_keep_span_lengths_in_tokens() -> None:
     two = p.per_row(2)
     assert (two.sigma, two.delta, two.min_span_size, two.max_extension, two.threshold) == (2.0, 85, 8, 16, 0.39)
     assert p.per_row(4).min_span_size == 4 and p.per_row(32).min_span_size == 1
+
+
+@pytest.mark.parametrize("sigma", [4.0, 1.3])
+def test_fused_cpu_relevance_and_smoothing_match_torch(sigma: float) -> None:
+    """The CPU fast path (BLAS GEMV and convolution per worker range) == torch GEMV then `smooth`."""
+    rng = np.random.default_rng(7)
+    lengths = [0, 1, 5, 40, 0, 333, 1000, 17, 2, 600]
+    blocks = [torch.from_numpy(rng.normal(size=(n, 8)).astype(np.float32)) for n in lengths]
+    q = torch.from_numpy(rng.normal(size=8).astype(np.float32))
+    doc_starts = torch.tensor(np.cumsum([0, *lengths]))
+    # tiny chunks and no size floor, so ranges, chunk seams and halos cross document and block borders
+    r, s = relevance_smoothed(blocks, q, doc_starts, sigma, min_split_rows=0, chunk_rows=37)
+    want_r = torch.cat([torch.mv(b, q) if len(b) else torch.zeros(0) for b in blocks])
+    np.testing.assert_allclose(r.numpy(), want_r.numpy(), rtol=1e-5, atol=1e-5)
+    np.testing.assert_allclose(s.numpy(), smooth(want_r, doc_starts, sigma).numpy(), rtol=1e-5, atol=1e-5)
+    np.testing.assert_allclose(gemv_blocks(blocks, q).numpy(), want_r.numpy(), rtol=1e-5, atol=1e-5)

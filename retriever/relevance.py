@@ -1,0 +1,195 @@
+"""r = D @ q over many row blocks into one flat vector, and its smoothing: the span engine's heavy half.
+
+On the CPU, float32 blocks go through numpy's BLAS (OpenBLAS), reading torch's storage without a copy:
+torch's CPU BLAS is MKL, whose sgemv ran at about half of OpenBLAS' speed on the AMD EPYC hosts here
+(384-d, 1M rows: 129 ms vs 66 ms; `scripts/bench_spans.py` prints both). Large batches are cut into one
+row range per torch thread, each run by a worker with single-threaded BLAS: OpenBLAS' own threads keep
+spinning after a call and slowed the smoothing that follows by ~30%. CUDA, other dtypes and
+non-contiguous views go through torch. Every block writes into its slice of one preallocated output,
+so there is no concatenation copy.
+
+`relevance_smoothed` also smooths on the CPU workers, each over its own row range while its rows are
+still in cache (np.convolve releases the GIL): after a memory-bound GEMV the compute-bound convolution
+then costs ~10 ms per 1M tokens instead of ~25 ms as a separate torch pass. Each worker recomputes the
+rad rows on either side of its range, so workers never wait on one another.
+"""
+
+from __future__ import annotations
+
+import threading
+from collections.abc import Sequence
+from concurrent.futures import ThreadPoolExecutor
+
+import numpy as np
+import torch
+from threadpoolctl import ThreadpoolController
+
+from retriever.spans import fix_edges, kernel_taps, smooth
+
+# below this many rows one thread does it all: dispatch would cost more than the split saves
+MIN_SPLIT_ROWS = 65_536
+CHUNK_ROWS = 16_384  # rows a fused worker multiplies before smoothing them: r stays in cache
+
+Piece = tuple[np.ndarray, np.ndarray]  # (rows, dim) block slice, (rows,) output slice
+
+
+class _CpuPool:
+    """Workers and a BLAS thread limiter, made on first use and shared by all retrievers."""
+
+    _lock = threading.Lock()
+    _pool: ThreadPoolExecutor | None = None
+    _blas: object | None = None
+    _workers = 1
+
+    @classmethod
+    def get(cls) -> tuple[ThreadPoolExecutor, object, int]:
+        with cls._lock:
+            if cls._pool is None:
+                cls._workers = max(1, torch.get_num_threads())
+                cls._pool = ThreadPoolExecutor(cls._workers, thread_name_prefix="chunkless-gemv")
+                cls._blas = ThreadpoolController().select(user_api="blas")
+            assert cls._blas is not None
+            return cls._pool, cls._blas, cls._workers
+
+
+def _numpy_ok(block: torch.Tensor) -> bool:
+    return (
+        block.device.type == "cpu"
+        and block.dtype == torch.float32
+        and block.is_contiguous()
+        and not block.requires_grad
+    )
+
+
+def _run(pieces: list[Piece], q: np.ndarray) -> None:
+    for rows, out in pieces:
+        np.dot(rows, q, out=out)
+
+
+def _split(pieces: list[Piece], parts: int) -> list[list[Piece]]:
+    """Cut the pieces' rows, in order, into `parts` runs of nearly equal length."""
+    total = sum(len(o) for _, o in pieces)
+    bounds = [total * k // parts for k in range(parts + 1)]
+    groups: list[list[Piece]] = [[] for _ in range(parts)]
+    off = 0
+    for rows, out in pieces:
+        m = len(out)
+        for g in range(parts):
+            lo, hi = max(bounds[g], off), min(bounds[g + 1], off + m)
+            if lo < hi:
+                groups[g].append((rows[lo - off : hi - off], out[lo - off : hi - off]))
+        off += m
+    return groups
+
+
+def _cpu_gemv(pieces: list[Piece], q: np.ndarray) -> None:
+    total = sum(len(o) for _, o in pieces)
+    if total < MIN_SPLIT_ROWS:
+        _run(pieces, q)
+        return
+    pool, blas, workers = _CpuPool.get()
+    if workers == 1:
+        _run(pieces, q)
+        return
+    with blas.limit(limits=1):  # type: ignore[attr-defined]
+        futures = [pool.submit(_run, g, q) for g in _split(pieces, workers)]
+        for f in futures:
+            f.result()
+
+
+def gemv_blocks(blocks: Sequence[torch.Tensor], q: torch.Tensor, use_numpy: bool = True) -> torch.Tensor:
+    """(sum n_i,) the concatenation of block_i @ q for (n_i, dim) blocks, on q's device."""
+    n = sum(int(b.shape[0]) for b in blocks)
+    out = torch.empty(n, dtype=torch.float32, device=q.device)  # (N,)
+    q32 = q.to(torch.float32).contiguous()
+    on_cpu = use_numpy and q32.device.type == "cpu"
+    q_np = q32.numpy() if on_cpu else None
+    out_np = out.numpy() if on_cpu else None
+    pieces: list[Piece] = []
+    off = 0
+    for b in blocks:
+        m = int(b.shape[0])
+        if m:
+            if out_np is not None and _numpy_ok(b):
+                pieces.append((b.numpy(), out_np[off : off + m]))
+            else:
+                torch.mv(b.to(torch.float32), q32, out=out[off : off + m])
+        off += m
+    if pieces:
+        assert q_np is not None
+        _cpu_gemv(pieces, q_np)
+    return out
+
+
+class _Rows:
+    """(n_i, dim) row arrays laid end to end, addressable by global row ranges."""
+
+    def __init__(self, rows: list[np.ndarray]) -> None:
+        self.rows = rows
+        self.offsets = np.cumsum([0] + [len(p) for p in self.rows])  # (P+1,)
+
+    @property
+    def n(self) -> int:
+        return int(self.offsets[-1])
+
+    def dot(self, a: int, b: int, q: np.ndarray, out: np.ndarray) -> None:
+        """out (b-a,) = rows[a:b] @ q."""
+        i = int(np.searchsorted(self.offsets, a, side="right")) - 1
+        while a < b:
+            lo = a - int(self.offsets[i])
+            hi = min(b, int(self.offsets[i + 1])) - int(self.offsets[i])
+            np.dot(self.rows[i][lo:hi], q, out=out[: hi - lo])
+            out = out[hi - lo :]
+            a += hi - lo
+            i += 1
+
+
+def _fused_range(
+    src: _Rows, lo: int, hi: int, q: np.ndarray, w: np.ndarray, r: np.ndarray, s: np.ndarray, chunk: int
+) -> None:
+    """r[lo:hi] = rows @ q and s[lo:hi] = their zero-padded flat convolution with w, chunk by chunk."""
+    rad = (len(w) - 1) // 2
+    buf = np.zeros(hi - lo + 2 * rad, dtype=np.float32)  # r over [lo - rad, hi + rad); zeros outside [0, N)
+    a0, b0 = max(lo - rad, 0), min(hi + rad, src.n)
+    done = lo  # outputs [lo, done) are smoothed
+    for a in range(a0, b0, chunk):
+        b = min(a + chunk, b0)
+        src.dot(a, b, q, buf[a - lo + rad : b - lo + rad])
+        ready = hi if b == b0 else min(hi, b - rad)  # output i needs r up to i + rad
+        if ready > done:
+            s[done:ready] = np.convolve(buf[done - lo : ready - lo + 2 * rad], w, mode="valid")  # symmetric w
+            done = ready
+    r[lo:hi] = buf[rad : rad + hi - lo]
+
+
+def relevance_smoothed(
+    blocks: Sequence[torch.Tensor],
+    q: torch.Tensor,
+    doc_starts: torch.Tensor,
+    sigma: float,
+    min_split_rows: int = MIN_SPLIT_ROWS,
+    chunk_rows: int = CHUNK_ROWS,
+) -> tuple[torch.Tensor, torch.Tensor]:
+    """Raw r (N,) = blocks @ q and its per-document smoothing (N,), as `gemv_blocks` then `smooth`."""
+    n = sum(int(b.shape[0]) for b in blocks)
+    cpu = q.device.type == "cpu" and doc_starts.device.type == "cpu"
+    if not cpu or sigma <= 0 or n < min_split_rows or not all(_numpy_ok(b) for b in blocks if len(b)):
+        r = gemv_blocks(blocks, q)
+        return r, smooth(r, doc_starts, sigma)
+    pool, blas, workers = _CpuPool.get()
+    src = _Rows([b.numpy() for b in blocks if len(b)])
+    q_np = q.to(torch.float32).contiguous().numpy()
+    w = np.asarray(kernel_taps(float(sigma)), dtype=np.float32)
+    r = torch.empty(n, dtype=torch.float32)  # (N,)
+    out = torch.empty(n + 1, dtype=torch.float32)  # (N + 1,) spare last slot for fix_edges
+    r_np, s_np = r.numpy(), out.numpy()[:n]
+    bounds = [n * k // workers for k in range(workers + 1)]
+    with blas.limit(limits=1):  # type: ignore[attr-defined]
+        futures = [
+            pool.submit(_fused_range, src, bounds[k], bounds[k + 1], q_np, w, r_np, s_np, chunk_rows)
+            for k in range(workers)
+            if bounds[k] < bounds[k + 1]
+        ]
+        for f in futures:
+            f.result()
+    return r, fix_edges(out, r, doc_starts, sigma)
