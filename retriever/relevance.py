@@ -1,12 +1,13 @@
 """r = D @ q over many row blocks into one flat vector, and its smoothing: the span engine's heavy half.
 
-On the CPU, float32 blocks go through numpy's BLAS (OpenBLAS), reading torch's storage without a copy:
-torch's CPU BLAS is MKL, whose sgemv ran at about half of OpenBLAS' speed on the AMD EPYC hosts here
-(384-d, 1M rows: 129 ms vs 66 ms; `scripts/bench_spans.py` prints both). Large batches are cut into one
-row range per torch thread, each run by a worker with single-threaded BLAS: OpenBLAS' own threads keep
-spinning after a call and slowed the smoothing that follows by ~30%. CUDA, other dtypes and
-non-contiguous views go through torch. Every block writes into its slice of one preallocated output,
-so there is no concatenation copy.
+On the CPU, batches of at least MIN_SPLIT_ROWS float32 rows go through numpy's BLAS (OpenBLAS), reading
+torch's storage without a copy: torch's CPU BLAS is MKL, whose sgemv ran at about half of OpenBLAS'
+speed on the AMD EPYC hosts here (384-d, 1M rows: 129 ms vs 66 ms; `scripts/bench_spans.py` prints
+both). The rows are cut into one range per torch thread, each run by a worker with single-threaded
+BLAS: OpenBLAS' own threads keep spinning after a call, and slowed the torch smoothing after them by
+~30% and a warm query over 20k rows of 250-row blocks 5x (29 ms vs 6 ms). Smaller batches, CUDA, other
+dtypes and non-contiguous views go through torch. Every block writes into its slice of one
+preallocated output, so there is no concatenation copy.
 
 `relevance_smoothed` also smooths on the CPU workers, each over its own row range while its rows are
 still in cache (np.convolve releases the GIL): after a memory-bound GEMV the compute-bound convolution
@@ -26,8 +27,8 @@ from threadpoolctl import ThreadpoolController
 
 from retriever.spans import fix_edges, kernel_taps, smooth
 
-# below this many rows one thread does it all: dispatch would cost more than the split saves
-MIN_SPLIT_ROWS = 65_536
+# below this many rows torch.mv is as fast (measured crossover 5-10k rows at 384-d and 1024-d)
+MIN_SPLIT_ROWS = 8_192
 CHUNK_ROWS = 16_384  # rows a fused worker multiplies before smoothing them: r stays in cache
 
 Piece = tuple[np.ndarray, np.ndarray]  # (rows, dim) block slice, (rows,) output slice
@@ -83,28 +84,26 @@ def _split(pieces: list[Piece], parts: int) -> list[list[Piece]]:
 
 
 def _cpu_gemv(pieces: list[Piece], q: np.ndarray) -> None:
-    total = sum(len(o) for _, o in pieces)
-    if total < MIN_SPLIT_ROWS:
-        _run(pieces, q)
-        return
     pool, blas, workers = _CpuPool.get()
-    if workers == 1:
-        _run(pieces, q)
-        return
     with blas.limit(limits=1):  # type: ignore[attr-defined]
+        if workers == 1:
+            _run(pieces, q)
+            return
         futures = [pool.submit(_run, g, q) for g in _split(pieces, workers)]
         for f in futures:
             f.result()
 
 
-def gemv_blocks(blocks: Sequence[torch.Tensor], q: torch.Tensor, use_numpy: bool = True) -> torch.Tensor:
+def gemv_blocks(
+    blocks: Sequence[torch.Tensor], q: torch.Tensor, use_numpy: bool = True, min_split_rows: int = MIN_SPLIT_ROWS
+) -> torch.Tensor:
     """(sum n_i,) the concatenation of block_i @ q for (n_i, dim) blocks, on q's device."""
     n = sum(int(b.shape[0]) for b in blocks)
     out = torch.empty(n, dtype=torch.float32, device=q.device)  # (N,)
     q32 = q.to(torch.float32).contiguous()
-    on_cpu = use_numpy and q32.device.type == "cpu"
-    q_np = q32.numpy() if on_cpu else None
-    out_np = out.numpy() if on_cpu else None
+    fast = use_numpy and q32.device.type == "cpu" and n >= min_split_rows
+    q_np = q32.numpy() if fast else None
+    out_np = out.numpy() if fast else None
     pieces: list[Piece] = []
     off = 0
     for b in blocks:
