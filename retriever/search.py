@@ -259,6 +259,15 @@ class Retriever:
         r = gemv_blocks([p for d in docs for p in d.parts], qt)  # one GEMV per block, no (N, dim) concat copy
         return r, doc_starts
 
+    def _relevance_smoothed(
+        self, q: np.ndarray, docs: list[DocTokens]
+    ) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
+        """Raw and smoothed relevance (N,) of every candidate token, and doc_starts (B+1,)."""
+        qt = torch.from_numpy(q).to(self.device)
+        doc_starts = torch.cumsum(torch.tensor([0] + [d.n for d in docs], device=self.device), 0)
+        r, s = relevance_smoothed([p for d in docs for p in d.parts], qt, doc_starts, self.params.sigma)
+        return r, s, doc_starts
+
     def _threshold(self, smoothed: torch.Tensor) -> float:
         if self.settings.threshold_mode == "relative" and smoothed.numel():
             return float(smoothed.max()) - self.settings.relative_margin
@@ -267,9 +276,7 @@ class Retriever:
     def _token_spans(
         self, q: np.ndarray, docs: list[DocTokens]
     ) -> tuple[TokenSpans, torch.Tensor, torch.Tensor, float]:
-        qt = torch.from_numpy(q).to(self.device)
-        doc_starts = torch.cumsum(torch.tensor([0] + [d.n for d in docs], device=self.device), 0)
-        r, s = relevance_smoothed([p for d in docs for p in d.parts], qt, doc_starts, self.params.sigma)
+        r, s, doc_starts = self._relevance_smoothed(q, docs)
         ends_sentence = torch.cat([d.ends_sentence for d in docs]) if docs else torch.zeros(0, dtype=torch.bool)
         thr = self._threshold(s)
         return extract_spans(s, doc_starts, ends_sentence, self.params, thr), r, s, thr
