@@ -113,21 +113,27 @@ def fix_edges(out: torch.Tensor, x: torch.Tensor, doc_starts: torch.Tensor, sigm
     place and returns the (N,) view.
     """
     taps_host = kernel_taps(float(sigma))
-    w = torch.tensor(taps_host, device=x.device)
+    w = torch.tensor(taps_host, device=x.device)  # (K,) K = 2 * rad + 1
     rad = (len(taps_host) - 1) // 2
     n = x.numel()
+    if rad == 0:  # a one-tap kernel never crosses a border
+        return out[:n]
     lengths = doc_starts[1:] - doc_starts[:-1]  # (B,)
     first = doc_starts[:-1]  # (B,)
-    j = torch.arange(2 * rad, device=x.device)  # (2*rad,) the first rad and last rad local positions
-    local = torch.where(j < rad, j, lengths[:, None] - 2 * rad + j)  # (B, 2*rad)
     last_local = (lengths - 1).clamp(min=0)[:, None]  # (B, 1)
-    local = torch.minimum(local.clamp(min=0), last_local)  # short documents repeat positions: same values
-    taps = torch.arange(-rad, rad + 1, device=x.device)  # (K,)
-    src = torch.minimum((local[:, :, None] + taps).clamp(min=0), last_local[:, :, None])  # (B, 2*rad, K)
-    # empty documents read token 0 (or nothing at all when N == 0, excluded by callers) and write to the spare slot
-    vals = x[(first[:, None, None] + src).clamp(max=n - 1)] @ w  # (B, 2*rad)
-    dst = torch.where(lengths[:, None] > 0, first[:, None] + local, n)  # (B, 2*rad)
-    out[dst.reshape(-1)] = vals.reshape(-1)
+    m = torch.arange(3 * rad, device=x.device)  # (3*rad,) rad outputs need rad + 2*rad inputs
+    head = (m - rad)[None, :].expand(len(lengths), -1)  # (B, 3*rad) inputs of local outputs 0..rad-1
+    tail = lengths[:, None] - 2 * rad + m  # (B, 3*rad) inputs of local outputs len-rad..len-1
+    src = torch.minimum(torch.stack([head, tail], 1).clamp(min=0), last_local[:, :, None])  # (B, 2, 3*rad)
+    # empty documents read token 0 (N == 0 is excluded by callers); only B * 2 * 3*rad values are gathered
+    vals = x[(first[:, None, None] + src).clamp(max=n - 1)]  # (B, 2, 3*rad)
+    fixed = vals.unfold(2, 2 * rad + 1, 1) @ w  # (B, 2, rad)
+    j = torch.arange(rad, device=x.device)  # (rad,)
+    pos = torch.stack([j[None, :].expand(len(lengths), -1), lengths[:, None] - rad + j], 1)  # (B, 2, rad) local
+    # positions outside a short document (and all of an empty one) go to the spare slot
+    ok = (pos >= 0) & (pos < lengths[:, None, None])
+    dst = torch.where(ok, first[:, None, None] + pos, n)  # (B, 2, rad)
+    out[dst.reshape(-1)] = fixed.reshape(-1)
     return out[:n]
 
 

@@ -138,7 +138,7 @@ def test_pooled_rows_keep_span_lengths_in_tokens() -> None:
     assert p.per_row(4).min_span_size == 4 and p.per_row(32).min_span_size == 1
 
 
-@pytest.mark.parametrize("sigma", [4.0, 1.3])
+@pytest.mark.parametrize("sigma", [4.0, 1.3, 0.1])  # 0.1: a one-tap kernel
 def test_fused_cpu_relevance_and_smoothing_match_torch(sigma: float) -> None:
     """The CPU fast path (BLAS GEMV and convolution per worker range) == torch GEMV then `smooth`."""
     rng = np.random.default_rng(7)
