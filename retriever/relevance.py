@@ -18,8 +18,9 @@ rad rows on either side of its range, so workers never wait on one another.
 from __future__ import annotations
 
 import threading
-from collections.abc import Sequence
+from collections.abc import Iterator, Sequence
 from concurrent.futures import ThreadPoolExecutor
+from contextlib import contextmanager
 
 import numpy as np
 import torch
@@ -39,18 +40,42 @@ class _CpuPool:
 
     _lock = threading.Lock()
     _pool: ThreadPoolExecutor | None = None
-    _blas: object | None = None
+    _blas: ThreadpoolController | None = None
     _workers = 1
+    _users = 0  # calls inside single_blas now
+    _limiter: object | None = None
 
     @classmethod
-    def get(cls) -> tuple[ThreadPoolExecutor, object, int]:
+    def get(cls) -> tuple[ThreadPoolExecutor, int]:
         with cls._lock:
             if cls._pool is None:
                 cls._workers = max(1, torch.get_num_threads())
                 cls._pool = ThreadPoolExecutor(cls._workers, thread_name_prefix="chunkless-gemv")
                 cls._blas = ThreadpoolController().select(user_api="blas")
-            assert cls._blas is not None
-            return cls._pool, cls._blas, cls._workers
+            return cls._pool, cls._workers
+
+    @classmethod
+    @contextmanager
+    def single_blas(cls) -> Iterator[None]:
+        """BLAS single-threaded while any call is inside; the first in sets it, the last out restores it.
+
+        threadpoolctl's own `limit` contexts, overlapping in two threads, would restore in the wrong
+        order and leave the process' numpy pinned to one thread.
+        """
+        cls.get()
+        with cls._lock:
+            if cls._users == 0:
+                assert cls._blas is not None
+                cls._limiter = cls._blas.limit(limits=1)
+            cls._users += 1
+        try:
+            yield
+        finally:
+            with cls._lock:
+                cls._users -= 1
+                if cls._users == 0 and cls._limiter is not None:
+                    cls._limiter.restore_original_limits()  # type: ignore[attr-defined]
+                    cls._limiter = None
 
 
 def _numpy_ok(block: torch.Tensor) -> bool:
@@ -84,8 +109,8 @@ def _split(pieces: list[Piece], parts: int) -> list[list[Piece]]:
 
 
 def _cpu_gemv(pieces: list[Piece], q: np.ndarray) -> None:
-    pool, blas, workers = _CpuPool.get()
-    with blas.limit(limits=1):  # type: ignore[attr-defined]
+    pool, workers = _CpuPool.get()
+    with _CpuPool.single_blas():
         if workers == 1:
             _run(pieces, q)
             return
@@ -175,7 +200,7 @@ def relevance_smoothed(
     if not cpu or sigma <= 0 or n < min_split_rows or not all(_numpy_ok(b) for b in blocks if len(b)):
         r = gemv_blocks(blocks, q)
         return r, smooth(r, doc_starts, sigma)
-    pool, blas, workers = _CpuPool.get()
+    pool, workers = _CpuPool.get()
     src = _Rows([b.numpy() for b in blocks if len(b)])
     q_np = q.to(torch.float32).contiguous().numpy()
     w = np.asarray(kernel_taps(float(sigma)), dtype=np.float32)
@@ -183,7 +208,7 @@ def relevance_smoothed(
     out = torch.empty(n + 1, dtype=torch.float32)  # (N + 1,) spare last slot for fix_edges
     r_np, s_np = r.numpy(), out.numpy()[:n]
     bounds = [n * k // workers for k in range(workers + 1)]
-    with blas.limit(limits=1):  # type: ignore[attr-defined]
+    with _CpuPool.single_blas():
         futures = [
             pool.submit(_fused_range, src, bounds[k], bounds[k + 1], q_np, w, r_np, s_np, chunk_rows)
             for k in range(workers)
