@@ -367,6 +367,21 @@ class TokenStore:
             segs.sort(key=lambda s: s.index)
         return dict(out)
 
+    def segment_texts(self, wanted: dict[tuple[str, str], list[int]]) -> dict[tuple[str, int], tuple[int, str]]:
+        """(char_start, text) of the given segments of each (doc_id, version): payload only, no token rows."""
+        if not wanted:
+            return {}
+        parts = [
+            Where(must=[*_seg_filter(d, v).must, Match("seg", [int(i) for i in idx])]) for (d, v), idx in wanted.items()
+        ]
+        recs = self.backend.scroll(
+            Where(should=parts), with_vectors=[], payload=["doc_id", "seg", "char_start", "text"]
+        )
+        return {
+            (r.payload["doc_id"], int(r.payload["seg"])): (int(r.payload["char_start"]), r.payload["text"])
+            for r in recs
+        }
+
     def _check_query(self, q: np.ndarray) -> None:
         if q.shape[-1] != self.meta.dim:
             raise StoreMismatchError(

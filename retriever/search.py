@@ -19,7 +19,7 @@ from indexer.models import pick_device
 from indexer.store import Candidate, TokenStore, open_store
 from retriever.fetch import DocTokens, Fetcher
 from retriever.relevance import gemv_blocks, relevance_smoothed
-from retriever.sentences import SentenceCandidates, SentenceTables
+from retriever.sentences import SentenceCandidates, SentenceTables, complete_cut, cut_sentences
 from retriever.spans import SpanParams, TokenSpans, extract_spans, smooth
 from schemas.errors import QueryError
 from schemas.models import SearchResponse, SpanResult
@@ -216,7 +216,13 @@ class Retriever:
         b = tab.end[best].cpu().numpy() - offsets[sdoc]
         chars = [(int(docs[d].starts[x]), int(docs[d].ends[y])) for d, x, y in zip(sdoc, a, b, strict=True)]
         texts = [docs[d].chars(c0, c1) for d, (c0, c1) in zip(sdoc, chars, strict=True)]
-        return SentenceCandidates(sdoc, chars, texts, score[best].cpu().numpy().astype(np.float64), q)
+        cands = SentenceCandidates(sdoc, chars, texts, score[best].cpu().numpy().astype(np.float64), q)
+        need = cut_sentences(cands, docs)
+        if need:  # a fetched run cut some sentences: finish them from the neighbour segments' text
+            with self._store_lock:
+                neighbours = self.store.segment_texts(need)
+            complete_cut(cands, docs, neighbours, st.boundary)
+        return cands
 
     def _rerank(self, batch: list[SentenceCandidates]) -> None:
         """Re-embed the best `rerank_k` candidates of every query alone, in one batched call; blend cosines."""
@@ -240,13 +246,17 @@ class Retriever:
             return self.embedder.embed_texts(texts)
 
     def _sentence_results(self, c: SentenceCandidates, docs: list[DocTokens], top: int) -> list[SpanResult]:
-        order = np.argsort(-c.score, kind="stable")[:top]
-        out = []
+        order = np.argsort(-c.score, kind="stable")
+        out: list[SpanResult] = []
+        seen: set[tuple[int, int, int]] = set()
         for i in order:
-            if not np.isfinite(c.score[i]):
+            if not np.isfinite(c.score[i]) or len(out) == top:
                 continue
             cs, ce = c.chars[i]
-            out.append(_result(docs[int(c.doc[i])], int(cs), int(ce), float(c.score[i])))
+            if (int(c.doc[i]), cs, ce) in seen:  # two cut pieces of one sentence, completed from both sides
+                continue
+            seen.add((int(c.doc[i]), cs, ce))
+            out.append(_result(docs[int(c.doc[i])], int(cs), int(ce), float(c.score[i]), c.texts[i]))
         return out
 
     def _relevance(self, q: np.ndarray, docs: list[DocTokens]) -> tuple[torch.Tensor, torch.Tensor]:
@@ -357,14 +367,14 @@ class AloneCache:
         return np.stack([found[t] for t in texts])
 
 
-def _result(d: DocTokens, start: int, end: int, score: float) -> SpanResult:
-    """A span of document `d`: characters [start, end) with its pages."""
+def _result(d: DocTokens, start: int, end: int, score: float, text: str | None = None) -> SpanResult:
+    """A span of document `d`: characters [start, end) with its pages (`text` when they reach past the run)."""
     return SpanResult(
         doc_id=d.doc_id,
         source=d.header["source"],
         start=start,
         end=end,
-        text=d.chars(start, end),
+        text=d.chars(start, end) if text is None else text,
         score=score,
         pages=pages_of(d.header.get("page_starts", [0]), start, end),
     )

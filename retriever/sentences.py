@@ -13,7 +13,9 @@ from dataclasses import dataclass
 import numpy as np
 import torch
 
+from retriever.boundaries import boundary_chars
 from retriever.fetch import DocTokens
+from schemas.settings import Boundary
 
 
 @dataclass
@@ -99,3 +101,51 @@ class SentenceCandidates:
     texts: list[str]
     score: np.ndarray  # (k,) float64
     q: np.ndarray  # (dim,) the query vector
+
+
+Neighbours = dict[tuple[str, int], tuple[int, str]]  # (doc_id, segment) -> (char_start, text)
+
+
+def cut_sentences(c: SentenceCandidates, docs: list[DocTokens]) -> dict[tuple[str, str], list[int]]:
+    """Segments whose text could finish candidates that a fetched run cut at its first or last token.
+
+    A run of segments that starts mid-document begins mid-sentence (its first "sentence" is a tail);
+    one that stops before the document's end, on a token that ends no sentence, ends with a head.
+    """
+    need: dict[tuple[str, str], set[int]] = {}
+    for i, (c0, c1) in enumerate(c.chars):
+        d = docs[int(c.doc[i])]
+        key = (d.doc_id, d.version)
+        if d.first_segment > 0 and c0 <= int(d.starts[0]):
+            need.setdefault(key, set()).add(d.first_segment - 1)
+        after = d.first_segment + d.n_segments
+        if after < int(d.header["n_segments"]) and c1 >= int(d.ends[-1]) and not bool(d.ends_sentence[-1]):
+            need.setdefault(key, set()).add(after)
+    return {k: sorted(v) for k, v in need.items()}
+
+
+def complete_cut(c: SentenceCandidates, docs: list[DocTokens], texts: Neighbours, rule: Boundary) -> None:
+    """Extend cut candidates, in place, to their sentence's real start and end in the neighbour segments.
+
+    Their scores stay those of the part that was fetched; the re-ranking then embeds the whole sentence.
+    """
+    for i, (c0, c1) in enumerate(c.chars):
+        d = docs[int(c.doc[i])]
+        run_end = d.char_base + len(d.text)
+        head, tail, n0, n1 = "", "", c0, c1
+        prev = texts.get((d.doc_id, d.first_segment - 1)) if c0 <= int(d.starts[0]) else None
+        if prev is not None and prev[0] + len(prev[1]) == d.char_base:
+            stops = np.flatnonzero(boundary_chars(prev[1], rule))
+            k = int(stops[-1]) + 1 if len(stops) else 0
+            k += len(prev[1][k:]) - len(prev[1][k:].lstrip())  # the sentence starts after the gap
+            head, n0 = prev[1][k:], prev[0] + k
+        nxt = texts.get((d.doc_id, d.first_segment + d.n_segments)) if c1 >= int(d.ends[-1]) else None
+        if nxt is not None and nxt[0] == run_end and not bool(d.ends_sentence[-1]):
+            stops = np.flatnonzero(boundary_chars(nxt[1], rule))
+            k = int(stops[0]) + 1 if len(stops) else len(nxt[1])
+            tail = nxt[1][:k]
+            # the run's text after the candidate (whitespace) belongs to the sentence too
+            tail, n1 = d.chars(c1, run_end) + tail, nxt[0] + k
+        if head or tail:
+            c.chars[i] = (n0, n1)
+            c.texts[i] = head + d.chars(d.char_base if head else c0, c1) + tail

@@ -10,6 +10,7 @@ import pytest
 
 from indexer.embedders import HFTokenEmbedder
 from retriever.benchmark import load_benchmark
+from retriever.boundaries import boundary_chars
 from retriever.evaluate import index_benchmark
 from retriever.search import AloneCache, Retriever
 from schemas.errors import QueryError
@@ -80,6 +81,42 @@ def test_fetching_only_the_best_segments_keeps_text_exact(
     assert spans and spans[0].doc_id == "bread"
     for sp in spans:  # offsets stay absolute although the scored text starts mid-document
         assert sp.text == DOCS[sp.doc_id][sp.start : sp.end]
+
+
+def test_sentences_cut_by_a_fetched_runs_edge_come_back_whole(tmp_path: Path, minilm: HFTokenEmbedder) -> None:
+    """16-row segments cut nearly every sentence: spans are finished from the unfetched neighbours' text."""
+    settings = Settings(store_path=tmp_path / "store", device="cpu", segment_tokens=16)
+    index_benchmark(load_benchmark(write_bench(tmp_path / "bench")), settings, minilm)
+    over = {"span_method": "sentences", "rerank_k": 6, "fetch_segments": 2, "boundary": "sentences"}
+    with Retriever(settings.model_copy(update=over), embedder=minilm) as r:
+        spans = r.search("What makes the dough rise?", top=6).spans
+        heads = r.store.headers()
+        fetched = {
+            (d, i): h["version"]
+            for d, h in heads.items()
+            for i in range(int(h["n_segments"]))
+            if (d, h["version"], i) in r.fetcher.cache
+        }
+        all_segs = r.store.segment_texts({(d, h["version"]): list(range(h["n_segments"])) for d, h in heads.items()})
+    assert spans and spans[0].doc_id == "bread"
+    runs: dict[str, list[list[int]]] = {}  # per document, fetched char ranges with touching ones merged
+    for (d, i), (c0, t) in sorted(all_segs.items()):
+        if (d, i) in fetched:
+            rs = runs.setdefault(d, [])
+            if rs and rs[-1][1] == c0:
+                rs[-1][1] = c0 + len(t)
+            else:
+                rs.append([c0, c0 + len(t)])
+    outside = 0
+    for sp in spans:
+        text = DOCS[sp.doc_id]
+        assert sp.text == text[sp.start : sp.end]
+        ends = boundary_chars(text, "sentences")
+        before = text[: sp.start].rstrip()
+        assert not before or ends[len(before) - 1], f"{sp.text!r} starts mid-sentence"
+        assert sp.end == len(text) or ends[sp.end - 1], f"{sp.text!r} ends mid-sentence"
+        outside += not any(a <= sp.start and sp.end <= b for a, b in runs.get(sp.doc_id, []))
+    assert outside, "no span needed a neighbour's text: the test lost its point"
 
 
 def test_filter_restricts_documents_and_rejects_unknown_fields(store: Path, minilm: HFTokenEmbedder) -> None:
