@@ -225,6 +225,14 @@ class Retriever:
         return cands
 
     def _rerank(self, batch: list[SentenceCandidates]) -> None:
+        """Final scores: the alone re-ranking, then the length penalty."""
+        self._rerank_alone(batch)
+        if self.settings.length_penalty > 0:
+            for c in batch:
+                words = np.array([len(t.split()) for t in c.texts], dtype=np.float64)
+                c.score -= self.settings.length_penalty * np.log(np.maximum(words, 1.0))
+
+    def _rerank_alone(self, batch: list[SentenceCandidates]) -> None:
         """Re-embed the best `rerank_k` candidates of every query alone, in one batched call; blend cosines."""
         st = self.settings
         if st.rerank_k == 0:

@@ -96,6 +96,12 @@ class Settings(BaseSettings):
     rerank_k: int = Field(40, ge=0, description="sentences: best candidates re-embedded alone per query (0: none).")
     rerank_weight: float = Field(0.7, ge=0.0, le=1.0, description="sentences: weight of the alone cosine.")
     token_weight: float = Field(0.0, ge=0.0, le=1.0, description="sentences: weight of the smoothed token maximum.")
+    length_penalty: float = Field(
+        0.0,
+        ge=0.0,
+        description="sentences: subtract this x ln(words) from every candidate's final score: shorter spans for "
+        "some hit@1 (squad2-dev, MiniLM: 0.02 gives 24.6 words and .630 hit@1 against 26.0 and .649 at 0).",
+    )
     min_sentence_tokens: int = Field(4, ge=1, description="sentences: shorter sentences (headings) are skipped.")
     rerank_cache: int = Field(16384, ge=0, description="sentences: alone embeddings kept (LRU by text).")
 

@@ -119,6 +119,19 @@ def test_sentences_cut_by_a_fetched_runs_edge_come_back_whole(tmp_path: Path, mi
     assert outside, "no span needed a neighbour's text: the test lost its point"
 
 
+def test_length_penalty_prefers_shorter_sentences(store: Path, minilm: HFTokenEmbedder) -> None:
+    """A penalty far above any cosine gap orders spans by length; the default leaves the cosine order."""
+    q = "What makes the dough rise?"
+    with retriever(store, minilm, rerank_k=8, length_penalty=100.0) as r:
+        short = r.search(q, top=6).spans
+    with retriever(store, minilm, rerank_k=8) as r:
+        plain = r.search(q, top=6).spans
+    words = [len(sp.text.split()) for sp in short]
+    assert words == sorted(words) and len(set(words)) > 1
+    assert [sp.score for sp in short] == sorted((sp.score for sp in short), reverse=True)
+    assert [len(sp.text.split()) for sp in plain] != words, "the penalty changed nothing"
+
+
 def test_filter_restricts_documents_and_rejects_unknown_fields(store: Path, minilm: HFTokenEmbedder) -> None:
     with retriever(store, minilm, span_method="sentences", boundary="sentences") as r:
         only = r.search("What makes the dough rise?", filter={"doc_id": ["chess", "volcano"]}).spans
