@@ -18,7 +18,7 @@ rad rows on either side of its range, so workers never wait on one another.
 from __future__ import annotations
 
 import threading
-from collections.abc import Iterator, Sequence
+from collections.abc import Callable, Iterator, Sequence
 from concurrent.futures import ThreadPoolExecutor
 from contextlib import contextmanager
 
@@ -31,8 +31,6 @@ from retriever.spans import fix_edges, kernel_taps, smooth
 # below this many rows torch.mv is as fast (measured crossover 5-10k rows at 384-d and 1024-d)
 MIN_SPLIT_ROWS = 8_192
 CHUNK_ROWS = 16_384  # rows a fused worker multiplies before smoothing them: r stays in cache
-
-Piece = tuple[np.ndarray, np.ndarray]  # (rows, dim) block slice, (rows,) output slice
 
 
 class _CpuPool:
@@ -87,62 +85,46 @@ def _numpy_ok(block: torch.Tensor) -> bool:
     )
 
 
-def _run(pieces: list[Piece], q: np.ndarray) -> None:
-    for rows, out in pieces:
-        np.dot(rows, q, out=out)
-
-
-def _split(pieces: list[Piece], parts: int) -> list[list[Piece]]:
-    """Cut the pieces' rows, in order, into `parts` runs of nearly equal length."""
-    total = sum(len(o) for _, o in pieces)
-    bounds = [total * k // parts for k in range(parts + 1)]
-    groups: list[list[Piece]] = [[] for _ in range(parts)]
-    off = 0
-    for rows, out in pieces:
-        m = len(out)
-        for g in range(parts):
-            lo, hi = max(bounds[g], off), min(bounds[g + 1], off + m)
-            if lo < hi:
-                groups[g].append((rows[lo - off : hi - off], out[lo - off : hi - off]))
-        off += m
-    return groups
-
-
-def _cpu_gemv(pieces: list[Piece], q: np.ndarray) -> None:
-    pool, workers = _CpuPool.get()
-    with _CpuPool.single_blas():
-        if workers == 1:
-            _run(pieces, q)
-            return
-        futures = [pool.submit(_run, g, q) for g in _split(pieces, workers)]
-        for f in futures:
-            f.result()
-
-
 def gemv_blocks(
     blocks: Sequence[torch.Tensor], q: torch.Tensor, use_numpy: bool = True, min_split_rows: int = MIN_SPLIT_ROWS
 ) -> torch.Tensor:
     """(sum n_i,) the concatenation of block_i @ q for (n_i, dim) blocks, on q's device."""
     n = sum(int(b.shape[0]) for b in blocks)
     out = torch.empty(n, dtype=torch.float32, device=q.device)  # (N,)
-    q32 = q.to(torch.float32).contiguous()
-    fast = use_numpy and q32.device.type == "cpu" and n >= min_split_rows
-    q_np = q32.numpy() if fast else None
-    out_np = out.numpy() if fast else None
-    pieces: list[Piece] = []
+    if use_numpy and _cpu_fast(blocks, q, n, min_split_rows):
+        src, q_np, out_np = _Rows([b.numpy() for b in blocks if len(b)]), _host_q(q), out.numpy()
+        _in_ranges(n, lambda lo, hi: src.dot(lo, hi, q_np, out_np[lo:hi]))
+        return out
+    q32 = q.to(torch.float32)
     off = 0
     for b in blocks:
         m = int(b.shape[0])
         if m:
-            if out_np is not None and _numpy_ok(b):
-                pieces.append((b.numpy(), out_np[off : off + m]))
-            else:
-                torch.mv(b.to(torch.float32), q32, out=out[off : off + m])
+            torch.mv(b.to(torch.float32), q32, out=out[off : off + m])
         off += m
-    if pieces:
-        assert q_np is not None
-        _cpu_gemv(pieces, q_np)
     return out
+
+
+def _cpu_fast(blocks: Sequence[torch.Tensor], q: torch.Tensor, n: int, min_split_rows: int) -> bool:
+    """Whether the batch takes the BLAS row-range path: on the CPU, large enough, all float32 and contiguous."""
+    return q.device.type == "cpu" and n >= min_split_rows and all(_numpy_ok(b) for b in blocks if len(b))
+
+
+def _host_q(q: torch.Tensor) -> np.ndarray:
+    return q.to(torch.float32).contiguous().numpy()
+
+
+def _in_ranges(n: int, work: Callable[[int, int], None]) -> None:
+    """work(lo, hi) over one nearly equal row range per worker, BLAS single-threaded meanwhile."""
+    pool, workers = _CpuPool.get()
+    bounds = [n * k // workers for k in range(workers + 1)]
+    with _CpuPool.single_blas():
+        if workers == 1:
+            work(0, n)
+            return
+        futures = [pool.submit(work, bounds[k], bounds[k + 1]) for k in range(workers) if bounds[k] < bounds[k + 1]]
+        for f in futures:
+            f.result()
 
 
 class _Rows:
@@ -196,24 +178,13 @@ def relevance_smoothed(
 ) -> tuple[torch.Tensor, torch.Tensor]:
     """Raw r (N,) = blocks @ q and its per-document smoothing (N,), as `gemv_blocks` then `smooth`."""
     n = sum(int(b.shape[0]) for b in blocks)
-    cpu = q.device.type == "cpu" and doc_starts.device.type == "cpu"
-    if not cpu or sigma <= 0 or n < min_split_rows or not all(_numpy_ok(b) for b in blocks if len(b)):
+    if sigma <= 0 or doc_starts.device.type != "cpu" or not _cpu_fast(blocks, q, n, min_split_rows):
         r = gemv_blocks(blocks, q)
         return r, smooth(r, doc_starts, sigma)
-    pool, workers = _CpuPool.get()
-    src = _Rows([b.numpy() for b in blocks if len(b)])
-    q_np = q.to(torch.float32).contiguous().numpy()
+    src, q_np = _Rows([b.numpy() for b in blocks if len(b)]), _host_q(q)
     w = np.asarray(kernel_taps(float(sigma)), dtype=np.float32)
     r = torch.empty(n, dtype=torch.float32)  # (N,)
     out = torch.empty(n + 1, dtype=torch.float32)  # (N + 1,) spare last slot for fix_edges
     r_np, s_np = r.numpy(), out.numpy()[:n]
-    bounds = [n * k // workers for k in range(workers + 1)]
-    with _CpuPool.single_blas():
-        futures = [
-            pool.submit(_fused_range, src, bounds[k], bounds[k + 1], q_np, w, r_np, s_np, chunk_rows)
-            for k in range(workers)
-            if bounds[k] < bounds[k + 1]
-        ]
-        for f in futures:
-            f.result()
+    _in_ranges(n, lambda lo, hi: _fused_range(src, lo, hi, q_np, w, r_np, s_np, chunk_rows))
     return r, fix_edges(out, r, doc_starts, sigma)

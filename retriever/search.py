@@ -258,7 +258,9 @@ class Retriever:
         out: list[SpanResult] = []
         seen: set[tuple[int, int, int]] = set()
         for i in order:
-            if not np.isfinite(c.score[i]) or len(out) == top:
+            if len(out) == top:
+                break
+            if not np.isfinite(c.score[i]):
                 continue
             cs, ce = c.chars[i]
             if (int(c.doc[i]), cs, ce) in seen:  # two cut pieces of one sentence, completed from both sides
@@ -269,22 +271,21 @@ class Retriever:
 
     def _relevance(self, q: np.ndarray, docs: list[DocTokens]) -> tuple[torch.Tensor, torch.Tensor]:
         """Flat raw relevance (N,) of every candidate token and doc_starts (B+1,)."""
-        qt = torch.from_numpy(q).to(self.device)
-        lengths = torch.tensor([0] + [d.n for d in docs], device=self.device)
-        doc_starts = torch.cumsum(lengths, 0)
-        if not docs:
-            return torch.zeros(0, device=self.device), doc_starts
-        r = gemv_blocks([p for d in docs for p in d.parts], qt)  # one GEMV per block, no (N, dim) concat copy
-        return r, doc_starts
+        qt, blocks, doc_starts = self._flat(q, docs)
+        return gemv_blocks(blocks, qt), doc_starts
 
     def _relevance_smoothed(
         self, q: np.ndarray, docs: list[DocTokens]
     ) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
         """Raw and smoothed relevance (N,) of every candidate token, and doc_starts (B+1,)."""
-        qt = torch.from_numpy(q).to(self.device)
-        doc_starts = torch.cumsum(torch.tensor([0] + [d.n for d in docs], device=self.device), 0)
-        r, s = relevance_smoothed([p for d in docs for p in d.parts], qt, doc_starts, self.params.sigma)
+        qt, blocks, doc_starts = self._flat(q, docs)
+        r, s = relevance_smoothed(blocks, qt, doc_starts, self.params.sigma)
         return r, s, doc_starts
+
+    def _flat(self, q: np.ndarray, docs: list[DocTokens]) -> tuple[torch.Tensor, list[torch.Tensor], torch.Tensor]:
+        """q on the device, every candidate's row blocks in order (never concatenated), doc_starts (B+1,)."""
+        doc_starts = torch.cumsum(torch.tensor([0] + [d.n for d in docs], device=self.device), 0)
+        return torch.from_numpy(q).to(self.device), [p for d in docs for p in d.parts], doc_starts
 
     def _threshold(self, smoothed: torch.Tensor) -> float:
         if self.settings.threshold_mode == "relative" and smoothed.numel():

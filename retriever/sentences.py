@@ -106,21 +106,28 @@ class SentenceCandidates:
 Neighbours = dict[tuple[str, int], tuple[int, str]]  # (doc_id, segment) -> (char_start, text)
 
 
-def cut_sentences(c: SentenceCandidates, docs: list[DocTokens]) -> dict[tuple[str, str], list[int]]:
-    """Segments whose text could finish candidates that a fetched run cut at its first or last token.
+def _cut(c0: int, c1: int, d: DocTokens) -> tuple[bool, bool]:
+    """Whether a candidate [c0, c1) of run `d` was cut by the run's start / end.
 
-    A run of segments that starts mid-document begins mid-sentence (its first "sentence" is a tail);
-    one that stops before the document's end, on a token that ends no sentence, ends with a head.
+    A run that starts mid-document begins mid-sentence (its first "sentence" is a tail); one that
+    stops before the document's end, on a token that ends no sentence, ends with a head.
     """
+    at_start = d.first_segment > 0 and c0 <= int(d.starts[0])
+    more = d.first_segment + d.n_segments < int(d.header["n_segments"])
+    at_end = more and c1 >= int(d.ends[-1]) and not bool(d.ends_sentence[-1])
+    return at_start, at_end
+
+
+def cut_sentences(c: SentenceCandidates, docs: list[DocTokens]) -> dict[tuple[str, str], list[int]]:
+    """Segments whose text would finish the candidates a fetched run cut at its first or last token."""
     need: dict[tuple[str, str], set[int]] = {}
     for i, (c0, c1) in enumerate(c.chars):
         d = docs[int(c.doc[i])]
-        key = (d.doc_id, d.version)
-        if d.first_segment > 0 and c0 <= int(d.starts[0]):
-            need.setdefault(key, set()).add(d.first_segment - 1)
-        after = d.first_segment + d.n_segments
-        if after < int(d.header["n_segments"]) and c1 >= int(d.ends[-1]) and not bool(d.ends_sentence[-1]):
-            need.setdefault(key, set()).add(after)
+        at_start, at_end = _cut(c0, c1, d)
+        if at_start:
+            need.setdefault((d.doc_id, d.version), set()).add(d.first_segment - 1)
+        if at_end:
+            need.setdefault((d.doc_id, d.version), set()).add(d.first_segment + d.n_segments)
     return {k: sorted(v) for k, v in need.items()}
 
 
@@ -131,21 +138,21 @@ def complete_cut(c: SentenceCandidates, docs: list[DocTokens], texts: Neighbours
     """
     for i, (c0, c1) in enumerate(c.chars):
         d = docs[int(c.doc[i])]
+        at_start, at_end = _cut(c0, c1, d)
         run_end = d.char_base + len(d.text)
         head, tail, n0, n1 = "", "", c0, c1
-        prev = texts.get((d.doc_id, d.first_segment - 1)) if c0 <= int(d.starts[0]) else None
+        prev = texts.get((d.doc_id, d.first_segment - 1)) if at_start else None
         if prev is not None and prev[0] + len(prev[1]) == d.char_base:
             stops = np.flatnonzero(boundary_chars(prev[1], rule))
             k = int(stops[-1]) + 1 if len(stops) else 0
             k += len(prev[1][k:]) - len(prev[1][k:].lstrip())  # the sentence starts after the gap
             head, n0 = prev[1][k:], prev[0] + k
-        nxt = texts.get((d.doc_id, d.first_segment + d.n_segments)) if c1 >= int(d.ends[-1]) else None
-        if nxt is not None and nxt[0] == run_end and not bool(d.ends_sentence[-1]):
+        nxt = texts.get((d.doc_id, d.first_segment + d.n_segments)) if at_end else None
+        if nxt is not None and nxt[0] == run_end:
             stops = np.flatnonzero(boundary_chars(nxt[1], rule))
             k = int(stops[0]) + 1 if len(stops) else len(nxt[1])
-            tail = nxt[1][:k]
             # the run's text after the candidate (whitespace) belongs to the sentence too
-            tail, n1 = d.chars(c1, run_end) + tail, nxt[0] + k
+            tail, n1 = d.chars(c1, run_end) + nxt[1][:k], nxt[0] + k
         if head or tail:
             c.chars[i] = (n0, n1)
             c.texts[i] = head + d.chars(d.char_base if head else c0, c1) + tail
