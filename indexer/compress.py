@@ -25,80 +25,16 @@ the collection, written by the first document (or an explicit sample), so they w
 from __future__ import annotations
 
 import base64
-import re
 from dataclasses import dataclass
 
 import numpy as np
 import torch
-from pydantic import BaseModel, Field
 
 from indexer import quantize
+from schemas.layout import SCALE_COLUMNS, StorageLayout
 from schemas.models import EmbeddedDocument
-from schemas.settings import Settings, StorageDtype, StorageReduce
 
-SCALE_COLUMNS = 2  # an int4 or binary row ends with its float16 scale's two bytes
 FIT_ROWS = 20_000  # token rows a fit uses at most: enough for a stable 1024-d covariance
-_NAME = re.compile(r"^(float32|float16|int8|int4|binary)(?:-(pca|truncate)(\d+))?(?:-pool(\d))?$")
-
-
-class StorageLayout(BaseModel, frozen=True):
-    """How token rows are stored; recorded in CollectionMeta and checked on every use."""
-
-    dtype: StorageDtype = "float32"
-    reduce: StorageReduce = "none"
-    dim: int | None = Field(None, ge=8, description="Stored dimensions when reduce is pca or truncate.")
-    pool: int = Field(1, ge=1, le=4, description="Adjacent tokens merged into one stored row.")
-
-    @classmethod
-    def from_settings(cls, s: Settings) -> StorageLayout:
-        return cls(dtype=s.storage_dtype, reduce=s.storage_reduce, dim=s.storage_dim, pool=s.storage_pool)
-
-    @classmethod
-    def parse(cls, name: str) -> StorageLayout:
-        """'int8-pca128-pool2' -> layout (the form `name` prints)."""
-        m = _NAME.match(name)
-        if m is None:
-            raise ValueError(f"storage layout '{name}' is not DTYPE[-pcaN|-truncateN][-poolK], e.g. int8-pca128-pool2")
-        dtype, reduce, dim, pool = m.groups()
-        return cls(dtype=dtype, reduce=reduce or "none", dim=int(dim) if dim else None, pool=int(pool or 1))
-
-    @property
-    def name(self) -> str:
-        red = f"-{self.reduce}{self.dim}" if self.reduce != "none" else ""
-        return f"{self.dtype}{red}" + (f"-pool{self.pool}" if self.pool > 1 else "")
-
-    @property
-    def is_plain(self) -> bool:
-        """Stored rows are the model's vectors in a plain number format (what Qdrant's MaxSim can score)."""
-        return self.dtype != "binary" and self.reduce == "none" and self.pool == 1
-
-    @property
-    def needs_fit(self) -> bool:
-        return self.reduce == "pca" or self.dtype == "binary"
-
-    def stored_dim(self, model_dim: int) -> int:
-        """Coordinates kept per row."""
-        if self.reduce == "none":
-            return model_dim
-        if self.dim is None or self.dim > model_dim:
-            raise ValueError(f"storage_dim {self.dim} must be set and at most the model's {model_dim} dimensions")
-        return self.dim
-
-    def columns(self, model_dim: int) -> int:
-        """Width of the stored Qdrant multivector."""
-        d = self.stored_dim(model_dim)
-        if self.dtype == "binary":
-            return -(-d // 8) + SCALE_COLUMNS
-        return -(-d // 2) + SCALE_COLUMNS if self.dtype == "int4" else d
-
-    @property
-    def qdrant_datatype(self) -> str:
-        return {"float32": "float32", "float16": "float16", "int8": "uint8"}.get(self.dtype, "uint8")
-
-    def vector_bytes_per_token(self, model_dim: int) -> float:
-        """Stored token-vector bytes per *model* token, on paper (int8's payload scales not included)."""
-        per_row = self.columns(model_dim) * {"float32": 4, "float16": 2}.get(self.dtype, 1)
-        return per_row / self.pool
 
 
 # --- fitted parameters --------------------------------------------------------------------------------

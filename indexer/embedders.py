@@ -98,18 +98,18 @@ class HFTokenEmbedder:
 
         hf_logging.disable_progress_bar()  # a weight-loading bar on every search is noise
 
-        self.name = settings.model
-        path = resolve_model_path(settings.model)
+        self.name = settings.model.model
+        path = resolve_model_path(settings.model.model)
         try:
             self.tokenizer = AutoTokenizer.from_pretrained(path)
             config = AutoConfig.from_pretrained(path)
         except (OSError, ValueError) as e:
             raise ModelLoadError(
-                f"model '{settings.model}': cannot load ({e}); set --model/CHUNKLESS_MODEL to a local "
+                f"model '{settings.model.model}': cannot load ({e}); set --model/CHUNKLESS_MODEL to a local "
                 "model folder or an installed packaged model"
             ) from e
-        self.device = pick_device(settings.device)
-        self.torch_dtype = pick_dtype(settings.dtype, self.device)
+        self.device = pick_device(settings.model.device)
+        self.torch_dtype = pick_dtype(settings.model.dtype, self.device)
         model = AutoModel.from_pretrained(path, dtype=self.torch_dtype)
         self._init(model, config, settings, trained_length(path))
 
@@ -117,17 +117,17 @@ class HFTokenEmbedder:
     def from_model(cls, model: torch.nn.Module, tokenizer: Any, settings: Settings) -> HFTokenEmbedder:
         """Wrap an already-built model (tests build tiny random Qwen3 models this way)."""
         self = cls.__new__(cls)
-        self.name = settings.model
+        self.name = settings.model.model
         self.tokenizer = tokenizer
-        self.device = pick_device(settings.device)
-        self.torch_dtype = pick_dtype(settings.dtype, self.device)
+        self.device = pick_device(settings.model.device)
+        self.torch_dtype = pick_dtype(settings.model.dtype, self.device)
         self._init(model.to(self.torch_dtype), model.config, settings)
         return self
 
     def _init(self, model: torch.nn.Module, config: object, settings: Settings, trained: int | None = None) -> None:
         self.model = model.to(self.device).eval()
         model_type = str(getattr(config, "model_type", ""))
-        pooling = settings.pooling
+        pooling = settings.model.pooling
         if pooling == "auto":
             pooling = "last" if model_type in DECODER_TYPES else "mean"
         self.pooling: Literal["last", "mean"] = pooling
@@ -140,7 +140,7 @@ class HFTokenEmbedder:
         model_max = min(limits)
         # default: the length the model was fine-tuned for, when it says (sentence-transformers
         # max_seq_length), not its position table: MiniLM's 256 vs 512 is +.03 span hit@1 on squad2-dev
-        self.window = min(settings.window_tokens or trained or model_max, model_max, 32768)
+        self.window = min(settings.model.window_tokens or trained or model_max, model_max, 32768)
         tok.model_max_length = 10**9  # we window ourselves; silence the "sequence too long" warning
         if self.pooling == "last":
             eot = tok.convert_tokens_to_ids("<|endoftext|>")
@@ -153,12 +153,12 @@ class HFTokenEmbedder:
             self.prefix = [int(cls_id)] if cls_id is not None else []
             self.suffix = [int(sep_id)] if sep_id is not None else []
         self.content = self.window - len(self.prefix) - len(self.suffix)
-        self.stride = max(1, int(self.content * (1.0 - settings.window_overlap)))
+        self.stride = max(1, int(self.content * (1.0 - settings.model.window_overlap)))
         pad = tok.pad_token_id
         self.pad_id = int(pad if pad is not None else self.suffix[0] if self.suffix else 0)
-        self.batch_tokens = settings.batch_tokens
-        self.query_instruction = settings.query_instruction
-        self.max_query_tokens = min(settings.max_query_tokens, self.content)
+        self.batch_tokens = settings.model.batch_tokens
+        self.query_instruction = settings.model.query_instruction
+        self.max_query_tokens = min(settings.model.max_query_tokens, self.content)
 
     # ---------------------------------------------------------------------------------------------
     def tokenize(self, text: str) -> tuple[list[int], np.ndarray]:

@@ -146,7 +146,7 @@ def ingest(
     embedded: queue.Queue[Any] = queue.Queue(WRITE_QUEUE_BATCHES)
     try:
         # on a server another worker may be between a document's segments and its header right now
-        removed = store.remove_orphans(min_age_s=SERVER_ORPHAN_GRACE_S if settings.url else 0.0)
+        removed = store.remove_orphans(min_age_s=SERVER_ORPHAN_GRACE_S if settings.store.url else 0.0)
         if removed:
             log.info("removed %d orphan segments left by an interrupted run", removed)
         live = {d: h["version"] for d, h in store.headers().items()}
@@ -188,11 +188,11 @@ def ingest(
         loader, writer = _Stage("chunkless-load", load), _Stage("chunkless-write", write)
         loader.start()
         writer.start()
-        for batch in _batches(docs, settings.batch_tokens, loader):
+        for batch in _batches(docs, settings.model.batch_tokens, loader):
             writer.check()
             if embedder is None:
                 embedder = load_embedder(settings)
-                store.meta.check(embedder.name, embedder.dim, None, f"collection '{settings.collection}'")
+                store.meta.check(embedder.name, embedder.dim, None, f"collection '{settings.store.collection}'")
             out = _embed(batch, embedder, fail)
             if out and not _put(embedded, out, stop):
                 break
@@ -222,7 +222,7 @@ def _open(settings: Settings, embedder: TokenEmbedder | None) -> tuple[TokenStor
             # and let open_or_create_store apply every check (model, dtype, layout) as it always does
             meta = existing.meta
             existing.close()
-            return open_or_create_store(settings, settings.model, meta.dim, meta.pooling), None
+            return open_or_create_store(settings, settings.model.model, meta.dim, meta.pooling), None
     pooling = str(getattr(embedder, "pooling", "mean"))
     return open_or_create_store(settings, embedder.name, embedder.dim, pooling), embedder
 

@@ -56,16 +56,16 @@ def to_client_filter(w: Where) -> qm.Filter:
 
 def make_client(settings: Settings) -> QdrantClient:
     """A QdrantClient for settings.url (server, `:memory:` or `local:FOLDER`)."""
-    url = settings.url or ""
+    url = settings.store.url or ""
     if url == ":memory:":
         return QdrantClient(location=":memory:")
     if url.startswith(LOCAL_PREFIX):
         return QdrantClient(path=url[len(LOCAL_PREFIX) :])
     return QdrantClient(
         url=url,
-        api_key=settings.api_key.get_secret_value() if settings.api_key else None,
-        prefer_grpc=settings.prefer_grpc,
-        https=settings.https,
+        api_key=settings.store.qdrant_api_key.get_secret_value() if settings.store.qdrant_api_key else None,
+        prefer_grpc=settings.store.prefer_grpc,
+        https=settings.store.https,
         timeout=120,  # a multi-segment document upsert on a loaded cluster can exceed the 5 s default
     )
 
@@ -75,7 +75,7 @@ class ServerBackend:
 
     def __init__(self, settings: Settings, client: QdrantClient | None = None) -> None:
         self.settings = settings
-        self.name = settings.collection
+        self.name = settings.store.collection
         self.client = client or make_client(settings)
         self._dtypes: dict[str, str] = {}
         # qdrant-client's local mode: no payload indexes, datatypes or sharding (same API calls otherwise)
@@ -88,7 +88,7 @@ class ServerBackend:
         return META_KEY in (self.client.get_collection(self.name).config.metadata or {})
 
     def create(self, spaces: dict[str, VectorSpace], metadata: dict[str, Any], keyword_fields: list[str]) -> None:
-        s = self.settings
+        s = self.settings.store
         vectors = {
             name: qm.VectorParams(
                 size=sp.size,
@@ -190,7 +190,7 @@ class ServerBackend:
 
     def disk_bytes(self) -> int | None:
         """Allocated bytes of a local-mode folder; None for a server, which does not report it."""
-        url = self.settings.url or ""
+        url = self.settings.store.url or ""
         if not url.startswith(LOCAL_PREFIX):
             return None
         folder = Path(url[len(LOCAL_PREFIX) :])

@@ -20,11 +20,12 @@ import numpy as np
 from pydantic import BaseModel
 
 from indexer.backends import Match, NewPoint, PointRecord, PointsBackend, VectorSpace, Where
-from indexer.compress import CodecParams, StorageLayout, TokenCodec, fit, pool_document
+from indexer.compress import CodecParams, TokenCodec, fit, pool_document
 from indexer.segments import POINT_NAMESPACE, header_id, segment_id, split_segments
 from schemas.errors import StoreMismatchError, StoreNotFoundError
+from schemas.layout import StorageDtype, StorageLayout, StorageReduce
 from schemas.models import EmbeddedDocument
-from schemas.settings import Settings, StorageDtype, StorageReduce
+from schemas.settings import Settings
 
 SCHEMA_VERSION = 1
 KEYWORD_FIELDS = ["kind", "doc_id", "version", "source"]
@@ -425,23 +426,23 @@ def vector_spaces(dim: int, dtype: StorageDtype, layout: StorageLayout | None = 
 
 
 def make_backend(settings: Settings) -> PointsBackend:
-    """Edge on settings.store_path unless settings.url names a Qdrant server."""
-    if settings.url:
+    """Edge on settings.store.store_path unless settings.store.url names a Qdrant server."""
+    if settings.store.url:
         from indexer.server_backend import ServerBackend
 
         return ServerBackend(settings)
     from indexer.edge_backend import EdgeBackend
 
-    return EdgeBackend(settings.collection_path)
+    return EdgeBackend(settings.store.collection_path)
 
 
 def open_store(settings: Settings) -> TokenStore:
     """Open an existing collection for reading; StoreNotFoundError names what is missing."""
     backend = make_backend(settings)
     if not backend.exists():
-        where = settings.url or str(settings.store_path)
+        where = settings.store.url or str(settings.store.store_path)
         raise StoreNotFoundError(
-            f"no collection '{settings.collection}' in store {where}; run 'chunkless ingest PATH' first "
+            f"no collection '{settings.store.collection}' in store {where}; run 'chunkless ingest PATH' first "
             "or pass the right --store/--collection"
         )
     meta = CollectionMeta.model_validate(backend.read_metadata()["chunkless"])
@@ -451,29 +452,29 @@ def open_store(settings: Settings) -> TokenStore:
 def open_or_create_store(settings: Settings, model: str, dim: int, pooling: str) -> TokenStore:
     """Open the collection for writing, creating it for (model, dim, storage layout) if it does not exist."""
     backend = make_backend(settings)
-    layout = StorageLayout.from_settings(settings)
+    layout = settings.store.layout
     if backend.exists():
         meta = CollectionMeta.model_validate(backend.read_metadata()["chunkless"])
-        meta.check(model, dim, settings.storage_dtype, f"collection '{settings.collection}'", layout)
-        return TokenStore(backend, meta, settings.segment_tokens)
+        meta.check(model, dim, settings.store.storage_dtype, f"collection '{settings.store.collection}'", layout)
+        return TokenStore(backend, meta, settings.store.segment_tokens)
     try:
         layout.stored_dim(dim)
     except ValueError as e:
-        raise StoreMismatchError(f"collection '{settings.collection}': {e}") from e
+        raise StoreMismatchError(f"collection '{settings.store.collection}': {e}") from e
     meta = CollectionMeta(
         model=model,
         dim=dim,
-        storage_dtype=settings.storage_dtype,
+        storage_dtype=settings.store.storage_dtype,
         pooling=pooling,
         created_at=time.time(),
         storage_reduce=layout.reduce,
         storage_dim=layout.dim,
         storage_pool=layout.pool,
     )
-    spaces = vector_spaces(dim, settings.storage_dtype, layout)
+    spaces = vector_spaces(dim, settings.store.storage_dtype, layout)
     backend.create(
         spaces,
         {"chunkless": meta.model_dump(), "spaces": {n: vars(s) for n, s in spaces.items()}},
         KEYWORD_FIELDS,
     )
-    return TokenStore(backend, meta, settings.segment_tokens)
+    return TokenStore(backend, meta, settings.store.segment_tokens)

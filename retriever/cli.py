@@ -23,7 +23,7 @@ def _settings(args: argparse.Namespace) -> Settings:
     }
     over = {field: getattr(args, flag) for flag, field in flags.items() if getattr(args, flag, None) is not None}
     if getattr(args, "storage", None):  # a whole storage layout by name, e.g. binary or int8-pca128-pool2
-        from indexer.compress import StorageLayout
+        from schemas.layout import StorageLayout
 
         lay = StorageLayout.parse(args.storage)
         over |= {"storage_dtype": lay.dtype, "storage_reduce": lay.reduce, "storage_dim": lay.dim}

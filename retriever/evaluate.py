@@ -160,7 +160,7 @@ def evaluate(
     if sample:
         unans = unans[:sample]
     with tempfile.TemporaryDirectory(prefix="chunkless-eval-") as tmp:
-        s = settings.model_copy(update={"store_path": Path(store_dir) if store_dir else Path(tmp)})
+        s = settings.updated(store_path=Path(store_dir) if store_dir else Path(tmp))
         t0 = time.perf_counter()
         n = index_benchmark(bench, s, embedder)
         say(f"indexed {n} documents ({len(bench.docs) - n} reused) in {time.perf_counter() - t0:.1f}s")

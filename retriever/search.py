@@ -20,7 +20,7 @@ from indexer.store import Candidate, TokenStore, open_store
 from retriever.fetch import DocTokens, Fetcher
 from retriever.relevance import gemv_blocks, relevance_smoothed
 from retriever.sentences import SentenceCandidates, SentenceTables, complete_cut, cut_sentences
-from retriever.spans import SpanParams, TokenSpans, extract_spans, smooth
+from retriever.spans import SpanParams, TokenSpans, extract_spans
 from schemas.errors import QueryError
 from schemas.models import SearchResponse, SpanResult
 from schemas.settings import Settings
@@ -57,21 +57,21 @@ class Retriever:
         self.settings = settings
         self.store = store or open_store(settings)
         self.embedder = embedder or load_embedder(settings)
-        self.store.meta.check(self.embedder.name, self.embedder.dim, None, f"collection '{settings.collection}'")
-        self.device = pick_device(settings.device)
+        self.store.meta.check(self.embedder.name, self.embedder.dim, None, f"collection '{settings.store.collection}'")
+        self.device = pick_device(settings.model.device)
         pool = self.store.meta.storage_pool
-        self.params = SpanParams.from_settings(settings).per_row(pool)
-        self.min_sentence_rows = max(1, math.ceil(settings.min_sentence_tokens / pool))
-        self.fetcher = Fetcher(self.store, self.device, settings.boundary, settings.cache_mb << 20)
+        self.params = SpanParams.from_settings(settings.spans).per_row(pool)
+        self.min_sentence_rows = max(1, math.ceil(settings.spans.min_sentence_tokens / pool))
+        self.fetcher = Fetcher(self.store, self.device, settings.spans.boundary, settings.recall.cache_mb << 20)
         # the tokenizer (Rust, mutable truncation state) and the store handle are not safe to share
         # across threads; scoring is, so only model and store calls are serialised
         self._model_lock = threading.Lock()
         self._store_lock = threading.Lock()
         self._sentences = SentenceTables()
-        rank = settings.fetch_rank
+        rank = settings.recall.fetch_rank
         can_maxsim = self.store.meta.layout.is_plain and hasattr(self.embedder, "embed_query_tokens")
         self._fetch_by_maxsim = rank == "maxsim" or (rank == "auto" and can_maxsim)
-        self._alone = AloneCache(settings.rerank_cache)
+        self._alone = AloneCache(settings.spans.rerank_cache)
 
     def close(self) -> None:
         self.store.close()
@@ -96,7 +96,7 @@ class Retriever:
         if not queries:
             return []
         where = _where(filter)
-        top = top or self.settings.top
+        top = top or self.settings.spans.top
         t0 = time.perf_counter()
         qs = self._embed_queries(list(queries))
         t1 = time.perf_counter()
@@ -105,7 +105,7 @@ class Retriever:
         for i, (query, q) in enumerate(zip(queries, qs, strict=True)):
             docs, timings = self._recall_fetch(query, q, where)
             t2 = time.perf_counter()
-            if self.settings.span_method == "sentences" and docs:
+            if self.settings.spans.span_method == "sentences" and docs:
                 cands = self._sentence_candidates(q, docs, top)
                 pending.append((i, cands, docs))
                 spans: list[SpanResult] = []
@@ -147,7 +147,7 @@ class Retriever:
         self, query: str, q: np.ndarray, headers: dict[str, dict]
     ) -> dict[str, list[int]] | None:
         """The `fetch_segments` best segments of the recalled documents (by `fetch_rank`); None: whole documents."""
-        k = self.settings.fetch_segments
+        k = self.settings.recall.fetch_segments
         if k == 0 or not headers:
             return None
         by = self._query_tokens(query) if self._fetch_by_maxsim else q
@@ -162,8 +162,8 @@ class Retriever:
         """Candidate documents, best first: pooled-vector HNSW (doc or segment level), optionally MaxSim re-ranked."""
         st = self.settings
         with self._store_lock:
-            cands = self.store.recall(q, st.recall_k, st.recall_level, where)
-        if not st.recall_maxsim or not cands:
+            cands = self.store.recall(q, st.recall.recall_k, st.recall.recall_level, where)
+        if not st.recall.recall_maxsim or not cands:
             return cands
         qt = self._query_tokens(query)
         with self._store_lock:
@@ -184,7 +184,7 @@ class Retriever:
         """One query from its vector (kept for callers that embed themselves)."""
         docs, timings = self._recall_fetch(query, q, _where(filter))
         t = time.perf_counter()
-        if self.settings.span_method == "sentences" and docs:
+        if self.settings.spans.span_method == "sentences" and docs:
             cands = self._sentence_candidates(q, docs, top)
             self._rerank([cands])
             spans = self._sentence_results(cands, docs, top)
@@ -197,17 +197,13 @@ class Retriever:
     def _sentence_candidates(self, q: np.ndarray, docs: list[DocTokens], top: int) -> SentenceCandidates:
         """Score every sentence of the candidate documents from the token signal alone; keep the best few."""
         st = self.settings
-        r, doc_starts = self._relevance(q, docs)
+        r, _ = self._relevance(q, docs)
         tab = self._sentences.table(docs, self.device)
         rs = torch.zeros(tab.n, device=r.device).index_add_(0, tab.sid, r)
         pooled = rs / tab.norm  # cosine of the sentence's summed in-context token vectors with q
         score = pooled
-        if st.token_weight > 0:
-            s = smooth(r, doc_starts, self.params.sigma)
-            smax = torch.full((tab.n,), -math.inf, device=r.device).scatter_reduce(0, tab.sid, s, "amax")
-            score = (1 - st.token_weight) * pooled + st.token_weight * smax
         score = torch.where(tab.length >= self.min_sentence_rows, score, torch.full_like(score, -math.inf))
-        k = min(max(st.rerank_k, top), tab.n)
+        k = min(max(st.spans.rerank_k, top), tab.n)
         best = torch.topk(score, k).indices
         best = best[torch.isfinite(score[best])]
         offsets = np.cumsum([0] + [len(d.starts) for d in docs])
@@ -221,32 +217,32 @@ class Retriever:
         if need:  # a fetched run cut some sentences: finish them from the neighbour segments' text
             with self._store_lock:
                 neighbours = self.store.segment_texts(need)
-            complete_cut(cands, docs, neighbours, st.boundary)
+            complete_cut(cands, docs, neighbours, st.spans.boundary)
         return cands
 
     def _rerank(self, batch: list[SentenceCandidates]) -> None:
         """Final scores: the alone re-ranking, then the length penalty."""
         self._rerank_alone(batch)
-        if self.settings.length_penalty > 0:
+        if self.settings.spans.length_penalty > 0:
             for c in batch:
                 words = np.array([len(t.split()) for t in c.texts], dtype=np.float64)
-                c.score -= self.settings.length_penalty * np.log(np.maximum(words, 1.0))
+                c.score -= self.settings.spans.length_penalty * np.log(np.maximum(words, 1.0))
 
     def _rerank_alone(self, batch: list[SentenceCandidates]) -> None:
         """Re-embed the best `rerank_k` candidates of every query alone, in one batched call; blend cosines."""
         st = self.settings
-        if st.rerank_k == 0:
+        if st.spans.rerank_k == 0:
             return
-        texts = [t for c in batch for t in c.texts[: st.rerank_k]]
+        texts = [t for c in batch for t in c.texts[: st.spans.rerank_k]]
         if not texts:
             return
         vecs = self._alone.embed(texts, self._embed_alone)
         i = 0
         for c in batch:
-            m = min(st.rerank_k, len(c.texts))
+            m = min(st.spans.rerank_k, len(c.texts))
             alone = vecs[i : i + m] @ c.q
             i += m
-            c.score[:m] = st.rerank_weight * alone + (1 - st.rerank_weight) * c.score[:m]
+            c.score[:m] = st.spans.rerank_weight * alone + (1 - st.spans.rerank_weight) * c.score[:m]
             c.score[m:] = -math.inf if m else c.score[m:]  # not re-embedded: below every re-ranked one
 
     def _embed_alone(self, texts: list[str]) -> np.ndarray:
@@ -288,8 +284,8 @@ class Retriever:
         return torch.from_numpy(q).to(self.device), [p for d in docs for p in d.parts], doc_starts
 
     def _threshold(self, smoothed: torch.Tensor) -> float:
-        if self.settings.threshold_mode == "relative" and smoothed.numel():
-            return float(smoothed.max()) - self.settings.relative_margin
+        if self.settings.spans.threshold_mode == "relative" and smoothed.numel():
+            return float(smoothed.max()) - self.settings.spans.relative_margin
         return self.params.threshold
 
     def _token_spans(
@@ -318,11 +314,11 @@ class Retriever:
         return out
 
     def _explained_spans(self, q: np.ndarray, docs: list[DocTokens], ts: TokenSpans) -> list[SpanResult]:
-        if self.settings.span_method != "sentences":
+        if self.settings.spans.span_method != "sentences":
             return self._to_results(ts, docs)
-        cands = self._sentence_candidates(q, docs, self.settings.top)
+        cands = self._sentence_candidates(q, docs, self.settings.spans.top)
         self._rerank([cands])
-        return self._sentence_results(cands, docs, self.settings.top)
+        return self._sentence_results(cands, docs, self.settings.spans.top)
 
     def explain(self, query: str, doc_id: str) -> Explanation:
         """Raw and smoothed relevance of every token of `doc_id`, the threshold, and the configured method's spans."""
@@ -330,7 +326,7 @@ class Retriever:
             header = self.store.header(doc_id)
         if header is None:
             raise QueryError(
-                f"document '{doc_id}' is not in collection '{self.settings.collection}'; see 'chunkless stats'"
+                f"document '{doc_id}' is not in collection '{self.settings.store.collection}'; see 'chunkless stats'"
             )
         q = self._embed_queries([query])[0]
         with self._store_lock:

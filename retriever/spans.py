@@ -15,7 +15,7 @@ from dataclasses import dataclass
 
 import torch
 
-from schemas.settings import Settings
+from schemas.settings import SpanSettings
 
 
 @dataclass(frozen=True)
@@ -27,7 +27,7 @@ class SpanParams:
     max_extension: int = 32
 
     @classmethod
-    def from_settings(cls, s: Settings) -> SpanParams:
+    def from_settings(cls, s: SpanSettings) -> SpanParams:
         return cls(s.sigma, s.threshold, s.delta, s.min_span_size, s.max_extension)
 
     def per_row(self, pool: int) -> SpanParams:

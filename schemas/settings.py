@@ -1,75 +1,132 @@
-"""The one configuration object. Read once from the environment (prefix CHUNKLESS_), then passed down."""
+"""Configuration, grouped by the component that reads it, read once from the environment (CHUNKLESS_*).
+
+Every field's environment variable is ``CHUNKLESS_`` + its name in capitals (``recall_k`` ->
+``CHUNKLESS_RECALL_K``), whatever group holds it, so the documented names stay flat. Components
+receive only their group: the store its `StoreSettings`, the embedder its `ModelSettings`, and so on;
+`Settings` holds one of each and is what the CLI, the service and `Retriever` build.
+
+    s = Settings(store_path="my_store", recall_k=20)   # flat names, routed to their groups
+    s.recall.recall_k                                  # 20
+    s2 = s.updated(top=3)                              # a copy with other values, validated
+
+An invalid value raises `SettingsError` naming the environment variable, the value and what is allowed.
+"""
 
 from __future__ import annotations
 
 from pathlib import Path
-from typing import Literal
+from typing import Any, ClassVar, Literal
 
-from pydantic import Field, SecretStr, model_validator
+from pydantic import AliasChoices, BaseModel, ConfigDict, Field, SecretStr, ValidationError, model_validator
 from pydantic_settings import BaseSettings, SettingsConfigDict
 
-StorageDtype = Literal["float32", "float16", "int8", "int4", "binary"]
-StorageReduce = Literal["none", "pca", "truncate"]
+from schemas.errors import SettingsError
+from schemas.layout import StorageDtype, StorageLayout, StorageReduce
+
 Pooling = Literal["auto", "last", "mean"]
 Device = Literal["auto", "cpu", "cuda"]
 ModelDtype = Literal["auto", "float32", "bfloat16", "float16"]
 Boundary = Literal["separators", "sentences"]
-ThresholdMode = Literal["absolute", "relative"]
 SpanMethod = Literal["threshold", "sentences"]
+ThresholdMode = Literal["absolute", "relative"]
 RecallLevel = Literal["doc", "segment"]
 FetchRank = Literal["auto", "pooled", "maxsim"]
 
+ENV_PREFIX = "CHUNKLESS_"
+# a collection is one folder of the embedded store: a plain name, never a path
+COLLECTION_PATTERN = r"^[A-Za-z0-9_][A-Za-z0-9_.-]{0,127}$"
 
-class Settings(BaseSettings):
-    """Everything chunkless can be told; CLI flags override fields, env vars (CHUNKLESS_*) set defaults."""
 
-    model_config = SettingsConfigDict(env_prefix="CHUNKLESS_", extra="forbid", validate_assignment=True)
+class _Group(BaseSettings):
+    model_config = SettingsConfigDict(env_prefix=ENV_PREFIX, extra="forbid", validate_assignment=True)
 
-    # --- store -------------------------------------------------------------------------------------
+
+class StoreSettings(_Group):
+    """Where token matrices live and how they are laid out (the embedded Edge store or a Qdrant server)."""
+
     store_path: Path = Field(Path("chunkless_store"), description="Folder of the embedded (Edge) store.")
-    url: str | None = Field(None, description="Qdrant server URL; when set, the server backend is used.")
-    api_key: SecretStr | None = None
+    url: str | None = Field(
+        None, description="Qdrant server URL (http://host:6333), ':memory:' or 'local:DIR'; set: the server backend."
+    )
+    qdrant_api_key: SecretStr | None = Field(
+        None,
+        validation_alias=AliasChoices("qdrant_api_key", "CHUNKLESS_QDRANT_API_KEY", "CHUNKLESS_API_KEY"),
+        description="API key of the Qdrant server (CHUNKLESS_QDRANT_API_KEY; CHUNKLESS_API_KEY when unset).",
+    )
+    grpc_port: int | None = Field(
+        None, ge=1, le=65535, description="Qdrant gRPC port (default: the URL's port + 1 when it names one, else 6334)."
+    )
     prefer_grpc: bool = True
     https: bool | None = None
-    collection: str = Field("chunkless", pattern=r"^[A-Za-z0-9_.-]+$")
-    storage_dtype: StorageDtype = "float32"
+    collection: str = Field("chunkless", pattern=COLLECTION_PATTERN, description="Collection name (no path parts).")
+    storage_dtype: StorageDtype = Field("float32", description="Number format of stored token rows.")
     storage_reduce: StorageReduce = Field("none", description="Token dimension reduction of a new collection.")
     storage_dim: int | None = Field(None, ge=8, description="Stored dimensions when storage_reduce is pca/truncate.")
     storage_pool: int = Field(1, ge=1, le=4, description="Adjacent tokens merged into one stored row.")
     segment_tokens: int | None = Field(
         256,
         ge=16,
-        description="Rows per stored segment written (None: the most a Qdrant server takes, 2,730 at 384-d); "
-        "small segments let a query fetch and score only where the answer is (fetch_segments).",
+        description="Rows per stored segment (None: the most a Qdrant server takes); small segments let a query "
+        "fetch and score only where the answer is (fetch_segments).",
     )
     shard_number: int = Field(1, ge=1)
     replication_factor: int = Field(1, ge=1)
     on_disk: bool = True
 
-    # --- model -------------------------------------------------------------------------------------
+    model_config = SettingsConfigDict(populate_by_name=True)
+
+    @model_validator(mode="after")
+    def _consistent(self) -> StoreSettings:
+        if self.collection in (".", ".."):
+            raise ValueError("collection must be a plain name, not '.' or '..'")
+        _ = self.layout  # storage_dim set exactly when storage_reduce is pca/truncate
+        return self
+
+    @property
+    def layout(self) -> StorageLayout:
+        """The storage layout a new collection gets."""
+        return StorageLayout(
+            dtype=self.storage_dtype, reduce=self.storage_reduce, dim=self.storage_dim, pool=self.storage_pool
+        )
+
+    @property
+    def collection_path(self) -> Path:
+        """Folder of this collection inside the embedded store."""
+        return self.store_path / self.collection
+
+    @property
+    def location(self) -> str:
+        """What messages name: the server URL or the store folder."""
+        return self.url or str(self.store_path)
+
+
+class ModelSettings(_Group):
+    """The embedding model and how documents and queries are fed to it."""
+
     model: str = Field(
         "sentence-transformers/all-MiniLM-L6-v2",
-        description="Hugging Face name or local path; the MiniLM name resolves to the packaged copy.",
+        description="Hugging Face name or local folder; the MiniLM name resolves to the packaged copy.",
     )
-    pooling: Pooling = "auto"
+    pooling: Pooling = Field("auto", description="auto: what the model folder says.")
     device: Device = "auto"
-    dtype: ModelDtype = "auto"
-    window_tokens: int | None = Field(None, ge=16, description="Tokens per embedding window (None: model max).")
+    dtype: ModelDtype = Field("auto", description="Model weights' dtype (auto: bf16 on CUDA, float32 on CPU).")
+    window_tokens: int | None = Field(None, ge=16, description="Tokens per embedding window (None: trained length).")
     window_overlap: float = Field(0.5, ge=0.0, lt=1.0)
     batch_tokens: int = Field(16384, ge=256, description="Upper bound on padded tokens per forward pass.")
     query_instruction: str | None = Field(
-        None, description="Task for decoder embedders: 'Instruct: {task}\\nQuery:{query}'."
+        None, description="Task for instruction-tuned embedders: 'Instruct: {task}\\nQuery:{query}'."
     )
     max_query_tokens: int = Field(512, ge=1)
 
-    # --- recall and spans --------------------------------------------------------------------------
-    recall_k: int = Field(10, ge=1)
+
+class RecallSettings(_Group):
+    """Which documents and segments a query scores."""
+
+    recall_k: int = Field(10, ge=1, description="Candidate documents per query.")
     recall_level: RecallLevel = "doc"
     recall_maxsim: bool = Field(False, description="Re-rank recalled documents by Qdrant MaxSim over `tokens`.")
     fetch_segments: int = Field(
-        4,
-        ge=0,
-        description="Fetch and score only the best N segments of the recalled documents (0: whole documents).",
+        4, ge=0, description="Fetch and score only the best N segments of the recalled documents (0: whole documents)."
     )
     fetch_rank: FetchRank = Field(
         "auto",
@@ -77,43 +134,140 @@ class Settings(BaseSettings):
         "auto: MaxSim when the collection's layout and the embedder allow it.",
     )
     cache_mb: int = Field(1024, ge=0, description="Host/GPU cache of decoded token matrices.")
-    top: int = Field(5, ge=1)
-    sigma: float = Field(4.0, ge=0.0)
-    threshold: float = 0.39
-    threshold_mode: ThresholdMode = "absolute"
-    relative_margin: float = Field(0.05, ge=0.0, description="relative mode: keep tokens within this of the best.")
-    delta: int = Field(170, ge=0)
+
+
+class SpanSettings(_Group):
+    """How spans are cut from token relevance and ranked."""
+
+    top: int = Field(5, ge=1, description="Spans returned per query.")
+    span_method: SpanMethod = Field(
+        "sentences",
+        description="sentences: rank the sentences of candidate documents by their pooled in-context token "
+        "vectors, re-embed the best alone; threshold: smooth, threshold, cluster, extend.",
+    )
+    sigma: float = Field(4.0, ge=0.0, description="Gaussian smoothing of token relevance, in tokens.")
+    threshold: float = Field(0.39, description="threshold method: smoothed relevance a span must reach.")
+    threshold_mode: ThresholdMode = Field(
+        "absolute",
+        description="EXPERIMENTAL (threshold method; lost to sentences, kept for the storage experiment): "
+        "relative keeps tokens within relative_margin of the best.",
+    )
+    relative_margin: float = Field(0.05, ge=0.0, description="EXPERIMENTAL: see threshold_mode.")
+    delta: int = Field(170, ge=0, description="threshold method: tokens between two clusters that merge them.")
     min_span_size: int = Field(15, ge=1)
     max_extension: int = Field(32, ge=0)
     boundary: Boundary = Field(
         "sentences", description='Span ends: "sentences" (real boundaries) or "separators" (original: \\n \\t .).'
     )
-    span_method: SpanMethod = Field(
-        "sentences",
-        description="threshold: the original method (smooth, threshold, cluster, extend); sentences: rank the "
-        "sentences of candidate documents by their pooled in-context token vectors, re-embed the best alone.",
-    )
     rerank_k: int = Field(40, ge=0, description="sentences: best candidates re-embedded alone per query (0: none).")
     rerank_weight: float = Field(0.7, ge=0.0, le=1.0, description="sentences: weight of the alone cosine.")
-    token_weight: float = Field(0.0, ge=0.0, le=1.0, description="sentences: weight of the smoothed token maximum.")
     length_penalty: float = Field(
-        0.0,
-        ge=0.0,
-        description="sentences: subtract this x ln(words) from every candidate's final score: shorter spans for "
-        "some hit@1 (squad2-dev, MiniLM: 0.02 gives 24.6 words and .630 hit@1 against 26.0 and .649 at 0).",
+        0.0, ge=0.0, description="sentences: subtract this x ln(words) from every candidate's final score."
     )
     min_sentence_tokens: int = Field(4, ge=1, description="sentences: shorter sentences (headings) are skipped.")
     rerank_cache: int = Field(16384, ge=0, description="sentences: alone embeddings kept (LRU by text).")
 
-    @model_validator(mode="after")
-    def _server_options_need_url(self) -> Settings:
-        if self.url is None and self.api_key is not None:
-            raise ValueError("api_key is set but url is not: set CHUNKLESS_URL to use a Qdrant server")
-        if (self.storage_reduce == "none") != (self.storage_dim is None):
-            raise ValueError("storage_dim is set exactly when storage_reduce is pca or truncate")
-        return self
 
-    @property
-    def collection_path(self) -> Path:
-        """Folder of this collection inside the embedded store."""
-        return self.store_path / self.collection
+class ServeSettings(_Group):
+    """`chunkless serve` and the clients that call it."""
+
+    host: str = Field("127.0.0.1", description="Address the service binds to.")
+    port: int = Field(8000, ge=0, le=65535)
+    api_key: SecretStr | None = Field(None, description="Required of every request but /healthz when set.")
+    server: str | None = Field(None, description="URL of a running chunkless service the CLI goes through.")
+    batch_wait_ms: float = Field(3.0, ge=0.0, le=1000.0, description="Longest wait to gather a search micro-batch.")
+    max_batch: int = Field(16, ge=1, le=1024, description="Most queries in one search micro-batch.")
+    max_upload_mb: int = Field(100, ge=1, description="Largest upload accepted, per request.")
+    max_query_chars: int = Field(4096, ge=1, description="Longest query accepted.")
+    ingest_roots: list[Path] = Field(
+        default_factory=list, description="Server-side folders POST /v1/documents may ingest from (none by default)."
+    )
+
+
+GROUPS: dict[str, type[_Group]] = {
+    "store": StoreSettings,
+    "model": ModelSettings,
+    "recall": RecallSettings,
+    "spans": SpanSettings,
+    "serve": ServeSettings,
+}
+# flat field name -> group name; names are unique across groups so env vars stay flat
+FIELD_GROUP: dict[str, str] = {f: g for g, cls in GROUPS.items() for f in cls.model_fields}
+
+
+def env_name(field: str) -> str:
+    """The environment variable of a field."""
+    return ENV_PREFIX + field.upper()
+
+
+def describe_error(e: ValidationError, given: dict[str, Any] | None = None) -> str:
+    """One line per invalid field: its variable, the value and what is allowed."""
+    lines = []
+    for err in e.errors():
+        field = str(err["loc"][0]) if err["loc"] else ""
+        value = err.get("input")
+        if isinstance(value, dict):  # a model-level check: show the fields it looked at
+            value = None
+        name = f"{field} ({env_name(field)})" if field in FIELD_GROUP else (field or "settings")
+        shown = "" if value is None else f"={value!r}"
+        lines.append(f"invalid setting {name}{shown}: {err['msg']}")
+    return "; ".join(lines)
+
+
+class Settings(BaseModel):
+    """Everything chunkless can be told, one group per component.
+
+    Args:
+        **flat: field values by their flat names (``store_path=...``, ``top=3``), or whole groups
+            (``store=StoreSettings(...)``). Anything not given comes from ``CHUNKLESS_*`` variables,
+            then the defaults.
+
+    Raises:
+        SettingsError: an unknown name or an invalid value (names the variable, value and range).
+    """
+
+    model_config = ConfigDict(frozen=True)
+
+    store: StoreSettings
+    model: ModelSettings
+    recall: RecallSettings
+    spans: SpanSettings
+    serve: ServeSettings
+
+    GROUPS: ClassVar[dict[str, type[_Group]]] = GROUPS
+
+    def __init__(self, **flat: Any) -> None:
+        # a group is given as its instance; `model` is also a flat field (the model's name)
+        groups_given = {g: v for g, v in flat.items() if g in GROUPS and isinstance(v, GROUPS[g])}
+        flat = {k: v for k, v in flat.items() if k not in groups_given}
+        unknown = [k for k in flat if k not in FIELD_GROUP and k != "api_key"]
+        if unknown:
+            raise SettingsError(f"unknown setting(s) {sorted(unknown)}; see the README's Settings table")
+        groups: dict[str, Any] = {}
+        for gname, cls in GROUPS.items():
+            if gname in groups_given:
+                groups[gname] = groups_given[gname]
+                continue
+            mine = {k: v for k, v in flat.items() if FIELD_GROUP.get(k) == gname}
+            if gname == "store" and "api_key" in flat:  # the Qdrant key's older name
+                mine.setdefault("qdrant_api_key", flat["api_key"])
+            try:
+                groups[gname] = cls(**mine)
+            except ValidationError as e:
+                raise SettingsError(describe_error(e)) from None
+        super().__init__(**groups)
+
+    def updated(self, **flat: Any) -> Settings:
+        """A copy with some fields changed (flat names), validated like a new Settings."""
+        current: dict[str, Any] = {}
+        for gname in GROUPS:
+            group = getattr(self, gname)
+            current |= {k: getattr(group, k) for k in type(group).model_fields}
+        return Settings(**(current | flat))
+
+    def flat(self) -> dict[str, Any]:
+        """Every field by its flat name (secrets masked), e.g. for a report."""
+        out: dict[str, Any] = {}
+        for gname in GROUPS:
+            out |= getattr(self, gname).model_dump(mode="json")
+        return out

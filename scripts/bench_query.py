@@ -98,7 +98,8 @@ def build_corpus(settings: Settings, args: argparse.Namespace, queries: np.ndarr
     store.flush()
     n = args.docs * args.tokens
     print(
-        f"corpus: {args.docs} docs x {args.tokens} tokens = {n:,} tokens at {args.dim}-d {settings.storage_dtype}, "
+        f"corpus: {args.docs} docs x {args.tokens} tokens = {n:,} tokens at {args.dim}-d "
+        f"{settings.store.storage_dtype}, "
         f"written in {time.perf_counter() - t0:.1f}s"
     )
     return store
@@ -116,7 +117,7 @@ def run_queries(r: Retriever, queries: np.ndarray, repeats: int, cold: bool) -> 
             if cold:
                 r.fetcher.cache.clear()
             t0 = time.perf_counter()
-            resp = r._search_vector(f"q{i}", q, r.settings.top, None)
+            resp = r._search_vector(f"q{i}", q, r.settings.spans.top, None)
             total = (time.perf_counter() - t0) * 1e3
             for k in ("recall", "fetch", "score"):
                 out[k].append(resp.timings_ms[k])
@@ -204,8 +205,8 @@ def main() -> None:
         store = build_corpus(settings, args, queries)
         embedder = VectorOnlyEmbedder(args.dim, queries)
         with Retriever(settings, embedder=embedder, store=store) as r:  # type: ignore[arg-type]
-            r._search_vector("q0", queries[0], settings.top, None)
-            n_spans = len(r._search_vector("q0", queries[0], settings.top, None).spans)
+            r._search_vector("q0", queries[0], settings.spans.top, None)
+            n_spans = len(r._search_vector("q0", queries[0], settings.spans.top, None).spans)
             print(
                 f"recall_k={args.recall_k}, fetch_segments={args.fetch_segments} by {args.fetch_rank}, "
                 f"{args.queries} query vectors, "

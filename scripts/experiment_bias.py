@@ -213,7 +213,7 @@ class Context:
     sentences: SentenceTables = field(default_factory=SentenceTables)
 
     def run(self, queries: list[BenchQuery], correction: Correction | None = None, **update: object) -> Run:
-        s = self.settings.model_copy(update=update)
+        s = self.settings.updated(**update)
         r = Probe(s, self.emb, self.classes)
         try:
             r._alone, r._sentences = self.alone, self.sentences  # shared: re-ranking embeds each sentence once

@@ -53,10 +53,10 @@ def main() -> None:
     print("| rows/segment | fetch_segments | rows scored/query | hit@1 | hit@5 | F1 | words | ms/query |")
     print("|---|---|---|---|---|---|---|---|")
     for seg in args.segment_tokens:
-        s = base.model_copy(update={"store_path": args.work / f"seg{seg}", "segment_tokens": seg or None})
+        s = base.updated(store_path=args.work / f"seg{seg}", segment_tokens=seg or None)
         index_benchmark(bench, s, embedder)
         for k in args.fetch:
-            with Retriever(s.model_copy(update={"fetch_segments": k}), embedder=embedder) as r:
+            with Retriever(s.updated(fetch_segments=k), embedder=embedder) as r:
                 scored = count_rows(r)
                 hits, secs = run_chunkless(r, queries)
                 n_seg = sum(int(h["n_segments"]) for h in r.store.headers().values())

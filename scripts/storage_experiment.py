@@ -199,14 +199,12 @@ def run_layout(
     latency_n: int,
 ) -> Row:
     """Write the corpus in this layout into a fresh Edge store, measure its files, evaluate it."""
-    settings = base.model_copy(
-        update={
-            "store_path": work / layout.name,
-            "storage_dtype": layout.dtype,
-            "storage_reduce": layout.reduce,
-            "storage_dim": layout.dim,
-            "storage_pool": layout.pool,  # the Retriever rescales span lengths to rows itself
-        }
+    settings = base.updated(
+        store_path=work / layout.name,
+        storage_dtype=layout.dtype,
+        storage_reduce=layout.reduce,
+        storage_dim=layout.dim,
+        storage_pool=layout.pool,  # the Retriever rescales span lengths to rows itself
     )
     tokens = sum(d.n_tokens for d in docs)
     store = open_or_create_store(settings, embedder.name, embedder.dim, embedder.pooling)
@@ -215,12 +213,12 @@ def run_layout(
     for d in docs:
         store.write_document(d)
     store.close()  # flushed and closed: what a finished ingest leaves on disk
-    fb = file_bytes(settings.collection_path)
+    fb = file_bytes(settings.store.collection_path)
     with Retriever(settings, embedder=embedder, store=open_store(settings)) as r:
         results, warm_ms = evaluate(r, queries, latency_n)
         cached = r.fetcher.cache._bytes  # decoded rows + offsets + text of every document searched
         cached_tokens = layout.pool * sum(len(seg.starts) for seg in r.fetcher.cache._items.values())
-    shutil.rmtree(settings.store_path, ignore_errors=True)
+    shutil.rmtree(settings.store.store_path, ignore_errors=True)
     s = score(queries, results)
     return Row(
         layout.name,
@@ -315,8 +313,9 @@ def writeup_check(work: Path) -> tuple[int, int, int]:
     store = open_or_create_store(settings, "synthetic-1024", dim, "last")
     store.write_document(emb)
     store.close()
-    measured = file_bytes(settings.collection_path)["tokens"]
-    data = max(f.stat().st_blocks * 512 for f in settings.collection_path.rglob("vector_storage-tokens/vectors/*"))
+    measured = file_bytes(settings.store.collection_path)["tokens"]
+    vectors = settings.store.collection_path.rglob("vector_storage-tokens/vectors/*")
+    data = max(f.stat().st_blocks * 512 for f in vectors)
     shutil.rmtree(work / "writeup", ignore_errors=True)
     return data, measured, paper
 
@@ -514,7 +513,7 @@ def main(argv: list[str] | None = None) -> int:
         "",
         "Span settings (identical for every layout; sigma, delta, min_span_size, max_extension and "
         "min_sentence_tokens are divided by k for poolk by the Retriever, so they keep their length in model tokens): "
-        + ", ".join(f"{k}={getattr(base, k)}" for k in SPAN_FIELDS)
+        + ", ".join(f"{k}={base.flat()[k]}" for k in SPAN_FIELDS)
         + ".",
         "",
     ]

@@ -113,7 +113,7 @@ def test_binary_relevance_follows_float_relevance() -> None:
 
 
 def test_collection_keeps_its_layout_and_refuses_another(settings: Settings) -> None:
-    s = settings.model_copy(update={"storage_dtype": "binary", "storage_pool": 2})
+    s = settings.updated(storage_dtype="binary", storage_pool=2)
     store = open_or_create_store(s, "m", 32, "mean")
     emb = fake_embedded("a", 40, 32, 1)
     store.write_document(emb)
@@ -138,8 +138,8 @@ def test_collection_keeps_its_layout_and_refuses_another(settings: Settings) -> 
         ({"storage_dtype": "int8"}, "binary-pool2, not int8-pool2; set CHUNKLESS_STORAGE_DTYPE=binary"),
     ):
         with pytest.raises(StoreMismatchError, match=message):
-            open_or_create_store(s.model_copy(update=update), "m", 32, "mean")
-    too_big = settings.model_copy(update={"collection": "x", "storage_reduce": "pca", "storage_dim": 64})
+            open_or_create_store(s.updated(**update), "m", 32, "mean")
+    too_big = settings.updated(collection="x", storage_reduce="pca", storage_dim=64)
     with pytest.raises(StoreMismatchError, match="at most"):
         open_or_create_store(too_big, "m", 32, "mean")
 

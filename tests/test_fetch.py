@@ -117,7 +117,7 @@ def test_list_conversion_matches_asarray() -> None:
 
 
 def test_selective_fetch_returns_runs_of_the_chosen_segments(settings: Settings) -> None:
-    store = open_or_create_store(settings.model_copy(update={"segment_tokens": 50}), "m", 16, "mean")
+    store = open_or_create_store(settings.updated(segment_tokens=50), "m", 16, "mean")
     emb = fake_embedded("a", 230, 16, seed=4)  # 5 balanced segments of 46 rows
     store.write_document(emb)
     header = store.headers()["a"]
@@ -153,7 +153,7 @@ def windowed(emb: EmbeddedDocument, size: int) -> EmbeddedDocument:
 
 
 def test_rank_segments_ranks_live_segments_by_pooled_cosine(settings: Settings) -> None:
-    store = open_or_create_store(settings.model_copy(update={"segment_tokens": 40}), "m", 16, "mean")
+    store = open_or_create_store(settings.updated(segment_tokens=40), "m", 16, "mean")
     old = fake_embedded("a", 120, 16, seed=5, version="1" * 64)
     new = windowed(fake_embedded("a", 120, 16, seed=6, version="2" * 64), 40)
     store.write_document(old)

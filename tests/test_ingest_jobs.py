@@ -151,12 +151,12 @@ def run_and_kill(corpus: Path, store: Path, after_stored: int) -> int:
 def test_sigkill_then_rerun_equals_one_clean_run(tmp_path: Path, minilm: HFTokenEmbedder) -> None:
     corpus = make_corpus(tmp_path, 12)
     crashed = Settings(store_path=tmp_path / "crashed", device="cpu")
-    assert run_and_kill(corpus, crashed.store_path, after_stored=2) == -signal.SIGKILL
+    assert run_and_kill(corpus, crashed.store.store_path, after_stored=2) == -signal.SIGKILL
     first = assert_complete(crashed)
     assert 2 <= first < 12  # killed part-way, and nothing half-written is visible
 
     # the second run resumes (skipping what is stored) and is killed again further on
-    assert run_and_kill(corpus, crashed.store_path, after_stored=3) == -signal.SIGKILL
+    assert run_and_kill(corpus, crashed.store.store_path, after_stored=3) == -signal.SIGKILL
     second = assert_complete(crashed)
     assert first + 3 <= second < 12
 

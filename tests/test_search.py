@@ -74,7 +74,7 @@ def test_fetching_only_the_best_segments_keeps_text_exact(
         "min_span_size": 4,
         "fetch_rank": rank,
     }
-    with Retriever(settings.model_copy(update=over), embedder=minilm) as r:
+    with Retriever(settings.updated(**over), embedder=minilm) as r:
         assert all(h["n_segments"] >= 3 for h in r.store.headers().values())
         spans = r.search("What makes the dough rise?").spans
         assert len(r.fetcher.cache) == 2  # two segments moved, not three documents
@@ -88,7 +88,7 @@ def test_sentences_cut_by_a_fetched_runs_edge_come_back_whole(tmp_path: Path, mi
     settings = Settings(store_path=tmp_path / "store", device="cpu", segment_tokens=16)
     index_benchmark(load_benchmark(write_bench(tmp_path / "bench")), settings, minilm)
     over = {"span_method": "sentences", "rerank_k": 6, "fetch_segments": 2, "boundary": "sentences"}
-    with Retriever(settings.model_copy(update=over), embedder=minilm) as r:
+    with Retriever(settings.updated(**over), embedder=minilm) as r:
         spans = r.search("What makes the dough rise?", top=6).spans
         heads = r.store.headers()
         fetched = {

@@ -41,7 +41,7 @@ def test_backend_is_the_server_one(settings: Settings) -> None:
     store = open_or_create_store(settings, "m", 8, "mean")
     assert isinstance(store.backend, ServerBackend) and store.backend.local
     # the collection records what it was built with in Qdrant's own collection metadata
-    meta = store.backend.client.get_collection(settings.collection).config.metadata or {}
+    meta = store.backend.client.get_collection(settings.store.collection).config.metadata or {}
     assert meta["chunkless"]["dim"] == 8 and meta["spaces"]["tokens"]["datatype"] == "float32"
     store.close()
 
@@ -49,7 +49,7 @@ def test_backend_is_the_server_one(settings: Settings) -> None:
 def test_mismatched_dtype_is_refused_with_a_clear_error(settings: Settings) -> None:
     open_or_create_store(settings, "m", 16, "mean").close()
     with pytest.raises(Exception, match="stores float32 tokens, not int8; set CHUNKLESS_STORAGE_DTYPE=float32"):
-        open_or_create_store(settings.model_copy(update={"storage_dtype": "int8"}), "m", 16, "mean")
+        open_or_create_store(settings.updated(storage_dtype="int8"), "m", 16, "mean")
     store = open_store(settings)  # the refused open released the folder
     assert store.meta.storage_dtype == "float32"
     store.close()

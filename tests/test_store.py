@@ -46,7 +46,7 @@ def test_segments_stay_under_server_limit(dim: int, cap: int) -> None:
 
 
 def test_round_trip_and_reopen(settings: Settings) -> None:
-    settings = settings.model_copy(update={"segment_tokens": None})  # segments as large as a server takes
+    settings = settings.updated(segment_tokens=None)  # segments as large as a server takes
     store = open_or_create_store(settings, "m", 32, "mean")
     a, b = fake_embedded("a", 50, 32, 1), fake_embedded("b", 3000, 32, 2)
     store.write_document(a)
@@ -66,7 +66,7 @@ def test_round_trip_and_reopen(settings: Settings) -> None:
 
 
 def test_multi_segment_document_reassembles(settings: Settings) -> None:
-    settings = settings.model_copy(update={"segment_tokens": None})  # 1,023 rows at 1024-d: the server limit
+    settings = settings.updated(segment_tokens=None)  # 1,023 rows at 1024-d: the server limit
     store = open_or_create_store(settings, "m", 1024, "last")
     emb = fake_embedded("big", 2500, 1024, 3)
     store.write_document(emb)
@@ -96,7 +96,7 @@ def test_mismatched_model_dim_and_dtype_are_refused(settings: Settings) -> None:
     with pytest.raises(StoreMismatchError, match="built with model 'm'"):
         open_or_create_store(settings, "other", 16, "mean")
     with pytest.raises(StoreMismatchError, match="stores float32"):
-        open_or_create_store(settings.model_copy(update={"storage_dtype": "int8"}), "m", 16, "mean")
+        open_or_create_store(settings.updated(storage_dtype="int8"), "m", 16, "mean")
     store = open_store(settings)
     with pytest.raises(StoreMismatchError, match="query vector is 8-d"):
         store.recall(np.ones(8, dtype=np.float32), 3)
@@ -134,10 +134,10 @@ def test_second_process_on_an_edge_store_gets_a_clear_error(settings: Settings) 
     code = (
         "import sys; from schemas import Settings; from indexer.store import open_store; "
         "from schemas.errors import StoreBusyError\n"
-        f"s = Settings(store_path={str(settings.store_path)!r})\n"
+        f"s = Settings(store_path={str(settings.store.store_path)!r})\n"
         "try:\n    open_store(s).headers()\nexcept StoreBusyError as e:\n    print(e); sys.exit(3)\n"
     )
     out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, timeout=60)
     store.close()
     assert out.returncode == 3, out.stderr
-    assert "open in another process" in out.stdout and str(settings.store_path) in out.stdout
+    assert "open in another process" in out.stdout and str(settings.store.store_path) in out.stdout
