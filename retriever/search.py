@@ -14,12 +14,15 @@ import numpy as np
 import torch
 
 from indexer.backends import Match, Where
-from indexer.embedders import TokenEmbedder, load_embedder
+from indexer.embedders import HFTokenEmbedder, TokenEmbedder, load_embedder
 from indexer.models import pick_device
 from indexer.store import Candidate, TokenStore, open_store
+from retriever.calibration import Calibration, answer_features
 from retriever.fetch import DocTokens, Fetcher
+from retriever.lexical import LexicalStats, LexicalUnits, bm25
+from retriever.query_encoder import QueryEncoder
 from retriever.relevance import gemv_blocks, relevance_smoothed
-from retriever.sentences import SentenceCandidates, SentenceTables, complete_cut, cut_sentences
+from retriever.sentences import SentenceCandidates, SentenceTable, SentenceTables, complete_cut, cut_sentences
 from retriever.spans import SpanParams, TokenSpans, extract_spans
 from schemas.errors import QueryError
 from schemas.models import SearchResponse, SpanResult
@@ -72,9 +75,23 @@ class Retriever:
         can_maxsim = self.store.meta.layout.is_plain and hasattr(self.embedder, "embed_query_tokens")
         self._fetch_by_maxsim = rank == "maxsim" or (rank == "auto" and can_maxsim)
         self._alone = AloneCache(settings.spans.rerank_cache)
+        # one forward pass gives a query's pooled and token vectors (MaxSim needs both)
+        self._encoder = (
+            QueryEncoder(self.embedder, settings.model.query_int8)
+            if isinstance(self.embedder, HFTokenEmbedder)
+            else None
+        )
+        self._lexical = LexicalUnits()
+        self.calibration = Calibration.packaged()
 
     def close(self) -> None:
         self.store.close()
+
+    def clear_caches(self) -> None:
+        """Forget decoded segments, sentence tables and alone embeddings (what a cold process lacks)."""
+        self.fetcher.cache.clear()
+        self._sentences.clear()
+        self._alone.clear()
 
     def __enter__(self) -> Retriever:
         return self
@@ -98,15 +115,16 @@ class Retriever:
         where = _where(filter)
         top = top or self.settings.spans.top
         t0 = time.perf_counter()
-        qs = self._embed_queries(list(queries))
+        qs, qtoks = self._embed_with_tokens(list(queries))
         t1 = time.perf_counter()
         out = []
         pending: list[tuple[int, SentenceCandidates, list[DocTokens]]] = []
         for i, (query, q) in enumerate(zip(queries, qs, strict=True)):
-            docs, timings = self._recall_fetch(query, q, where)
+            docs, timings, seg_score = self._recall_fetch(query, q, where, None if qtoks is None else qtoks[i])
             t2 = time.perf_counter()
             if self.settings.spans.span_method == "sentences" and docs:
-                cands = self._sentence_candidates(q, docs, top)
+                cands = self._sentence_candidates(q, docs, top, query)
+                cands.segment_score = seg_score
                 pending.append((i, cands, docs))
                 spans: list[SpanResult] = []
             else:
@@ -119,9 +137,30 @@ class Retriever:
             self._rerank([c for _, c, _ in pending])
             per = (time.perf_counter() - t3) * 1e3 / len(pending)
             for i, cands, docs in pending:
+                t4 = time.perf_counter()
                 out[i].spans = self._sentence_results(cands, docs, top)
+                self._answerability(out[i], cands)
                 out[i].timings_ms["rerank"] = per
+                out[i].timings_ms["build"] = (time.perf_counter() - t4) * 1e3
         return out
+
+    def _embed_with_tokens(self, queries: list[str]) -> tuple[np.ndarray, list[np.ndarray] | None]:
+        """Pooled query vectors (n, dim) and, from the same forward pass where the embedder allows, token vectors."""
+        if self._encoder is None:
+            return self._embed_queries(queries), None
+        enc = self._encoder.encode(queries)
+        return np.stack([e.pooled for e in enc]), [e.tokens for e in enc]
+
+    def _answerability(self, resp: SearchResponse, c: SentenceCandidates) -> None:
+        """The top span's confidence (calibrated probability that it answers); no spans under `abstain`."""
+        if not resp.spans:
+            return
+        resp.features = answer_features(c, resp.spans, resp.query)
+        if self.calibration is not None:
+            resp.confidence = self.calibration.confidence(resp.features)
+        abstain = self.settings.spans.abstain
+        if abstain is not None and resp.confidence is not None and resp.confidence < abstain:
+            resp.spans = []
 
     def _embed_queries(self, queries: list[str]) -> np.ndarray:
         with self._model_lock:
@@ -130,42 +169,53 @@ class Retriever:
                 return np.asarray(batched(queries), dtype=np.float32)
             return np.stack([self.embedder.embed_query(q) for q in queries]).astype(np.float32)
 
-    def _recall_fetch(self, query: str, q: np.ndarray, where: Where | None) -> tuple[list[DocTokens], dict[str, float]]:
+    def _recall_fetch(
+        self, query: str, q: np.ndarray, where: Where | None, qtok: np.ndarray | None = None
+    ) -> tuple[list[DocTokens], dict[str, float], float | None]:
+        """Fetched runs, stage timings, and the best segment's MaxSim per query token (None: not ranked so)."""
         t0 = time.perf_counter()
-        cands = self.recall(query, q, where)
+        cands = self.recall(query, q, where, qtok)
         headers = {c.doc_id: c.header for c in cands}
-        segments = self._segments_worth_scoring(query, q, headers)
+        t1 = time.perf_counter()
+        segments, best = self._segments_worth_scoring(query, q, headers, qtok)
         if segments is not None:
             headers = {d: h for d, h in headers.items() if d in segments}
-        t1 = time.perf_counter()
+        t2 = time.perf_counter()
         with self._store_lock:
             docs = self.fetcher.fetch(headers, segments)
-        t2 = time.perf_counter()
-        return docs, {"recall": (t1 - t0) * 1e3, "fetch": (t2 - t1) * 1e3}
+        t3 = time.perf_counter()
+        return docs, {"recall": (t1 - t0) * 1e3, "segments": (t2 - t1) * 1e3, "fetch": (t3 - t2) * 1e3}, best
 
     def _segments_worth_scoring(
-        self, query: str, q: np.ndarray, headers: dict[str, dict]
-    ) -> dict[str, list[int]] | None:
-        """The `fetch_segments` best segments of the recalled documents (by `fetch_rank`); None: whole documents."""
+        self, query: str, q: np.ndarray, headers: dict[str, dict], qtok: np.ndarray | None = None
+    ) -> tuple[dict[str, list[int]] | None, float | None]:
+        """The `fetch_segments` best segments of the recalled documents (by `fetch_rank`; None: whole
+        documents), and the best one's MaxSim per query token (None when not ranked by MaxSim)."""
         k = self.settings.recall.fetch_segments
         if k == 0 or not headers:
-            return None
-        by = self._query_tokens(query) if self._fetch_by_maxsim else q
+            return None, None
+        by = (self._query_tokens(query) if qtok is None else qtok) if self._fetch_by_maxsim else q
         with self._store_lock:
             ranked = self.store.rank_segments(by, {d: h["version"] for d, h in headers.items()}, k)
         out: dict[str, list[int]] = {}
         for doc_id, seg, _ in ranked:
             out.setdefault(doc_id, []).append(seg)
-        return out
+        best = ranked[0][2] / len(by) if ranked and by.ndim == 2 else None
+        return out, best
 
-    def recall(self, query: str, q: np.ndarray, where: Where | None = None) -> list[Candidate]:
-        """Candidate documents, best first: pooled-vector HNSW (doc or segment level), optionally MaxSim re-ranked."""
+    def recall(
+        self, query: str, q: np.ndarray, where: Where | None = None, qtok: np.ndarray | None = None
+    ) -> list[Candidate]:
+        """Candidate documents, best first: pooled-vector HNSW (doc or segment level), optionally MaxSim re-ranked.
+
+        `qtok`: the query's token vectors when the caller has them (else embedded here for MaxSim).
+        """
         st = self.settings
         with self._store_lock:
             cands = self.store.recall(q, st.recall.recall_k, st.recall.recall_level, where)
         if not st.recall.recall_maxsim or not cands:
             return cands
-        qt = self._query_tokens(query)
+        qt = self._query_tokens(query) if qtok is None else qtok
         with self._store_lock:
             ranked = self.store.maxsim(qt, len(cands), [c.doc_id for c in cands])
         return [c for c in ranked if c.doc_id in {x.doc_id for x in cands}]
@@ -182,10 +232,10 @@ class Retriever:
         self, query: str, q: np.ndarray, top: int, filter: dict[str, str | list[str]] | None
     ) -> SearchResponse:
         """One query from its vector (kept for callers that embed themselves)."""
-        docs, timings = self._recall_fetch(query, q, _where(filter))
+        docs, timings, _ = self._recall_fetch(query, q, _where(filter))
         t = time.perf_counter()
         if self.settings.spans.span_method == "sentences" and docs:
-            cands = self._sentence_candidates(q, docs, top)
+            cands = self._sentence_candidates(q, docs, top, query)
             self._rerank([cands])
             spans = self._sentence_results(cands, docs, top)
         else:
@@ -194,14 +244,17 @@ class Retriever:
         return SearchResponse(query=query, spans=spans, timings_ms=timings, rows_scored=_rows(docs))
 
     # --- the sentence method ---------------------------------------------------------------------
-    def _sentence_candidates(self, q: np.ndarray, docs: list[DocTokens], top: int) -> SentenceCandidates:
-        """Score every sentence of the candidate documents from the token signal alone; keep the best few."""
+    def _sentence_candidates(self, q: np.ndarray, docs: list[DocTokens], top: int, query: str) -> SentenceCandidates:
+        """Score every sentence of the candidate documents from the token signal (and BM25); keep the best few."""
         st = self.settings
         r, _ = self._relevance(q, docs)
         tab = self._sentences.table(docs, self.device)
         rs = torch.zeros(tab.n, device=r.device).index_add_(0, tab.sid, r)
         pooled = rs / tab.norm  # cosine of the sentence's summed in-context token vectors with q
+        lexical = self._bm25(query, docs, tab)
         score = pooled
+        if st.spans.lexical_first > 0:
+            score = pooled + st.spans.lexical_first * torch.from_numpy(lexical).to(pooled)
         score = torch.where(tab.length >= self.min_sentence_rows, score, torch.full_like(score, -math.inf))
         k = min(max(st.spans.rerank_k, top), tab.n)
         best = torch.topk(score, k).indices
@@ -212,7 +265,9 @@ class Retriever:
         b = tab.end[best].cpu().numpy() - offsets[sdoc]
         chars = [(int(docs[d].starts[x]), int(docs[d].ends[y])) for d, x, y in zip(sdoc, a, b, strict=True)]
         texts = [docs[d].chars(c0, c1) for d, (c0, c1) in zip(sdoc, chars, strict=True)]
-        cands = SentenceCandidates(sdoc, chars, texts, score[best].cpu().numpy().astype(np.float64), q)
+        context = pooled[best].cpu().numpy().astype(np.float64)
+        cands = SentenceCandidates(sdoc, chars, texts, context.copy(), q)
+        cands.context, cands.lexical = context, lexical[best.cpu().numpy()]
         need = cut_sentences(cands, docs)
         if need:  # a fetched run cut some sentences: finish them from the neighbour segments' text
             with self._store_lock:
@@ -242,12 +297,31 @@ class Retriever:
             m = min(st.spans.rerank_k, len(c.texts))
             alone = vecs[i : i + m] @ c.q
             i += m
+            c.alone = alone.astype(np.float64)
             c.score[:m] = st.spans.rerank_weight * alone + (1 - st.spans.rerank_weight) * c.score[:m]
+            if c.lexical is not None and st.spans.lexical_weight > 0:
+                c.score[:m] += st.spans.lexical_weight * c.lexical[:m]
             c.score[m:] = -math.inf if m else c.score[m:]  # not re-embedded: below every re-ranked one
 
     def _embed_alone(self, texts: list[str]) -> np.ndarray:
         with self._model_lock:
             return self.embedder.embed_texts(texts)
+
+    def _bm25(self, query: str, docs: list[DocTokens], tab: SentenceTable) -> np.ndarray:
+        """(S,) BM25 of every sentence of the table over the fetched runs' statistics, scaled to [0, 1]."""
+        sp = self.settings.spans
+        if not (sp.lexical_weight or sp.lexical_first or self.calibration is not None):
+            return np.zeros(tab.n)
+        stats = LexicalStats()
+        counts = []
+        for d in docs:
+            if len(d.starts):
+                unit = self._lexical.unit(d, self._sentences.get(d))
+                stats.add(d.key, unit)
+                counts += unit.counts
+        raw = bm25(query, counts, stats)
+        top = float(raw.max()) if len(raw) else 0.0
+        return raw / top if top > 0 else raw
 
     def _sentence_results(self, c: SentenceCandidates, docs: list[DocTokens], top: int) -> list[SpanResult]:
         order = np.argsort(-c.score, kind="stable")
@@ -316,7 +390,7 @@ class Retriever:
     def _explained_spans(self, q: np.ndarray, docs: list[DocTokens], ts: TokenSpans) -> list[SpanResult]:
         if self.settings.spans.span_method != "sentences":
             return self._to_results(ts, docs)
-        cands = self._sentence_candidates(q, docs, self.settings.spans.top)
+        cands = self._sentence_candidates(q, docs, self.settings.spans.top, "")
         self._rerank([cands])
         return self._sentence_results(cands, docs, self.settings.spans.top)
 
@@ -370,6 +444,10 @@ class AloneCache:
                 while len(self._items) > self.max_entries:
                     self._items.popitem(last=False)
         return np.stack([found[t] for t in texts])
+
+    def clear(self) -> None:
+        with self._lock:
+            self._items.clear()
 
 
 def _result(d: DocTokens, start: int, end: int, score: float, text: str | None = None) -> SpanResult:

@@ -76,6 +76,10 @@ class SentenceTables:
             self._cache[key] = ds
         return ds
 
+    def clear(self) -> None:
+        with self._lock:
+            self._cache.clear()
+
     def table(self, docs: list[DocTokens], device: torch.device) -> SentenceTable:
         parts = [self.get(d) for d in docs if len(d.starts)]
         tok_off = np.cumsum([0] + [len(d.starts) for d in docs if len(d.starts)])
@@ -101,6 +105,10 @@ class SentenceCandidates:
     texts: list[str]
     score: np.ndarray  # (k,) float64
     q: np.ndarray  # (dim,) the query vector
+    context: np.ndarray | None = None  # (k,) in-context cosine (the first stage)
+    lexical: np.ndarray | None = None  # (k,) BM25 scaled to [0, 1] over the query's fetched sentences
+    alone: np.ndarray | None = None  # (m <= k,) cosine of the re-embedded candidates
+    segment_score: float | None = None  # best segment's MaxSim per query token
 
 
 Neighbours = dict[tuple[str, int], tuple[int, str]]  # (doc_id, segment) -> (char_start, text)

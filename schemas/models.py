@@ -74,7 +74,13 @@ class SearchResponse(BaseModel):
 
     query: str
     spans: list[SpanResult]
+    confidence: float | None = Field(
+        None, description="Probability that the top span answers the query (calibrated; None: not computed)."
+    )
     timings_ms: dict[str, float] = Field(default_factory=dict, exclude=True)
+    features: dict[str, float] = Field(
+        default_factory=dict, exclude=True, description="What the confidence was computed from (top span)."
+    )
     rows_scored: int = Field(0, exclude=True, description="Token rows fetched and scored for this query.")
 
 

@@ -117,6 +117,7 @@ class ModelSettings(_Group):
         None, description="Task for instruction-tuned embedders: 'Instruct: {task}\\nQuery:{query}'."
     )
     max_query_tokens: int = Field(512, ge=1)
+    query_int8: bool = Field(False, description="Encode queries with an int8 copy of the model (CPU only).")
 
 
 class RecallSettings(_Group):
@@ -166,6 +167,17 @@ class SpanSettings(_Group):
     )
     min_sentence_tokens: int = Field(4, ge=1, description="sentences: shorter sentences (headings) are skipped.")
     rerank_cache: int = Field(16384, ge=0, description="sentences: alone embeddings kept (LRU by text).")
+    lexical_weight: float = Field(
+        0.0,
+        ge=0.0,
+        description="sentences: weight of BM25 (over the fetched sentences, scaled to [0, 1]) in the final score.",
+    )
+    lexical_first: float = Field(
+        0.0, ge=0.0, description="sentences: weight of BM25 when choosing the candidates re-embedded alone."
+    )
+    abstain: float | None = Field(
+        None, ge=0.0, le=1.0, description="Return no spans when the top span's confidence (see Quality) is below this."
+    )
 
 
 class ServeSettings(_Group):
