@@ -13,10 +13,9 @@ from dataclasses import dataclass
 import numpy as np
 import torch
 
-from indexer.backends import Match, Where
 from indexer.embedders import HFTokenEmbedder, TokenEmbedder, load_embedder
 from indexer.models import pick_device
-from indexer.store import Candidate, TokenStore, open_store
+from indexer.store import Candidate, DocHeader, Match, TokenStore, Where, open_store
 from retriever.calibration import Calibration, answer_features
 from retriever.fetch import DocTokens, Fetcher
 from retriever.lexical import LexicalStats, LexicalUnits, bm25
@@ -58,11 +57,11 @@ class Retriever:
 
     def __init__(self, settings: Settings, embedder: TokenEmbedder | None = None, store: TokenStore | None = None):
         self.settings = settings
-        self.store = store or open_store(settings)
+        self.store = store or open_store(settings.store)
         self.embedder = embedder or load_embedder(settings)
         self.store.meta.check(self.embedder.name, self.embedder.dim, None, f"collection '{settings.store.collection}'")
         self.device = pick_device(settings.model.device)
-        pool = self.store.meta.storage_pool
+        pool = self.store.meta.layout.pool
         self.params = SpanParams.from_settings(settings.spans).per_row(pool)
         self.min_sentence_rows = max(1, math.ceil(settings.spans.min_sentence_tokens / pool))
         self.fetcher = Fetcher(self.store, self.device, settings.spans.boundary, settings.recall.cache_mb << 20)
@@ -187,7 +186,7 @@ class Retriever:
         return docs, {"recall": (t1 - t0) * 1e3, "segments": (t2 - t1) * 1e3, "fetch": (t3 - t2) * 1e3}, best
 
     def _segments_worth_scoring(
-        self, query: str, q: np.ndarray, headers: dict[str, dict], qtok: np.ndarray | None = None
+        self, query: str, q: np.ndarray, headers: dict[str, DocHeader], qtok: np.ndarray | None = None
     ) -> tuple[dict[str, list[int]] | None, float | None]:
         """The `fetch_segments` best segments of the recalled documents (by `fetch_rank`; None: whole
         documents), and the best one's MaxSim per query token (None when not ranked by MaxSim)."""
@@ -196,7 +195,7 @@ class Retriever:
             return None, None
         by = (self._query_tokens(query) if qtok is None else qtok) if self._fetch_by_maxsim else q
         with self._store_lock:
-            ranked = self.store.rank_segments(by, {d: h["version"] for d, h in headers.items()}, k)
+            ranked = self.store.rank_segments(by, {d: h.version for d, h in headers.items()}, k)
         out: dict[str, list[int]] = {}
         for doc_id, seg, _ in ranked:
             out.setdefault(doc_id, []).append(seg)
@@ -416,7 +415,7 @@ class Retriever:
             smoothed=s.cpu().numpy(),
             threshold=thr,
             spans=self._explained_spans(q, docs, ts),
-            page_starts=list(header.get("page_starts", [0])),
+            page_starts=list(header.page_starts),
         )
 
 
@@ -454,12 +453,12 @@ def _result(d: DocTokens, start: int, end: int, score: float, text: str | None =
     """A span of document `d`: characters [start, end) with its pages (`text` when they reach past the run)."""
     return SpanResult(
         doc_id=d.doc_id,
-        source=d.header["source"],
+        source=d.header.source,
         start=start,
         end=end,
         text=d.chars(start, end) if text is None else text,
         score=score,
-        pages=pages_of(d.header.get("page_starts", [0]), start, end),
+        pages=pages_of(d.header.page_starts, start, end),
     )
 
 
