@@ -19,12 +19,44 @@ from pathlib import Path
 
 import numpy as np
 
-from retriever.lexical import coverage
+from retriever.lexical import LexicalStats, UnitStats, coverage, terms
 from retriever.sentences import SentenceCandidates
 from schemas.models import SpanResult
 
 PARAMS = Path(__file__).with_name("calibration.json")
-FEATURES = ("score", "margin", "alone", "context", "lexical", "coverage", "segment", "log_words")
+FEATURES = (
+    "score",
+    "margin",
+    "alone",
+    "context",
+    "lexical",
+    "coverage",
+    "segment",
+    "log_words",
+    "idf_coverage",
+    "missing",
+)
+
+
+def lexical_features(query: str, texts: Sequence[str], top: int) -> dict[str, float]:
+    """IDF-weighted query-term evidence over the candidate sentences `texts` (IDF over them).
+
+    idf_coverage: share of the query terms' IDF mass found in the top sentence; missing: share of it
+    found in none of the candidates (SQuAD 2.0's unanswerable questions often name what the text lacks).
+    """
+    unit = UnitStats.of(texts)
+    stats = LexicalStats()
+    stats.add("candidates", unit)
+    q = set(terms(query))
+    if not q or not texts:
+        return {"idf_coverage": 0.0, "missing": 0.0}
+    idf = {t: stats.idf(t) for t in q}
+    mass = sum(idf.values()) or 1.0
+    in_top = set(unit.counts[top])
+    return {
+        "idf_coverage": sum(v for t, v in idf.items() if t in in_top) / mass,
+        "missing": sum(v for t, v in idf.items() if stats.df.get(t, 0) == 0) / mass,
+    }
 
 
 def answer_features(c: SentenceCandidates, spans: Sequence[SpanResult], query: str) -> dict[str, float]:
@@ -45,7 +77,7 @@ def answer_features(c: SentenceCandidates, spans: Sequence[SpanResult], query: s
         "coverage": coverage(query, text),
         "segment": float(c.segment_score) if c.segment_score is not None else 0.0,
         "log_words": math.log(max(len(text.split()), 1)),
-    }
+    } | lexical_features(query, c.texts, i0)
 
 
 @dataclass

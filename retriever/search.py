@@ -264,9 +264,9 @@ class Retriever:
         b = tab.end[best].cpu().numpy() - offsets[sdoc]
         chars = [(int(docs[d].starts[x]), int(docs[d].ends[y])) for d, x, y in zip(sdoc, a, b, strict=True)]
         texts = [docs[d].chars(c0, c1) for d, (c0, c1) in zip(sdoc, chars, strict=True)]
-        context = pooled[best].cpu().numpy().astype(np.float64)
-        cands = SentenceCandidates(sdoc, chars, texts, context.copy(), q)
-        cands.context, cands.lexical = context, lexical[best.cpu().numpy()]
+        cands = SentenceCandidates(sdoc, chars, texts, score[best].cpu().numpy().astype(np.float64), q)
+        cands.context = pooled[best].cpu().numpy().astype(np.float64)
+        cands.lexical = lexical[best.cpu().numpy()]
         need = cut_sentences(cands, docs)
         if need:  # a fetched run cut some sentences: finish them from the neighbour segments' text
             with self._store_lock:
@@ -297,7 +297,8 @@ class Retriever:
             alone = vecs[i : i + m] @ c.q
             i += m
             c.alone = alone.astype(np.float64)
-            c.score[:m] = st.spans.rerank_weight * alone + (1 - st.spans.rerank_weight) * c.score[:m]
+            context = c.score[:m] if c.context is None else c.context[:m]
+            c.score[:m] = st.spans.rerank_weight * alone + (1 - st.spans.rerank_weight) * context
             if c.lexical is not None and st.spans.lexical_weight > 0:
                 c.score[:m] += st.spans.lexical_weight * c.lexical[:m]
             c.score[m:] = -math.inf if m else c.score[m:]  # not re-embedded: below every re-ranked one

@@ -160,20 +160,20 @@ class SpanSettings(_Group):
     boundary: Boundary = Field(
         "sentences", description='Span ends: "sentences" (real boundaries) or "separators" (original: \\n \\t .).'
     )
-    rerank_k: int = Field(40, ge=0, description="sentences: best candidates re-embedded alone per query (0: none).")
+    rerank_k: int = Field(8, ge=0, description="sentences: best candidates re-embedded alone per query (0: none).")
     rerank_weight: float = Field(0.7, ge=0.0, le=1.0, description="sentences: weight of the alone cosine.")
     length_penalty: float = Field(
-        0.0, ge=0.0, description="sentences: subtract this x ln(words) from every candidate's final score."
+        0.08, ge=0.0, description="sentences: subtract this x ln(words) from every candidate's final score."
     )
     min_sentence_tokens: int = Field(4, ge=1, description="sentences: shorter sentences (headings) are skipped.")
     rerank_cache: int = Field(16384, ge=0, description="sentences: alone embeddings kept (LRU by text).")
     lexical_weight: float = Field(
-        0.0,
+        0.3,
         ge=0.0,
         description="sentences: weight of BM25 (over the fetched sentences, scaled to [0, 1]) in the final score.",
     )
     lexical_first: float = Field(
-        0.0, ge=0.0, description="sentences: weight of BM25 when choosing the candidates re-embedded alone."
+        0.3, ge=0.0, description="sentences: weight of BM25 when choosing the candidates re-embedded alone."
     )
     abstain: float | None = Field(
         None, ge=0.0, le=1.0, description="Return no spans when the top span's confidence (see Quality) is below this."

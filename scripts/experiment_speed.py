@@ -34,7 +34,7 @@ import numpy as np
 from indexer.embedders import HFTokenEmbedder, load_embedder
 from retriever.benchmark import BenchQuery, Hit, evidence_f1, hit_at, load_benchmark, words
 from retriever.boundaries import boundary_chars
-from retriever.calibration import PARAMS, fit
+from retriever.calibration import FEATURES, PARAMS, fit, lexical_features
 from retriever.evaluate import auc, index_benchmark
 from retriever.lexical import coverage
 from retriever.query_encoder import QueryEncoder
@@ -42,11 +42,13 @@ from retriever.search import Retriever
 from schemas.settings import Settings
 
 ALL = 400  # more than the sentences of any query's fetched runs
+BEFORE: dict[str, object] = {"rerank_k": 40, "lexical_weight": 0.0, "lexical_first": 0.0, "length_penalty": 0.0}
 CONFIGS: dict[str, dict[str, object]] = {
-    "re-embed 40 (before)": {"rerank_k": 40},
-    "re-embed 40, int8 query": {"rerank_k": 40, "query_int8": True},
-    "re-embed 16": {"rerank_k": 16},
-    "re-embed 12 + BM25": {"rerank_k": 12, "lexical_first": 0.2, "lexical_weight": 0.1},
+    "before: re-embed 40, dense only": BEFORE,
+    "before, int8 query encoder": BEFORE | {"query_int8": True},
+    "default: re-embed 8, BM25 0.3, length 0.08": {},
+    "default, int8 query encoder": {"query_int8": True},
+    "BM25, nothing re-embedded": {"rerank_k": 0},
 }
 
 
@@ -65,14 +67,27 @@ class Pool:
         return np.log(np.maximum([len(h.text.split()) for h in self.hits], 1.0))
 
 
-def collect(bench_dir: Path, store: Path, queries: list[BenchQuery], int8: bool, cache: Path) -> list[Pool]:
-    """Per-query candidate pools (cached in `cache`)."""
-    if cache.is_file():
-        pools: list[Pool] = pickle.loads(cache.read_bytes())
-        return pools
-    base = Settings(store_path=store, device="cpu", query_int8=int8, top=ALL)
+def collect(
+    bench_dir: Path, store: Path, queries: list[BenchQuery], int8: bool, cache: Path, lexical_again: bool = False
+) -> list[Pool]:
+    """Per-query candidate pools (cached in `cache`; `lexical_again`: redo only the BM25 signal)."""
+    base = Settings(  # the signals unmixed
+        store_path=store, device="cpu", query_int8=int8, top=ALL, lexical_weight=0, lexical_first=0, length_penalty=0
+    )
     embedder = load_embedder(base)
     texts = [q.query for q in queries]
+    if cache.is_file():
+        pools: list[Pool] = pickle.loads(cache.read_bytes())
+        if not lexical_again:
+            return pools
+        with Retriever(base.updated(rerank_k=0, lexical_first=1.0), embedder=embedder) as r:
+            both = [resp for i in range(0, len(texts), 32) for resp in r.search_batch(texts[i : i + 32])]
+        for p, b in zip(pools, both, strict=True):
+            bo = {(s.doc_id, s.start, s.end): s.score for s in b.spans}
+            key = [(h.doc_id, h.start, h.end) for h in p.hits]
+            p.lexical = np.array([bo.get(k, c) - c for k, c in zip(key, p.context, strict=True)])
+        cache.write_bytes(pickle.dumps(pools))
+        return pools
     runs = {}
     for name, s in {
         "alone": base.updated(rerank_k=ALL, rerank_weight=1.0),
@@ -154,7 +169,7 @@ def features(p: Pool, query: str, cfg: Config) -> dict[str, float] | None:
         "coverage": coverage(query, t),
         "segment": p.segment,
         "log_words": math.log(max(len(t.split()), 1)),
-    }
+    } | lexical_features(query, [h.text for h in p.hits], i0)
 
 
 def timing(store: Path, work: Path, queries: list[str], configs: dict[str, dict[str, object]], cold: bool) -> None:
@@ -247,6 +262,9 @@ def main() -> None:
         "--config", default="40,0,0.7,0,0", help="k,first_lex,w,lex,length_penalty of the chosen configuration"
     )
     ap.add_argument("--extra", nargs="*", default=[], help="more configurations to score, as --config")
+    ap.add_argument("--lexical-again", action="store_true", help="recollect the BM25 signal of cached pools")
+    ap.add_argument("--target", choices=["hit", "answerable"], default="hit", help="what the calibration predicts")
+    ap.add_argument("--features", default=",".join(FEATURES))
     ap.add_argument("--timing", type=int, default=0, help="time the candidates on this many questions instead")
     ap.add_argument("--cold", action="store_true", help="timing: clear caches before every query")
     args = ap.parse_args()
@@ -275,7 +293,8 @@ def main() -> None:
     encoders = [False, True] if args.int8 else [False]
     for int8 in encoders:
         tag = "int8" if int8 else "fp32"
-        pools = collect(args.bench, args.store, qs, int8, args.work / f"pools-{tag}-{args.sample}.pkl")
+        cache = args.work / f"pools-{tag}-{args.sample}.pkl"
+        pools = collect(args.bench, args.store, qs, int8, cache, args.lexical_again and not int8)
         pa = pools[: len(ans)]
         print(f"\n{tag} query encoder, {len(ans)} answerable questions")
         print("| re-embedded k | BM25 first | alone weight | BM25 final | length penalty | hit@1 | F1 | words |")
@@ -304,11 +323,13 @@ def main() -> None:
                     continue
                 top = p.hits[int(np.argmax(rank(p, *cfg)))]
                 rows.append(f)
-                labels.append(int(q.answerable and hit_at(q, [top], 1)))
+                hit = q.answerable and (args.target == "answerable" or hit_at(q, [top], 1))
+                labels.append(int(hit))
                 split.append(rng.random() < 0.5)
             tr = [i for i, s in enumerate(split) if s]
             te = [i for i, s in enumerate(split) if not s]
-            model = fit([rows[i] for i in tr], [labels[i] for i in tr])
+            names = tuple(args.features.split(","))
+            model = fit([rows[i] for i in tr], [labels[i] for i in tr], names)
             ans_flag = [q.answerable for p, q in zip(pools, qs, strict=True) if p.hits]
             conf = [model.confidence(r) or 0.0 for r in rows]
             for name, idx in (("train", tr), ("held-out", te)):
@@ -327,7 +348,7 @@ def main() -> None:
                     print(f"  abstain < {thr}: precision {prec:.3f}, recall {rec:.3f} of unanswerable")
             print("weights:", dict(zip(model.names, np.round(model.weight, 3), strict=True)), "bias", model.bias)
             if args.write_calibration:
-                full = fit(rows, labels)
+                full = fit(rows, labels, names)
                 PARAMS.write_text(json.dumps(full.to_json(), indent=1) + "\n", encoding="utf-8")
                 print(f"wrote {PARAMS} (fitted on all {len(rows)} questions)")
 

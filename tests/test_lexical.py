@@ -79,7 +79,7 @@ def test_search_reads_the_current_version_after_replace_and_delete(tmp_path: Pat
     other = "Bread rises because yeast makes gas. Ovens bake loaves. Flour comes from wheat."
 
     def write(*docs: LoadedDocument) -> None:
-        store = open_or_create_store(s, minilm.name, minilm.dim, minilm.pooling)
+        store = open_or_create_store(s.store, minilm.name, minilm.dim, minilm.pooling)
         try:
             for emb in minilm.embed_documents(list(docs)):
                 store.write_document(emb)
@@ -97,7 +97,7 @@ def test_search_reads_the_current_version_after_replace_and_delete(tmp_path: Pat
         after = r.search("Who was the lighthouse keeper, Tobias Quill?", top=3)
         assert all("Tobias" not in sp.text for sp in after.spans)
         assert "Marta Vell" in r.search("lighthouse keeper Marta Vell", top=1).spans[0].text
-    store = open_or_create_store(s, minilm.name, minilm.dim, minilm.pooling)
+    store = open_or_create_store(s.store, minilm.name, minilm.dim, minilm.pooling)
     try:
         store.delete_document("harbour")
         store.flush()
