@@ -5,8 +5,7 @@ qdrant-client's local mode answers the same API calls a server does (create with
 scroll, query, count, delete by filter). It ignores vector datatypes, payload indexes, sharding and
 on-disk settings, so what is tested here is the protocol and chunkless' semantics, not server storage.
 
-The store scenarios of tests/test_store.py run again here unchanged: importing them makes pytest
-collect them in this module, where the `settings` fixture below points them at the server backend.
+The store scenarios that must answer alike on both backends are in tests/test_backend_parity.py.
 """
 
 from __future__ import annotations
@@ -21,13 +20,7 @@ from indexer import codec
 from indexer.store import Match, NewPoint, Where, open_or_create_store, open_store, segment_id
 from indexer.store.server import ServerBackend
 from schemas.settings import Settings
-from tests.test_store import (  # noqa: F401 - collected here, against the server backend
-    fake_embedded,
-    test_changed_document_replaces_old_version,
-    test_missing_store_is_a_clear_error,
-    test_multi_segment_document_reassembles,
-    test_round_trip_and_reopen,
-)
+from tests.support import fake_embedded
 
 
 @pytest.fixture
