@@ -109,6 +109,7 @@ class ServerBackend(PointsBackend):
         self.name = store.collection
         self.local = is_local(store.url)
         self.client = client or make_client(store)
+        self._version_checked = self.local
 
     def _where_grpc(self) -> str:
         if self.local or not self.store.prefer_grpc:
@@ -148,6 +149,16 @@ class ServerBackend(PointsBackend):
 
     # -- lifecycle ---------------------------------------------------------------------------------
     def exists(self) -> bool:
+        """Whether the collection exists with chunkless metadata; the first call also checks the server version.
+
+        Returns:
+            True when `open()` can attach to it.
+
+        Raises:
+            ServerError: unreachable, refused the key, or an incompatible version.
+        """
+        self.check_version()
+
         def check() -> bool:
             if not self.client.collection_exists(self.name):
                 return False
@@ -213,7 +224,7 @@ class ServerBackend(PointsBackend):
         Raises:
             ServerError: the versions are incompatible (names both and what to do), or the server is unreachable.
         """
-        if self.local:
+        if self._version_checked:
             return
         server = self._call(self.client.info, "asking the server its version").version
         client = importlib.metadata.version("qdrant-client")
@@ -224,6 +235,7 @@ class ServerBackend(PointsBackend):
                 f"server {client.rsplit('.', 1)[0]}.x (docker-compose.yml pins one) or install a matching "
                 "qdrant-client"
             )
+        self._version_checked = True
 
     def flush(self) -> None:
         """Nothing to do: every write waited for the server to apply it."""
