@@ -158,3 +158,21 @@ def test_doc_header_reads_old_and_unknown_payloads() -> None:
     h = DocHeader.model_validate(old | {"n_segments": 1, "page_starts": [0], "text_len": 9, "future_key": 1})
     assert h.n_rows == 7 and h.page_labels is None and h.structure is None and h.ingested_at == 0.0
     assert h.to_payload()["kind"] == "doc" and "page_labels" not in h.to_payload()
+
+
+def test_search_on_a_busy_store_says_busy_before_loading_a_model(settings: Settings) -> None:
+    """The store is opened (and its lock taken) before the model: a model that cannot load is never reached."""
+    import os
+    import subprocess
+    import sys
+
+    from tests.conftest import REPO
+
+    store = open_or_create_store(settings.store, "m", 8, "mean")
+    env = {**os.environ, "PYTHONPATH": str(REPO), "CHUNKLESS_MODEL": str(settings.store.store_path / "no-model")}
+    code = "import sys; from retriever.cli import main; sys.exit(main(sys.argv[1:]))"
+    args = ["search", "anything", "--store", str(settings.store.store_path)]
+    out = subprocess.run([sys.executable, "-c", code, *args], capture_output=True, text=True, timeout=120, env=env)
+    store.close()
+    assert out.returncode != 0 and "open in another process" in out.stderr, out.stderr
+    assert "no-model" not in out.stderr and "Traceback" not in out.stderr
