@@ -92,3 +92,22 @@ def test_filter_translation_covers_every_form(settings: Settings) -> None:
     assert f.must is not None and len(f.must) == 2 and f.should is not None and f.must_not is not None
     dumped = f.model_dump_json(by_alias=True, exclude_none=True)
     assert '"any":["a","b"]' in dumped and '"except":["c"]' in dumped and '"value":"v"' in dumped
+
+
+def test_local_mode_folder_held_by_another_process_is_busy(settings: Settings) -> None:
+    import subprocess
+    import sys
+
+    from tests.conftest import REPO
+
+    store = open_or_create_store(settings.store, "m", 8, "mean")
+    code = (
+        "import sys\nfrom indexer.store import open_store\nfrom schemas.errors import StoreBusyError\n"
+        "from schemas.settings import Settings\n"
+        f"s = Settings(url={settings.store.url!r}).store\n"
+        "try:\n    open_store(s)\nexcept StoreBusyError as e:\n    print(e); sys.exit(e.exit_code)\n"
+    )
+    out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, timeout=120, cwd=REPO)
+    store.close()
+    assert out.returncode == 4, out.stderr
+    assert "open in another process" in out.stdout and str(settings.store.url)[len("local:") :] in out.stdout

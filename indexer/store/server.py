@@ -31,7 +31,7 @@ from qdrant_client.common.version_check import is_compatible
 from qdrant_client.http.exceptions import ResponseHandlingException, UnexpectedResponse
 
 from indexer.store.backend import Match, NewPoint, PointRecord, PointsBackend, VectorSpace, Where, folder_bytes
-from schemas.errors import ServerError
+from schemas.errors import ServerError, StoreBusyError
 from schemas.settings import StoreSettings
 
 META_KEY = "chunkless"
@@ -72,12 +72,24 @@ def make_client(store: StoreSettings) -> QdrantClient:
 
     Returns:
         The client; a server is not contacted yet (the first call is `ServerBackend.exists`).
+
+    Raises:
+        StoreBusyError: a local-mode folder is held by another process.
     """
     url = store.url or ""
     if url == ":memory:":
         return QdrantClient(location=":memory:")
     if url.startswith(LOCAL_PREFIX):
-        return QdrantClient(path=url[len(LOCAL_PREFIX) :])
+        folder = url[len(LOCAL_PREFIX) :]
+        try:
+            return QdrantClient(path=folder)
+        except RuntimeError as e:  # qdrant-client's portalocker lock on the folder
+            if "already accessed" not in str(e):
+                raise
+            raise StoreBusyError(
+                f"local-mode store {folder} is open in another process; local mode allows one process per "
+                "folder: wait for it to finish, or use a Qdrant server (CHUNKLESS_URL=http://...)"
+            ) from e
     return QdrantClient(
         url=url,
         grpc_port=grpc_port_for(store),
