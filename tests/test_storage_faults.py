@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import errno
 import http.server
+import importlib.metadata
 import json
 import os
 import shutil
@@ -23,6 +24,8 @@ from pathlib import Path
 import numpy as np
 import pytest
 
+from indexer.embedders import HFTokenEmbedder
+from indexer.pipeline import ingest
 from indexer.store import open_or_create_store, open_store
 from indexer.store.backend import RESERVE_BYTES, WRITE_FACTOR, storage_fault
 from indexer.store.server import grpc_port_for
@@ -64,25 +67,40 @@ def _cli(*args: str) -> subprocess.CompletedProcess[str]:
 
 
 # -- read-only store and permission denied -------------------------------------------------------------
-def test_read_only_store_is_a_clear_storage_fault(tmp_path: Path, mount_point: Path) -> None:
-    s = _store_with_a(tmp_path / "src")
+def test_read_only_store_is_searched_and_never_written(
+    tmp_path: Path, mount_point: Path, minilm: HFTokenEmbedder
+) -> None:
+    corpus = tmp_path / "corpus"
+    corpus.mkdir()
+    (corpus / "bread.txt").write_text("Yeast makes the dough rise. Bread is baked in a hot oven for forty minutes.")
+    (corpus / "tides.txt").write_text("The moon's gravity pulls the oceans and causes the tides twice a day.")
+    s = Settings(store_path=tmp_path / "src", device="cpu")
+    ingest([corpus], s, embedder=minilm)
     if not _run(["mount", "--bind", "-o", "ro", str(tmp_path / "src"), str(mount_point)]):
         pytest.skip("this machine refuses a read-only bind mount")
     ro = Settings(store_path=mount_point, device="cpu")
-    # Edge 0.9 (Python) has no read-only open: loading a shard writes its WAL
-    with pytest.raises(StorageFaultError, match="cannot open a store read-only") as e:
+    # a writer gets one clear message: Edge 0.9 (Python) cannot even open a store it cannot write
+    with pytest.raises(StorageFaultError, match="not writable by this user") as e:
         open_store(ro.store)
     assert str(mount_point) in str(e.value) and "copy the store to a writable folder" in str(e.value)
     assert e.value.exit_code == 5
-    out = _cli("stats", "--store", str(mount_point))
-    assert out.returncode != 0 and "cannot open a store read-only" in out.stderr and "Traceback" not in out.stderr
+    # a reader searches a temporary copy; a write through it is refused, never silently dropped
+    store = open_store(ro.store, read_only=True)
+    assert set(store.headers()) == {"corpus/bread.txt", "corpus/tides.txt"}
+    with pytest.raises(StorageFaultError, match="open for reading through a temporary copy"):
+        store.delete_document("corpus/bread.txt")
+    store.close()
+    out = _cli("search", "What makes the dough rise?", "--store", str(mount_point), "--json", "--top", "1")
+    assert out.returncode == 0, out.stderr
+    spans = json.loads(out.stdout)["spans"]
+    assert spans[0]["doc_id"] == "corpus/bread.txt" and "Yeast" in spans[0]["text"]
     _run(["umount", str(mount_point)])
-    store = open_store(s.store)  # nothing stored was lost
-    assert set(store.headers()) == {"a"}
+    store = open_store(s.store)  # nothing stored was lost or changed
+    assert set(store.headers()) == {"corpus/bread.txt", "corpus/tides.txt"}
     store.close()
 
 
-def test_store_this_user_cannot_write_is_a_clear_storage_fault() -> None:
+def test_store_this_user_cannot_write_is_read_through_a_copy_and_refused_for_writes() -> None:
     if os.geteuid() != 0:
         pytest.skip("needs root to run a check as another user")
     base = Path(tempfile.mkdtemp(prefix="chunkless-perm-"))  # under /tmp: every user may traverse it
@@ -91,20 +109,27 @@ def test_store_this_user_cannot_write_is_a_clear_storage_fault() -> None:
         _store_with_a(base / "store")
         code = (
             "import os, sys\n"
-            "from indexer.store import open_store\n"
+            "from indexer.store import open_store, open_or_create_store\n"
             "from schemas.errors import StorageFaultError\n"
             "from schemas.settings import Settings\n"
             f"s = Settings(store_path={str(base / 'store')!r}).store\n"
             "os.setgid(65534); os.setuid(65534)  # nobody: may read the store, not write it\n"
-            "try:\n    open_store(s)\nexcept StorageFaultError as e:\n    print(e); sys.exit(e.exit_code)\n"
+            "st = open_store(s, read_only=True); print('read', sorted(st.headers())); st.close()\n"
+            "try:\n    open_or_create_store(s, 'm', 16, 'mean')\n"
+            "except StorageFaultError as e:\n    print(e); sys.exit(e.exit_code)\n"
         )
-        env = {**os.environ, "PYTHONPATH": str(REPO)}
+        tmp = base / "tmp"  # the copy's temporary folder, private to this test
+        tmp.mkdir()
+        tmp.chmod(0o1777)
+        env = {**os.environ, "PYTHONPATH": str(REPO), "TMPDIR": str(tmp)}
         out = subprocess.run(
             [sys.executable, "-c", code], capture_output=True, text=True, timeout=120, cwd=REPO, env=env
         )
         assert out.returncode == 5, out.stderr
+        assert "read ['a']" in out.stdout
         assert "not writable by this user" in out.stdout and str(base / "store") in out.stdout
         assert "give this user write access" in out.stdout
+        assert not list(tmp.iterdir())  # the copy went on close
     finally:
         shutil.rmtree(base, ignore_errors=True)
 
@@ -217,7 +242,16 @@ class _FakeQdrant(http.server.BaseHTTPRequestHandler):
             self.end_headers()
             self.wfile.write(b"Must provide an API key or an Authorization bearer token")
             return
-        body = json.dumps({"title": "qdrant - vector search engine", "version": "0.11.0"}).encode()
+        if self.mode == "full" and self.path != "/":
+            body = b'{"status":{"error":"Service internal error: No space left on device (os error 28)"}}'
+            self.send_response(500)
+            self.send_header("Content-Type", "application/json")
+            self.send_header("Content-Length", str(len(body)))
+            self.end_headers()
+            self.wfile.write(body)
+            return
+        version = importlib.metadata.version("qdrant-client") if self.mode == "full" else "0.11.0"
+        body = json.dumps({"title": "qdrant - vector search engine", "version": version}).encode()
         self.send_response(200)
         self.send_header("Content-Type", "application/json")
         self.send_header("Content-Length", str(len(body)))
@@ -251,6 +285,14 @@ def test_incompatible_server_version_is_named(fake_qdrant: tuple[str, type[_Fake
     handler.mode = "old"
     with pytest.raises(ServerError, match=r"runs version 0\.11\.0, which qdrant-client") as e:
         open_or_create_store(Settings(url=url, prefer_grpc=False).store, "m", 8, "mean")
+    assert url in str(e.value)
+
+
+def test_server_disk_full_is_a_storage_fault_naming_the_server(fake_qdrant: tuple[str, type[_FakeQdrant]]) -> None:
+    url, handler = fake_qdrant
+    handler.mode = "full"
+    with pytest.raises(StorageFaultError, match="the disk is full") as e:
+        open_store(Settings(url=url, prefer_grpc=False).store)
     assert url in str(e.value)
 
 

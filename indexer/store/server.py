@@ -30,7 +30,16 @@ from qdrant_client import models as qm
 from qdrant_client.common.version_check import is_compatible
 from qdrant_client.http.exceptions import ResponseHandlingException, UnexpectedResponse
 
-from indexer.store.backend import Match, NewPoint, PointRecord, PointsBackend, VectorSpace, Where, folder_bytes
+from indexer.store.backend import (
+    Match,
+    NewPoint,
+    PointRecord,
+    PointsBackend,
+    VectorSpace,
+    Where,
+    folder_bytes,
+    storage_fault,
+)
 from schemas.errors import ServerError, StoreBusyError
 from schemas.settings import StoreSettings
 
@@ -135,6 +144,9 @@ class ServerBackend(PointsBackend):
         except UnexpectedResponse as e:
             if e.status_code in (401, 403):
                 raise self._refused(doing) from e
+            fault = storage_fault(Exception(e.content.decode("utf-8", "replace")), f"the server {self.location}", doing)
+            if fault is not None:  # the server's disk is full or read-only: its own message names the errno
+                raise fault from e
             raise
         except grpc.RpcError as e:
             code = e.code() if isinstance(e, grpc.Call) else None
