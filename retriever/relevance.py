@@ -1,18 +1,17 @@
 """r = D @ q over many row blocks into one flat vector, and its smoothing: the span engine's heavy half.
 
 On the CPU, batches of at least MIN_SPLIT_ROWS float32 rows go through numpy's BLAS (OpenBLAS), reading
-torch's storage without a copy: torch's CPU BLAS is MKL, whose sgemv ran at about half of OpenBLAS'
-speed on the AMD EPYC hosts here (384-d, 1M rows: 129 ms vs 66 ms; `scripts/bench_spans.py` prints
-both). The rows are cut into one range per torch thread, each run by a worker with single-threaded
-BLAS: OpenBLAS' own threads keep spinning after a call, and slowed the torch smoothing after them by
-~30% and a warm query over 20k rows of 250-row blocks 5x (29 ms vs 6 ms). Smaller batches, CUDA, other
-dtypes and non-contiguous views go through torch. Every block writes into its slice of one
-preallocated output, so there is no concatenation copy.
+torch's storage without a copy: torch's CPU BLAS is MKL, whose sgemv was markedly slower than OpenBLAS'
+on the AMD EPYC hosts measured (`scripts/bench_spans.py` prints both; README, Speed). The rows are cut
+into one range per torch thread, each run by a worker with single-threaded BLAS: OpenBLAS' own threads
+keep spinning after a call, and slowed the torch smoothing after them and warm queries over many small
+blocks. Smaller batches, CUDA, other dtypes and non-contiguous views go through torch. Every block
+writes into its slice of one preallocated output, so there is no concatenation copy.
 
 `relevance_smoothed` also smooths on the CPU workers, each over its own row range while its rows are
 still in cache (np.convolve releases the GIL): after a memory-bound GEMV the compute-bound convolution
-then costs ~10 ms per 1M tokens instead of ~25 ms as a separate torch pass. Each worker recomputes the
-rad rows on either side of its range, so workers never wait on one another.
+then costs less than a separate torch pass. Each worker recomputes the rad rows on either side of its
+range, so workers never wait on one another.
 """
 
 from __future__ import annotations
@@ -28,7 +27,7 @@ from threadpoolctl import ThreadpoolController
 
 from retriever.spans import fix_edges, kernel_taps, smooth
 
-# below this many rows torch.mv is as fast (measured crossover 5-10k rows at 384-d and 1024-d)
+# below this many rows torch.mv is as fast (the crossover measured at 384-d and 1024-d)
 MIN_SPLIT_ROWS = 8_192
 CHUNK_ROWS = 16_384  # rows a fused worker multiplies before smoothing them: r stays in cache
 
@@ -74,6 +73,16 @@ class _CpuPool:
                 if cls._users == 0 and cls._limiter is not None:
                     cls._limiter.restore_original_limits()  # type: ignore[attr-defined]
                     cls._limiter = None
+
+
+@contextmanager
+def single_threaded_blas() -> Iterator[None]:
+    """numpy's BLAS single-threaded while any caller is inside; the last one out restores the process' limits.
+
+    The CPU GEMV path runs inside it; other code that splits BLAS work across its own threads may too.
+    """
+    with _CpuPool.single_blas():
+        yield
 
 
 def _numpy_ok(block: torch.Tensor) -> bool:

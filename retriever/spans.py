@@ -1,7 +1,7 @@
 """Spans from per-token relevance, for many documents at once, with no Python loop over tokens.
 
 All documents of a query are laid end to end in one flat tensor (N tokens); `doc_starts` (B+1,)
-marks where each begins. Steps (DEVELOPERS.md step 4): Gaussian smoothing with "nearest" edges per
+marks where each begins. Steps: Gaussian smoothing with "nearest" edges per
 document, threshold, cluster kept tokens whose gaps are <= delta, drop clusters shorter than
 min_span_size, extend to the nearest sentence end within max_extension tokens, merge overlaps,
 score each span by its smoothed maximum.
@@ -99,8 +99,8 @@ def smooth(r: torch.Tensor, doc_starts: torch.Tensor, sigma: float) -> torch.Ten
     # one extra zero at the end gives an (N + 1,)-long output whose last slot takes the edge
     # fix-ups of empty documents, which own no token: no host sync to filter them out
     padded = torch.nn.functional.pad(x, (rad, rad + 1))  # (N + 2 * rad + 1,)
-    # one conv1d, not K shifted multiply-adds: the shifts are ~3x faster on an idle CPU, but each is a
-    # parallel op with its own thread barrier, and on a busy machine K barriers cost 5x more than one
+    # one conv1d, not K shifted multiply-adds: the shifts are faster on an idle CPU, but each is a
+    # parallel op with its own thread barrier, and on a busy machine K barriers cost far more than one
     out = torch.nn.functional.conv1d(padded.view(1, 1, -1), w.view(1, 1, -1)).view(-1)  # (N + 1,) symmetric w
     return fix_edges(out, x, doc_starts, sigma)
 
@@ -169,11 +169,11 @@ def extract_spans(
     start, end, score, cdoc = start[keep], end[keep], score[keep], cdoc[keep]
     if start.numel() == 0:
         return TokenSpans(empty, empty, empty, torch.zeros(0, device=dev))
-    start, end = _extend(start, end, cdoc, doc_starts, ends_sentence, params.max_extension)
+    start, end = extend_to_sentences(start, end, cdoc, doc_starts, ends_sentence, params.max_extension)
     return _merge_overlaps(cdoc, start, end, score)
 
 
-def _extend(
+def extend_to_sentences(
     start: torch.Tensor,
     end: torch.Tensor,
     cdoc: torch.Tensor,
@@ -185,7 +185,7 @@ def _extend(
     n = ends_sentence.numel()
     first, last = doc_starts[cdoc], doc_starts[cdoc + 1] - 1
     if start.numel() * (max_ext + 1) > n:  # windows would outweigh one scan of the whole signal
-        return _extend_scan(start, end, first, last, ends_sentence, max_ext)
+        return extend_to_sentences_scan(start, end, first, last, ends_sentence, max_ext)
     # look only at the max_ext tokens around each of the S spans: (S, max_ext) reads, not (N,) scans
     back = start[:, None] - torch.arange(1, max_ext + 1, device=start.device)  # (S, M) start-1 .. start-M
     stop = (back < first[:, None]) | ends_sentence[back.clamp(min=0)]  # first stop: document start or sentence end
@@ -196,7 +196,7 @@ def _extend(
     return start - steps, new_end
 
 
-def _extend_scan(
+def extend_to_sentences_scan(
     start: torch.Tensor,
     end: torch.Tensor,
     first: torch.Tensor,
@@ -204,7 +204,7 @@ def _extend_scan(
     ends_sentence: torch.Tensor,
     max_ext: int,
 ) -> tuple[torch.Tensor, torch.Tensor]:
-    """`_extend` by prefix scans over all N tokens: for many spans or a very long max_ext."""
+    """`extend_to_sentences` by prefix scans over all N tokens: for many spans or a very long max_ext."""
     n = ends_sentence.numel()
     idx = torch.arange(n, device=start.device)
     neg = torch.full_like(idx, -1)
