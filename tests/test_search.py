@@ -43,7 +43,7 @@ def store(tmp_path_factory: pytest.TempPathFactory, minilm: HFTokenEmbedder) -> 
 
 
 def retriever(store: Path, minilm: HFTokenEmbedder, **over: object) -> Retriever:
-    return Retriever(Settings(store_path=store, device="cpu", **over), embedder=minilm)  # type: ignore[arg-type]
+    return Retriever(Settings(store_path=store, device="cpu", **over), embedder=minilm)
 
 
 @pytest.mark.parametrize("method", ["threshold", "sentences"])
@@ -274,7 +274,7 @@ def test_relevance_correction_changes_what_is_found(store: Path, minilm: HFToken
     q = "What makes the dough rise?"
     with retriever(store, minilm, **over) as r:
         plain = r.search(q).spans
-    settings = Settings(store_path=store, device="cpu", **over)  # type: ignore[arg-type]
+    settings = Settings(store_path=store, device="cpu", **over)
     with Retriever(settings, embedder=minilm, relevance_correction=sink_bread) as r:
         corrected = r.search(q).spans
     assert plain and plain[0].doc_id == "bread"
