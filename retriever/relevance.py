@@ -97,7 +97,17 @@ def _numpy_ok(block: torch.Tensor) -> bool:
 def gemv_blocks(
     blocks: Sequence[torch.Tensor], q: torch.Tensor, use_numpy: bool = True, min_split_rows: int = MIN_SPLIT_ROWS
 ) -> torch.Tensor:
-    """(sum n_i,) the concatenation of block_i @ q for (n_i, dim) blocks, on q's device."""
+    """The concatenation of block_i @ q for (n_i, dim) blocks, on q's device.
+
+    Args:
+        blocks: row blocks, scored in order (never concatenated).
+        q: (dim,) query vector.
+        use_numpy: allow the CPU row-range BLAS path (False: always torch.mv).
+        min_split_rows: fewest rows for the BLAS path.
+
+    Returns:
+        (sum n_i,) float32.
+    """
     n = sum(int(b.shape[0]) for b in blocks)
     out = torch.empty(n, dtype=torch.float32, device=q.device)  # (N,)
     if use_numpy and _cpu_fast(blocks, q, n, min_split_rows):
@@ -185,7 +195,19 @@ def relevance_smoothed(
     min_split_rows: int = MIN_SPLIT_ROWS,
     chunk_rows: int = CHUNK_ROWS,
 ) -> tuple[torch.Tensor, torch.Tensor]:
-    """Raw r (N,) = blocks @ q and its per-document smoothing (N,), as `gemv_blocks` then `smooth`."""
+    """Raw r = blocks @ q and its per-document smoothing, as `gemv_blocks` then `smooth` (fused on the CPU).
+
+    Args:
+        blocks: row blocks of all documents, in order.
+        q: (dim,) query vector.
+        doc_starts: (B+1,) where each document begins in the flat rows.
+        sigma: Gaussian width in rows (0: no smoothing).
+        min_split_rows: fewest rows for the fused CPU path.
+        chunk_rows: rows a worker multiplies before smoothing them.
+
+    Returns:
+        r (N,) and smoothed (N,), float32.
+    """
     n = sum(int(b.shape[0]) for b in blocks)
     if sigma <= 0 or doc_starts.device.type != "cpu" or not _cpu_fast(blocks, q, n, min_split_rows):
         r = gemv_blocks(blocks, q)

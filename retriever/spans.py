@@ -20,6 +20,8 @@ from schemas.settings import SpanSettings
 
 @dataclass(frozen=True)
 class SpanParams:
+    """The threshold method's parameters, in stored rows (see `per_row`)."""
+
     sigma: float = 4.0
     threshold: float = 0.39
     delta: int = 170
@@ -28,6 +30,7 @@ class SpanParams:
 
     @classmethod
     def from_settings(cls, s: SpanSettings) -> SpanParams:
+        """The parameters as the settings give them, in model tokens."""
         return cls(s.sigma, s.threshold, s.delta, s.min_span_size, s.max_extension)
 
     def per_row(self, pool: int) -> SpanParams:
@@ -84,7 +87,7 @@ def locate(doc_starts: torch.Tensor, flat: torch.Tensor) -> torch.Tensor:
 
 
 def smooth(r: torch.Tensor, doc_starts: torch.Tensor, sigma: float) -> torch.Tensor:
-    """Per-document Gaussian smoothing with "nearest" (edge-replicating) borders.
+    """Per-document Gaussian smoothing with "nearest" (edge-replicating) borders: (N,) -> (N,).
 
     One convolution over the flat signal as if it were a single document, then the <= 2*radius
     tokens at each end of every document, whose window crossed a document border, recomputed with
@@ -144,7 +147,18 @@ def extract_spans(
     params: SpanParams,
     threshold: torch.Tensor | float | None = None,
 ) -> TokenSpans:
-    """Spans over the flat smoothed relevance; `threshold` may be per document (B,) or scalar."""
+    """Spans over the flat smoothed relevance of several documents.
+
+    Args:
+        smoothed: (N,) smoothed relevance of all documents' tokens, end to end.
+        doc_starts: (B+1,) where each document begins.
+        ends_sentence: (N,) bool, tokens that end a sentence.
+        params: lengths in rows.
+        threshold: a scalar, or one per document (B,); None: `params.threshold`.
+
+    Returns:
+        The spans, ordered by position, overlaps merged.
+    """
     dev = smoothed.device
     n = smoothed.numel()
     empty = torch.zeros(0, dtype=torch.long, device=dev)
