@@ -14,10 +14,9 @@ from dataclasses import dataclass
 
 import numpy as np
 
-from indexer.backends import Match, Where
 from indexer.embedders import TokenEmbedder, load_embedder
 from indexer.models import pick_device
-from indexer.store import Candidate, TokenStore, open_store
+from indexer.store import Candidate, DocHeader, Match, TokenStore, Where, open_store
 from retriever.fetch import DocTokens, Fetcher
 from retriever.methods import (
     MethodContext,
@@ -97,7 +96,7 @@ class Retriever:
         span_method: MethodFactory | None = None,
     ) -> None:
         self.settings = settings
-        self.store = store or open_store(settings)
+        self.store = store or open_store(settings.store)
         self.embedder = embedder or load_embedder(settings)
         self.store.meta.check(self.embedder.name, self.embedder.dim, None, f"collection '{settings.store.collection}'")
         self.device = pick_device(settings.model.device)
@@ -111,7 +110,7 @@ class Retriever:
         self._fetch_by_maxsim = rank == "maxsim" or (rank == "auto" and can_maxsim)
         ctx = MethodContext(
             settings=settings.spans,
-            pool=self.store.meta.storage_pool,
+            pool=self.store.meta.layout.pool,
             scorer=Scorer(self.device, relevance_correction),
             embed_texts=self._embed_texts,
             segment_texts=self._segment_texts,
@@ -248,7 +247,7 @@ class Retriever:
         return docs, {"recall": (t1 - t0) * 1e3, "rank_segments": (t2 - t1) * 1e3, "fetch": (t3 - t2) * 1e3}
 
     def _segments_worth_scoring(
-        self, query: str, q: np.ndarray, headers: dict[str, dict]
+        self, query: str, q: np.ndarray, headers: dict[str, DocHeader]
     ) -> dict[str, list[int]] | None:
         """The `fetch_segments` best segments of the recalled documents (by `fetch_rank`); None: whole documents."""
         k = self.settings.recall.fetch_segments
@@ -256,7 +255,7 @@ class Retriever:
             return None
         by = self._query_tokens(query) if self._fetch_by_maxsim else q
         with self._store_lock:
-            ranked = self.store.rank_segments(by, {d: h["version"] for d, h in headers.items()}, k)
+            ranked = self.store.rank_segments(by, {d: h.version for d, h in headers.items()}, k)
         out: dict[str, list[int]] = {}
         for doc_id, seg, _ in ranked:
             out.setdefault(doc_id, []).append(seg)
@@ -339,7 +338,7 @@ class Retriever:
             smoothed=sig.smoothed.cpu().numpy(),
             threshold=sig.threshold,
             spans=self.method.find_spans([QueryDocs(q, docs)], None)[0].spans,
-            page_starts=list(header.get("page_starts", [0])),
+            page_starts=list(header.page_starts),
         )
 
 

@@ -4,8 +4,8 @@ Builds the corpus straight through `TokenStore.write_document` (no model) into a
 temporary folder, then runs fixed random query vectors through `Retriever.search_vectors` with
 recall_k candidates. "Cold" clears the retriever's document cache before each query (the OS page
 cache still holds the store's files); "warm" repeats queries whose documents are cached. Also prints
-what moving one token matrix out of Edge costs: the whole `fetch_segments`, and the two ways of
-turning Python lists of rows (what Edge hands back) into an array.
+what moving one token matrix out of Edge costs: the whole `fetch_segments`, and turning Python lists
+of rows (what Edge hands back) into an array with np.asarray vs the store's `to_array`.
 
     python scripts/bench_query.py --device cpu --docs 520 --tokens 2000 --dim 384   # defaults: best 4 segments
     python scripts/bench_query.py --device cpu --fetch-segments 0                    # whole candidate documents
@@ -14,7 +14,6 @@ turning Python lists of rows (what Edge hands back) into an array.
 from __future__ import annotations
 
 import argparse
-import itertools
 import statistics
 import tempfile
 import time
@@ -24,7 +23,7 @@ from pathlib import Path
 import numpy as np
 import torch
 
-from indexer.store import TokenStore, open_or_create_store
+from indexer.store import TokenStore, open_or_create_store, to_array
 from retriever.search import Retriever
 from schemas.models import EmbeddedDocument, LoadedDocument
 from schemas.settings import Settings
@@ -90,7 +89,7 @@ def random_document(i: int, n: int, dim: int, target: np.ndarray, rng: np.random
 
 
 def build_corpus(settings: Settings, args: argparse.Namespace, queries: np.ndarray) -> TokenStore:
-    store = open_or_create_store(settings, MODEL, args.dim, "mean")
+    store = open_or_create_store(settings.store, MODEL, args.dim, "mean")
     rng = np.random.default_rng(0)
     t0 = time.perf_counter()
     for i in range(args.docs):
@@ -142,18 +141,11 @@ def timed(fn: Callable[[], object], repeats: int = 5) -> float:
     return statistics.median(ts) * 1e3
 
 
-def rows_fromiter(rows: list[list[float]]) -> np.ndarray:
-    """Nested lists -> (n, dim) array through one flat fromiter, skipping asarray's shape discovery."""
-    dim = len(rows[0])
-    flat = itertools.chain.from_iterable(rows)
-    return np.fromiter(flat, dtype=np.float32, count=len(rows) * dim).reshape(len(rows), dim)
-
-
 def conversion_costs(dim: int, n: int) -> None:
     """Milliseconds to get one n x dim float32 token matrix out of Edge, and to convert lists of its rows."""
     with tempfile.TemporaryDirectory() as d:
         settings = Settings(store_path=Path(d), device="cpu")
-        store = open_or_create_store(settings, MODEL, dim, "mean")
+        store = open_or_create_store(settings.store, MODEL, dim, "mean")
         rng = np.random.default_rng(1)
         emb = random_document(0, n, dim, unit(rng.standard_normal(dim)), rng)
         store.write_document(emb)
@@ -162,7 +154,7 @@ def conversion_costs(dim: int, n: int) -> None:
         store.close()
     rows = emb.vectors.tolist()  # what Edge's Record.vector holds: Python lists of floats
     old = timed(lambda: np.asarray(rows, dtype=np.float32))
-    new = timed(lambda: rows_fromiter(rows))
+    new = timed(lambda: to_array(rows, np.float32))
     print(
         f"  {n}x{dim} ({n_segs} segment(s)): whole fetch_segments {fetch:6.1f} ms; "
         f"lists -> array: np.asarray {old:6.1f} ms, fromiter {new:6.1f} ms"

@@ -56,7 +56,7 @@ def main() -> None:
         for k in args.fetch:
             with Retriever(s.updated(fetch_segments=k), embedder=embedder) as r:
                 hits, secs, scored = run(r, queries)
-                n_seg = sum(int(h["n_segments"]) for h in r.store.headers().values())
+                n_seg = sum(h.n_segments for h in r.store.headers().values())
             sc = score(queries, hits, secs)
             label = f"{seg or 'limit'} ({n_seg} segments)"
             print(

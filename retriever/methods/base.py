@@ -238,10 +238,10 @@ def span_result(d: DocTokens, start: int, end: int, score: float, text: str | No
     """
     return SpanResult(
         doc_id=d.doc_id,
-        source=d.header["source"],
+        source=d.header.source,
         start=start,
         end=end,
         text=d.chars(start, end) if text is None else text,
         score=score,
-        pages=pages_of(d.header.get("page_starts", [0]), start, end),
+        pages=pages_of(d.header.page_starts, start, end),
     )
