@@ -28,7 +28,7 @@ from retriever.search import Retriever
 from schemas.models import SearchResponse
 from schemas.settings import Settings
 
-STAGES = ["embed", "recall", "segments", "fetch", "score", "rerank", "build"]
+STAGES = ["embed", "recall", "rank_segments", "fetch", "score", "rerank", "results"]
 
 
 def percentiles(values: list[float]) -> tuple[float, float]:

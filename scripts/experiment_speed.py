@@ -214,7 +214,7 @@ def timing(store: Path, work: Path, queries: list[str], configs: dict[str, dict[
             walls[name].append((time.perf_counter() - t0) * 1e3)
             for st, ms_ in resp.timings_ms.items():
                 stages[name].setdefault(st, []).append(ms_)
-    order = ["embed", "recall", "segments", "fetch", "score", "rerank", "build"]
+    order = ["embed", "recall", "rank_segments", "fetch", "score", "rerank", "results"]
     print(f"\n| {'cold' if cold else 'warm'}, batch 1, p50 ms | " + " | ".join(order) + " | total p50 / p95 |")
     print("|---|" + "---|" * (len(order) + 1))
     for name in rs:
