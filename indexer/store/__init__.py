@@ -4,8 +4,9 @@ Public API (import from `indexer.store`):
 
 - `open_store(settings.store)`, `open_or_create_store(settings.store, model, dim, pooling)` -> `TokenStore`
 - `TokenStore`: write_document, delete_document, remove_orphans, headers, header, recall, maxsim,
-  rank_segments, fetch_segments, segment_texts, stats, fit_codec, flush, close
-- `DocHeader` (one document), `CollectionMeta` (the collection), `Candidate`, `StoredSegment`, `Written`
+  rank_segments, fetch_segments, segment_texts, stats, compact, fit_codec, flush, close
+- `DocHeader` (one document), `CollectionMeta` (the collection), `Candidate`, `StoredSegment`, `Written`,
+  `CompactReport`
 - `PointsBackend` (the documented backend contract), `EdgeBackend`, `make_backend`;
   `indexer.store.server.ServerBackend` (imported on demand: qdrant-client is only needed for a server)
 - `Where`, `Match` (backend-neutral filters), `NewPoint`, `PointRecord`, `VectorSpace`, `to_array`
@@ -15,6 +16,7 @@ from indexer.store.backend import Match, NewPoint, PointRecord, PointsBackend, V
 from indexer.store.documents import (
     KEYWORD_FIELDS,
     Candidate,
+    CompactReport,
     StoredSegment,
     TokenStore,
     Written,
@@ -32,6 +34,7 @@ __all__ = [
     "POINT_NAMESPACE",
     "Candidate",
     "CollectionMeta",
+    "CompactReport",
     "DocHeader",
     "EdgeBackend",
     "Match",

@@ -28,6 +28,7 @@ from indexer.store.backend import (
     NewPoint,
     PointRecord,
     PointsBackend,
+    WRITE_FACTOR,
     VectorSpace,
     Where,
     folder_bytes,
@@ -193,6 +194,20 @@ class EdgeBackend(PointsBackend):
         with self._lock:
             if self._shard is not None:
                 self._guard(self._shard.flush, "flushing writes")
+
+    def compact(self) -> None:
+        """Run Edge's optimizers now (they rewrite segments without deleted points) and flush.
+
+        Edge has no background optimizer: deleted points keep their bytes until this runs. The
+        rewrite copies the live points of the segments it optimises, so it needs free space for them.
+        """
+        self._refuse_read_only("compacting the store")
+        # the rewrite copies at most the store's current bytes (ensure_space multiplies by WRITE_FACTOR)
+        self.ensure_space(int((self.disk_bytes() or 0) / WRITE_FACTOR), "compacting the store")
+        with self._lock:
+            shard = self.shard
+            self._guard(shard.optimize, "compacting the store")
+            self._guard(shard.flush, "compacting the store")
 
     def close(self) -> None:
         with self._lock:
