@@ -15,18 +15,23 @@ from pathlib import Path
 
 sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
 
-from indexer.store import open_or_create_store  # noqa: E402
-from schemas.layout import StorageLayout  # noqa: E402
-from schemas.settings import Settings  # noqa: E402
-from tests.support import fake_embedded  # noqa: E402
+from indexer.store import open_or_create_store
+from schemas.layout import StorageLayout
+from schemas.settings import Settings
+from tests.support import fake_embedded
 
 
 def run(layout: str, docs: int, tokens: int, dim: int, fraction: float) -> dict[str, object]:
     """One store: write `docs` documents, delete `fraction` of them, compact; the figures as a dict."""
     with tempfile.TemporaryDirectory() as tmp:
         lay = StorageLayout.parse(layout)
-        settings = Settings(store_path=Path(tmp), storage_dtype=lay.dtype, storage_reduce=lay.reduce,
-                            storage_dim=lay.dim, storage_pool=lay.pool)
+        settings = Settings(
+            store_path=Path(tmp),
+            storage_dtype=lay.dtype,
+            storage_reduce=lay.reduce,
+            storage_dim=lay.dim,
+            storage_pool=lay.pool,
+        )
         store = open_or_create_store(settings.store, "bench", dim, "mean")
         for i in range(docs):
             store.write_document(fake_embedded(f"d{i}", tokens, dim, seed=i))
@@ -42,12 +47,17 @@ def run(layout: str, docs: int, tokens: int, dim: int, fraction: float) -> dict[
         again = store.compact()  # nothing left to vacuum: what an unconditional compact costs
         store.close()
     return {
-        "layout": layout, "docs": docs, "tokens_per_doc": tokens, "deleted": n_del,
+        "layout": layout,
+        "docs": docs,
+        "tokens_per_doc": tokens,
+        "deleted": n_del,
         "mb_full": round(full / 1e6, 1),
         "mb_after_delete": round((rep.bytes_before or 0) / 1e6, 1),
         "mb_after_compact": round((rep.bytes_after or 0) / 1e6, 1),
-        "delete_s": round(delete_s, 2), "compact_s": round(rep.seconds, 2),
-        "second_compact_s": round(again.seconds, 3), "mb_after_second": round((again.bytes_after or 0) / 1e6, 1),
+        "delete_s": round(delete_s, 2),
+        "compact_s": round(rep.seconds, 2),
+        "second_compact_s": round(again.seconds, 3),
+        "mb_after_second": round((again.bytes_after or 0) / 1e6, 1),
     }
 
 

@@ -14,6 +14,7 @@ Public API (import from `indexer.store`):
 
 from indexer.store.backend import Match, NewPoint, PointRecord, PointsBackend, VectorSpace, Where, to_array
 from indexer.store.documents import (
+    COMPACT_AFTER_FRACTION,
     KEYWORD_FIELDS,
     Candidate,
     CompactReport,
@@ -30,6 +31,7 @@ from indexer.store.meta import CollectionMeta, DocHeader
 from indexer.store.segments import POINT_NAMESPACE, header_id, max_segment_tokens, segment_id, split_segments
 
 __all__ = [
+    "COMPACT_AFTER_FRACTION",
     "KEYWORD_FIELDS",
     "POINT_NAMESPACE",
     "Candidate",

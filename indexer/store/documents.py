@@ -28,6 +28,10 @@ from schemas.models import EmbeddedDocument
 from schemas.settings import StoreSettings
 
 KEYWORD_FIELDS = ["kind", "doc_id", "version", "source"]
+# `chunkless delete` compacts an embedded store when the deleted tokens reach this fraction of its
+# tokens: Qdrant's own default deleted_threshold. Compacting rewrites every live point, so its cost
+# follows the store's size, not the deletion's (README, Reclaiming space).
+COMPACT_AFTER_FRACTION = 0.2
 
 
 @dataclass
