@@ -16,6 +16,7 @@ from pathlib import Path
 sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
 
 from indexer.store import open_or_create_store
+from indexer.store.backend import folder_bytes
 from schemas.layout import StorageLayout
 from schemas.settings import Settings
 from tests.support import fake_embedded
@@ -43,7 +44,10 @@ def run(layout: str, docs: int, tokens: int, dim: int, fraction: float) -> dict[
             store.delete_document(f"d{i}")
         store.flush()
         delete_s = time.perf_counter() - t0
+        segments = settings.store.collection_path / "shard" / "segments"  # Edge's files, without its WAL
+        seg_before = folder_bytes(segments)
         rep = store.compact()
+        seg_after = folder_bytes(segments)
         again = store.compact()  # nothing left to vacuum: what an unconditional compact costs
         store.close()
     return {
@@ -54,6 +58,8 @@ def run(layout: str, docs: int, tokens: int, dim: int, fraction: float) -> dict[
         "mb_full": round(full / 1e6, 1),
         "mb_after_delete": round((rep.bytes_before or 0) / 1e6, 1),
         "mb_after_compact": round((rep.bytes_after or 0) / 1e6, 1),
+        "mb_segments_before": round(seg_before / 1e6, 1),
+        "mb_segments_after": round(seg_after / 1e6, 1),
         "delete_s": round(delete_s, 2),
         "compact_s": round(rep.seconds, 2),
         "second_compact_s": round(again.seconds, 3),
