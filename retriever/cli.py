@@ -239,6 +239,10 @@ def build_parser() -> argparse.ArgumentParser:
     de.add_argument("target")
     _common(de)
     de.set_defaults(func=cmd_delete)
+
+    from retriever.serve.cli import install  # `serve`, and --server on search/ingest/stats/delete
+
+    install(sub, _settings)
     return p
 
 
