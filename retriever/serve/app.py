@@ -22,6 +22,7 @@ from fastapi.responses import JSONResponse, Response
 from pydantic import BaseModel, ConfigDict, Field
 from starlette.datastructures import UploadFile
 from starlette.exceptions import HTTPException as StarletteHTTPException
+from starlette.routing import Route
 
 from indexer.loaders import SUPPORTED_SUFFIXES
 from retriever.serve.auth import OPEN_PATHS, authorized
@@ -100,7 +101,7 @@ def create_app(service: Service, owns_service: bool = True) -> FastAPI:
         The app; OpenAPI docs at /docs.
     """
     cfg = service.settings.serve
-    key = cfg.api_key.get_secret_value() if cfg.api_key is not None else None
+    key = (cfg.api_key.get_secret_value() if cfg.api_key is not None else "") or None  # empty: no key set
     max_upload = cfg.max_upload_mb << 20
     batcher = MicroBatcher(
         service.retriever.search_batch, cfg.batch_wait_ms, cfg.max_batch, service.metrics.batch_size.observe
@@ -138,7 +139,7 @@ def create_app(service: Service, owns_service: bool = True) -> FastAPI:
         else:
             response = await call_next(request)
         route = request.scope.get("route")
-        label = getattr(route, "path", "unmatched")
+        label = route.path if isinstance(route, Route) else "unmatched"  # a template: bounded label values
         service.metrics.observe_request(label, request.method, response.status_code, time.perf_counter() - t0)
         return response
 
@@ -151,7 +152,7 @@ def create_app(service: Service, owns_service: bool = True) -> FastAPI:
     async def invalid(request: Request, e: RequestValidationError) -> Response:
         errs = e.errors()
         first: dict[str, Any] = dict(errs[0]) if errs else {"loc": (), "msg": "invalid request", "type": ""}
-        loc = [str(x) for x in first.get("loc", ())]
+        loc = [str(x) for x in first.get("loc", ()) if x != "[key]"]  # a bad dict key: name the key itself
         if loc and loc[0] in ("body", "query", "path"):  # where the field was, not its name
             loc = loc[1:]
         field = ".".join(loc) or "body"

@@ -123,7 +123,6 @@ class MicroBatcher:
             return
         for p, r in zip(group, results, strict=True):
             r.timings_ms["queue"] = (started - p.queued_at) * 1e3
-            r.timings_ms["batch_size"] = float(len(group))
             _settle(p, r, None)
 
 

@@ -10,6 +10,7 @@ from __future__ import annotations
 import argparse
 import json
 import logging
+import signal
 import socket
 import sys
 from collections.abc import Callable
@@ -81,7 +82,14 @@ def cmd_serve(args: argparse.Namespace, settings: Settings) -> int:
     print(f"chunkless serve: listening on http://{host}:{port} (store {settings.store.location})", file=sys.stderr)
     sys.stderr.flush()
     server = uvicorn.Server(uvicorn.Config(app, log_level="warning", timeout_graceful_shutdown=30))
-    server.run(sockets=[sock])
+    # uvicorn shuts down gracefully on SIGTERM/SIGINT (requests answered, the job's document group
+    # finished, the store closed), then re-raises the signal to the handler that was there before;
+    # this one makes that re-raise a no-op, so a clean stop exits 0 rather than dying by the signal
+    previous = signal.signal(signal.SIGTERM, lambda signum, frame: None)
+    try:
+        server.run(sockets=[sock])
+    finally:
+        signal.signal(signal.SIGTERM, previous)
     return 0
 
 
@@ -89,7 +97,7 @@ def _client(args: argparse.Namespace) -> Any:
     from retriever.serve.client import RemoteRetriever
 
     key = ServeSettings().api_key
-    return RemoteRetriever(args.server, key.get_secret_value() if key is not None else None)
+    return RemoteRetriever(args.server, (key.get_secret_value() if key is not None else "") or None)
 
 
 def remote_search(args: argparse.Namespace) -> int:

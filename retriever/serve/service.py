@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import logging
+import shutil
 from pathlib import Path
 
 from indexer.embedders import HFTokenEmbedder
@@ -40,6 +41,9 @@ class Service:
         self.embedder = SerialEmbedder(embedder or HFTokenEmbedder(settings))
         e = self.embedder
         self.store: TokenStore = open_or_create_store(settings, e.name, e.dim, e.pooling)
+        # jobs live in memory: uploads a killed process left behind are never resumed, only cleared
+        shutil.rmtree(self.spool, ignore_errors=True)
+        self.spool.mkdir(parents=True, exist_ok=True)
         try:
             self.retriever = Retriever(settings, embedder=self.embedder, store=self.store)
             self.metrics = Metrics(queue_depth=lambda: self.jobs.depth(), cache_bytes=self._cache_bytes)
