@@ -23,10 +23,9 @@ import numpy as np
 import pytest
 import uvicorn
 
-from indexer.backends import Match, Where
 from indexer.embedders import HFTokenEmbedder
 from indexer.pipeline import ingest
-from indexer.store import open_store
+from indexer.store import Match, Where, open_store
 from retriever import cli
 from retriever.search import Retriever
 from retriever.serve.app import create_app
@@ -346,12 +345,12 @@ def _ready(http: httpx.Client) -> bool:
 
 def store_state(settings: Settings) -> dict[str, Any]:
     """Headers (minus the server-side upload path) and segment ids: what a run leaves in the store."""
-    store = open_store(settings)
+    store = open_store(settings.store)
     try:
         heads = store.headers()
         segs = store.backend.scroll(Where(must=[Match("kind", "segment")]), with_vectors=[])
         return {
-            "headers": {d: (h["version"], h["n_tokens"], h["n_segments"]) for d, h in heads.items()},
+            "headers": {d: (h.version, h.n_tokens, h.n_segments) for d, h in heads.items()},
             "segment_ids": sorted(r.id for r in segs),
         }
     finally:
@@ -406,11 +405,11 @@ def test_sigterm_finishes_the_document_being_written_and_stops_cleanly(tmp_path:
         proc.kill()
         proc.wait()
     settings = Settings(store_path=store, device="cpu")
-    s = open_store(settings)  # the lock was released
+    s = open_store(settings.store)  # the lock was released
     try:
         assert s.remove_orphans() == 0, "nothing half-written: the document in progress was finished"
         heads = s.headers()
         assert 1 <= len(heads) < 8
-        assert all(h["n_tokens"] > 0 for h in heads.values())
+        assert all(h.n_tokens > 0 for h in heads.values())
     finally:
         s.close()

@@ -310,11 +310,11 @@ def create_app(service: Service, owns_service: bool = True) -> FastAPI:
         page = [
             {
                 "doc_id": d,
-                "source": heads[d].get("source"),
-                "title": heads[d].get("title"),
-                "n_tokens": heads[d].get("n_tokens"),
-                "pages": len(heads[d].get("page_starts", [0])),
-                "version": heads[d].get("version"),
+                "source": heads[d].source,
+                "title": heads[d].title,
+                "n_tokens": heads[d].n_tokens,
+                "pages": len(heads[d].page_starts),
+                "version": heads[d].version,
             }
             for d in ids[offset : offset + limit]
         ]

@@ -40,7 +40,7 @@ class Service:
         self.settings = settings
         self.embedder = SerialEmbedder(embedder or HFTokenEmbedder(settings))
         e = self.embedder
-        self.store: TokenStore = open_or_create_store(settings, e.name, e.dim, e.pooling)
+        self.store: TokenStore = open_or_create_store(settings.store, e.name, e.dim, e.pooling)
         # jobs live in memory: uploads a killed process left behind are never resumed, only cleared
         shutil.rmtree(self.spool, ignore_errors=True)
         self.spool.mkdir(parents=True, exist_ok=True)
