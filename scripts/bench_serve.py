@@ -201,7 +201,7 @@ def run_levels(run: str, url: str, queries: list[str], levels: list[int], reques
     rows = []
     for c in levels:
         n = max(requests, c)
-        asyncio.run(load(url, queries, c, min(c, 4)))  # warm the connections and caches
+        asyncio.run(load(url, queries, c, max(c, 8)))  # warm every connection, the model and the caches
         secs, lat, err = asyncio.run(load(url, queries, c, n))
         rows.append(Row(run, c, n, secs, lat, err))
         print("  " + " | ".join(rows[-1].cells()), file=sys.stderr)
@@ -256,6 +256,7 @@ def main() -> int:
 
         proc, url = start(store, {})
         try:
+            asyncio.run(load(url, queries, 8, 8))  # warm the model and caches before the jobs start
             rewriter = Rewriter(url, corpus_texts(corpus), root / "revisions")
             rewriter.start()
             for c in levels:
