@@ -18,8 +18,8 @@ class SerialEmbedder:
     The tokenizer (Rust, with mutable truncation state) and the model are not safe to call from two
     threads at once. The `Retriever` serialises its own calls, but an ingest job calls the model from
     its own thread; giving both this one wrapper makes every call, search or ingest, take the same
-    lock. A search therefore waits at most for one ingest forward pass (`batch_tokens` tokens), never
-    for a whole document batch of the job.
+    lock. Ingest takes it per document, so a search waits at most for one document's embedding, never
+    for a job's whole batch of documents.
 
     Args:
         inner: the loaded model.
