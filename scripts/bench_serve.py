@@ -136,13 +136,13 @@ class Rewriter(threading.Thread):
         super().__init__(daemon=True)
         self.url, self.texts, self.folder = url, texts, folder
         self.running = threading.Event()
-        self._stop = threading.Event()
+        self._halt = threading.Event()
         self.answered_during = 0
         self.jobs = self.documents = self.failures = 0
 
     def run(self) -> None:
         k = 0
-        while not self._stop.is_set():
+        while not self._halt.is_set():
             k += 1
             rev = self.folder / str(k)
             rev.mkdir(parents=True)
@@ -156,7 +156,7 @@ class Rewriter(threading.Thread):
             self.failures += len(job["report"]["failures"]) + (job["state"] != "done")
 
     def stop(self) -> None:
-        self._stop.set()
+        self._halt.set()
         self.join()
 
 
