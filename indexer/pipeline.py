@@ -117,15 +117,22 @@ def ingest(
     embedder: TokenEmbedder | None = None,
     on_failure: Callable[[IngestFailure], None] | None = None,
     progress: bool = False,
+    store: TokenStore | None = None,
 ) -> IngestReport:
     """Ingest every supported file under `paths`; bad files are reported and skipped, never fatal.
 
     The model is loaded only when some file needs embedding, so re-running over an unchanged
     corpus costs file hashing and one read of the document headers. `progress` shows a tqdm bar;
     otherwise each stored document is an INFO log line with files done, tokens/s and ETA.
+    `store`: an open store to write into (the service shares its one handle between searches and
+    ingest jobs); it is flushed but left open. Without it the job opens, or creates, and closes its own.
     """
     t0 = time.perf_counter()
-    store, embedder = _open(settings, embedder)
+    own_store = store is None
+    if store is None:
+        store, embedder = _open(settings, embedder)
+    elif embedder is not None:
+        store.meta.check(embedder.name, embedder.dim, None, f"collection '{settings.store.collection}'")
     report = IngestReport()
     lock = threading.Lock()  # report and callbacks are touched by all three stages
 
@@ -205,7 +212,8 @@ def ingest(
     finally:
         stop.set()
         bar.close()
-        store.close()
+        if own_store:
+            store.close()
     report.seconds = time.perf_counter() - t0
     return report
 

@@ -280,6 +280,10 @@ def build_parser() -> argparse.ArgumentParser:
     co.add_argument("--json", action="store_true", help="one JSON object on stdout")
     _common(co)
     co.set_defaults(func=cmd_compact)
+
+    from retriever.serve.cli import install  # `serve`, and --server on search/ingest/stats/delete
+
+    install(sub, _settings)
     return p
 
 
