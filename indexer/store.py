@@ -45,6 +45,9 @@ class CollectionMeta(BaseModel):
     storage_reduce: StorageReduce = "none"
     storage_dim: int | None = None
     storage_pool: int = 1
+    # how the token vectors were made (indexer.embedders Capabilities); older collections were all hf-pooled
+    backend: str = "hf-pooled"
+    vector_kind: str = "pooled-hidden"
 
     @property
     def layout(self) -> StorageLayout:
@@ -59,17 +62,28 @@ class CollectionMeta(BaseModel):
         storage_dtype: StorageDtype | None,
         where: str,
         layout: StorageLayout | None = None,
+        backend: str | None = None,
+        vector_kind: str | None = None,
     ) -> None:
-        """Raise StoreMismatchError when (model, dim, dtype, layout) differ from the collection's."""
+        """Raise StoreMismatchError when model, dim, dtype, layout, backend or vector kind differ from the stored."""
+        from indexer.embedders.folder import canonical_name  # one identity per model: hub name, packaged copy
+
+        model = canonical_name(model)
         if dim != self.dim:
             raise StoreMismatchError(
                 f"{where}: model '{model}' gives {dim}-d vectors but the collection holds {self.dim}-d vectors "
                 f"from '{self.model}'; use --model {self.model} or a new --collection"
             )
-        if model != self.model:
+        if model != canonical_name(self.model):
             raise StoreMismatchError(
                 f"{where}: the collection was built with model '{self.model}', not '{model}'; "
                 f"use --model {self.model} or a new --collection"
+            )
+        if (backend, vector_kind) != (None, None) and (backend, vector_kind) != (self.backend, self.vector_kind):
+            raise StoreMismatchError(
+                f"{where}: the collection holds {self.vector_kind} vectors from the {self.backend} backend of "
+                f"'{self.model}', not {vector_kind} vectors from {backend}; use the model folder it was built with "
+                "or a new --collection"
             )
         plain = layout is None or (layout.is_plain and self.layout.is_plain)
         if layout is not None and layout != self.layout and not plain:  # names the whole layout, dtype included
@@ -449,20 +463,32 @@ def open_store(settings: Settings) -> TokenStore:
     return TokenStore(backend, meta)
 
 
-def open_or_create_store(settings: Settings, model: str, dim: int, pooling: str) -> TokenStore:
+def open_or_create_store(
+    settings: Settings,
+    model: str,
+    dim: int,
+    pooling: str,
+    model_backend: str | None = None,
+    vector_kind: str | None = None,
+) -> TokenStore:
     """Open the collection for writing, creating it for (model, dim, storage layout) if it does not exist."""
+    from indexer.embedders.folder import canonical_name
+
     backend = make_backend(settings)
     layout = settings.store.layout
     if backend.exists():
         meta = CollectionMeta.model_validate(backend.read_metadata()["chunkless"])
-        meta.check(model, dim, settings.store.storage_dtype, f"collection '{settings.store.collection}'", layout)
+        where = f"collection '{settings.store.collection}'"
+        meta.check(model, dim, settings.store.storage_dtype, where, layout, model_backend, vector_kind)
         return TokenStore(backend, meta, settings.store.segment_tokens)
     try:
         layout.stored_dim(dim)
     except ValueError as e:
         raise StoreMismatchError(f"collection '{settings.store.collection}': {e}") from e
     meta = CollectionMeta(
-        model=model,
+        model=canonical_name(model),
+        backend=model_backend or "hf-pooled",
+        vector_kind=vector_kind or "pooled-hidden",
         dim=dim,
         storage_dtype=settings.store.storage_dtype,
         pooling=pooling,

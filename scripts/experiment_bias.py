@@ -94,12 +94,12 @@ def embed_with_starts(emb: HFTokenEmbedder, ids: list[int], starts: list[int]) -
     n, w = len(ids), emb.content
     bounds = np.array([[s, min(s + w, n)] for s in starts], dtype=np.int64)
     owner = assign_central(n, bounds)
-    res = emb._forward([emb.prefix + ids[s:e] + emb.suffix for s, e in bounds])
+    res = emb.encode([emb.prefix + ids[s:e] + emb.suffix for s, e in bounds])
     p = len(emb.prefix)
     out = np.empty((n, emb.dim), dtype=np.float32)
     for k, (s, e) in enumerate(bounds):
         take = np.nonzero(owner[s:e] == k)[0]
-        out[s + take] = res[k][0][p : p + (e - s)].numpy()[take]
+        out[s + take] = res[k][0][p : p + (e - s)][take]
     return out / np.maximum(np.linalg.norm(out, axis=1, keepdims=True), 1e-12)
 
 
