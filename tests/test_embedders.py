@@ -16,6 +16,7 @@ from indexer.embedders import (
     HFTokenEmbedder,
     ModelFolder,
     RemoteCodeEmbedder,
+    TokenEmbedder,
     assign_central,
     canonical_name,
     load_embedder,
@@ -48,6 +49,12 @@ def folders(tmp_path_factory: pytest.TempPathFactory) -> dict[str, Path]:
         "colbert": build_colbert(root / "colbert", resolve_model_path(MINILM_HUB)),
         "jina-v4": build_jina_v4_like(root / "jina-v4"),
     }
+
+
+@pytest.fixture(scope="session")
+def loaded(folders: dict[str, Path]) -> dict[str, TokenEmbedder]:
+    """Each tiny folder loaded once through `load_embedder` (the Qwen3 tokenizer takes seconds to read)."""
+    return {k: load_embedder(Settings(model=str(p), device="cpu")) for k, p in folders.items()}
 
 
 # --- Qwen3 (decoder, last-token pooling) -------------------------------------------------------------
@@ -107,8 +114,10 @@ def test_batches_are_bounded_by_padded_tokens_and_sorted_by_length(tiny_qwen: HF
     assert sum(ids.shape[0] for ids, _ in batches) == n_windows
 
 
-def test_qwen3_folder_pools_last_token_and_prompts_queries(folders: dict[str, Path]) -> None:
-    e = load_embedder(Settings(model=str(folders["qwen3"]), device="cpu"))
+def test_qwen3_folder_pools_last_token_and_prompts_queries(
+    folders: dict[str, Path], loaded: dict[str, TokenEmbedder]
+) -> None:
+    e = loaded["qwen3"]
     assert isinstance(e, HFTokenEmbedder)
     assert (e.backend, e.vector_kind, e.pooling, e.dim, e.window) == ("hf-pooled", "pooled-hidden", "last", 32, 64)
     prompt = ModelFolder.read(folders["qwen3"]).prompt("query")
@@ -176,6 +185,7 @@ def test_default_window_is_the_trained_length(minilm: HFTokenEmbedder, tmp_path:
 
 # --- ColBERT (PyLate folder: Transformer + Dense) -----------------------------------------------------
 def test_colbert_token_vectors_are_the_dense_projection(folders: dict[str, Path]) -> None:
+    # loads the folder itself: this is the loading code under test
     from safetensors.torch import load_file
     from transformers import AutoModel
 
@@ -197,8 +207,8 @@ def test_colbert_token_vectors_are_the_dense_projection(folders: dict[str, Path]
     assert np.allclose(emb.vectors, expect, atol=1e-5)
 
 
-def test_colbert_queries_use_the_query_form(folders: dict[str, Path]) -> None:
-    e = load_embedder(Settings(model=str(folders["colbert"]), device="cpu"))
+def test_colbert_queries_use_the_query_form(loaded: dict[str, TokenEmbedder]) -> None:
+    e = loaded["colbert"]
     qt = e.embed_query_tokens("who scored?")
     assert qt.shape == (32, 128)  # query_length rows: [CLS] [Q] text [SEP] + [MASK] expansion
     assert np.allclose(np.linalg.norm(qt, axis=1), 1.0, atol=1e-5)
@@ -209,8 +219,8 @@ def test_colbert_queries_use_the_query_form(folders: dict[str, Path]) -> None:
 
 
 # --- Jina v4 (remote code, encode_text) ---------------------------------------------------------------
-def test_remote_code_rows_map_to_document_offsets(folders: dict[str, Path]) -> None:
-    e = load_embedder(Settings(model=str(folders["jina-v4"]), device="cpu"))
+def test_remote_code_rows_map_to_document_offsets(loaded: dict[str, TokenEmbedder]) -> None:
+    e = loaded["jina-v4"]
     assert isinstance(e, RemoteCodeEmbedder)
     assert (e.backend, e.vector_kind, e.dim) == ("remote-code", "multivector", 128)
     text = "Zürich café — 東京タワー is tall. The striker scored."
@@ -227,9 +237,10 @@ def test_remote_code_rows_map_to_document_offsets(folders: dict[str, Path]) -> N
     assert e.embed_queries(["a", "b"]).shape == (2, 128)
 
 
-def test_remote_code_windows_cover_long_documents(folders: dict[str, Path]) -> None:
-    e = load_embedder(Settings(model=str(folders["jina-v4"]), device="cpu", window_tokens=48))
-    text = MULTIBYTE * 10
+def test_remote_code_windows_cover_long_documents(loaded: dict[str, TokenEmbedder]) -> None:
+    e = loaded["jina-v4"]
+    assert e.window == 512  # its position table: no trained length in the folder
+    text = MULTIBYTE * 40
     [emb] = e.embed_documents([doc(text)])
     assert len(emb.window_bounds) > 2 and emb.window_bounds[-1, 1] == len(emb.vectors)
     assert np.allclose(np.linalg.norm(emb.vectors, axis=1), 1.0, atol=1e-4)
@@ -245,21 +256,28 @@ def test_remote_code_windows_cover_long_documents(folders: dict[str, Path]) -> N
     ],
 )
 def test_ingest_and_search_with_each_backend(
-    folders: dict[str, Path], tmp_path: Path, kind: str, dim: int, backend: str, vector_kind: str
+    folders: dict[str, Path],
+    loaded: dict[str, TokenEmbedder],
+    tmp_path: Path,
+    kind: str,
+    dim: int,
+    backend: str,
+    vector_kind: str,
 ) -> None:
     corpus = tmp_path / "corpus"
     corpus.mkdir()
     for name, text in TOPICS.items():
         (corpus / f"{name}.txt").write_text((text + " ") * 8)
     s = Settings(model=str(folders[kind]), store_path=tmp_path / "store", device="cpu")
-    report = ingest([corpus], s)
+    # ColBERT (quick to load) goes through the pipeline's own loading; the others reuse their session load
+    report = ingest([corpus], s, embedder=None if kind == "colbert" else loaded[kind])
     assert report.documents == 4 and not report.failures
     store = open_store(s)
     meta = store.meta
     store.close()
     assert (meta.dim, meta.backend, meta.vector_kind) == (dim, backend, vector_kind)
     assert meta.model == str(folders[kind].resolve())
-    with Retriever(s) as r:
+    with Retriever(s, embedder=None if kind == "colbert" else loaded[kind]) as r:
         res = r.search("who won the football championship?", top=3)
     assert res.spans
     texts = {f"{n}.txt": (t + " ") * 8 for n, t in TOPICS.items()}
@@ -268,7 +286,7 @@ def test_ingest_and_search_with_each_backend(
         assert own[sp.start : sp.end] == sp.text and sp.text.strip()
     other = "colbert" if kind == "jina-v4" else "jina-v4"
     with pytest.raises(StoreMismatchError, match="model"):
-        Retriever(s.updated(model=str(folders[other])))
+        Retriever(s.updated(model=str(folders[other])), embedder=loaded[other])
 
 
 def test_collection_refuses_another_backend() -> None:

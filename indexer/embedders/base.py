@@ -50,12 +50,14 @@ class TokenEmbedder(ABC):
         name: canonical model identity (a hub name where one is known), recorded with a collection.
         dim: size of token and pooled vectors.
         window: model tokens per embedding window (special tokens and prompt included).
+        stride: document tokens between window starts (windows overlap by window content - stride).
         capabilities: what this backend can do (see `Capabilities`).
     """
 
     name: str
     dim: int
     window: int
+    stride: int
     capabilities: Capabilities
 
     @property
@@ -161,7 +163,8 @@ class DelegatingEmbedder(TokenEmbedder):
 
     def __init__(self, inner: TokenEmbedder) -> None:
         self.inner = inner
-        self.name, self.dim, self.window, self.capabilities = inner.name, inner.dim, inner.window, inner.capabilities
+        self.name, self.dim, self.window, self.stride = inner.name, inner.dim, inner.window, inner.stride
+        self.capabilities = inner.capabilities
 
     def tokenize(self, text: str) -> tuple[list[int], np.ndarray]:
         return self.inner.tokenize(text)
