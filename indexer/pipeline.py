@@ -149,7 +149,7 @@ def ingest(
         removed = store.remove_orphans(min_age_s=SERVER_ORPHAN_GRACE_S if settings.store.url else 0.0)
         if removed:
             log.info("removed %d orphan segments left by an interrupted run", removed)
-        live = {d: h["version"] for d, h in store.headers().items()}
+        live = {d: h.version for d, h in store.headers().items()}
 
         def load() -> None:
             for item in items:
@@ -215,7 +215,7 @@ def _open(settings: Settings, embedder: TokenEmbedder | None) -> tuple[TokenStor
     """The store to write, and the embedder if it had to be loaded to create the collection."""
     if embedder is None:
         try:
-            existing = open_store(settings)
+            existing = open_store(settings.store)
         except StoreNotFoundError:
             embedder = load_embedder(settings)
         else:
@@ -223,9 +223,9 @@ def _open(settings: Settings, embedder: TokenEmbedder | None) -> tuple[TokenStor
             # and let open_or_create_store apply every check (model, dtype, layout) as it always does
             meta = existing.meta
             existing.close()
-            return open_or_create_store(settings, settings.model.model, meta.dim, meta.pooling), None
+            return open_or_create_store(settings.store, settings.model.model, meta.dim, meta.pooling), None
     e = embedder
-    return open_or_create_store(settings, e.name, e.dim, e.pooling, e.backend, e.vector_kind), embedder
+    return open_or_create_store(settings.store, e.name, e.dim, e.pooling, e.backend, e.vector_kind), embedder
 
 
 def _batches(docs: queue.Queue[Any], batch_tokens: int, loader: _Stage) -> Iterator[list[LoadedDocument]]:

@@ -45,9 +45,9 @@ def index_benchmark(bench: Benchmark, settings: Settings, embedder: TokenEmbedde
     Documents already stored with the same content hash are skipped, so a named store is reused.
     """
     e = embedder
-    store = open_or_create_store(settings, e.name, e.dim, e.pooling, e.backend, e.vector_kind)
+    store = open_or_create_store(settings.store, e.name, e.dim, e.pooling, e.backend, e.vector_kind)
     try:
-        live = {d: h["version"] for d, h in store.headers().items()}
+        live = {d: h.version for d, h in store.headers().items()}
         todo = [
             LoadedDocument(
                 doc_id=d.doc_id, source=d.doc_id, title=d.title, text=d.text, content_hash=content_hash(d.text)

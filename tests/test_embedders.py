@@ -272,7 +272,7 @@ def test_ingest_and_search_with_each_backend(
     # ColBERT (quick to load) goes through the pipeline's own loading; the others reuse their session load
     report = ingest([corpus], s, embedder=None if kind == "colbert" else loaded[kind])
     assert report.documents == 4 and not report.failures
-    store = open_store(s)
+    store = open_store(s.store)
     meta = store.meta
     store.close()
     assert (meta.dim, meta.backend, meta.vector_kind) == (dim, backend, vector_kind)
