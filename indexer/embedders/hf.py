@@ -394,9 +394,7 @@ class ColBERTEmbedder(WindowedModel):
         trained = st.get("document_length") or folder.trained_length
         self._setup(name, tokenizer, model, settings, self.head_ids + doc_marker, self.tail_ids, trained)
         self.dense = self.dense.to(device=self.device, dtype=self.torch_dtype)
-        self.max_query_tokens = min(
-            self.max_query_tokens, self.query_length - len(self.head_ids) - len(self.query_marker) - len(self.tail_ids)
-        )
+        # a query longer than query_length is kept whole (no expansion) rather than cut: its words all count
 
     @staticmethod
     def _marker(tokenizer: Any, text: str) -> list[int]:
@@ -416,8 +414,9 @@ class ColBERTEmbedder(WindowedModel):
             ids, _ = self.tokenize(q)
             self._check_query(q, len(ids))
             seq = self.head_ids + self.query_marker + ids + self.tail_ids
-            attend.append(self.query_length if self.attend_expansion else len(seq))
-            seqs.append(seq + [self.expansion_id] * (self.query_length - len(seq)))
+            full = max(self.query_length, len(seq))
+            attend.append(full if self.attend_expansion else len(seq))
+            seqs.append(seq + [self.expansion_id] * (full - len(seq)))
         return seqs, attend
 
     def embed_queries(self, queries: Sequence[str]) -> np.ndarray:
