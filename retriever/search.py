@@ -53,7 +53,7 @@ class Retriever:
 
     def __init__(self, settings: Settings, embedder: TokenEmbedder | None = None, store: TokenStore | None = None):
         self.settings = settings
-        self.store = store or open_store(settings.store)
+        self.store = store or open_store(settings.store, read_only=True)
         self.embedder = embedder or load_embedder(settings)
         e, where = self.embedder, f"collection '{settings.store.collection}'"
         self.store.meta.check(e.name, e.dim, None, where, backend=e.backend, vector_kind=e.vector_kind)
