@@ -89,9 +89,9 @@ class WindowedModel(TokenEmbedder):
         self.device = pick_device(settings.device)
         self.torch_dtype = pick_dtype(settings.dtype, self.device)
         self.model = model.to(device=self.device, dtype=self.torch_dtype).eval()
-        config = model.config
-        limits = [int(getattr(config, "max_position_embeddings", 512))]
-        tml = int(getattr(tokenizer, "model_max_length", 0) or 0)
+        config: Any = model.config
+        limits = [int(config.to_dict().get("max_position_embeddings") or 512)]  # optional in HF configs
+        tml = int(tokenizer.model_max_length or 0)
         if 0 < tml < 1_000_000:
             limits.append(tml)
         model_max = min(limits)
@@ -353,7 +353,7 @@ def load_dense(path: Path) -> tuple[torch.nn.Module, int]:
         module_name, _, cls_name = str(cfg.get("activation_function", "torch.nn.modules.linear.Identity")).rpartition(
             "."
         )
-        activation = getattr(importlib.import_module(module_name), cls_name)()  # a class the folder names
+        activation = vars(importlib.import_module(module_name))[cls_name]()  # the class the folder names
     except ModelLoadError:
         raise
     except Exception as e:
