@@ -199,7 +199,8 @@ def ingest(
             writer.check()
             if embedder is None:
                 embedder = load_embedder(settings)
-                store.meta.check(embedder.name, embedder.dim, None, f"collection '{settings.store.collection}'")
+                e, where = embedder, f"collection '{settings.store.collection}'"
+                store.meta.check(e.name, e.dim, None, where, backend=e.backend, vector_kind=e.vector_kind)
             out = _embed(batch, embedder, fail)
             if out and not _put(embedded, out, stop):
                 break
@@ -231,8 +232,8 @@ def _open(settings: Settings, embedder: TokenEmbedder | None) -> tuple[TokenStor
             meta = existing.meta
             existing.close()
             return open_or_create_store(settings.store, settings.model.model, meta.dim, meta.pooling), None
-    pooling = str(getattr(embedder, "pooling", "mean"))
-    return open_or_create_store(settings.store, embedder.name, embedder.dim, pooling), embedder
+    e = embedder
+    return open_or_create_store(settings.store, e.name, e.dim, e.pooling, e.backend, e.vector_kind), embedder
 
 
 def _batches(docs: queue.Queue[Any], batch_tokens: int, loader: _Stage) -> Iterator[list[LoadedDocument]]:

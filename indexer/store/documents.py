@@ -594,7 +594,14 @@ def open_store(store: StoreSettings, read_only: bool = False) -> TokenStore:
     return TokenStore(backend, meta)
 
 
-def open_or_create_store(store: StoreSettings, model: str, dim: int, pooling: str) -> TokenStore:
+def open_or_create_store(
+    store: StoreSettings,
+    model: str,
+    dim: int,
+    pooling: str,
+    model_backend: str | None = None,
+    vector_kind: str | None = None,
+) -> TokenStore:
     """Open the collection for writing, creating it for (model, dim, `store.layout`) if it does not exist.
 
     Args:
@@ -602,6 +609,8 @@ def open_or_create_store(store: StoreSettings, model: str, dim: int, pooling: st
         model: the embedder's name.
         dim: the embedder's dimension.
         pooling: the embedder's pooling, recorded with the collection.
+        model_backend: the embedder's backend, recorded (default "hf-pooled") and checked when given.
+        vector_kind: the embedder's vector kind, recorded (default "pooled-hidden") and checked when given.
 
     Returns:
         The store, writing segments of `store.segment_tokens` rows.
@@ -617,7 +626,8 @@ def open_or_create_store(store: StoreSettings, model: str, dim: int, pooling: st
     if backend.exists():
         meta = CollectionMeta.model_validate(backend.open()["chunkless"])
         try:
-            meta.check(model, dim, store.storage_dtype, f"collection '{store.collection}'", layout)
+            where = f"collection '{store.collection}'"
+            meta.check(model, dim, store.storage_dtype, where, layout, model_backend, vector_kind)
         except StoreMismatchError:
             backend.close()
             raise
@@ -626,7 +636,17 @@ def open_or_create_store(store: StoreSettings, model: str, dim: int, pooling: st
         layout.stored_dim(dim)
     except ValueError as e:
         raise StoreMismatchError(f"collection '{store.collection}': {e}") from e
-    meta = CollectionMeta(model=model, dim=dim, pooling=pooling, layout=layout, created_at=time.time())
+    from indexer.embedders.folder import canonical_name
+
+    meta = CollectionMeta(
+        model=canonical_name(model),
+        dim=dim,
+        pooling=pooling,
+        layout=layout,
+        created_at=time.time(),
+        backend=model_backend or "hf-pooled",
+        vector_kind=vector_kind or "pooled-hidden",
+    )
     spaces = vector_spaces(dim, layout)
     backend.create(
         spaces,
