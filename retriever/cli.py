@@ -146,8 +146,8 @@ def cmd_explain(args: argparse.Namespace) -> int:
 
 
 def cmd_eval(args: argparse.Namespace) -> int:
-    from retriever.benchmark import load_benchmark
-    from retriever.evaluate import evaluate
+    from retriever.evaluation.benchmark import load_benchmark
+    from retriever.evaluation.evaluate import evaluate
 
     settings = _settings(args)
     bench = load_benchmark(args.bench_dir)

@@ -43,8 +43,8 @@ import torch
 from indexer.backends import Where
 from indexer.embedders import HFTokenEmbedder, assign_central, load_embedder, window_starts
 from indexer.store import Candidate
-from retriever.benchmark import Benchmark, BenchQuery, Hit, Scores, hit_at, load_benchmark, score
-from retriever.evaluate import auc, index_benchmark, run_chunkless
+from retriever.evaluation.benchmark import Benchmark, BenchQuery, Hit, Scores, hit_at, load_benchmark, score
+from retriever.evaluation.evaluate import auc, index_benchmark, run_chunkless
 from retriever.fetch import DocTokens
 from retriever.search import AloneCache, Retriever
 from retriever.sentences import SentenceTables

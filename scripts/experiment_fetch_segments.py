@@ -14,8 +14,8 @@ import argparse
 from pathlib import Path
 
 from indexer.embedders import load_embedder
-from retriever.benchmark import load_benchmark, score
-from retriever.evaluate import index_benchmark, run_chunkless
+from retriever.evaluation.benchmark import load_benchmark, score
+from retriever.evaluation.evaluate import index_benchmark, run_chunkless
 from retriever.fetch import DocTokens
 from retriever.search import Retriever
 from schemas.settings import Settings

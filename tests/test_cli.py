@@ -9,7 +9,7 @@ from pathlib import Path
 import pytest
 
 from retriever.cli import main
-from tests.conftest import DEMO
+from tests.support import DEMO
 
 
 @pytest.fixture(scope="module")

@@ -9,13 +9,22 @@ from pathlib import Path
 import pytest
 
 from indexer.embedders import HFTokenEmbedder
-from retriever.baselines import sentences, token_chunks
-from retriever.benchmark import BenchQuery, Hit, evidence_f1, hit_at, load_benchmark, words
 from retriever.boundaries import sentence_ranges
 from retriever.cli import main
-from retriever.evaluate import auc, evaluate
+from retriever.evaluation import (
+    BenchQuery,
+    Hit,
+    auc,
+    evaluate,
+    evidence_f1,
+    hit_at,
+    load_benchmark,
+    sentences,
+    token_chunks,
+    words,
+)
 from schemas.settings import Settings
-from tests._bench_fixture import DOCS, QUESTIONS, write_bench
+from tests.support import DOCS, QUESTIONS, write_bench
 
 
 @pytest.fixture(scope="module")

@@ -9,9 +9,9 @@ import numpy as np
 import pytest
 
 from indexer.embedders import HFTokenEmbedder
-from retriever.benchmark import load_benchmark
 from retriever.boundaries import boundary_chars
-from retriever.evaluate import index_benchmark
+from retriever.evaluation.benchmark import load_benchmark
+from retriever.evaluation.evaluate import index_benchmark
 from retriever.search import AloneCache, Retriever
 from schemas.errors import QueryError
 from schemas.settings import Settings
