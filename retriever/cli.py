@@ -88,8 +88,12 @@ def add_setting_flags(p: argparse.ArgumentParser, flags: dict[str, str]) -> None
         )
 
 
-def parse_layout(name: str) -> StorageLayout:
-    """`--storage NAME` as a layout; SettingsError names the flag, the field, the value and the range."""
+def parse_layout(name: str, where: str = "--storage") -> StorageLayout:
+    """A layout name (e.g. int8-pca128-pool2) given to flag `where`.
+
+    Raises:
+        SettingsError: names the flag, the field, the value and the allowed range.
+    """
     try:
         return StorageLayout.parse(name)
     except ValidationError as e:
@@ -97,9 +101,9 @@ def parse_layout(name: str) -> StorageLayout:
         for err in e.errors():
             field = f"storage_{err['loc'][0]}" if err["loc"] else "storage"
             parts.append(f"{field} ({env_name(field)})={err.get('input')!r}: {err['msg']}")
-        raise SettingsError(f"--storage {name}: invalid setting " + "; ".join(parts)) from None
+        raise SettingsError(f"{where} {name}: invalid setting " + "; ".join(parts)) from None
     except ValueError as e:
-        raise SettingsError(f"--storage: {e}") from None
+        raise SettingsError(f"{where}: {e}") from None
 
 
 def settings_of(args: argparse.Namespace) -> Settings:

@@ -36,11 +36,11 @@ from indexer.edge_backend import EdgeBackend
 from indexer.embedders import TokenEmbedder, load_embedder
 from indexer.segments import POINT_NAMESPACE
 from indexer.store import open_or_create_store, open_store
+from retriever.cli import parse_layout
 from retriever.evaluation.baselines import query_vectors, token_offsets
 from retriever.evaluation.benchmark import Benchmark, BenchQuery, Hit, load_benchmark, score
 from retriever.evaluation.evaluate import run_chunkless
 from retriever.search import Retriever
-from schemas.errors import SettingsError
 from schemas.layout import StorageLayout
 from schemas.models import EmbeddedDocument, LoadedDocument
 from schemas.settings import Settings
@@ -576,11 +576,3 @@ def main(argv: list[str] | None = None) -> int:
     print(text)
     print(f"wrote {args.out}/table.md, results.csv, quality_vs_bytes.png in {time.perf_counter() - t_start:.0f}s")
     return 0
-
-
-def parse_layout(name: str, where: str) -> StorageLayout:
-    """A layout name (e.g. int8-pca128-pool2) or SettingsError naming `where` it came from and the accepted form."""
-    try:
-        return StorageLayout.parse(name)
-    except ValueError as e:
-        raise SettingsError(f"{where}: {str(e).splitlines()[0]}") from None
