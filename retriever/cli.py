@@ -177,22 +177,21 @@ def cmd_list(args: argparse.Namespace) -> int:
     """Every document of the collection: doc_id, source, tokens, when it was ingested."""
     from indexer.store import open_store
 
-    store = open_store(settings_of(args))
+    store = open_store(settings_of(args).store)
     try:
         heads = store.headers()
     finally:
         store.close()
     rows = [
         {
-            "doc_id": h["doc_id"],
-            "source": h.get("source"),
-            "title": h.get("title"),
-            "n_tokens": h.get("n_tokens"),
-            "ingested_at": (
-                datetime.fromtimestamp(h["ingested_at"], UTC).isoformat(timespec="seconds")
-                if h.get("ingested_at") is not None
-                else None
-            ),
+            "doc_id": h.doc_id,
+            "source": h.source,
+            "title": h.title,
+            "n_tokens": h.n_tokens,
+            # 0: a header written before ingest times were recorded
+            "ingested_at": datetime.fromtimestamp(h.ingested_at, UTC).isoformat(timespec="seconds")
+            if h.ingested_at
+            else None,
         }
         for _, h in sorted(heads.items())
     ]
@@ -203,7 +202,7 @@ def cmd_list(args: argparse.Namespace) -> int:
         print("the collection holds no documents; add some with 'chunkless ingest PATH'", file=sys.stderr)
     for r in rows:
         print(
-            f"{one_line(r['doc_id'], 200)}\t{r['n_tokens']} tokens\t{r['ingested_at'] or '-'}\t"
+            f"{one_line(str(r['doc_id']), 200)}\t{r['n_tokens']} tokens\t{r['ingested_at'] or '-'}\t"
             f"{one_line(str(r['source']), 300)}"
         )
     return 0
@@ -212,7 +211,7 @@ def cmd_list(args: argparse.Namespace) -> int:
 def cmd_stats(args: argparse.Namespace) -> int:
     from indexer.store import open_store
 
-    store = open_store(settings_of(args))
+    store = open_store(settings_of(args).store)
     try:
         st = store.stats()
     finally:
@@ -224,13 +223,11 @@ def cmd_stats(args: argparse.Namespace) -> int:
 def cmd_delete(args: argparse.Namespace) -> int:
     from indexer.store import open_store
 
-    store = open_store(settings_of(args))
+    store = open_store(settings_of(args).store)
     try:
         target = args.target
         heads = store.headers()
-        ids = (
-            [target] if target in heads else [d for d, h in heads.items() if h["source"] == str(Path(target).resolve())]
-        )
+        ids = [target] if target in heads else [d for d, h in heads.items() if h.source == str(Path(target).resolve())]
         if not ids:
             raise QueryError(
                 f"no document '{target}' (doc_id or path) in the collection; see the doc_ids with 'chunkless list'"

@@ -58,9 +58,9 @@ def index_benchmark(bench: Benchmark, settings: Settings, embedder: TokenEmbedde
     Raises:
         StoreError: the store cannot be opened or does not match the embedder.
     """
-    store = open_or_create_store(settings, embedder.name, embedder.dim, embedder.pooling)  # type: ignore[attr-defined]
+    store = open_or_create_store(settings.store, embedder.name, embedder.dim, embedder.pooling)  # type: ignore[attr-defined]
     try:
-        live = {d: h["version"] for d, h in store.headers().items()}
+        live = {d: h.version for d, h in store.headers().items()}
         todo = [
             LoadedDocument(
                 doc_id=d.doc_id, source=d.doc_id, title=d.title, text=d.text, content_hash=content_hash(d.text)

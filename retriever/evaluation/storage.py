@@ -3,7 +3,7 @@
     chunkless storage-report ../shared/benchmarks/squad2-dev --out storage_report
     python scripts/storage_experiment.py ../shared/benchmarks/squad2-dev --out storage_report
 
-The corpus is embedded once (cached as .npz) and every storage layout (indexer.compress) is written
+The corpus is embedded once (cached as .npz) and every storage layout (indexer.codec) is written
 into its own Qdrant Edge store. Per layout it measures, from the store's files (allocated blocks):
 all files, all files but the write-ahead log (bounded in size, so not a per-token cost at scale),
 and the token-vector files alone; the span engine's decoded cache per token (RAM); hit@1, hit@5 and
@@ -30,12 +30,9 @@ from pathlib import Path
 
 import numpy as np
 
-from indexer.backends import NewPoint, VectorSpace
-from indexer.compress import pool_document
-from indexer.edge_backend import EdgeBackend
+from indexer.codec import pool_document
 from indexer.embedders import TokenEmbedder, load_embedder
-from indexer.segments import POINT_NAMESPACE
-from indexer.store import open_or_create_store, open_store
+from indexer.store import POINT_NAMESPACE, EdgeBackend, NewPoint, VectorSpace, open_or_create_store, open_store
 from retriever.cli import parse_layout
 from retriever.evaluation.baselines import query_vectors, token_offsets
 from retriever.evaluation.benchmark import Benchmark, BenchQuery, Hit, load_benchmark, score
@@ -218,14 +215,14 @@ def run_layout(
         storage_pool=layout.pool,  # the Retriever rescales span lengths to rows itself
     )
     tokens = sum(d.n_tokens for d in docs)
-    store = open_or_create_store(settings, embedder.name, embedder.dim, embedder.pooling)
+    store = open_or_create_store(settings.store, embedder.name, embedder.dim, embedder.pooling)
     if layout.needs_fit:  # fit on rows from every document, not just the first one written
         store.fit_codec(np.concatenate([pool_document(d, layout.pool).vectors for d in docs]))
     for d in docs:
         store.write_document(d)
     store.close()  # flushed and closed: what a finished ingest leaves on disk
     fb = file_bytes(settings.store.collection_path)
-    with Retriever(settings, embedder=embedder, store=open_store(settings)) as r:
+    with Retriever(settings, embedder=embedder, store=open_store(settings.store)) as r:
         results, warm_ms = timed_hits(r, queries, latency_n)
         cached, cached_tokens = decoded_bytes(r, layout.pool)
     shutil.rmtree(settings.store.store_path, ignore_errors=True)
@@ -328,7 +325,7 @@ def writeup_check(work: Path) -> tuple[int, int, int]:
         doc=doc, vectors=v, offsets=off, pooled=v[0], window_pooled=v[:1], window_bounds=np.array([[0, tokens]])
     )
     settings = Settings(store_path=work / "writeup", storage_dtype="float16", device="cpu")
-    store = open_or_create_store(settings, "synthetic-1024", dim, "last")
+    store = open_or_create_store(settings.store, "synthetic-1024", dim, "last")
     store.write_document(emb)
     store.close()
     measured = file_bytes(settings.store.collection_path)["tokens"]
