@@ -9,7 +9,7 @@ from pathlib import Path
 import pytest
 
 from retriever.cli import EXIT_BUG, build_parser, main, settings_of, terminal_safe
-from schemas.errors import EXIT_FILES_FAILED, SettingsError, StoreError
+from schemas.errors import EXIT_FILES_FAILED, SettingsError, StoreBusyError, StoreError
 from tests.support import DEMO
 
 
@@ -208,3 +208,16 @@ def test_document_escapes_never_reach_the_terminal(tmp_path: Path, capsys: pytes
     raw = capsys.readouterr().out
     assert "\x1b" not in raw and "\x07" not in raw  # JSON escapes them...
     assert "\x1b[31m" in json.loads(raw)["spans"][0]["text"]  # ...and keeps the document's text exact
+
+
+def test_a_busy_store_exits_4(demo_store: Path, capsys: pytest.CaptureFixture[str]) -> None:
+    from indexer.store import open_store
+    from schemas.settings import Settings
+
+    holder = open_store(Settings(store_path=demo_store).store)  # Edge allows one open per store
+    try:
+        assert main(["list", "--store", str(demo_store)]) == StoreBusyError.exit_code == 4
+    finally:
+        holder.close()
+    err = capsys.readouterr().err
+    assert err.startswith("chunkless: error: ") and "Traceback" not in err
