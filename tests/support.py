@@ -1,9 +1,4 @@
-"""Helpers shared by several test files (import from here, never from another test module; fixtures live
-in conftest.py).
-
-Blocks: synthetic embedded documents for the store; paths of the repository and its demo corpus; a tiny
-span-QA benchmark in the shared/benchmarks format.
-"""
+"""Helpers shared by tests (not fixtures: those live in conftest.py)."""
 
 from __future__ import annotations
 
@@ -15,8 +10,11 @@ import numpy as np
 
 from schemas.models import EmbeddedDocument, LoadedDocument
 
+# --- paths of the repository and its demo corpus ----------------------------------------------------
+REPO = Path(__file__).resolve().parent.parent
+DEMO = REPO / "demo" / "corpus"
 
-# --- synthetic embedded documents -------------------------------------------------------------
+
 def fake_embedded(
     doc_id: str, n: int, dim: int, seed: int = 0, version: str = "a" * 64, window: int | None = None
 ) -> EmbeddedDocument:
@@ -52,11 +50,7 @@ def fake_embedded(
     return EmbeddedDocument(doc=doc, vectors=v, offsets=offsets, pooled=pooled, window_pooled=wp, window_bounds=bounds)
 
 
-# --- paths ----------------------------------------------------------------------------------------
-REPO = Path(__file__).resolve().parent.parent
-DEMO = REPO / "demo" / "corpus"
-
-# --- a tiny span-QA benchmark ---------------------------------------------------------------------
+# --- retrieve: a tiny span-QA benchmark in the shared/benchmarks format --------------------------------
 DOCS = {
     "volcano": (
         "Volcanoes form where magma reaches the surface of the Earth. Mt. Etna in Sicily erupts often and its "
@@ -86,14 +80,12 @@ QUESTIONS = [
 
 
 def evidence_of(text: str, pos: int) -> tuple[int, int]:
-    """The sentence around character `pos` (the gold evidence of an answer there)."""
     start = max(text.rfind(". ", 0, pos) + 2, text.rfind("\n", 0, pos) + 1, 0)
     end = text.find(".", pos)
     return start, (end + 1 if end >= 0 else len(text))
 
 
 def write_bench(folder: Path) -> Path:
-    """DOCS and QUESTIONS (plus one unanswerable question) as corpus.jsonl and queries.jsonl in `folder`."""
     folder.mkdir(parents=True, exist_ok=True)
     with (folder / "corpus.jsonl").open("w") as f:
         for doc_id, text in DOCS.items():
@@ -115,3 +107,6 @@ def write_bench(folder: Path) -> Path:
         unanswerable = {"query_id": "u1", "query": "Who invented the bicycle?", "doc_id": "chess", "answers": []}
         f.write(json.dumps({**unanswerable, "evidence": None, "paragraph": None}) + "\n")
     return folder
+
+
+# --- end retrieve ----------------------------------------------------------------------------------
