@@ -31,12 +31,9 @@ def install(sub: Any, settings_of: Callable[[argparse.Namespace], Settings]) -> 
         settings_of: how the CLI turns flags into `Settings`.
     """
     sv = sub.add_parser("serve", help="run the HTTP service: search while ingesting, over an authenticated API")
-    sv.add_argument("--host", help="address to bind (default: CHUNKLESS_HOST or 127.0.0.1)")
-    sv.add_argument("--port", type=int, help="port (default: CHUNKLESS_PORT or 8000; 0: any free port)")
-    sv.add_argument("--store", type=Path, help="embedded store folder (default: CHUNKLESS_STORE_PATH)")
-    sv.add_argument("--model", help="embedding model name or path (default: CHUNKLESS_MODEL)")
-    sv.add_argument("--collection", help="collection name (default: chunkless)")
-    sv.add_argument("--url", help="Qdrant server URL instead of the embedded store")
+    from retriever.cli import MODEL_FLAGS, STORE_FLAGS, add_setting_flags
+
+    add_setting_flags(sv, {"--host": "host", "--port": "port"} | STORE_FLAGS | MODEL_FLAGS)
     sv.set_defaults(func=lambda a: cmd_serve(a, settings_of(a)))
     remote: dict[str, Command] = {
         "search": remote_search,
@@ -66,9 +63,6 @@ def cmd_serve(args: argparse.Namespace, settings: Settings) -> int:
     from retriever.serve.app import create_app
     from retriever.serve.service import Service
 
-    over = {k: v for k, v in (("host", args.host), ("port", args.port)) if v is not None}
-    if over:
-        settings = settings.updated(**over)
     cfg = settings.serve
     logging.getLogger("retriever.serve").setLevel(logging.INFO)
     # bind before loading the model: a taken port fails at once, and the real port (for --port 0) is known
@@ -102,8 +96,11 @@ def _client(args: argparse.Namespace) -> Any:
 
 def remote_search(args: argparse.Namespace) -> int:
     """`chunkless search --server URL`: the same output as the local command."""
+    from retriever.cli import settings_of
+
+    top = settings_of(args).spans.top  # --top, else CHUNKLESS_TOP, else the default
     with _client(args) as c:
-        resp = c.search(args.query, top=args.top)
+        resp = c.search(args.query, top=top)
     if args.json:
         print(json.dumps({"query": resp.query, "spans": [s.model_dump() for s in resp.spans]}, ensure_ascii=False))
         return 0
