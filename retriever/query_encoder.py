@@ -18,8 +18,7 @@ from dataclasses import dataclass
 import numpy as np
 import torch
 
-from indexer.embedders import QUERY_TEMPLATE, HFTokenEmbedder
-from schemas.errors import QueryError
+from indexer.embedders import HFTokenEmbedder
 
 
 @dataclass
@@ -38,84 +37,57 @@ def int8_copy(model: torch.nn.Module) -> torch.nn.Module:
 
 
 class QueryEncoder:
-    """Encodes queries (and short texts embedded alone) with an HFTokenEmbedder's model and tokenizer.
+    """Encodes queries (and short texts embedded alone) with an HFTokenEmbedder, through its public
+    `query_ids` and `encode`.
 
     Args:
-        embedder: the embedder the documents were embedded with (its tokenizer, pooling, special tokens).
-        quantize: run an int8 copy of the model (CPU only; ignored on other devices).
+        embedder: the embedder the documents were embedded with.
+        quantize: run an int8 copy of its model (CPU only; ignored on other devices).
 
     Thread-safe: forward passes are serialised by an internal lock (the tokenizer is not shareable).
     """
 
     def __init__(self, embedder: HFTokenEmbedder, quantize: bool = False) -> None:
-        self.embedder = embedder
         self.quantized = quantize and embedder.device.type == "cpu"
-        self.model = int8_copy(embedder.model) if self.quantized else embedder.model
+        if self.quantized:  # the same tokenizer and settings around an int8 model
+            embedder = copy.copy(embedder)
+            embedder.model = int8_copy(embedder.model)
+        self.embedder = embedder
         self._lock = threading.Lock()
-
-    def query_ids(self, query: str) -> list[int]:
-        """Model input ids of a query (instruction applied for decoders).
-
-        Raises:
-            QueryError: the query is empty or longer than `max_query_tokens`.
-        """
-        e = self.embedder
-        if not query.strip():
-            raise QueryError("query is empty; pass the question to search for")
-        text = query
-        if e.pooling == "last" and e.query_instruction:
-            text = QUERY_TEMPLATE.format(task=e.query_instruction, query=query)
-        ids, _ = e.tokenize(text)
-        if len(ids) > e.max_query_tokens:
-            raise QueryError(
-                f"query is {len(ids)} tokens, over the limit of {e.max_query_tokens} "
-                "(max_query_tokens / model window); shorten it"
-            )
-        return e.prefix + ids + e.suffix
 
     def encode(self, queries: Sequence[str]) -> list[EncodedQuery]:
         """Pooled and token vectors of every query, in one batched forward pass.
 
+        Args:
+            queries: the questions.
+
+        Returns:
+            One `EncodedQuery` per query, in order.
+
         Raises:
             QueryError: a query is empty or too long.
         """
-        seqs = [self.query_ids(q) for q in queries]
+        e = self.embedder
+        seqs = [e.query_ids(q) for q in queries]
         if not seqs:
             return []
         with self._lock:
-            hidden, pooled = self._forward(seqs)
-        p, s = len(self.embedder.prefix), len(self.embedder.suffix)
+            res = e.encode(seqs)
+        p, s = len(e.prefix_for_query), len(e.suffix)
         out = []
-        for i, ids in enumerate(seqs):
-            tok = torch.nn.functional.normalize(hidden[i, p : len(ids) - s], dim=-1)
-            out.append(EncodedQuery(pooled[i].numpy().astype(np.float32), tok.numpy().astype(np.float32)))
+        for ids, (rows, pooled) in zip(seqs, res, strict=True):
+            tok = torch.nn.functional.normalize(torch.from_numpy(np.ascontiguousarray(rows[p : len(ids) - s])), dim=-1)
+            out.append(EncodedQuery(np.asarray(pooled, dtype=np.float32), tok.numpy().astype(np.float32)))
         return out
 
     def embed_texts(self, texts: Sequence[str]) -> np.ndarray:
-        """Pooled unit vectors (n, dim) of short texts embedded alone (truncated to the model window)."""
-        e = self.embedder
-        if not texts:
-            return np.zeros((0, e.dim), np.float32)
-        seqs = [e.prefix + e.tokenize(t)[0][: e.content] + e.suffix for t in texts]
-        with self._lock:
-            _, pooled = self._forward(seqs)
-        return pooled.numpy().astype(np.float32)
+        """Pooled unit vectors (n, dim) of short texts embedded alone (truncated to the model window).
 
-    def _forward(self, seqs: list[list[int]]) -> tuple[torch.Tensor, torch.Tensor]:
-        """(b, L, dim) hidden states (float32, CPU) and (b, dim) pooled unit vectors of right-padded sequences."""
-        e = self.embedder
-        longest = max(len(x) for x in seqs)
-        ids = torch.full((len(seqs), longest), e.pad_id, dtype=torch.long)
-        mask = torch.zeros((len(seqs), longest), dtype=torch.long)
-        for row, x in enumerate(seqs):
-            ids[row, : len(x)] = torch.tensor(x)
-            mask[row, : len(x)] = 1
-        device = torch.device("cpu") if self.quantized else e.device
-        with torch.inference_mode():
-            hidden = self.model(input_ids=ids.to(device), attention_mask=mask.to(device)).last_hidden_state.float()
-        m = mask.to(device).unsqueeze(-1).float()
-        if e.pooling == "mean":
-            pooled = (hidden * m).sum(1) / m.sum(1).clamp(min=1)
-        else:
-            pooled = hidden[torch.arange(len(seqs), device=device), mask.sum(1).to(device) - 1]
-        return hidden.cpu(), torch.nn.functional.normalize(pooled, dim=-1).cpu()
+        Args:
+            texts: the texts.
+
+        Returns:
+            (len(texts), dim) float32.
+        """
+        with self._lock:
+            return self.embedder.embed_texts(texts)

@@ -14,8 +14,7 @@ from dataclasses import dataclass
 
 import numpy as np
 
-from indexer.embedders import HFTokenEmbedder, TokenEmbedder, load_embedder
-from indexer.models import pick_device
+from indexer.embedders import HFTokenEmbedder, TokenEmbedder, load_embedder, pick_device
 from indexer.store import Candidate, DocHeader, Match, TokenStore, Where, open_store
 from retriever.calibration import Calibration
 from retriever.fetch import DocTokens, Fetcher
@@ -100,7 +99,8 @@ class Retriever:
         self.settings = settings
         self.store = store or open_store(settings.store, read_only=True)
         self.embedder = embedder or load_embedder(settings)
-        self.store.meta.check(self.embedder.name, self.embedder.dim, None, f"collection '{settings.store.collection}'")
+        e, where = self.embedder, f"collection '{settings.store.collection}'"
+        self.store.meta.check(e.name, e.dim, None, where, backend=e.backend, vector_kind=e.vector_kind)
         self.device = pick_device(settings.model.device)
         self.fetcher = Fetcher(self.store, self.device, settings.spans.boundary, settings.recall.cache_mb << 20)
         # the tokenizer (Rust, mutable truncation state) and the store handle are not safe to share
@@ -108,7 +108,7 @@ class Retriever:
         self._model_lock = threading.Lock()
         self._store_lock = threading.Lock()
         rank = settings.recall.fetch_rank
-        can_maxsim = self.store.meta.layout.is_plain and hasattr(self.embedder, "embed_query_tokens")
+        can_maxsim = self.store.meta.layout.is_plain and self.embedder.capabilities.query_tokens
         self._fetch_by_maxsim = rank == "maxsim" or (rank == "auto" and can_maxsim)
         ctx = MethodContext(
             settings=settings.spans,
@@ -264,17 +264,14 @@ class Retriever:
             QueryError: an empty or over-long query.
         """
         with self._model_lock:
-            batched = getattr(self.embedder, "embed_queries", None)
-            if batched is not None:
-                return np.asarray(batched(queries), dtype=np.float32)
-            return np.stack([self.embedder.embed_query(q) for q in queries]).astype(np.float32)
+            return np.asarray(self.embedder.embed_queries(queries), dtype=np.float32)
 
     def _candidates(
         self, query: str, q: np.ndarray, where: Where | None, qtok: np.ndarray | None = None
     ) -> tuple[list[DocTokens], dict[str, float], float | None]:
         """Recall, segment ranking and fetch of one query, timed; and the best segment's MaxSim per query token."""
         t0 = time.perf_counter()
-        cands = self.recall(query, q, where, qtok)
+        cands = self.recall(query, q, where)
         headers = {c.doc_id: c.header for c in cands}
         t1 = time.perf_counter()
         segments, best = self._segments_worth_scoring(query, q, headers, qtok)
@@ -304,9 +301,7 @@ class Retriever:
         best = ranked[0][2] / len(by) if ranked and by.ndim == 2 else None
         return out, best
 
-    def recall(
-        self, query: str, q: np.ndarray, where: Where | None = None, qtok: np.ndarray | None = None
-    ) -> list[Candidate]:
+    def recall(self, query: str, q: np.ndarray, where: Where | None = None) -> list[Candidate]:
         """Candidate documents, best first: pooled-vector HNSW (doc or segment level), optionally MaxSim re-ranked.
 
         Overridable: `search` calls it once per query.
@@ -315,7 +310,6 @@ class Retriever:
             query: the question (for MaxSim's query token vectors).
             q: (dim,) its pooled vector.
             where: a payload filter.
-            qtok: the query's token vectors when the caller has them (else embedded here for MaxSim).
 
         Returns:
             At most `recall_k` candidates with their headers.
@@ -328,18 +322,15 @@ class Retriever:
             cands = self.store.recall(q, st.recall.recall_k, st.recall.recall_level, where)
         if not st.recall.recall_maxsim or not cands:
             return cands
-        qt = self._query_tokens(query) if qtok is None else qtok
+        qt = self._query_tokens(query)
         with self._store_lock:
             ranked = self.store.maxsim(qt, len(cands), [c.doc_id for c in cands])
         return [c for c in ranked if c.doc_id in {x.doc_id for x in cands}]
 
     def _query_tokens(self, query: str) -> np.ndarray:
         """(m, dim) the query's token vectors, for MaxSim in Qdrant."""
-        tokens_of = getattr(self.embedder, "embed_query_tokens", None)
-        if tokens_of is None:
-            raise QueryError(f"MaxSim needs query token vectors, which {type(self.embedder).__name__} lacks")
-        with self._model_lock:
-            return np.asarray(tokens_of(query), dtype=np.float32)
+        with self._model_lock:  # a model without query tokens raises QueryError naming the fix
+            return np.asarray(self.embedder.embed_query_tokens(query), dtype=np.float32)
 
     def _embed_texts(self, texts: list[str]) -> np.ndarray:
         with self._model_lock:

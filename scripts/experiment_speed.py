@@ -32,10 +32,10 @@ from pathlib import Path
 import numpy as np
 
 from indexer.embedders import HFTokenEmbedder, load_embedder
-from retriever.benchmark import BenchQuery, Hit, evidence_f1, hit_at, load_benchmark, words
 from retriever.boundaries import boundary_chars
 from retriever.calibration import FEATURES, PARAMS, fit, lexical_features
-from retriever.evaluate import auc, index_benchmark
+from retriever.evaluation.benchmark import BenchQuery, Hit, evidence_f1, hit_at, load_benchmark, words
+from retriever.evaluation.evaluate import auc, index_benchmark
 from retriever.lexical import coverage
 from retriever.query_encoder import QueryEncoder
 from retriever.search import Retriever

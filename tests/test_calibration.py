@@ -9,13 +9,13 @@ import numpy as np
 import pytest
 
 from indexer.embedders import HFTokenEmbedder
-from retriever.benchmark import load_benchmark
 from retriever.calibration import FEATURES, Calibration, abstention, fit
-from retriever.evaluate import auc, index_benchmark
+from retriever.evaluation.benchmark import load_benchmark
+from retriever.evaluation.evaluate import auc, index_benchmark
 from retriever.query_encoder import QueryEncoder
 from retriever.search import Retriever
 from schemas.settings import Settings
-from tests._bench_fixture import write_bench
+from tests.support import write_bench
 
 
 def test_fit_recovers_a_separable_signal_and_round_trips() -> None:

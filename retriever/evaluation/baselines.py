@@ -9,37 +9,26 @@ from __future__ import annotations
 
 import time
 from collections.abc import Sequence
-from typing import Protocol, runtime_checkable
 
 import numpy as np
 
 from indexer.embedders import TokenEmbedder
-from retriever.benchmark import Benchmark, BenchQuery, Hit
 from retriever.boundaries import sentence_ranges
+from retriever.evaluation.benchmark import Benchmark, BenchQuery, Hit
 
 Piece = tuple[str, int, int]  # doc_id, char start, char end
 
 
-@runtime_checkable
-class _Tokenizing(Protocol):
-    def tokenize(self, text: str) -> tuple[list[int], np.ndarray]: ...
-
-
 def query_vectors(embedder: TokenEmbedder, queries: Sequence[str]) -> np.ndarray:
     """(n, dim) query vectors, batched when the embedder can."""
-    batched = getattr(embedder, "embed_queries", None)
-    if batched is not None:
-        return np.asarray(batched(list(queries)), dtype=np.float32)
-    return np.stack([embedder.embed_query(q) for q in queries]).astype(np.float32)
+    return np.asarray(embedder.embed_queries(list(queries)), dtype=np.float32)
 
 
 def token_chunks(bench: Benchmark, embedder: TokenEmbedder, size: int) -> list[Piece]:
     """Each document cut into runs of `size` tokens; a chunk covers its first token's start to its last's end."""
-    if not isinstance(embedder, _Tokenizing):
-        raise TypeError(f"{type(embedder).__name__} has no tokenize(); chunk baselines need the model's tokenizer")
     out: list[Piece] = []
     for d in bench.docs:
-        _, off = embedder.tokenize(d.text)
+        off = token_offsets(embedder, d.text)
         for i in range(0, len(off), size):
             last = min(i + size, len(off)) - 1
             out.append((d.doc_id, int(off[i, 0]), int(off[i : last + 1, 1].max())))
@@ -47,6 +36,7 @@ def token_chunks(bench: Benchmark, embedder: TokenEmbedder, size: int) -> list[P
 
 
 def sentences(bench: Benchmark) -> list[Piece]:
+    """Every sentence of every document (retriever.boundaries' "sentences" rule)."""
     return [(d.doc_id, a, b) for d in bench.docs for a, b in sentence_ranges(d.text)]
 
 
@@ -89,3 +79,8 @@ def sentence_baseline(
     bench: Benchmark, queries: list[BenchQuery], embedder: TokenEmbedder
 ) -> tuple[list[list[Hit]], float]:
     return rank_pieces(bench, queries, embedder, sentences(bench))
+
+
+def token_offsets(embedder: TokenEmbedder, text: str) -> np.ndarray:
+    """(n, 2) character ranges of the model's tokens of `text`."""
+    return embedder.tokenize(text)[1]
