@@ -11,7 +11,7 @@ import pytest
 from indexer.embedders import HFTokenEmbedder
 from retriever.calibration import FEATURES, Calibration, abstention, fit
 from retriever.evaluation.benchmark import load_benchmark
-from retriever.evaluation.evaluate import auc, index_benchmark
+from retriever.evaluation.evaluate import auc, evaluate, index_benchmark
 from retriever.query_encoder import QueryEncoder
 from retriever.search import Retriever
 from schemas.settings import Settings
@@ -92,3 +92,12 @@ def test_abstention_precision_and_recall() -> None:
     assert a.answered == pytest.approx(2 / 4)
     assert "precision 0.500" in a.line()
     assert abstention([], [], 0.5).precision is None
+
+
+def test_eval_reports_confidence_auc_and_abstention(tmp_path: Path, minilm: HFTokenEmbedder) -> None:
+    bench = load_benchmark(write_bench(tmp_path / "bench"))
+    report = evaluate(bench, Settings(device="cpu", rerank_k=4, abstain=0.2), embedder=minilm, baselines=False)
+    assert report.confidence_auc is not None and 0.0 <= report.confidence_auc <= 1.0
+    assert report.abstention is not None and report.abstention.threshold == 0.2
+    assert report.abstention.recall in (0.0, 1.0)  # one unanswerable question: abstained on or not
+    assert "AUC of the top span's confidence" in report.table() and "abstain below 0.20" in report.table()

@@ -28,6 +28,7 @@ import numpy as np
 
 from indexer.embedders import TokenEmbedder, load_embedder
 from indexer.store import open_or_create_store
+from retriever.calibration import Abstention, abstention
 from retriever.evaluation.baselines import chunk_baseline, sentence_baseline
 from retriever.evaluation.benchmark import Benchmark, BenchQuery, Hit, Scores, score
 from retriever.search import Retriever
@@ -120,6 +121,8 @@ class EvalReport:
     results: dict[str, list[list[Hit]]] = field(default_factory=dict)
     auc: float | None = None
     unanswerable: list[BenchQuery] = field(default_factory=list)
+    confidence_auc: float | None = None
+    abstention: Abstention | None = None
 
     def table(self) -> str:
         lines = [Scores.HEADER] + [s.row(name) for name, s in self.rows.items()]
@@ -128,6 +131,10 @@ class EvalReport:
         if self.auc is not None:
             tail += f"; unanswerable vs answerable AUC of chunkless' top-span score: {self.auc:.3f}"
             tail += f" ({len(self.unanswerable)} unanswerable)"
+        if self.confidence_auc is not None:
+            tail += f"\nAUC of the top span's confidence: {self.confidence_auc:.3f}"
+        if self.abstention is not None:
+            tail += f"; {self.abstention.line()}"
         return "\n".join(lines) + tail
 
     def write_results(self, path: Path, method: str = "chunkless") -> None:
@@ -140,13 +147,16 @@ class EvalReport:
                 f.write(json.dumps({"query_id": q.query_id, "spans": spans}, ensure_ascii=False) + "\n")
 
 
-def run_chunkless(retriever: Retriever, queries: list[BenchQuery], top: int = 5) -> tuple[list[list[Hit]], float]:
+def run_chunkless(
+    retriever: Retriever, queries: list[BenchQuery], top: int = 5, confidences: list[float | None] | None = None
+) -> tuple[list[list[Hit]], float]:
     """Hits per query through `Retriever.search_batch`.
 
     Args:
         retriever: an open Retriever over the benchmark's collection.
         queries: the questions, asked in batches.
         top: spans kept per question.
+        confidences: when given, each query's `SearchResponse.confidence` is appended to it.
 
     Returns:
         Hits per query (aligned with `queries`) and the seconds it took.
@@ -155,7 +165,10 @@ def run_chunkless(retriever: Retriever, queries: list[BenchQuery], top: int = 5)
     out: list[list[Hit]] = []
     step = 64  # batched query embedding, bounded memory
     for i in range(0, len(queries), step):
-        out += [to_hits(r) for r in retriever.search_batch([q.query for q in queries[i : i + step]], top=top)]
+        resps = retriever.search_batch([q.query for q in queries[i : i + step]], top=top)
+        out += [to_hits(r) for r in resps]
+        if confidences is not None:
+            confidences += [r.confidence for r in resps]
     return out, time.perf_counter() - t0
 
 
@@ -206,12 +219,19 @@ def evaluate(
         say(f"indexed {n} documents ({len(bench.docs) - n} reused) in {time.perf_counter() - t0:.1f}s")
         report = EvalReport(queries=answerable, unanswerable=unans)
         with Retriever(s, embedder=embedder) as r:
-            hits, secs = run_chunkless(r, answerable)
+            pos_conf: list[float | None] = []
+            hits, secs = run_chunkless(r, answerable, confidences=pos_conf)
             report.rows["chunkless"], report.results["chunkless"] = score(answerable, hits, secs), hits
             say(report.rows["chunkless"].row("chunkless"))
             if unans:
-                neg, _ = run_chunkless(r, unans, top=1)
+                neg_conf: list[float | None] = []
+                neg, _ = run_chunkless(r, unans, top=1, confidences=neg_conf)
                 report.auc = auc(top_scores(hits), top_scores(neg))
+                if all(c is not None for c in pos_conf + neg_conf):
+                    report.confidence_auc = auc([c or 0.0 for c in pos_conf], [c or 0.0 for c in neg_conf])
+                # precision and recall of abstaining at the configured threshold (0.3 when none is set)
+                thr = s.spans.abstain if s.spans.abstain is not None else 0.3
+                report.abstention = abstention(pos_conf, neg_conf, thr)
     if baselines:
         for size in (64, 128, 256):
             name = f"{size}-token chunks"
