@@ -47,7 +47,7 @@ def cmd_ingest(args: argparse.Namespace) -> int:
     bar = not args.quiet and sys.stderr.isatty()  # a bar in a log file is noise: plain lines there instead
     if not bar:
         logging.getLogger("indexer.pipeline").setLevel(logging.INFO)
-    report = ingest(args.paths, settings, progress=bar)
+    report = ingest(args.paths, settings, progress=bar, id_from=args.id_from, doc_id=args.doc_id)
     msg = (
         f"ingested {report.documents} documents ({report.tokens} tokens, {report.replaced} replaced, "
         f"{report.skipped_unchanged} unchanged, {report.bytes_stored / 1e6:.1f} MB of vectors) in "
@@ -195,6 +195,8 @@ def build_parser() -> argparse.ArgumentParser:
     ing.add_argument("--storage", help="storage layout of a new collection, e.g. binary, int8-pca128, int8-pool2")
     ing.add_argument("--report", help="write a JSON report of the run here")
     ing.add_argument("--quiet", action="store_true", help="plain log lines, no progress bar")
+    ing.add_argument("--id-from", type=Path, metavar="ROOT", help="doc_ids relative to ROOT (default: absolute paths)")
+    ing.add_argument("--doc-id", metavar="ID", help="store the one file named under this doc_id")
     _common(ing)
     ing.set_defaults(func=cmd_ingest)
 
