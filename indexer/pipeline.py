@@ -22,9 +22,12 @@ from collections.abc import Callable, Iterable, Iterator
 from pathlib import Path
 from typing import Any
 
+import numpy as np
+
 from indexer.discover import collision_reason, discover
-from indexer.embedders import TokenEmbedder, load_embedder
+from indexer.embedders import HFTokenEmbedder, TokenEmbedder, load_embedder
 from indexer.loaders import file_hash, load_file
+from indexer.parts import HFWindows, PartCommit, PartWrite, embed_in_parts
 from indexer.store import TokenStore, Written, open_or_create_store, open_store
 from schemas.errors import ChunklessError, InputError, StoreNotFoundError
 from schemas.models import EmbeddedDocument, IngestFailure, IngestReport, LoadedDocument
@@ -277,10 +280,15 @@ def ingest(
             _put(docs, _DONE, stop)
 
         def write() -> None:
+            broken: set[str] = set()  # documents written in parts whose write failed part-way
+            part_bytes: dict[str, int] = {}
             while True:
                 item = embedded.get()
                 if item is _DONE:
                     return
+                if isinstance(item, PartWrite | PartCommit):
+                    _write_part(item, store, broken, part_bytes, record, fail)
+                    continue
                 for emb in item:
                     _write_one(emb, store, record, fail)
 
@@ -298,6 +306,7 @@ def ingest(
                 report.segments += written.segments
             bar.advance("stored", d.doc_id, n_tokens)
 
+        part_tokens = settings.model.batch_tokens  # a long document is embedded one batch's worth at a time
         loader, writer = _Stage("chunkless-load", load), _Stage("chunkless-write", write)
         loader.start()
         writer.start()
@@ -306,9 +315,15 @@ def ingest(
             if embedder is None:
                 embedder = load_embedder(settings)
                 store.meta.check(embedder.name, embedder.dim, None, f"collection '{settings.store.collection}'")
-            out = _embed(batch, embedder, fail)
+            flags = [_part_wise(d, embedder, part_tokens) for d in batch]
+            long_docs = [d for d, f in zip(batch, flags, strict=True) if f]
+            short = [d for d, f in zip(batch, flags, strict=True) if not f]
+            out = _embed(short, embedder, fail) if short else []
             if out and not _put(embedded, out, stop):
                 break
+            for d in long_docs:
+                if not _embed_parts(d, embedder, settings, store, embedded, stop, bar, fail):
+                    break
         loader.check()
         _put(embedded, _DONE, stop)
         while writer.is_alive():  # join in slices: a writer error must not hide behind a blocked put
@@ -448,4 +463,66 @@ def _write_one(
         written = store.write_document(emb)
         record(d, written, emb.n_tokens)
     except ChunklessError as e:
+        fail(d.source, str(e), d.doc_id)
+
+
+def _part_wise(doc: LoadedDocument, embedder: TokenEmbedder, part_tokens: int) -> bool:
+    """Whether `doc` is embedded and written part by part: longer than one part, on a model that can."""
+    return isinstance(embedder, HFTokenEmbedder) and len(doc.text) // CHARS_PER_TOKEN > part_tokens
+
+
+def _embed_parts(
+    doc: LoadedDocument,
+    embedder: TokenEmbedder,
+    settings: Settings,
+    store: TokenStore,
+    embedded: queue.Queue[Any],
+    stop: threading.Event,
+    bar: Progress,
+    fail: Callable[[str, str, str], None],
+) -> bool:
+    """Embed a long document part by part, handing each part's segments to the writer; False if stopping."""
+    assert isinstance(embedder, HFTokenEmbedder)  # _part_wise chose this route only for it
+    parts = embed_in_parts(
+        doc,
+        HFWindows(embedder),
+        settings.model.batch_tokens,
+        store.meta.storage_pool,
+        store.segment_rows,
+        progress=lambda done, total: bar.working(doc.doc_id, done, total),
+    )
+    try:
+        for item in parts:
+            if not _put(embedded, item, stop):
+                return False
+    except InputError as e:
+        fail(e.path, e.reason, doc.doc_id)
+    except (ChunklessError, ValueError, RuntimeError, IndexError) as e:
+        # segments already written are orphans no search sees; the next run removes them
+        fail(doc.source, f"cannot embed ({type(e).__name__}: {e})", doc.doc_id)
+    return True
+
+
+def _write_part(
+    item: PartWrite | PartCommit,
+    store: TokenStore,
+    broken: set[str],
+    part_bytes: dict[str, int],
+    record: Callable[[LoadedDocument, Written, int], None],
+    fail: Callable[[str, str, str], None],
+) -> None:
+    d = item.doc
+    if d.doc_id in broken:
+        return
+    try:
+        if isinstance(item, PartWrite):
+            if item.first:
+                store.begin_document(d, store.meta.dim, np.concatenate([s.vectors for s in item.segments]))
+            part_bytes[d.doc_id] = part_bytes.get(d.doc_id, 0) + store.write_segments(d, item.segments)
+            return
+        store.commit_document(d, item.pooled, item.n_tokens, item.n_rows, item.n_segments)
+        record(d, Written(part_bytes.pop(d.doc_id, 0), item.n_segments), item.n_tokens)
+    except ChunklessError as e:
+        broken.add(d.doc_id)
+        part_bytes.pop(d.doc_id, None)
         fail(d.source, str(e), d.doc_id)

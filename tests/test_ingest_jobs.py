@@ -20,6 +20,7 @@ import numpy as np
 import pymupdf
 import pytest
 
+import indexer.parts as parts
 import indexer.pipeline as pipeline
 from indexer.backends import Match, Where
 from indexer.edge_backend import EdgeBackend
@@ -432,3 +433,60 @@ def test_non_terminal_progress_logs_a_heartbeat_every_few_seconds(caplog: pytest
     assert len(beats) == 2
     assert "0.2/1 files" in beats[0] and "3,000 tokens" in beats[0] and "huge.txt" in beats[0]
     assert "1.0/1 files" in beats[1]
+
+
+def long_text(words: int, seed: int = 7) -> str:
+    rng = np.random.default_rng(seed)
+    return " ".join(" ".join(rng.choice(WORDS, 12)).capitalize() + "." for _ in range(words // 12))
+
+
+@pytest.mark.parametrize("pool", [1, 2])
+def test_long_document_in_parts_stores_what_a_whole_embedding_stores(
+    tmp_path: Path, minilm: HFTokenEmbedder, pool: int
+) -> None:
+    corpus = tmp_path / "corpus"
+    corpus.mkdir()
+    (corpus / "long.txt").write_text(long_text(2400))
+    common = {"device": "cpu", "batch_tokens": 256, "segment_tokens": 300, "storage_pool": pool}
+    parts = Settings(store_path=tmp_path / "parts", **common)
+    whole = Settings(store_path=tmp_path / "whole", **common)
+    # the real model goes part by part (parts of 2 windows here); wrapped, it embeds the document whole
+    assert pipeline.ingest([corpus], parts, embedder=minilm).documents == 1
+    assert pipeline.ingest([corpus], whole, embedder=CountingEmbedder(minilm)).documents == 1
+    a, b = snapshot(parts), snapshot(whole)
+    assert_same(a, b)
+    [(_, n_tokens, n_segments)] = a["headers"].values()
+    assert n_segments > 3 and n_tokens > 2400
+    sa, sb = open_store(parts), open_store(whole)
+    try:
+        pa = sa.backend.scroll(Where(must=[Match("kind", "segment")]), with_vectors=["pooled"])
+        pb = {r.id: r for r in sb.backend.scroll(Where(must=[Match("kind", "segment")]), with_vectors=["pooled"])}
+        for r in pa:  # same text, offsets and pooled vector per segment
+            other = pb[r.id]
+            assert {k: v for k, v in r.payload.items() if k != "written_at"} == {
+                k: v for k, v in other.payload.items() if k != "written_at"
+            }
+            np.testing.assert_allclose(r.vectors["pooled"], other.vectors["pooled"], atol=1e-5)
+        ha, hb = (s.backend.scroll(Where(must=[Match("kind", "doc")]), with_vectors=["pooled"])[0] for s in (sa, sb))
+        np.testing.assert_allclose(ha.vectors["pooled"], hb.vectors["pooled"], atol=1e-5)
+    finally:
+        sa.close()
+        sb.close()
+
+
+def test_parts_report_progress_within_the_file(minilm: HFTokenEmbedder) -> None:
+    doc = LoadedDocument(doc_id="big", source="big.txt", title="big", text=long_text(1200), content_hash="0" * 64)
+    seen: list[tuple[int, int]] = []
+    items = list(parts.embed_in_parts(doc, parts.HFWindows(minilm), 256, 1, None, lambda d, t: seen.append((d, t))))
+    total = seen[-1][1]
+    assert len(seen) > 3 and seen[-1][0] == total and seen[0][0] < total
+    assert [d for d, _ in seen] == sorted(d for d, _ in seen)
+    assert isinstance(items[-1], parts.PartCommit) and items[-1].n_tokens == total
+
+
+def test_tokenizing_in_pieces_equals_one_call(minilm: HFTokenEmbedder) -> None:
+    text = long_text(600) + "\n\nUnicode — naïve café.  Double  spaces and tabs\there."
+    ids, offsets = parts.tokenize_long(parts.HFWindows(minilm), text, chunk_chars=200)
+    whole_ids, whole_off = minilm.tokenize(text)
+    assert ids.tolist() == whole_ids
+    np.testing.assert_array_equal(offsets, whole_off)
