@@ -23,9 +23,9 @@ from typing import Protocol
 
 import numpy as np
 
-from indexer.compress import pool_document
+from indexer.codec import pool_document
 from indexer.embedders import HFTokenEmbedder, assign_central, window_starts
-from indexer.segments import Segment, max_segment_tokens, split_segments
+from indexer.store.segments import Segment, max_segment_tokens, split_segments
 from schemas.errors import InputError
 from schemas.models import EmbeddedDocument, LoadedDocument
 
@@ -75,11 +75,16 @@ class HFWindows:
 
 @dataclass(frozen=True)
 class PartWrite:
-    """Segments ready to be written; `first` marks the document's first write (fits the codec on them)."""
+    """Segments ready to be written; `first` marks the document's first write (fits the codec on them).
+
+    `n_rows` and `n_segments` are the whole document's, for the store's free-space check.
+    """
 
     doc: LoadedDocument
     segments: list[Segment]
     first: bool
+    n_rows: int
+    n_segments: int
 
 
 @dataclass(frozen=True)
@@ -193,7 +198,7 @@ def embed_in_parts(
         if segs:
             keep_from = int(cuts[next_seg]) * pool if next_seg < count else n
             buf, buf_start = buf[keep_from - buf_start :], keep_from
-            yield PartWrite(doc, segs, first)
+            yield PartWrite(doc, segs, first, n_rows, count)
             first = False
         if progress is not None:
             progress(hi, n)

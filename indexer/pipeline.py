@@ -28,7 +28,7 @@ from indexer.discover import collision_reason, discover
 from indexer.embedders import HFTokenEmbedder, TokenEmbedder, load_embedder
 from indexer.loaders import file_hash, load_file
 from indexer.parts import HFWindows, PartCommit, PartWrite, embed_in_parts
-from indexer.store import TokenStore, Written, open_or_create_store, open_store
+from indexer.store import DocHeader, TokenStore, Written, open_or_create_store, open_store
 from schemas.errors import ChunklessError, InputError, StoreNotFoundError
 from schemas.models import EmbeddedDocument, IngestFailure, IngestReport, LoadedDocument
 from schemas.settings import Settings
@@ -179,9 +179,11 @@ class _Stage(threading.Thread):
             raise self.error
 
 
-def _put(q: queue.Queue[Any], item: Any, stop: threading.Event) -> bool:
-    """Blocking put that gives up when the job is stopping (so no stage waits forever on a dead peer)."""
+def _put(q: queue.Queue[Any], item: Any, stop: threading.Event, reader: threading.Thread | None = None) -> bool:
+    """Blocking put that gives up when the job is stopping or the `reader` stage died (no wait forever on it)."""
     while not stop.is_set():
+        if reader is not None and not reader.is_alive():
+            return False
         try:
             q.put(item, timeout=0.2)
             return True
@@ -319,13 +321,15 @@ def ingest(
             long_docs = [d for d, f in zip(batch, flags, strict=True) if f]
             short = [d for d, f in zip(batch, flags, strict=True) if not f]
             out = _embed(short, embedder, fail) if short else []
-            if out and not _put(embedded, out, stop):
+            if out and not _put(embedded, out, stop, writer):
                 break
-            for d in long_docs:
-                if not _embed_parts(d, embedder, settings, store, embedded, stop, bar, fail):
-                    break
+            if not all(
+                _embed_parts(d, embedder, settings, store, embedded, stop, writer, bar, fail) for d in long_docs
+            ):
+                break
+        writer.check()  # a writer that died while the model waited to hand it work
         loader.check()
-        _put(embedded, _DONE, stop)
+        _put(embedded, _DONE, stop, writer)
         while writer.is_alive():  # join in slices: a writer error must not hide behind a blocked put
             writer.join(timeout=0.5)
         writer.check()
@@ -341,9 +345,9 @@ def ingest(
 class _Stored:
     """The store's live documents as the run sees them: doc_id -> (version, source), kept current by the writer."""
 
-    def __init__(self, headers: dict[str, dict[str, Any]]) -> None:
+    def __init__(self, headers: dict[str, DocHeader]) -> None:
         self._lock = threading.Lock()
-        self.docs = {d: (str(h["version"]), str(h.get("source", ""))) for d, h in headers.items()}
+        self.docs = {d: (h.version, h.source) for d, h in headers.items()}
 
     def other_holder(self, doc_id: str, path: Path) -> str | None:
         """The source of another file whose document `doc_id` names, if that file still exists.
@@ -384,7 +388,7 @@ def _open(settings: Settings, embedder: TokenEmbedder | None) -> tuple[TokenStor
     """The store to write, and the embedder if it had to be loaded to create the collection."""
     if embedder is None:
         try:
-            existing = open_store(settings)
+            existing = open_store(settings.store)
         except StoreNotFoundError:
             embedder = load_embedder(settings)
         else:
@@ -392,9 +396,9 @@ def _open(settings: Settings, embedder: TokenEmbedder | None) -> tuple[TokenStor
             # and let open_or_create_store apply every check (model, dtype, layout) as it always does
             meta = existing.meta
             existing.close()
-            return open_or_create_store(settings, settings.model.model, meta.dim, meta.pooling), None
+            return open_or_create_store(settings.store, settings.model.model, meta.dim, meta.pooling), None
     pooling = str(getattr(embedder, "pooling", "mean"))
-    return open_or_create_store(settings, embedder.name, embedder.dim, pooling), embedder
+    return open_or_create_store(settings.store, embedder.name, embedder.dim, pooling), embedder
 
 
 def _batches(docs: queue.Queue[Any], batch_tokens: int, loader: _Stage) -> Iterator[list[LoadedDocument]]:
@@ -478,6 +482,7 @@ def _embed_parts(
     store: TokenStore,
     embedded: queue.Queue[Any],
     stop: threading.Event,
+    writer: threading.Thread,
     bar: Progress,
     fail: Callable[[str, str, str], None],
 ) -> bool:
@@ -487,13 +492,13 @@ def _embed_parts(
         doc,
         HFWindows(embedder),
         settings.model.batch_tokens,
-        store.meta.storage_pool,
+        store.meta.layout.pool,
         store.segment_rows,
         progress=lambda done, total: bar.working(doc.doc_id, done, total),
     )
     try:
         for item in parts:
-            if not _put(embedded, item, stop):
+            if not _put(embedded, item, stop, writer):
                 return False
     except InputError as e:
         fail(e.path, e.reason, doc.doc_id)
@@ -517,7 +522,8 @@ def _write_part(
     try:
         if isinstance(item, PartWrite):
             if item.first:
-                store.begin_document(d, store.meta.dim, np.concatenate([s.vectors for s in item.segments]))
+                sample = np.concatenate([s.vectors for s in item.segments])
+                store.begin_document(d, store.meta.dim, sample, item.n_rows, item.n_segments)
             part_bytes[d.doc_id] = part_bytes.get(d.doc_id, 0) + store.write_segments(d, item.segments)
             return
         store.commit_document(d, item.pooled, item.n_tokens, item.n_rows, item.n_segments)

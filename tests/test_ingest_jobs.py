@@ -22,11 +22,9 @@ import pytest
 
 import indexer.parts as parts
 import indexer.pipeline as pipeline
-from indexer.backends import Match, Where
-from indexer.edge_backend import EdgeBackend
 from indexer.embedders import HFTokenEmbedder
 from indexer.loaders import file_hash
-from indexer.store import open_store
+from indexer.store import EdgeBackend, Match, Where, open_store
 from retriever.cli import main
 from schemas.errors import InputError
 from schemas.models import EmbeddedDocument, LoadedDocument
@@ -101,13 +99,13 @@ class CountingEmbedder:
 
 def snapshot(settings: Settings) -> dict[str, Any]:
     """Everything a run leaves: headers, segment ids, and each document's stored token matrix."""
-    store = open_store(settings)
+    store = open_store(settings.store)
     try:
         heads = store.headers()
         segs = store.backend.scroll(Where(must=[Match("kind", "segment")]), with_vectors=[])
-        fetched = store.fetch_segments({d: h["version"] for d, h in heads.items()})
+        fetched = store.fetch_segments({d: h.version for d, h in heads.items()})
         return {
-            "headers": {d: (h["version"], h["n_tokens"], h["n_segments"]) for d, h in heads.items()},
+            "headers": {d: (h.version, h.n_tokens, h.n_segments) for d, h in heads.items()},
             "segment_ids": sorted(r.id for r in segs),
             "vectors": {d: np.concatenate([s.stored for s in ss]) for d, ss in fetched.items()},
         }
@@ -117,13 +115,13 @@ def snapshot(settings: Settings) -> dict[str, Any]:
 
 def assert_complete(settings: Settings) -> int:
     """Every visible document has all its segments and tokens; returns how many are visible."""
-    store = open_store(settings)
+    store = open_store(settings.store)
     try:
         heads = store.headers()
-        fetched = store.fetch_segments({d: h["version"] for d, h in heads.items()})
+        fetched = store.fetch_segments({d: h.version for d, h in heads.items()})
         for d, h in heads.items():
-            assert len(fetched[d]) == h["n_segments"], f"{d}: half-written document visible"
-            assert sum(len(s.stored) for s in fetched[d]) == h["n_tokens"]
+            assert len(fetched[d]) == h.n_segments, f"{d}: half-written document visible"
+            assert sum(len(s.stored) for s in fetched[d]) == h.n_tokens
         return len(heads)
     finally:
         store.close()
@@ -199,8 +197,8 @@ def test_kill_between_segments_and_header_leaves_only_orphans(
         pipeline.ingest([corpus], s, embedder=minilm)
     monkeypatch.setattr(EdgeBackend, "upsert", real_upsert)
 
-    store = open_store(s)
-    old_version = store.headers()[doc_id(corpus / "doc001.txt")]["version"]
+    store = open_store(s.store)
+    old_version = store.headers()[doc_id(corpus / "doc001.txt")].version
     assert old_version != file_hash(corpus / "doc001.txt")  # searchers still see the old version whole
     assert store.backend.count(Where(must=[Match("kind", "segment")])) == 4  # 3 live + 1 orphan
     store.close()
@@ -208,8 +206,8 @@ def test_kill_between_segments_and_header_leaves_only_orphans(
 
     report = pipeline.ingest([corpus], s, embedder=minilm)
     assert report.documents == 1 and report.replaced == 1
-    store = open_store(s)
-    assert store.headers()[doc_id(corpus / "doc001.txt")]["version"] == file_hash(corpus / "doc001.txt")
+    store = open_store(s.store)
+    assert store.headers()[doc_id(corpus / "doc001.txt")].version == file_hash(corpus / "doc001.txt")
     assert store.backend.count(Where(must=[Match("kind", "segment")])) == 3
     store.close()
 
@@ -240,8 +238,8 @@ def test_changed_file_replaces_its_old_points(
     corpus = make_corpus(tmp_path, 3)
     s = Settings(store_path=tmp_path / "store", device="cpu")
     pipeline.ingest([corpus], s, embedder=minilm)
-    old = open_store(s)
-    old_version = old.headers()[doc_id(corpus / "doc002.txt")]["version"]
+    old = open_store(s.store)
+    old_version = old.headers()[doc_id(corpus / "doc002.txt")].version
     old.close()
 
     new_text = "The lighthouse keeper logged every passing ship in a leather book."
@@ -253,11 +251,11 @@ def test_changed_file_replaces_its_old_points(
     # --quiet's plain log line: the document, files done, tokens/s and ETA
     assert any(f"stored {did}" in m and "[3.0/3 files" in m and "ETA" in m for m in caplog.messages)
 
-    store = open_store(s)
+    store = open_store(s.store)
     head = store.headers()[did]
-    assert head["version"] == file_hash(corpus / "doc002.txt") != old_version
+    assert head.version == file_hash(corpus / "doc002.txt") != old_version
     assert store.fetch_segments({did: old_version}) == {}  # old points gone
-    segs = store.fetch_segments({did: head["version"]})[did]
+    segs = store.fetch_segments({did: head.version})[did]
     assert "".join(x.text for x in segs) == new_text
     assert store.stats()["segments"] == 3
     hit = store.recall(minilm.embed_query("lighthouse keeper logging ships"), k=1)[0]
@@ -290,7 +288,7 @@ def test_bad_files_are_reported_and_skipped(tmp_path: Path, minilm: HFTokenEmbed
     assert "not valid UTF-8" in reasons["latin1.txt"] and "no extractable text" in reasons["scanned.pdf"]
     assert "cannot embed" in reasons["rejected.txt"] and "does not exist" in reasons["missing"]
     assert report.documents == 2 and report.tokens > 0  # the good files went through
-    store = open_store(s)
+    store = open_store(s.store)
     assert set(store.headers()) == {doc_id(corpus / "doc000.txt"), doc_id(corpus / "doc001.txt")}
     store.close()
 
@@ -323,7 +321,7 @@ def test_same_file_name_in_two_folders_keeps_both(tmp_path: Path, minilm: HFToke
     s = Settings(store_path=tmp_path / "store", device="cpu")
     report = pipeline.ingest([a / "notes.txt", b / "notes.txt"], s, embedder=minilm)
     assert report.documents == 2 and report.failures == []
-    store = open_store(s)
+    store = open_store(s.store)
     heads = store.headers()
     store.close()
     assert set(heads) == {doc_id(a / "notes.txt"), doc_id(b / "notes.txt")}
@@ -342,7 +340,7 @@ def test_another_route_to_a_file_is_the_same_document(
     assert pipeline.ingest([Path("doc001.txt")], s, embedder=minilm).skipped_unchanged == 1
     (tmp_path / "link").symlink_to(corpus)
     assert pipeline.ingest([tmp_path / "link"], s, embedder=minilm).skipped_unchanged == 2
-    store = open_store(s)
+    store = open_store(s.store)
     assert set(store.headers()) == {doc_id(corpus / "doc000.txt"), doc_id(corpus / "doc001.txt")}
     store.close()
 
@@ -356,8 +354,8 @@ def test_doc_id_taken_by_another_file_is_refused_naming_both(tmp_path: Path, min
     [failure] = report.failures
     assert report.documents == 0 and "DocIdCollisionError" in failure.reason
     assert str(first.resolve()) in failure.reason and failure.path == str(second.resolve())
-    store = open_store(s)
-    assert store.headers()["notes"]["source"] == str(first.resolve())  # the first file's document is intact
+    store = open_store(s.store)
+    assert store.headers()["notes"].source == str(first.resolve())  # the first file's document is intact
     store.close()
     # other files of the run go on: the folder's other file is stored under its own id
     report = pipeline.ingest([corpus], s, embedder=minilm, id_from=tmp_path)
@@ -369,12 +367,12 @@ def test_file_stored_under_an_older_id_is_replaced_not_duplicated(tmp_path: Path
     s = Settings(store_path=tmp_path / "store", device="cpu")
     # ids relative to tmp_path are exactly what the old scheme gave "chunkless ingest corpus/"
     pipeline.ingest([corpus], s, embedder=minilm, id_from=tmp_path)
-    store = open_store(s)
+    store = open_store(s.store)
     assert set(store.headers()) == {f"corpus/doc00{i}.txt" for i in range(3)}
     store.close()
     report = pipeline.ingest([corpus], s, embedder=minilm)
     assert report.documents == 3 and report.replaced == 3
-    store = open_store(s)
+    store = open_store(s.store)
     assert set(store.headers()) == {doc_id(corpus / f"doc00{i}.txt") for i in range(3)}
     assert store.stats()["segments"] == 3  # no segments of the old ids left
     store.close()
@@ -457,7 +455,7 @@ def test_long_document_in_parts_stores_what_a_whole_embedding_stores(
     assert_same(a, b)
     [(_, n_tokens, n_segments)] = a["headers"].values()
     assert n_segments > 3 and n_tokens > 2400
-    sa, sb = open_store(parts), open_store(whole)
+    sa, sb = open_store(parts.store), open_store(whole.store)
     try:
         pa = sa.backend.scroll(Where(must=[Match("kind", "segment")]), with_vectors=["pooled"])
         pb = {r.id: r for r in sb.backend.scroll(Where(must=[Match("kind", "segment")]), with_vectors=["pooled"])}
