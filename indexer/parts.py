@@ -29,7 +29,7 @@ from indexer.store.segments import Segment, max_segment_tokens, split_segments
 from schemas.errors import InputError
 from schemas.models import EmbeddedDocument, LoadedDocument
 
-TOKENIZE_CHARS = 1 << 20  # text handed to the tokenizer at once: its Python lists of a 100 MB text are ~3 GB
+TOKENIZE_CHARS = 1 << 16  # text per tokenizer call: its Encoding objects cost hundreds of bytes a token
 _CUT = re.compile(r"(?<=\S) (?=\S)")  # a single space between two words: no tokenizer merges across it
 
 
