@@ -54,7 +54,7 @@ class Retriever:
 
     def __init__(self, settings: Settings, embedder: TokenEmbedder | None = None, store: TokenStore | None = None):
         self.settings = settings
-        self.store = store or open_store(settings.store)
+        self.store = store or open_store(settings.store, read_only=True)
         self.embedder = embedder or load_embedder(settings)
         self.store.meta.check(self.embedder.name, self.embedder.dim, None, f"collection '{settings.store.collection}'")
         self.device = pick_device(settings.model.device)

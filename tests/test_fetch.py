@@ -12,7 +12,7 @@ from indexer.store import open_or_create_store, to_array
 from retriever.fetch import DocCache, Fetcher, SegmentTokens
 from schemas.models import EmbeddedDocument
 from schemas.settings import Settings
-from tests.test_store import fake_embedded
+from tests.support import fake_embedded
 
 
 def doc(doc_id: str, n: int, version: str = "v1", index: int = 0) -> SegmentTokens:
