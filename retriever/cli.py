@@ -141,7 +141,7 @@ def cmd_ingest(args: argparse.Namespace) -> int:
     bar = not args.quiet and sys.stderr.isatty()  # a bar in a log file is noise: plain lines there instead
     if not bar:
         logging.getLogger("indexer.pipeline").setLevel(logging.INFO)
-    report = ingest(args.paths, settings, progress=bar)
+    report = ingest(args.paths, settings, progress=bar, id_from=args.id_from, doc_id=args.doc_id)
     msg = (
         f"ingested {report.documents} documents ({report.tokens} tokens, {report.replaced} replaced, "
         f"{report.skipped_unchanged} unchanged, {report.bytes_stored / 1e6:.1f} MB of vectors) in "
@@ -349,6 +349,8 @@ def build_parser() -> argparse.ArgumentParser:
     )
     ing.add_argument("--report", help="write a JSON report of the run here")
     ing.add_argument("--quiet", action="store_true", help="plain log lines, no progress bar")
+    ing.add_argument("--id-from", type=Path, metavar="ROOT", help="doc_ids relative to ROOT (default: absolute paths)")
+    ing.add_argument("--doc-id", metavar="ID", help="store the one file named under this doc_id")
     add_setting_flags(ing, STORE_FLAGS | MODEL_FLAGS | LAYOUT_FLAGS)
     ing.set_defaults(func=cmd_ingest)
 

@@ -22,7 +22,9 @@ def demo_store(tmp_path_factory: pytest.TempPathFactory) -> Path:
     (corpus / "broken.pdf").write_bytes(b"%PDF-1.7 truncated")
     (corpus / "empty.txt").write_text("")
     store = root / "store"
-    assert main(["ingest", str(corpus), "--store", str(store)]) == EXIT_FILES_FAILED  # two files failed
+    # ids relative to root ("corpus/force.txt"), so the bundled DEMO (also "corpus") maps to the same ids
+    args = ["ingest", str(corpus), "--store", str(store), "--id-from", str(root)]
+    assert main(args) == EXIT_FILES_FAILED  # two files failed
     return store
 
 
@@ -59,7 +61,8 @@ def test_reingest_is_skipped_and_failures_reported(
     demo_store: Path, tmp_path: Path, capsys: pytest.CaptureFixture[str]
 ) -> None:
     report = tmp_path / "r.json"
-    assert main(["ingest", str(DEMO), "--store", str(demo_store), "--report", str(report)]) == 0
+    argv = ["ingest", str(DEMO), "--store", str(demo_store), "--report", str(report), "--id-from", str(DEMO.parent)]
+    assert main(argv) == 0
     # DEMO is named "corpus" too, so its doc_ids are the stored ones: nothing to embed again
     r = json.loads(report.read_text())
     assert r["documents"] == 0 and r["skipped_unchanged"] == 3 and r["failures"] == []

@@ -96,7 +96,7 @@ def _client(args: argparse.Namespace) -> Any:
 
 def remote_search(args: argparse.Namespace) -> int:
     """`chunkless search --server URL`: the same output as the local command."""
-    from retriever.cli import settings_of
+    from retriever.cli import one_line, settings_of
 
     top = settings_of(args).spans.top  # --top, else CHUNKLESS_TOP, else the default
     with _client(args) as c:
@@ -107,22 +107,18 @@ def remote_search(args: argparse.Namespace) -> int:
     if not resp.spans:
         print("no span passed the threshold; try another wording", file=sys.stderr)
     for i, s in enumerate(resp.spans, 1):
-        print(f"[{i}] {s.score:.3f}  {s.doc_id}  chars {s.start}-{s.end}  page {','.join(map(str, s.pages))}")
-        print("    " + " ".join(s.text.split())[:600])
+        pages = ",".join(map(str, s.pages))
+        print(f"[{i}] {s.score:.3f}  {one_line(s.doc_id, 300)}  chars {s.start}-{s.end}  page {pages}")
+        print("    " + one_line(s.text, 600))
     return 0
 
 
 def remote_ingest(args: argparse.Namespace) -> int:
     """`chunkless ingest --server URL PATH...`: upload the files (named as a local run names them), wait."""
-    from indexer.loaders import iter_files
-    from schemas.models import IngestFailure
+    from indexer.discover import discover
 
-    files, bad = [], []
-    for item in iter_files(args.paths):
-        if isinstance(item, IngestFailure):
-            bad.append(item)
-        else:
-            files.append(item)
+    found = discover(args.paths, args.id_from, args.doc_id)
+    files, bad = [(f.path, f.doc_id) for f in found.files], found.failures
     for f in bad:
         print(f"  failed: {f.path}: {f.reason}", file=sys.stderr)
     if not files:
