@@ -30,6 +30,7 @@ from schemas.settings import Settings
 SCHEMA_VERSION = 1
 KEYWORD_FIELDS = ["kind", "doc_id", "version", "source"]
 HEADER_FIELDS = ["doc_id", "version", "source", "title", "n_tokens", "n_segments", "page_starts", "text_len"]
+HEADER_FIELDS.append("structure")  # blocks and page labels (schemas.structure): span methods read them
 
 
 class CollectionMeta(BaseModel):
@@ -213,6 +214,7 @@ class TokenStore:
             "n_segments": len(segs),
             "page_starts": d.page_starts,
             "text_len": len(d.text),
+            "structure": d.structure.to_payload() if d.structure is not None else None,
             "ingested_at": time.time(),
         }
         self.backend.upsert([NewPoint(header_id(d.doc_id), {"pooled": emb.pooled}, header)])

@@ -150,6 +150,21 @@ def cmd_eval(args: argparse.Namespace) -> int:
     from retriever.evaluate import evaluate
 
     settings = _settings(args)
+    from retriever.evaluation.pdf_manuals import evaluate_pdf_manuals, is_pdf_benchmark
+
+    if is_pdf_benchmark(args.bench_dir):  # docs/*.pdf + queries.jsonl with gold text and pages
+        pdf = evaluate_pdf_manuals(
+            args.bench_dir,
+            settings,
+            store_dir=args.store,
+            sample=args.sample,
+            baselines=not args.no_baselines,
+            log=lambda m: print(m, file=sys.stderr),
+        )
+        print(pdf.table())
+        if args.results:
+            pdf.write_results(Path(args.results))
+        return 0
     bench = load_benchmark(args.bench_dir)
     report = evaluate(
         bench,

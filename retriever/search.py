@@ -18,12 +18,14 @@ from indexer.embedders import TokenEmbedder, load_embedder
 from indexer.models import pick_device
 from indexer.store import Candidate, TokenStore, open_store
 from retriever.fetch import DocTokens, Fetcher
+from retriever.methods.structured import Layout, Layouts, answer_range
 from retriever.relevance import gemv_blocks, relevance_smoothed
 from retriever.sentences import SentenceCandidates, SentenceTables, complete_cut, cut_sentences
 from retriever.spans import SpanParams, TokenSpans, extract_spans
 from schemas.errors import QueryError
 from schemas.models import SearchResponse, SpanResult
 from schemas.settings import Settings
+from schemas.structure import DocStructure
 
 FILTER_FIELDS = {"doc_id", "source"}
 
@@ -48,6 +50,7 @@ class Explanation:
     threshold: float
     spans: list[SpanResult]
     page_starts: list[int]
+    structure: DocStructure | None = None  # the document's blocks, when its reader found any
 
 
 class Retriever:
@@ -72,6 +75,7 @@ class Retriever:
         can_maxsim = self.store.meta.layout.is_plain and hasattr(self.embedder, "embed_query_tokens")
         self._fetch_by_maxsim = rank == "maxsim" or (rank == "auto" and can_maxsim)
         self._alone = AloneCache(settings.spans.rerank_cache)
+        self._layouts = Layouts()
 
     def close(self) -> None:
         self.store.close()
@@ -202,7 +206,12 @@ class Retriever:
         rs = torch.zeros(tab.n, device=r.device).index_add_(0, tab.sid, r)
         pooled = rs / tab.norm  # cosine of the sentence's summed in-context token vectors with q
         score = pooled
-        score = torch.where(tab.length >= self.min_sentence_rows, score, torch.full_like(score, -math.inf))
+        eligible = tab.length >= self.min_sentence_rows
+        masks = self._structure_masks(docs)
+        if masks is not None:  # headings compete (they become their section's answer), navigation never does
+            skip, heading = (m.to(score.device)[tab.start] for m in masks)
+            eligible = (eligible | heading) & ~skip
+        score = torch.where(eligible, score, torch.full_like(score, -math.inf))
         k = min(max(st.spans.rerank_k, top), tab.n)
         best = torch.topk(score, k).indices
         best = best[torch.isfinite(score[best])]
@@ -219,6 +228,22 @@ class Retriever:
                 neighbours = self.store.segment_texts(need)
             complete_cut(cands, docs, neighbours, st.spans.boundary)
         return cands
+
+    def _structure_masks(self, docs: list[DocTokens]) -> tuple[torch.Tensor, torch.Tensor] | None:
+        """(skip, heading) flat token masks from the documents' structures; None when none has one."""
+        layouts = [self._layouts.get(d.doc_id, d.header) for d in docs]
+        if all(lay is None for lay in layouts):
+            return None
+        skips, heads = [], []
+        for d, lay in zip(docs, layouts, strict=True):
+            if lay is None:
+                skips.append(np.zeros(d.n, dtype=bool))
+                heads.append(np.zeros(d.n, dtype=bool))
+            else:
+                sk, hd = lay.token_masks(d.starts)
+                skips.append(sk)
+                heads.append(hd)
+        return torch.from_numpy(np.concatenate(skips)), torch.from_numpy(np.concatenate(heads))
 
     def _rerank(self, batch: list[SentenceCandidates]) -> None:
         """Final scores: the alone re-ranking, then the length penalty."""
@@ -259,10 +284,18 @@ class Retriever:
             if not np.isfinite(c.score[i]):
                 continue
             cs, ce = c.chars[i]
-            if (int(c.doc[i]), cs, ce) in seen:  # two cut pieces of one sentence, completed from both sides
+            d, text = docs[int(c.doc[i])], c.texts[i]
+            layout = self._layouts.get(d.doc_id, d.header)
+            if layout is not None:  # a heading becomes its section's answer; navigation is never returned
+                answer = answer_range(layout, int(cs), int(ce), d.text, d.char_base)
+                if answer is None:
+                    continue
+                if answer != (cs, ce):
+                    (cs, ce), text = answer, d.chars(*answer)
+            if (int(c.doc[i]), cs, ce) in seen:  # two cut pieces of one sentence, or two headings of one section
                 continue
             seen.add((int(c.doc[i]), cs, ce))
-            out.append(_result(docs[int(c.doc[i])], int(cs), int(ce), float(c.score[i]), c.texts[i]))
+            out.append(_result(d, int(cs), int(ce), float(c.score[i]), text, layout))
         return out
 
     def _relevance(self, q: np.ndarray, docs: list[DocTokens]) -> tuple[torch.Tensor, torch.Tensor]:
@@ -310,7 +343,9 @@ class Retriever:
         for i in order:
             d = docs[int(dsel[i])]
             a, b = int(s0[i] - offsets[dsel[i]]), int(s1[i] - offsets[dsel[i]])
-            out.append(_result(d, int(d.starts[a]), int(d.ends[b]), float(sc[i])))
+            out.append(
+                _result(d, int(d.starts[a]), int(d.ends[b]), float(sc[i]), None, self._layouts.get(d.doc_id, d.header))
+            )
         return out
 
     def _explained_spans(self, q: np.ndarray, docs: list[DocTokens], ts: TokenSpans) -> list[SpanResult]:
@@ -343,6 +378,7 @@ class Retriever:
             threshold=thr,
             spans=self._explained_spans(q, docs, ts),
             page_starts=list(header.get("page_starts", [0])),
+            structure=DocStructure.from_payload(header.get("structure")),
         )
 
 
@@ -372,8 +408,14 @@ class AloneCache:
         return np.stack([found[t] for t in texts])
 
 
-def _result(d: DocTokens, start: int, end: int, score: float, text: str | None = None) -> SpanResult:
-    """A span of document `d`: characters [start, end) with its pages (`text` when they reach past the run)."""
+def _result(
+    d: DocTokens, start: int, end: int, score: float, text: str | None = None, layout: Layout | None = None
+) -> SpanResult:
+    """A span of document `d`: characters [start, end) with its pages (`text` when they reach past the run).
+
+    With the document's structure, also its section path and the printed labels of its pages.
+    """
+    pages = pages_of(d.header.get("page_starts", [0]), start, end)
     return SpanResult(
         doc_id=d.doc_id,
         source=d.header["source"],
@@ -381,7 +423,9 @@ def _result(d: DocTokens, start: int, end: int, score: float, text: str | None =
         end=end,
         text=d.chars(start, end) if text is None else text,
         score=score,
-        pages=pages_of(d.header.get("page_starts", [0]), start, end),
+        pages=pages,
+        page_labels=layout.structure.labels_of(pages) if layout is not None else None,
+        section=layout.structure.section_path(start) if layout is not None else None,
     )
 
 
