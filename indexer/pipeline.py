@@ -149,7 +149,7 @@ def ingest(
         removed = store.remove_orphans(min_age_s=SERVER_ORPHAN_GRACE_S if settings.store.url else 0.0)
         if removed:
             log.info("removed %d orphan segments left by an interrupted run", removed)
-        live = {d: h["version"] for d, h in store.headers().items()}
+        live = {d: h.version for d, h in store.headers().items()}
 
         def load() -> None:
             for item in items:
@@ -214,7 +214,7 @@ def _open(settings: Settings, embedder: TokenEmbedder | None) -> tuple[TokenStor
     """The store to write, and the embedder if it had to be loaded to create the collection."""
     if embedder is None:
         try:
-            existing = open_store(settings)
+            existing = open_store(settings.store)
         except StoreNotFoundError:
             embedder = load_embedder(settings)
         else:
@@ -222,9 +222,9 @@ def _open(settings: Settings, embedder: TokenEmbedder | None) -> tuple[TokenStor
             # and let open_or_create_store apply every check (model, dtype, layout) as it always does
             meta = existing.meta
             existing.close()
-            return open_or_create_store(settings, settings.model.model, meta.dim, meta.pooling), None
+            return open_or_create_store(settings.store, settings.model.model, meta.dim, meta.pooling), None
     pooling = str(getattr(embedder, "pooling", "mean"))
-    return open_or_create_store(settings, embedder.name, embedder.dim, pooling), embedder
+    return open_or_create_store(settings.store, embedder.name, embedder.dim, pooling), embedder
 
 
 def _batches(docs: queue.Queue[Any], batch_tokens: int, loader: _Stage) -> Iterator[list[LoadedDocument]]:

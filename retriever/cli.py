@@ -82,7 +82,7 @@ def cmd_search(args: argparse.Namespace) -> int:
 def cmd_stats(args: argparse.Namespace) -> int:
     from indexer.store import open_store
 
-    store = open_store(_settings(args))
+    store = open_store(_settings(args).store)
     try:
         st = store.stats()
     finally:
@@ -94,12 +94,12 @@ def cmd_stats(args: argparse.Namespace) -> int:
 def cmd_delete(args: argparse.Namespace) -> int:
     from indexer.store import open_store
 
-    store = open_store(_settings(args))
+    store = open_store(_settings(args).store)
     try:
         target = args.target
         heads = store.headers()
         ids = (
-            [target] if target in heads else [d for d, h in heads.items() if h["source"] == str(Path(target).resolve())]
+            [target] if target in heads else [d for d, h in heads.items() if h.source == str(Path(target).resolve())]
         )
         if not ids:
             print(

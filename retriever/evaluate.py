@@ -44,9 +44,9 @@ def index_benchmark(bench: Benchmark, settings: Settings, embedder: TokenEmbedde
 
     Documents already stored with the same content hash are skipped, so a named store is reused.
     """
-    store = open_or_create_store(settings, embedder.name, embedder.dim, getattr(embedder, "pooling", "mean"))
+    store = open_or_create_store(settings.store, embedder.name, embedder.dim, getattr(embedder, "pooling", "mean"))
     try:
-        live = {d: h["version"] for d, h in store.headers().items()}
+        live = {d: h.version for d, h in store.headers().items()}
         todo = [
             LoadedDocument(
                 doc_id=d.doc_id, source=d.doc_id, title=d.title, text=d.text, content_hash=content_hash(d.text)

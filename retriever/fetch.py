@@ -18,7 +18,7 @@ from dataclasses import dataclass
 import numpy as np
 import torch
 
-from indexer.store import StoredSegment, TokenStore
+from indexer.store import DocHeader, StoredSegment, TokenStore
 from retriever.boundaries import token_ends_sentence
 from retriever.relevance import gemv_blocks
 from schemas.settings import Boundary
@@ -58,7 +58,7 @@ class DocTokens:
 
     doc_id: str
     version: str
-    header: dict
+    header: DocHeader
     parts: list[torch.Tensor]  # (n_i, dim) row blocks on the device, scored block by block, never concatenated
     starts: np.ndarray  # (n,) absolute char offsets
     ends: np.ndarray  # (n,) running max of token ends: end char of a span ending at token i
@@ -91,7 +91,7 @@ class DocTokens:
         return self.text[start - self.char_base : end - self.char_base]
 
     @classmethod
-    def of_segments(cls, header: dict, segs: Sequence[SegmentTokens]) -> DocTokens:
+    def of_segments(cls, header: DocHeader, segs: Sequence[SegmentTokens]) -> DocTokens:
         """A run of consecutive segments; one segment is used as is, no copies."""
         s0 = segs[0]
         if len(segs) == 1:
@@ -185,7 +185,7 @@ class Fetcher:
         self.boundary: Boundary = boundary
         self.cache = DocCache(cache_bytes)
 
-    def fetch(self, headers: dict[str, dict], segments: dict[str, list[int]] | None = None) -> list[DocTokens]:
+    def fetch(self, headers: dict[str, DocHeader], segments: dict[str, list[int]] | None = None) -> list[DocTokens]:
         """Runs of consecutive segments to score, per doc_id -> header in the given order.
 
         `segments` names the segment indices wanted per document; a document it leaves out (or None)
@@ -195,11 +195,11 @@ class Fetcher:
         wanted: dict[str, list[int]] = {}
         for doc_id, h in headers.items():
             idx = (segments or {}).get(doc_id)
-            wanted[doc_id] = sorted(set(idx)) if idx else list(range(int(h["n_segments"])))
+            wanted[doc_id] = sorted(set(idx)) if idx else list(range(h.n_segments))
         have: dict[SegKey, SegmentTokens] = {}
         missing: dict[str, list[int]] = {}
         for doc_id, idx in wanted.items():
-            version = headers[doc_id]["version"]
+            version = headers[doc_id].version
             for i in idx:
                 hit = self.cache.get((doc_id, version, i))
                 if hit is not None:
@@ -207,8 +207,8 @@ class Fetcher:
                 else:
                     missing.setdefault(doc_id, []).append(i)
         if missing:
-            versions = {d: headers[d]["version"] for d in missing}
-            whole = {d: i for d, i in missing.items() if len(i) == int(headers[d]["n_segments"])}
+            versions = {d: headers[d].version for d in missing}
+            whole = {d: i for d, i in missing.items() if len(i) == headers[d].n_segments}
             some = {d: i for d, i in missing.items() if d not in whole}
             found = self.store.fetch_segments(versions, some or None)
             for doc_id, segs in found.items():
@@ -219,7 +219,7 @@ class Fetcher:
                     have[seg.key] = seg
         out = []
         for doc_id, idx in wanted.items():
-            version = headers[doc_id]["version"]
+            version = headers[doc_id].version
             if not all((doc_id, version, i) in have for i in idx):
                 continue
             for run in _runs(idx):

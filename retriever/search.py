@@ -13,10 +13,9 @@ from dataclasses import dataclass
 import numpy as np
 import torch
 
-from indexer.backends import Match, Where
 from indexer.embedders import TokenEmbedder, load_embedder
 from indexer.models import pick_device
-from indexer.store import Candidate, TokenStore, open_store
+from indexer.store import Candidate, DocHeader, Match, TokenStore, Where, open_store
 from retriever.fetch import DocTokens, Fetcher
 from retriever.methods.structured import Layout, Layouts, answer_range
 from retriever.relevance import gemv_blocks, relevance_smoothed
@@ -58,11 +57,11 @@ class Retriever:
 
     def __init__(self, settings: Settings, embedder: TokenEmbedder | None = None, store: TokenStore | None = None):
         self.settings = settings
-        self.store = store or open_store(settings)
+        self.store = store or open_store(settings.store)
         self.embedder = embedder or load_embedder(settings)
         self.store.meta.check(self.embedder.name, self.embedder.dim, None, f"collection '{settings.store.collection}'")
         self.device = pick_device(settings.model.device)
-        pool = self.store.meta.storage_pool
+        pool = self.store.meta.layout.pool
         self.params = SpanParams.from_settings(settings.spans).per_row(pool)
         self.min_sentence_rows = max(1, math.ceil(settings.spans.min_sentence_tokens / pool))
         self.fetcher = Fetcher(self.store, self.device, settings.spans.boundary, settings.recall.cache_mb << 20)
@@ -148,7 +147,7 @@ class Retriever:
         return docs, {"recall": (t1 - t0) * 1e3, "fetch": (t2 - t1) * 1e3}
 
     def _segments_worth_scoring(
-        self, query: str, q: np.ndarray, headers: dict[str, dict]
+        self, query: str, q: np.ndarray, headers: dict[str, DocHeader]
     ) -> dict[str, list[int]] | None:
         """The `fetch_segments` best segments of the recalled documents (by `fetch_rank`); None: whole documents."""
         k = self.settings.recall.fetch_segments
@@ -156,7 +155,7 @@ class Retriever:
             return None
         by = self._query_tokens(query) if self._fetch_by_maxsim else q
         with self._store_lock:
-            ranked = self.store.rank_segments(by, {d: h["version"] for d, h in headers.items()}, k)
+            ranked = self.store.rank_segments(by, {d: h.version for d, h in headers.items()}, k)
         out: dict[str, list[int]] = {}
         for doc_id, seg, _ in ranked:
             out.setdefault(doc_id, []).append(seg)
@@ -377,8 +376,8 @@ class Retriever:
             smoothed=s.cpu().numpy(),
             threshold=thr,
             spans=self._explained_spans(q, docs, ts),
-            page_starts=list(header.get("page_starts", [0])),
-            structure=DocStructure.from_payload(header.get("structure")),
+            page_starts=list(header.page_starts),
+            structure=DocStructure.from_payload(header.structure),
         )
 
 
@@ -415,10 +414,10 @@ def _result(
 
     With the document's structure, also its section path and the printed labels of its pages.
     """
-    pages = pages_of(d.header.get("page_starts", [0]), start, end)
+    pages = pages_of(d.header.page_starts, start, end)
     return SpanResult(
         doc_id=d.doc_id,
-        source=d.header["source"],
+        source=d.header.source,
         start=start,
         end=end,
         text=d.chars(start, end) if text is None else text,

@@ -113,7 +113,7 @@ def _cut(c0: int, c1: int, d: DocTokens) -> tuple[bool, bool]:
     stops before the document's end, on a token that ends no sentence, ends with a head.
     """
     at_start = d.first_segment > 0 and c0 <= int(d.starts[0])
-    more = d.first_segment + d.n_segments < int(d.header["n_segments"])
+    more = d.first_segment + d.n_segments < d.header.n_segments
     at_end = more and c1 >= int(d.ends[-1]) and not bool(d.ends_sentence[-1])
     return at_start, at_end
 

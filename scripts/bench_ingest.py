@@ -78,7 +78,7 @@ def bench_store(tokens: int, doc_tokens: int, tmp: Path) -> None:
         n = sum(d.n_tokens for d in docs)
         for dtype in DTYPES:
             s = Settings(store_path=tmp / f"store-{dim}-{dtype}", storage_dtype=dtype)
-            store = open_or_create_store(s, "bench", dim, "mean")
+            store = open_or_create_store(s.store, "bench", dim, "mean")
             t0 = time.perf_counter()
             nbytes = sum(store.write_document(d).bytes for d in docs)
             store.flush()
@@ -154,7 +154,7 @@ def bench_squad(bench_dir: Path, tmp: Path) -> None:
     for dtype in DTYPES:
         s = Settings(store_path=tmp / f"squad-{dtype}", storage_dtype=dtype, device="cpu")
         ingest([corpus], s, embedder=memo)
-        store = open_store(s)
+        store = open_store(s.store)
         st = store.stats()
         store.close()
         split = {k: v / st["tokens"] for k, v in disk_split(s.collection_path).items()}

@@ -23,8 +23,7 @@ import numpy as np
 import qdrant_edge as qe
 import torch
 
-from indexer.edge_backend import _to_array
-from indexer.store import TokenStore, open_or_create_store
+from indexer.store import TokenStore, open_or_create_store, to_array
 from retriever.search import Retriever
 from schemas.models import EmbeddedDocument, LoadedDocument
 from schemas.settings import Settings
@@ -90,7 +89,7 @@ def random_document(i: int, n: int, dim: int, target: np.ndarray, rng: np.random
 
 
 def build_corpus(settings: Settings, args: argparse.Namespace, queries: np.ndarray) -> TokenStore:
-    store = open_or_create_store(settings, MODEL, args.dim, "mean")
+    store = open_or_create_store(settings.store, MODEL, args.dim, "mean")
     rng = np.random.default_rng(0)
     t0 = time.perf_counter()
     for i in range(args.docs):
@@ -145,7 +144,7 @@ def conversion_costs(dim: int, n: int) -> None:
     """Milliseconds to get one n x dim float32 token matrix out of Edge: lists, then list -> array."""
     with tempfile.TemporaryDirectory() as d:
         settings = Settings(store_path=Path(d), device="cpu")
-        store = open_or_create_store(settings, MODEL, dim, "mean")
+        store = open_or_create_store(settings.store, MODEL, dim, "mean")
         rng = np.random.default_rng(1)
         store.write_document(random_document(0, n, dim, unit(rng.standard_normal(dim)), rng))
         shard = store.backend.shard  # type: ignore[attr-defined]
@@ -155,7 +154,7 @@ def conversion_costs(dim: int, n: int) -> None:
         raws = [rec.vector["tokens"] for rec in recs]  # type: ignore[index]
         lists = timed(lambda: [rec.vector for rec in shard.scroll(req)[0]])
         old = timed(lambda: [np.asarray(x, dtype=np.float32) for x in raws])
-        new = timed(lambda: [_to_array(x, np.float32) for x in raws])
+        new = timed(lambda: [to_array(x, np.float32) for x in raws])
         fetch = timed(lambda: store.fetch_segments({"doc00000": f"{0:064x}"}))
         store.close()
     print(

@@ -16,7 +16,7 @@ from collections.abc import Callable
 
 import torch
 
-from indexer import quantize
+from indexer import codec
 from retriever.relevance import gemv_blocks, relevance_smoothed
 from retriever.spans import SpanParams, extract_spans, smooth
 
@@ -106,10 +106,10 @@ def bench_dim(args: argparse.Namespace, dim: int, device: torch.device, copy_bef
         "full path": timed(full, device, args.repeats),
     }
     if args.int8:
-        codes, scales = quantize.encode(docs[0].cpu().numpy(), "int8")
+        codes, scales = codec.encode_plain(docs[0].cpu().numpy(), "int8")
         c = torch.from_numpy(codes).to(device).repeat(args.docs, 1)  # (N, dim) uint8
         sc = torch.from_numpy(scales).to(device).repeat(args.docs)  # (N,)
-        stages["int8 decode (fetch time)"] = timed(lambda: quantize.decode(c, sc, "int8"), device, args.repeats)
+        stages["int8 decode (fetch time)"] = timed(lambda: codec.decode_plain(c, sc, "int8"), device, args.repeats)
     spans = extract_spans(s, doc_starts, ends_sentence, params, thr)
     print(f"\n{dim}-d, {args.docs} docs x {args.tokens} tokens = {n:,} tokens, D = {d_bytes / 1e9:.2f} GB float32")
     print(f"  spans found: {spans.start.numel()}")

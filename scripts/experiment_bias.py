@@ -40,9 +40,8 @@ from pathlib import Path
 import numpy as np
 import torch
 
-from indexer.backends import Where
 from indexer.embedders import HFTokenEmbedder, assign_central, load_embedder, window_starts
-from indexer.store import Candidate
+from indexer.store import Candidate, Where
 from retriever.benchmark import Benchmark, BenchQuery, Hit, Scores, hit_at, load_benchmark, score
 from retriever.evaluate import auc, index_benchmark, run_chunkless
 from retriever.fetch import DocTokens

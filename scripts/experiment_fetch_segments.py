@@ -14,6 +14,7 @@ import argparse
 from pathlib import Path
 
 from indexer.embedders import load_embedder
+from indexer.store import DocHeader
 from retriever.benchmark import load_benchmark, score
 from retriever.evaluate import index_benchmark, run_chunkless
 from retriever.fetch import DocTokens
@@ -26,7 +27,7 @@ def count_rows(r: Retriever) -> list[int]:
     scored: list[int] = []
     fetch = r.fetcher.fetch
 
-    def counting(headers: dict[str, dict], segments: dict[str, list[int]] | None = None) -> list[DocTokens]:
+    def counting(headers: dict[str, DocHeader], segments: dict[str, list[int]] | None = None) -> list[DocTokens]:
         docs = fetch(headers, segments)
         scored.append(sum(d.n for d in docs))
         return docs
@@ -59,7 +60,7 @@ def main() -> None:
             with Retriever(s.updated(fetch_segments=k), embedder=embedder) as r:
                 scored = count_rows(r)
                 hits, secs = run_chunkless(r, queries)
-                n_seg = sum(int(h["n_segments"]) for h in r.store.headers().values())
+                n_seg = sum(h.n_segments for h in r.store.headers().values())
             sc = score(queries, hits, secs)
             label = f"{seg or 'limit'} ({n_seg} segments)"
             print(

@@ -3,7 +3,7 @@
     python scripts/storage_experiment.py ../shared/benchmarks/squad2-dev --out storage_report
     chunkless storage-report ../shared/benchmarks/squad2-dev --out storage_report      # the same
 
-The corpus is embedded once (cached as .npz) and every storage layout (indexer.compress) is written
+The corpus is embedded once (cached as .npz) and every storage layout (indexer.codec) is written
 into its own Qdrant Edge store. Per layout it measures, from the store's files (allocated blocks):
 all files, all files but the write-ahead log (bounded in size, so not a per-token cost at scale),
 and the token-vector files alone; the span engine's decoded cache per token (RAM); hit@1, hit@5 and
@@ -33,15 +33,20 @@ REPO = Path(__file__).resolve().parent.parent
 if str(REPO) not in sys.path:  # run as a file from a clean clone
     sys.path.insert(0, str(REPO))
 
-from indexer.backends import NewPoint, VectorSpace  # noqa: E402
-from indexer.compress import StorageLayout, pool_document  # noqa: E402
-from indexer.edge_backend import EdgeBackend  # noqa: E402
+from indexer.codec import pool_document  # noqa: E402
 from indexer.embedders import HFTokenEmbedder, TokenEmbedder, load_embedder  # noqa: E402
-from indexer.segments import POINT_NAMESPACE  # noqa: E402
-from indexer.store import open_or_create_store, open_store  # noqa: E402
+from indexer.store import (  # noqa: E402  # noqa: E402
+    POINT_NAMESPACE,
+    EdgeBackend,
+    NewPoint,
+    VectorSpace,
+    open_or_create_store,
+    open_store,
+)
 from retriever.benchmark import Benchmark, BenchQuery, Hit, load_benchmark, score  # noqa: E402
 from retriever.evaluate import run_chunkless  # noqa: E402
 from retriever.search import Retriever  # noqa: E402
+from schemas.layout import StorageLayout  # noqa: E402
 from schemas.models import EmbeddedDocument, LoadedDocument  # noqa: E402
 from schemas.settings import Settings  # noqa: E402
 
@@ -207,14 +212,14 @@ def run_layout(
         storage_pool=layout.pool,  # the Retriever rescales span lengths to rows itself
     )
     tokens = sum(d.n_tokens for d in docs)
-    store = open_or_create_store(settings, embedder.name, embedder.dim, embedder.pooling)
+    store = open_or_create_store(settings.store, embedder.name, embedder.dim, embedder.pooling)
     if layout.needs_fit:  # fit on rows from every document, not just the first one written
         store.fit_codec(np.concatenate([pool_document(d, layout.pool).vectors for d in docs]))
     for d in docs:
         store.write_document(d)
     store.close()  # flushed and closed: what a finished ingest leaves on disk
     fb = file_bytes(settings.store.collection_path)
-    with Retriever(settings, embedder=embedder, store=open_store(settings)) as r:
+    with Retriever(settings, embedder=embedder, store=open_store(settings.store)) as r:
         results, warm_ms = evaluate(r, queries, latency_n)
         cached = r.fetcher.cache._bytes  # decoded rows + offsets + text of every document searched
         cached_tokens = layout.pool * sum(len(seg.starts) for seg in r.fetcher.cache._items.values())
@@ -310,7 +315,7 @@ def writeup_check(work: Path) -> tuple[int, int, int]:
         doc=doc, vectors=v, offsets=off, pooled=v[0], window_pooled=v[:1], window_bounds=np.array([[0, tokens]])
     )
     settings = Settings(store_path=work / "writeup", storage_dtype="float16", device="cpu")
-    store = open_or_create_store(settings, "synthetic-1024", dim, "last")
+    store = open_or_create_store(settings.store, "synthetic-1024", dim, "last")
     store.write_document(emb)
     store.close()
     measured = file_bytes(settings.store.collection_path)["tokens"]

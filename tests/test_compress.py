@@ -10,10 +10,11 @@ from pathlib import Path
 import numpy as np
 import pytest
 
-from indexer import quantize
-from indexer.compress import StorageLayout, TokenCodec, fit, pool_document
+from indexer import codec
+from indexer.codec import TokenCodec, fit, pool_document
 from indexer.store import open_or_create_store, open_store
 from schemas.errors import StoreMismatchError
+from schemas.layout import StorageLayout
 from schemas.settings import Settings
 from tests._bench_fixture import write_bench
 from tests.test_store import fake_embedded
@@ -49,10 +50,10 @@ def test_plain_layouts_match_quantize() -> None:
     x = anisotropic(50, 32)
     for dtype in ("float32", "float16", "int8"):
         stored, scales = codec_for(dtype, x).encode(x)
-        ref_stored, ref_scales = quantize.encode(x, dtype)
+        ref_stored, ref_scales = codec.encode_plain(x, dtype)
         assert np.array_equal(stored, ref_stored)
         assert np.allclose(
-            codec_for(dtype, x).decode_numpy(stored, scales), quantize.decode_numpy(stored, scales, dtype)
+            codec_for(dtype, x).decode_numpy(stored, scales), codec.decode_plain_numpy(stored, scales, dtype)
         )
         assert (scales is None) == (ref_scales is None)
 
@@ -114,18 +115,18 @@ def test_binary_relevance_follows_float_relevance() -> None:
 
 def test_collection_keeps_its_layout_and_refuses_another(settings: Settings) -> None:
     s = settings.updated(storage_dtype="binary", storage_pool=2)
-    store = open_or_create_store(s, "m", 32, "mean")
+    store = open_or_create_store(s.store, "m", 32, "mean")
     emb = fake_embedded("a", 40, 32, 1)
     store.write_document(emb)
     assert store.fit_codec(emb.vectors) is False  # fitted once, by the first document
     encoded = store.codec.encode(pool_document(emb, 2).vectors)
     store.close()
 
-    store = open_store(s)  # parameters come back from the collection, not from memory
+    store = open_store(s.store)  # parameters come back from the collection, not from memory
     seg = store.fetch_segments({"a": "a" * 64})["a"][0]
     assert seg.stored.shape == (20, 32 // 8 + 2)
     assert np.array_equal(seg.stored, encoded[0])
-    assert store.headers()["a"]["n_tokens"] == 40 and store.headers()["a"]["n_rows"] == 20
+    assert store.headers()["a"].n_tokens == 40 and store.headers()["a"].n_rows == 20
     assert seg.starts.tolist() == emb.offsets[::2, 0].tolist()
     assert store.stats()["storage_layout"] == "binary-pool2"
     with pytest.raises(StoreMismatchError, match="MaxSim"):
@@ -138,10 +139,10 @@ def test_collection_keeps_its_layout_and_refuses_another(settings: Settings) -> 
         ({"storage_dtype": "int8"}, "binary-pool2, not int8-pool2; set CHUNKLESS_STORAGE_DTYPE=binary"),
     ):
         with pytest.raises(StoreMismatchError, match=message):
-            open_or_create_store(s.updated(**update), "m", 32, "mean")
+            open_or_create_store(s.updated(**update).store, "m", 32, "mean")
     too_big = settings.updated(collection="x", storage_reduce="pca", storage_dim=64)
     with pytest.raises(StoreMismatchError, match="at most"):
-        open_or_create_store(too_big, "m", 32, "mean")
+        open_or_create_store(too_big.store, "m", 32, "mean")
 
 
 def test_storage_experiment_writes_table_csv_and_plot(tmp_path: Path) -> None:

@@ -8,8 +8,7 @@ import numpy as np
 import pytest
 import torch
 
-from indexer.edge_backend import _to_array
-from indexer.store import open_or_create_store
+from indexer.store import open_or_create_store, to_array
 from retriever.fetch import DocCache, Fetcher, SegmentTokens
 from schemas.models import EmbeddedDocument
 from schemas.settings import Settings
@@ -79,7 +78,7 @@ def test_cache_stays_consistent_under_threads() -> None:
 
 
 def test_fetcher_cached_equals_uncached_and_follows_versions(settings: Settings) -> None:
-    store = open_or_create_store(settings, "m", 16, "mean")
+    store = open_or_create_store(settings.store, "m", 16, "mean")
     store.write_document(fake_embedded("a", 300, 16, seed=1, version="1" * 64))
     store.write_document(fake_embedded("b", 40, 16, seed=2))
     headers = {d: store.headers()[d] for d in ("a", "b")}  # fetch keeps this order
@@ -109,19 +108,19 @@ def test_list_conversion_matches_asarray() -> None:
     rng = np.random.default_rng(0)
     m = rng.standard_normal((37, 5)).astype(np.float32)
     rows = m.tolist()
-    got = _to_array(rows, np.float32)
+    got = to_array(rows, np.float32)
     assert got.shape == (37, 5) and np.array_equal(got, np.asarray(rows, dtype=np.float32))
-    flat = _to_array(m[0].tolist(), np.float32)  # a plain (pooled) vector
+    flat = to_array(m[0].tolist(), np.float32)  # a plain (pooled) vector
     assert flat.shape == (5,) and np.array_equal(flat, m[0])
-    assert _to_array([], np.float32).shape == (0,)
+    assert to_array([], np.float32).shape == (0,)
 
 
 def test_selective_fetch_returns_runs_of_the_chosen_segments(settings: Settings) -> None:
-    store = open_or_create_store(settings.updated(segment_tokens=50), "m", 16, "mean")
+    store = open_or_create_store(settings.updated(segment_tokens=50).store, "m", 16, "mean")
     emb = fake_embedded("a", 230, 16, seed=4)  # 5 balanced segments of 46 rows
     store.write_document(emb)
     header = store.headers()["a"]
-    assert header["n_segments"] == 5
+    assert header.n_segments == 5
     fetcher = Fetcher(store, torch.device("cpu"), "separators", 1 << 20)
     runs = fetcher.fetch({"a": header}, {"a": [3, 0, 2]})
     assert [r.key for r in runs] == [("a", "a" * 64, 0, 1), ("a", "a" * 64, 2, 2)]
@@ -153,7 +152,7 @@ def windowed(emb: EmbeddedDocument, size: int) -> EmbeddedDocument:
 
 
 def test_rank_segments_ranks_live_segments_by_pooled_cosine(settings: Settings) -> None:
-    store = open_or_create_store(settings.updated(segment_tokens=40), "m", 16, "mean")
+    store = open_or_create_store(settings.updated(segment_tokens=40).store, "m", 16, "mean")
     old = fake_embedded("a", 120, 16, seed=5, version="1" * 64)
     new = windowed(fake_embedded("a", 120, 16, seed=6, version="2" * 64), 40)
     store.write_document(old)

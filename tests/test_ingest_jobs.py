@@ -21,11 +21,9 @@ import pymupdf
 import pytest
 
 import indexer.pipeline as pipeline
-from indexer.backends import Match, Where
-from indexer.edge_backend import EdgeBackend
 from indexer.embedders import HFTokenEmbedder
 from indexer.loaders import file_hash
-from indexer.store import open_store
+from indexer.store import EdgeBackend, Match, Where, open_store
 from schemas.models import EmbeddedDocument, LoadedDocument
 from schemas.settings import Settings
 from tests.conftest import REPO
@@ -93,13 +91,13 @@ class CountingEmbedder:
 
 def snapshot(settings: Settings) -> dict[str, Any]:
     """Everything a run leaves: headers, segment ids, and each document's stored token matrix."""
-    store = open_store(settings)
+    store = open_store(settings.store)
     try:
         heads = store.headers()
         segs = store.backend.scroll(Where(must=[Match("kind", "segment")]), with_vectors=[])
-        fetched = store.fetch_segments({d: h["version"] for d, h in heads.items()})
+        fetched = store.fetch_segments({d: h.version for d, h in heads.items()})
         return {
-            "headers": {d: (h["version"], h["n_tokens"], h["n_segments"]) for d, h in heads.items()},
+            "headers": {d: (h.version, h.n_tokens, h.n_segments) for d, h in heads.items()},
             "segment_ids": sorted(r.id for r in segs),
             "vectors": {d: np.concatenate([s.stored for s in ss]) for d, ss in fetched.items()},
         }
@@ -109,13 +107,13 @@ def snapshot(settings: Settings) -> dict[str, Any]:
 
 def assert_complete(settings: Settings) -> int:
     """Every visible document has all its segments and tokens; returns how many are visible."""
-    store = open_store(settings)
+    store = open_store(settings.store)
     try:
         heads = store.headers()
-        fetched = store.fetch_segments({d: h["version"] for d, h in heads.items()})
+        fetched = store.fetch_segments({d: h.version for d, h in heads.items()})
         for d, h in heads.items():
-            assert len(fetched[d]) == h["n_segments"], f"{d}: half-written document visible"
-            assert sum(len(s.stored) for s in fetched[d]) == h["n_tokens"]
+            assert len(fetched[d]) == h.n_segments, f"{d}: half-written document visible"
+            assert sum(len(s.stored) for s in fetched[d]) == h.n_tokens
         return len(heads)
     finally:
         store.close()
@@ -191,8 +189,8 @@ def test_kill_between_segments_and_header_leaves_only_orphans(
         pipeline.ingest([corpus], s, embedder=minilm)
     monkeypatch.setattr(EdgeBackend, "upsert", real_upsert)
 
-    store = open_store(s)
-    old_version = store.headers()["corpus/doc001.txt"]["version"]
+    store = open_store(s.store)
+    old_version = store.headers()["corpus/doc001.txt"].version
     assert old_version != file_hash(corpus / "doc001.txt")  # searchers still see the old version whole
     assert store.backend.count(Where(must=[Match("kind", "segment")])) == 4  # 3 live + 1 orphan
     store.close()
@@ -200,8 +198,8 @@ def test_kill_between_segments_and_header_leaves_only_orphans(
 
     report = pipeline.ingest([corpus], s, embedder=minilm)
     assert report.documents == 1 and report.replaced == 1
-    store = open_store(s)
-    assert store.headers()["corpus/doc001.txt"]["version"] == file_hash(corpus / "doc001.txt")
+    store = open_store(s.store)
+    assert store.headers()["corpus/doc001.txt"].version == file_hash(corpus / "doc001.txt")
     assert store.backend.count(Where(must=[Match("kind", "segment")])) == 3
     store.close()
 
@@ -232,8 +230,8 @@ def test_changed_file_replaces_its_old_points(
     corpus = make_corpus(tmp_path, 3)
     s = Settings(store_path=tmp_path / "store", device="cpu")
     pipeline.ingest([corpus], s, embedder=minilm)
-    old = open_store(s)
-    old_version = old.headers()["corpus/doc002.txt"]["version"]
+    old = open_store(s.store)
+    old_version = old.headers()["corpus/doc002.txt"].version
     old.close()
 
     new_text = "The lighthouse keeper logged every passing ship in a leather book."
@@ -244,11 +242,11 @@ def test_changed_file_replaces_its_old_points(
     # --quiet's plain log line: the document, files done, tokens/s and ETA
     assert any("stored corpus/doc002.txt" in m and "[3/3 files" in m and "ETA" in m for m in caplog.messages)
 
-    store = open_store(s)
+    store = open_store(s.store)
     head = store.headers()["corpus/doc002.txt"]
-    assert head["version"] == file_hash(corpus / "doc002.txt") != old_version
+    assert head.version == file_hash(corpus / "doc002.txt") != old_version
     assert store.fetch_segments({"corpus/doc002.txt": old_version}) == {}  # old points gone
-    segs = store.fetch_segments({"corpus/doc002.txt": head["version"]})["corpus/doc002.txt"]
+    segs = store.fetch_segments({"corpus/doc002.txt": head.version})["corpus/doc002.txt"]
     assert "".join(x.text for x in segs) == new_text
     assert store.stats()["segments"] == 3
     hit = store.recall(minilm.embed_query("lighthouse keeper logging ships"), k=1)[0]
@@ -281,7 +279,7 @@ def test_bad_files_are_reported_and_skipped(tmp_path: Path, minilm: HFTokenEmbed
     assert "not valid UTF-8" in reasons["latin1.txt"] and "no extractable text" in reasons["scanned.pdf"]
     assert "cannot embed" in reasons["rejected.txt"] and "does not exist" in reasons["missing"]
     assert report.documents == 2 and report.tokens > 0  # the good files went through
-    store = open_store(s)
+    store = open_store(s.store)
     assert set(store.headers()) == {"corpus/doc000.txt", "corpus/doc001.txt"}
     store.close()
 

@@ -75,7 +75,7 @@ def test_fetching_only_the_best_segments_keeps_text_exact(
         "fetch_rank": rank,
     }
     with Retriever(settings.updated(**over), embedder=minilm) as r:
-        assert all(h["n_segments"] >= 3 for h in r.store.headers().values())
+        assert all(h.n_segments >= 3 for h in r.store.headers().values())
         spans = r.search("What makes the dough rise?").spans
         assert len(r.fetcher.cache) == 2  # two segments moved, not three documents
     assert spans and spans[0].doc_id == "bread"
@@ -92,12 +92,12 @@ def test_sentences_cut_by_a_fetched_runs_edge_come_back_whole(tmp_path: Path, mi
         spans = r.search("What makes the dough rise?", top=6).spans
         heads = r.store.headers()
         fetched = {
-            (d, i): h["version"]
+            (d, i): h.version
             for d, h in heads.items()
-            for i in range(int(h["n_segments"]))
-            if (d, h["version"], i) in r.fetcher.cache
+            for i in range(h.n_segments)
+            if (d, h.version, i) in r.fetcher.cache
         }
-        all_segs = r.store.segment_texts({(d, h["version"]): list(range(h["n_segments"])) for d, h in heads.items()})
+        all_segs = r.store.segment_texts({(d, h.version): list(range(h.n_segments)) for d, h in heads.items()})
     assert spans and spans[0].doc_id == "bread"
     runs: dict[str, list[list[int]]] = {}  # per document, fetched char ranges with touching ones merged
     for (d, i), (c0, t) in sorted(all_segs.items()):

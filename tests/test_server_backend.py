@@ -17,11 +17,9 @@ from pathlib import Path
 import numpy as np
 import pytest
 
-from indexer import quantize
-from indexer.backends import Match, NewPoint, Where
-from indexer.segments import segment_id
-from indexer.server_backend import ServerBackend, to_client_filter
-from indexer.store import open_or_create_store, open_store
+from indexer import codec
+from indexer.store import Match, NewPoint, Where, open_or_create_store, open_store, segment_id
+from indexer.store.server import ServerBackend
 from schemas.settings import Settings
 from tests.test_store import (  # noqa: F401 - collected here, against the server backend
     fake_embedded,
@@ -38,7 +36,7 @@ def settings(tmp_path: Path) -> Settings:
 
 
 def test_backend_is_the_server_one(settings: Settings) -> None:
-    store = open_or_create_store(settings, "m", 8, "mean")
+    store = open_or_create_store(settings.store, "m", 8, "mean")
     assert isinstance(store.backend, ServerBackend) and store.backend.local
     # the collection records what it was built with in Qdrant's own collection metadata
     meta = store.backend.client.get_collection(settings.store.collection).config.metadata or {}
@@ -47,10 +45,10 @@ def test_backend_is_the_server_one(settings: Settings) -> None:
 
 
 def test_mismatched_dtype_is_refused_with_a_clear_error(settings: Settings) -> None:
-    open_or_create_store(settings, "m", 16, "mean").close()
+    open_or_create_store(settings.store, "m", 16, "mean").close()
     with pytest.raises(Exception, match="stores float32 tokens, not int8; set CHUNKLESS_STORAGE_DTYPE=float32"):
-        open_or_create_store(settings.updated(storage_dtype="int8"), "m", 16, "mean")
-    store = open_store(settings)  # the refused open released the folder
+        open_or_create_store(settings.updated(storage_dtype="int8").store, "m", 16, "mean")
+    store = open_store(settings.store)  # the refused open released the folder
     assert store.meta.storage_dtype == "float32"
     store.close()
 
@@ -58,17 +56,17 @@ def test_mismatched_dtype_is_refused_with_a_clear_error(settings: Settings) -> N
 @pytest.mark.parametrize(("dtype", "tol"), [("float16", 1e-3), ("int8", 1.5e-2)])
 def test_dtype_round_trip(tmp_path: Path, dtype: str, tol: float) -> None:
     s = Settings(url=f"local:{tmp_path / 'q'}", storage_dtype=dtype, segment_tokens=None)  # one segment
-    store = open_or_create_store(s, "m", 64, "mean")
+    store = open_or_create_store(s.store, "m", 64, "mean")
     emb = fake_embedded("a", 300, 64, 4)
     store.write_document(emb)
     seg = store.fetch_segments({"a": "a" * 64})["a"][0]
-    decoded = quantize.decode_numpy(seg.stored, seg.scales, dtype)
+    decoded = codec.decode_plain_numpy(seg.stored, seg.scales, dtype)
     assert np.abs(decoded - emb.vectors).max() < tol
     store.close()
 
 
 def test_orphans_are_invisible_then_removed(settings: Settings) -> None:
-    store = open_or_create_store(settings, "m", 16, "mean")
+    store = open_or_create_store(settings.store, "m", 16, "mean")
     store.write_document(fake_embedded("a", 40, 16, 1, version="1" * 64))
     # a write killed after its segments, before its header: version 2 segments with no header
     half = fake_embedded("a", 30, 16, 2, version="2" * 64)
@@ -81,7 +79,7 @@ def test_orphans_are_invisible_then_removed(settings: Settings) -> None:
             )
         ]
     )
-    assert store.headers()["a"]["version"] == "1" * 64
+    assert store.headers()["a"].version == "1" * 64
     assert [c.doc_id for c in store.recall(half.pooled, k=3, level="segment")] == []  # orphan never a candidate
     # a fresh orphan may be another worker's document in flight: spared within the grace period
     assert store.remove_orphans(min_age_s=3600) == 0
@@ -90,8 +88,8 @@ def test_orphans_are_invisible_then_removed(settings: Settings) -> None:
     store.close()
 
 
-def test_filter_translation_covers_every_form() -> None:
-    f = to_client_filter(
+def test_filter_translation_covers_every_form(settings: Settings) -> None:
+    f = ServerBackend(settings.store).translate(
         Where(
             must=[Match("kind", "segment"), Match("doc_id", ["a", "b"])],
             should=[Where(must=[Match("version", "v")])],

@@ -7,9 +7,9 @@ import itertools
 import numpy as np
 import pytest
 
-from indexer import quantize
-from indexer.segments import MAX_MULTIVECTOR_NUMBERS, max_segment_tokens, split_segments
+from indexer import codec
 from indexer.store import open_or_create_store, open_store
+from indexer.store.segments import MAX_MULTIVECTOR_NUMBERS, max_segment_tokens, split_segments
 from schemas.errors import StoreMismatchError, StoreNotFoundError
 from schemas.models import EmbeddedDocument, LoadedDocument
 from schemas.settings import Settings
@@ -47,15 +47,15 @@ def test_segments_stay_under_server_limit(dim: int, cap: int) -> None:
 
 def test_round_trip_and_reopen(settings: Settings) -> None:
     settings = settings.updated(segment_tokens=None)  # segments as large as a server takes
-    store = open_or_create_store(settings, "m", 32, "mean")
+    store = open_or_create_store(settings.store, "m", 32, "mean")
     a, b = fake_embedded("a", 50, 32, 1), fake_embedded("b", 3000, 32, 2)
     store.write_document(a)
     store.write_document(b)
     store.close()
 
-    store = open_store(settings)  # a fresh open reads everything back from disk
+    store = open_store(settings.store)  # a fresh open reads everything back from disk
     assert set(store.headers()) == {"a", "b"}
-    assert store.headers()["b"]["n_segments"] == 1  # 32-d allows 32767 rows per segment
+    assert store.headers()["b"].n_segments == 1  # 32-d allows 32767 rows per segment
     got = store.fetch_segments({"a": "a" * 64})["a"]
     assert np.allclose(np.concatenate([s.stored for s in got]), a.vectors, atol=1e-6)
     assert "".join(s.text for s in got) == a.doc.text
@@ -67,7 +67,7 @@ def test_round_trip_and_reopen(settings: Settings) -> None:
 
 def test_multi_segment_document_reassembles(settings: Settings) -> None:
     settings = settings.updated(segment_tokens=None)  # 1,023 rows at 1024-d: the server limit
-    store = open_or_create_store(settings, "m", 1024, "last")
+    store = open_or_create_store(settings.store, "m", 1024, "last")
     emb = fake_embedded("big", 2500, 1024, 3)
     store.write_document(emb)
     segs = store.fetch_segments({"big": "a" * 64})["big"]
@@ -78,11 +78,11 @@ def test_multi_segment_document_reassembles(settings: Settings) -> None:
 
 
 def test_changed_document_replaces_old_version(settings: Settings) -> None:
-    store = open_or_create_store(settings, "m", 16, "mean")
+    store = open_or_create_store(settings.store, "m", 16, "mean")
     store.write_document(fake_embedded("a", 40, 16, 1, version="1" * 64))
     new = fake_embedded("a", 25, 16, 2, version="2" * 64)
     store.write_document(new)
-    assert store.headers()["a"]["version"] == "2" * 64
+    assert store.headers()["a"].version == "2" * 64
     assert store.fetch_segments({"a": "1" * 64}) == {}
     assert store.stats()["segments"] == 1
     assert store.delete_document("a") and store.headers() == {}
@@ -90,14 +90,14 @@ def test_changed_document_replaces_old_version(settings: Settings) -> None:
 
 
 def test_mismatched_model_dim_and_dtype_are_refused(settings: Settings) -> None:
-    open_or_create_store(settings, "m", 16, "mean").close()
+    open_or_create_store(settings.store, "m", 16, "mean").close()
     with pytest.raises(StoreMismatchError, match="16-d"):
-        open_or_create_store(settings, "m", 32, "mean")
+        open_or_create_store(settings.store, "m", 32, "mean")
     with pytest.raises(StoreMismatchError, match="built with model 'm'"):
-        open_or_create_store(settings, "other", 16, "mean")
+        open_or_create_store(settings.store, "other", 16, "mean")
     with pytest.raises(StoreMismatchError, match="stores float32"):
-        open_or_create_store(settings.updated(storage_dtype="int8"), "m", 16, "mean")
-    store = open_store(settings)
+        open_or_create_store(settings.updated(storage_dtype="int8").store, "m", 16, "mean")
+    store = open_store(settings.store)
     with pytest.raises(StoreMismatchError, match="query vector is 8-d"):
         store.recall(np.ones(8, dtype=np.float32), 3)
     store.close()
@@ -105,17 +105,17 @@ def test_mismatched_model_dim_and_dtype_are_refused(settings: Settings) -> None:
 
 def test_missing_store_is_a_clear_error(settings: Settings) -> None:
     with pytest.raises(StoreNotFoundError, match="run 'chunkless ingest"):
-        open_store(settings)
+        open_store(settings.store)
 
 
 @pytest.mark.parametrize(("dtype", "tol"), [("float32", 1e-6), ("float16", 1e-3), ("int8", 1.5e-2)])
 def test_dtype_round_trip_bounds_relevance_error(tmp_path, dtype: str, tol: float) -> None:
     s = Settings(store_path=tmp_path, storage_dtype=dtype, segment_tokens=None)  # one segment holds the document
-    store = open_or_create_store(s, "m", 384, "mean")
+    store = open_or_create_store(s.store, "m", 384, "mean")
     emb = fake_embedded("a", 500, 384, 4)
     store.write_document(emb)
     seg = store.fetch_segments({"a": "a" * 64})["a"][0]
-    decoded = quantize.decode_numpy(seg.stored, seg.scales, dtype)
+    decoded = codec.decode_plain_numpy(seg.stored, seg.scales, dtype)
     q = np.random.default_rng(5).standard_normal(384).astype(np.float32)
     q /= np.linalg.norm(q)
     err = np.abs(decoded @ q - emb.vectors @ q).max()
@@ -129,13 +129,13 @@ def test_second_process_on_an_edge_store_gets_a_clear_error(settings: Settings) 
     import subprocess
     import sys
 
-    store = open_or_create_store(settings, "m", 8, "mean")
+    store = open_or_create_store(settings.store, "m", 8, "mean")
     store.write_document(fake_embedded("a", 5, 8))
     code = (
         "import sys; from schemas import Settings; from indexer.store import open_store; "
         "from schemas.errors import StoreBusyError\n"
         f"s = Settings(store_path={str(settings.store.store_path)!r})\n"
-        "try:\n    open_store(s).headers()\nexcept StoreBusyError as e:\n    print(e); sys.exit(3)\n"
+        "try:\n    open_store(s.store).headers()\nexcept StoreBusyError as e:\n    print(e); sys.exit(3)\n"
     )
     out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, timeout=60)
     store.close()

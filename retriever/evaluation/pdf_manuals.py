@@ -221,9 +221,9 @@ def load_pdfs(docs_dir: Path) -> tuple[list[LoadedDocument], list[str]]:
 
 def index_documents(docs: list[LoadedDocument], settings: Settings, embedder: TokenEmbedder) -> int:
     """Embed and store the documents not already stored at the same version; returns how many."""
-    store = open_or_create_store(settings, embedder.name, embedder.dim, getattr(embedder, "pooling", "mean"))
+    store = open_or_create_store(settings.store, embedder.name, embedder.dim, getattr(embedder, "pooling", "mean"))
     try:
-        live = {d: h["version"] for d, h in store.headers().items()}
+        live = {d: h.version for d, h in store.headers().items()}
         todo = [d for d in docs if live.get(d.doc_id) != d.content_hash]
         for d in todo:
             for emb in embedder.embed_documents([d]):

@@ -23,6 +23,7 @@ from dataclasses import dataclass
 
 import numpy as np
 
+from indexer.store import DocHeader
 from retriever.boundaries import sentence_ranges
 from schemas.structure import NON_ANSWER_KINDS, DocStructure
 
@@ -76,13 +77,13 @@ class Layouts:
         self._lock = threading.Lock()
         self.max_docs = max_docs
 
-    def get(self, doc_id: str, header: dict) -> Layout | None:
-        key = (doc_id, str(header.get("version", "")))
+    def get(self, doc_id: str, header: DocHeader) -> Layout | None:
+        key = (doc_id, header.version)
         with self._lock:
             if key in self._items:
                 self._items.move_to_end(key)
                 return self._items[key]
-        s = DocStructure.from_payload(header.get("structure"))
+        s = DocStructure.from_payload(header.structure)
         layout = Layout.of(s) if s is not None and s.blocks else None
         with self._lock:
             self._items[key] = layout

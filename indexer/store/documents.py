@@ -17,74 +17,17 @@ from dataclasses import dataclass
 from typing import Any, Literal
 
 import numpy as np
-from pydantic import BaseModel
 
-from indexer.backends import Match, NewPoint, PointRecord, PointsBackend, VectorSpace, Where
-from indexer.compress import CodecParams, TokenCodec, fit, pool_document
-from indexer.segments import POINT_NAMESPACE, header_id, segment_id, split_segments
+from indexer.codec import CodecParams, TokenCodec, fit, pool_document
+from indexer.store.backend import Match, NewPoint, PointRecord, PointsBackend, VectorSpace, Where
+from indexer.store.meta import HEADER_FIELDS, CollectionMeta, DocHeader
+from indexer.store.segments import POINT_NAMESPACE, header_id, segment_id, split_segments
 from schemas.errors import StoreMismatchError, StoreNotFoundError
-from schemas.layout import StorageDtype, StorageLayout, StorageReduce
+from schemas.layout import StorageLayout
 from schemas.models import EmbeddedDocument
-from schemas.settings import Settings
+from schemas.settings import StoreSettings
 
-SCHEMA_VERSION = 1
 KEYWORD_FIELDS = ["kind", "doc_id", "version", "source"]
-HEADER_FIELDS = ["doc_id", "version", "source", "title", "n_tokens", "n_segments", "page_starts", "text_len"]
-HEADER_FIELDS.append("structure")  # blocks and page labels (schemas.structure): span methods read them
-
-
-class CollectionMeta(BaseModel):
-    """What a collection was built with; every later write and query must match it."""
-
-    model: str
-    dim: int
-    storage_dtype: StorageDtype
-    pooling: str
-    schema_version: int = SCHEMA_VERSION
-    created_at: float = 0.0
-    # storage layout (indexer.compress); defaults keep collections made before layouts readable
-    storage_reduce: StorageReduce = "none"
-    storage_dim: int | None = None
-    storage_pool: int = 1
-
-    @property
-    def layout(self) -> StorageLayout:
-        return StorageLayout(
-            dtype=self.storage_dtype, reduce=self.storage_reduce, dim=self.storage_dim, pool=self.storage_pool
-        )
-
-    def check(
-        self,
-        model: str,
-        dim: int,
-        storage_dtype: StorageDtype | None,
-        where: str,
-        layout: StorageLayout | None = None,
-    ) -> None:
-        """Raise StoreMismatchError when (model, dim, dtype, layout) differ from the collection's."""
-        if dim != self.dim:
-            raise StoreMismatchError(
-                f"{where}: model '{model}' gives {dim}-d vectors but the collection holds {self.dim}-d vectors "
-                f"from '{self.model}'; use --model {self.model} or a new --collection"
-            )
-        if model != self.model:
-            raise StoreMismatchError(
-                f"{where}: the collection was built with model '{self.model}', not '{model}'; "
-                f"use --model {self.model} or a new --collection"
-            )
-        plain = layout is None or (layout.is_plain and self.layout.is_plain)
-        if layout is not None and layout != self.layout and not plain:  # names the whole layout, dtype included
-            m = self.layout
-            raise StoreMismatchError(
-                f"{where}: the collection stores tokens as {m.name}, not {layout.name}; set "
-                f"CHUNKLESS_STORAGE_DTYPE={m.dtype} CHUNKLESS_STORAGE_REDUCE={m.reduce} "
-                f"CHUNKLESS_STORAGE_DIM={m.dim or ''} CHUNKLESS_STORAGE_POOL={m.pool} or use a new --collection"
-            )
-        if storage_dtype is not None and storage_dtype != self.storage_dtype:
-            raise StoreMismatchError(
-                f"{where}: the collection stores {self.storage_dtype} tokens, not {storage_dtype}; "
-                f"set CHUNKLESS_STORAGE_DTYPE={self.storage_dtype} or use a new --collection"
-            )
 
 
 @dataclass
@@ -112,9 +55,11 @@ class Written:
 
 @dataclass
 class Candidate:
+    """A recalled document: its id, recall score and header."""
+
     doc_id: str
     score: float
-    header: dict[str, Any]
+    header: DocHeader
 
 
 def _seg_filter(doc_id: str, version: str | None = None) -> Where:
@@ -125,7 +70,18 @@ def _seg_filter(doc_id: str, version: str | None = None) -> Where:
 
 
 class TokenStore:
-    """Documents as token multivectors in one collection."""
+    """Documents as token multivectors in one collection: chunkless' document model over a PointsBackend.
+
+    Args:
+        backend: the attached backend (`open_store`/`open_or_create_store` build it).
+        meta: the collection's metadata.
+        segment_rows: rows per segment written (None: the most a Qdrant server takes).
+
+    Example:
+        >>> store = open_or_create_store(settings.store, emb.name, emb.dim, "mean")  # doctest: +SKIP
+        >>> store.write_document(embedded)  # segments, then the header  # doctest: +SKIP
+        >>> store.recall(query_vector, k=10)[0].header.source  # doctest: +SKIP
+    """
 
     def __init__(self, backend: PointsBackend, meta: CollectionMeta, segment_rows: int | None = None) -> None:
         self.backend = backend
@@ -170,13 +126,34 @@ class TokenStore:
 
     # -- writes ------------------------------------------------------------------------------------
     def write_document(self, emb: EmbeddedDocument) -> Written:
-        """Store (or replace) a document; returns the vector bytes and segments written."""
+        """Store (or replace) a document: its segments first, its header last, then drop older versions.
+
+        Args:
+            emb: the embedded document (its `doc.doc_id` names it, `doc.content_hash` is its version).
+
+        Returns:
+            The token-vector bytes and segments written.
+
+        Raises:
+            StoreMismatchError: the document's dimension is not the collection's.
+            StorageFaultError: not enough free space (checked before anything is written), disk full,
+                read-only or permission denied; the document's previous version stays live.
+        """
         d = emb.doc
         self.meta.check(self.meta.model, emb.dim, None, d.source)
         n_model_tokens = emb.n_tokens
-        emb = pool_document(emb, self.meta.storage_pool)
-        self.fit_codec(emb.vectors)
+        emb = pool_document(emb, self.meta.layout.pool)
         segs = split_segments(emb, self.segment_rows)
+        # stored bytes on paper: token rows in the layout, the pooled vectors, offsets (JSON) and the text
+        rows = emb.n_tokens
+        expected = int(
+            rows * self.meta.layout.vector_bytes_per_token(self.meta.dim) * self.meta.layout.pool
+            + (len(segs) + 1) * self.meta.dim * 4
+            + rows * 24
+            + len(d.text.encode("utf-8", "surrogatepass"))
+        )
+        self.backend.ensure_space(expected, f"writing document '{d.doc_id}'")
+        self.fit_codec(emb.vectors)
         points, nbytes = [], 0
         written_at = time.time()
         for s in segs:
@@ -203,21 +180,21 @@ class TokenStore:
         # one segment per upsert keeps each request under a server's payload limit
         for p in points:
             self.backend.upsert([p])
-        header = {
-            "kind": "doc",
-            "doc_id": d.doc_id,
-            "version": d.content_hash,
-            "source": d.source,
-            "title": d.title,
-            "n_tokens": n_model_tokens,
-            "n_rows": emb.n_tokens,  # stored rows: fewer than tokens when adjacent tokens are pooled
-            "n_segments": len(segs),
-            "page_starts": d.page_starts,
-            "text_len": len(d.text),
-            "structure": d.structure.to_payload() if d.structure is not None else None,
-            "ingested_at": time.time(),
-        }
-        self.backend.upsert([NewPoint(header_id(d.doc_id), {"pooled": emb.pooled}, header)])
+        header = DocHeader(
+            doc_id=d.doc_id,
+            version=d.content_hash,
+            source=d.source,
+            title=d.title,
+            n_tokens=n_model_tokens,
+            n_rows=emb.n_tokens,  # stored rows: fewer than tokens when adjacent tokens are pooled
+            n_segments=len(segs),
+            page_starts=d.page_starts,
+            text_len=len(d.text),
+            ingested_at=time.time(),
+            page_labels=d.structure.page_labels if d.structure is not None else None,
+            structure=d.structure.to_payload() if d.structure is not None else None,
+        )
+        self.backend.upsert([NewPoint(header_id(d.doc_id), {"pooled": emb.pooled}, header.to_payload())])
         # the header now names the new version: older versions' segments are unreachable, drop them
         self.backend.delete(
             Where(
@@ -228,7 +205,17 @@ class TokenStore:
         return Written(nbytes, len(points))
 
     def delete_document(self, doc_id: str) -> bool:
-        """Remove a document (header first, so search stops seeing it at once). False if absent."""
+        """Remove a document, header first so search stops seeing it at once.
+
+        Args:
+            doc_id: the document.
+
+        Returns:
+            False when there was no such document.
+
+        Raises:
+            StorageFaultError: read-only store or permission denied.
+        """
         if self.header(doc_id) is None:
             return False
         self.backend.delete(Where(must=[Match("kind", "doc"), Match("doc_id", doc_id)]))
@@ -236,12 +223,19 @@ class TokenStore:
         return True
 
     def remove_orphans(self, min_age_s: float = 0.0) -> int:
-        """Delete segments no header points to (left by a killed write); returns how many.
+        """Delete segments no header points to (left by a killed write).
 
-        `min_age_s` spares orphans written in the last that many seconds: on a server, another
-        worker's document between its segments and its header looks exactly like an orphan.
+        Args:
+            min_age_s: spare orphans written in the last that many seconds: on a server, another
+                worker's document between its segments and its header looks exactly like an orphan.
+
+        Returns:
+            How many segments were deleted.
+
+        Raises:
+            StorageFaultError: read-only store or permission denied.
         """
-        live = {(h["doc_id"], h["version"]) for h in self.headers().values()}
+        live = {(h.doc_id, h.version) for h in self.headers().values()}
         # three small fields, not each segment's text and offsets: this runs at the start of every ingest
         segs = self.backend.scroll(
             Where(must=[Match("kind", "segment")]), with_vectors=[], payload=["doc_id", "version", "written_at"]
@@ -255,14 +249,26 @@ class TokenStore:
         return sum(counts[k] for k in stale)
 
     # -- reads -------------------------------------------------------------------------------------
-    def headers(self) -> dict[str, dict[str, Any]]:
-        """Every live document's header payload, by doc_id."""
-        recs = self.backend.scroll(Where(must=[Match("kind", "doc")]), with_vectors=[])
-        return {r.payload["doc_id"]: r.payload for r in recs}
+    def headers(self) -> dict[str, DocHeader]:
+        """Every live document's header.
 
-    def header(self, doc_id: str) -> dict[str, Any] | None:
+        Returns:
+            doc_id -> header.
+        """
+        recs = self.backend.scroll(Where(must=[Match("kind", "doc")]), with_vectors=[])
+        return {r.payload["doc_id"]: DocHeader.model_validate(r.payload) for r in recs}
+
+    def header(self, doc_id: str) -> DocHeader | None:
+        """One document's header.
+
+        Args:
+            doc_id: the document.
+
+        Returns:
+            Its header, or None when it is not stored.
+        """
         recs = self.backend.scroll(Where(must=[Match("kind", "doc"), Match("doc_id", doc_id)]), [], limit=1)
-        return recs[0].payload if recs else None
+        return DocHeader.model_validate(recs[0].payload) if recs else None
 
     def recall(
         self,
@@ -271,17 +277,42 @@ class TokenStore:
         level: Literal["doc", "segment"] = "doc",
         where: Where | None = None,
     ) -> list[Candidate]:
-        """Top-k documents by pooled cosine: of their header (doc) or of their best segment (segment)."""
+        """Top-k documents by pooled cosine: of their header (doc) or of their best segment (segment).
+
+        Args:
+            query: (dim,) unit query vector.
+            k: most documents to return.
+            level: "doc" compares the document's pooled vector, "segment" its best segment's.
+            where: a filter on header fields (its `must` conditions apply), or None.
+
+        Returns:
+            Candidates, best first.
+
+        Raises:
+            StoreMismatchError: the query's dimension is not the collection's.
+        """
         self._check_query(query)
         if level == "doc":
             flt = Where(must=[Match("kind", "doc"), *(where.must if where else [])])
             recs = self.backend.query("pooled", query, k, flt, HEADER_FIELDS)
-            return [Candidate(r.payload["doc_id"], r.score, r.payload) for r in recs]
+            return [Candidate(r.payload["doc_id"], r.score, DocHeader.model_validate(r.payload)) for r in recs]
         recs = self.backend.query("pooled", query, 4 * k, Where(must=[Match("kind", "segment")]), ["doc_id", "version"])
         return self._segments_to_docs(recs, k, where)
 
     def maxsim(self, query_tokens: np.ndarray, k: int, doc_ids: list[str] | None = None) -> list[Candidate]:
-        """Top-k documents by Qdrant's MaxSim of the query's token vectors over segment token matrices."""
+        """Top-k documents by Qdrant's MaxSim of the query's token vectors over segment token matrices.
+
+        Args:
+            query_tokens: (m, dim) query token vectors.
+            k: most documents to return.
+            doc_ids: only these documents (None: all).
+
+        Returns:
+            Candidates, best first (a document scores as its best segment).
+
+        Raises:
+            StoreMismatchError: wrong dimension, or a layout Qdrant cannot score (pooled, reduced, int4, binary).
+        """
         self._check_query(query_tokens[0])
         if not self.meta.layout.is_plain:
             raise StoreMismatchError(
@@ -303,9 +334,11 @@ class TokenStore:
         if not best:
             return []
         must: list[Match | Where] = [Match("kind", "doc"), Match("doc_id", list(best)), *(where.must if where else [])]
-        heads = {r.payload["doc_id"]: r.payload for r in self.backend.scroll(Where(must=must), [])}
+        heads = {
+            r.payload["doc_id"]: DocHeader.model_validate(r.payload) for r in self.backend.scroll(Where(must=must), [])
+        }
         # a segment whose version is not its header's is an orphan or stale: never a candidate
-        out = [Candidate(d, s, heads[d]) for d, s in best.items() if d in heads and heads[d]["version"] == versions[d]]
+        out = [Candidate(d, s, heads[d]) for d, s in best.items() if d in heads and heads[d].version == versions[d]]
         return sorted(out, key=lambda c: -c.score)[:k]
 
     def rank_segments(self, query: np.ndarray, versions: dict[str, str], k: int) -> list[tuple[str, int, float]]:
@@ -313,7 +346,17 @@ class TokenStore:
 
         A (dim,) query ranks by pooled cosine (HNSW); an (m, dim) matrix of query token vectors by Qdrant's
         MaxSim over each segment's token rows, which reads them inside the engine but never moves them.
-        Returns (doc_id, segment index, score): what a query fetches when it need not score whole documents.
+
+        Args:
+            query: (dim,) query vector or (m, dim) query token vectors.
+            versions: doc_id -> live version (from the headers).
+            k: most segments to return.
+
+        Returns:
+            (doc_id, segment index, score), best first: what a query fetches when it need not score whole documents.
+
+        Raises:
+            StoreMismatchError: wrong dimension, or MaxSim asked of a layout Qdrant cannot score.
         """
         self._check_query(query[-1] if query.ndim == 2 else query)
         if not versions or k <= 0:
@@ -338,7 +381,12 @@ class TokenStore:
     ) -> dict[str, list[StoredSegment]]:
         """Segments of each doc_id at the given version, in order, with their stored token rows.
 
-        `indices` restricts a document to those segment indices; documents it leaves out come whole.
+        Args:
+            docs: doc_id -> version.
+            indices: restricts a document to those segment indices; documents it leaves out come whole.
+
+        Returns:
+            doc_id -> its segments sorted by index (documents with none found are absent).
         """
         if not docs:
             return {}
@@ -371,7 +419,14 @@ class TokenStore:
         return dict(out)
 
     def segment_texts(self, wanted: dict[tuple[str, str], list[int]]) -> dict[tuple[str, int], tuple[int, str]]:
-        """(char_start, text) of the given segments of each (doc_id, version): payload only, no token rows."""
+        """The text of some segments: payload only, no token rows.
+
+        Args:
+            wanted: (doc_id, version) -> segment indices.
+
+        Returns:
+            (doc_id, segment index) -> (char_start, text).
+        """
         if not wanted:
             return {}
         parts = [
@@ -393,31 +448,48 @@ class TokenStore:
             )
 
     def stats(self) -> dict[str, Any]:
-        """Documents, segments, tokens, bytes on disk and bytes per token."""
+        """Documents, segments, tokens, bytes on disk and bytes per token.
+
+        Returns:
+            A JSON-able dict (bytes_on_disk and bytes_per_token are None where the backend cannot tell).
+        """
         heads = self.headers()
-        tokens = sum(int(h["n_tokens"]) for h in heads.values())
+        tokens = sum(h.n_tokens for h in heads.values())
         disk = self.backend.disk_bytes()
         return {
             "documents": len(heads),
             "segments": self.backend.count(Where(must=[Match("kind", "segment")])),
             "tokens": tokens,
             "dim": self.meta.dim,
-            "storage_dtype": self.meta.storage_dtype,
+            "storage_dtype": self.meta.layout.dtype,
             "storage_layout": self.meta.layout.name,
             "bytes_on_disk": disk,
             "bytes_per_token": (disk / tokens) if disk is not None and tokens else None,
         }
 
     def flush(self) -> None:
+        """Persist pending writes.
+
+        Raises:
+            StorageFaultError: disk full, read-only or permission denied.
+        """
         self.backend.flush()
 
     def close(self) -> None:
+        """Flush and release the store (the embedded store's one-process lock)."""
         self.backend.close()
 
 
-def vector_spaces(dim: int, dtype: StorageDtype, layout: StorageLayout | None = None) -> dict[str, VectorSpace]:
-    """The two named vectors: pooled (cosine, HNSW) and tokens (MaxSim multivector, no HNSW)."""
-    layout = layout or StorageLayout(dtype=dtype)
+def vector_spaces(dim: int, layout: StorageLayout) -> dict[str, VectorSpace]:
+    """The two named vectors: pooled (cosine, HNSW) and tokens (MaxSim multivector, no HNSW).
+
+    Args:
+        dim: the model's dimension.
+        layout: how token rows are stored.
+
+    Returns:
+        name -> space.
+    """
     return {
         "pooled": VectorSpace(size=dim, multivector=False, datatype="float32", distance="cosine", hnsw=True),
         # dot, not cosine: rows are unit vectors already, and cosine would renormalise int8 codes
@@ -427,56 +499,90 @@ def vector_spaces(dim: int, dtype: StorageDtype, layout: StorageLayout | None = 
     }
 
 
-def make_backend(settings: Settings) -> PointsBackend:
-    """Edge on settings.store.store_path unless settings.store.url names a Qdrant server."""
-    if settings.store.url:
-        from indexer.server_backend import ServerBackend
+def make_backend(store: StoreSettings) -> PointsBackend:
+    """Edge on `store.store_path` unless `store.url` names a Qdrant server (or qdrant-client local mode).
 
-        return ServerBackend(settings)
-    from indexer.edge_backend import EdgeBackend
+    Args:
+        store: the store settings.
 
-    return EdgeBackend(settings.store.collection_path)
+    Returns:
+        The backend, not yet attached to a collection.
+    """
+    if store.url:
+        from indexer.store.server import ServerBackend
+
+        return ServerBackend(store)
+    from indexer.store.edge import EdgeBackend
+
+    return EdgeBackend(store.collection_path)
 
 
-def open_store(settings: Settings) -> TokenStore:
-    """Open an existing collection for reading; StoreNotFoundError names what is missing."""
-    backend = make_backend(settings)
+def open_store(store: StoreSettings) -> TokenStore:
+    """Open an existing collection; the embedded store is opened now, so a busy one fails before anything loads.
+
+    Args:
+        store: the store settings (`settings.store`).
+
+    Returns:
+        The store.
+
+    Raises:
+        StoreNotFoundError: no such store or collection (names it and what to run).
+        StoreBusyError: another process holds the embedded store.
+        StorageFaultError: the store cannot be opened (read-only, disk full, permissions).
+        ServerError: the server cannot be reached, refused the key or runs an incompatible version.
+
+    Example:
+        >>> store = open_store(Settings(store_path="my_store").store)  # doctest: +SKIP
+        >>> sorted(store.headers())  # doctest: +SKIP
+    """
+    backend = make_backend(store)
     if not backend.exists():
-        where = settings.store.url or str(settings.store.store_path)
         raise StoreNotFoundError(
-            f"no collection '{settings.store.collection}' in store {where}; run 'chunkless ingest PATH' first "
+            f"no collection '{store.collection}' in store {store.location}; run 'chunkless ingest PATH' first "
             "or pass the right --store/--collection"
         )
-    meta = CollectionMeta.model_validate(backend.read_metadata()["chunkless"])
+    meta = CollectionMeta.model_validate(backend.open()["chunkless"])
     return TokenStore(backend, meta)
 
 
-def open_or_create_store(settings: Settings, model: str, dim: int, pooling: str) -> TokenStore:
-    """Open the collection for writing, creating it for (model, dim, storage layout) if it does not exist."""
-    backend = make_backend(settings)
-    layout = settings.store.layout
+def open_or_create_store(store: StoreSettings, model: str, dim: int, pooling: str) -> TokenStore:
+    """Open the collection for writing, creating it for (model, dim, `store.layout`) if it does not exist.
+
+    Args:
+        store: the store settings (`settings.store`).
+        model: the embedder's name.
+        dim: the embedder's dimension.
+        pooling: the embedder's pooling, recorded with the collection.
+
+    Returns:
+        The store, writing segments of `store.segment_tokens` rows.
+
+    Raises:
+        StoreMismatchError: the collection was built with another model, dimension or layout.
+        StoreBusyError: another process holds the embedded store.
+        StorageFaultError: not enough free space, read-only store or permission denied.
+        ServerError: the server cannot be reached, refused the key or runs an incompatible version.
+    """
+    backend = make_backend(store)
+    layout = store.layout
     if backend.exists():
-        meta = CollectionMeta.model_validate(backend.read_metadata()["chunkless"])
-        meta.check(model, dim, settings.store.storage_dtype, f"collection '{settings.store.collection}'", layout)
-        return TokenStore(backend, meta, settings.store.segment_tokens)
+        meta = CollectionMeta.model_validate(backend.open()["chunkless"])
+        try:
+            meta.check(model, dim, store.storage_dtype, f"collection '{store.collection}'", layout)
+        except StoreMismatchError:
+            backend.close()
+            raise
+        return TokenStore(backend, meta, store.segment_tokens)
     try:
         layout.stored_dim(dim)
     except ValueError as e:
-        raise StoreMismatchError(f"collection '{settings.store.collection}': {e}") from e
-    meta = CollectionMeta(
-        model=model,
-        dim=dim,
-        storage_dtype=settings.store.storage_dtype,
-        pooling=pooling,
-        created_at=time.time(),
-        storage_reduce=layout.reduce,
-        storage_dim=layout.dim,
-        storage_pool=layout.pool,
-    )
-    spaces = vector_spaces(dim, settings.store.storage_dtype, layout)
+        raise StoreMismatchError(f"collection '{store.collection}': {e}") from e
+    meta = CollectionMeta(model=model, dim=dim, pooling=pooling, layout=layout, created_at=time.time())
+    spaces = vector_spaces(dim, layout)
     backend.create(
         spaces,
-        {"chunkless": meta.model_dump(), "spaces": {n: vars(s) for n, s in spaces.items()}},
+        {"chunkless": meta.model_dump(mode="json"), "spaces": {n: vars(s) for n, s in spaces.items()}},
         KEYWORD_FIELDS,
     )
-    return TokenStore(backend, meta, settings.store.segment_tokens)
+    return TokenStore(backend, meta, store.segment_tokens)

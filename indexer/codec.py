@@ -1,4 +1,4 @@
-"""Storage layouts of token matrices: fewer bytes per token, decoded back to the model's space.
+"""The storage codec: token matrices to fewer bytes per token and back to the model's space.
 
 A layout is three choices applied in this order on write and undone on read:
 
@@ -6,7 +6,7 @@ A layout is three choices applied in this order on write and undone on read:
    end), so span code works on pooled "tokens" unchanged;
 2. **reduce** the dimension: `pca` (centred, fitted on a sample of the collection's token vectors) or
    `truncate` (keep the first `dim` coordinates; only sensible for Matryoshka-trained models);
-3. **dtype** of the stored numbers: float32, float16, int8 (per-row scale, see `quantize`), int4
+3. **dtype** of the stored numbers: float32, float16, int8 (per-row scale, see below), int4
    (symmetric, per-row scale, two codes per uint8 column) or binary: 1 bit per dimension packed 8 to a
    uint8 column. Qdrant has no 4- or 1-bit datatype, hence the packing into Uint8 multivectors.
 
@@ -20,6 +20,10 @@ Every decode returns float32 rows in the model's space, so the query needs no pr
 
 Fitted parameters (mean, PCA components, binary dimension scales) live in one `kind="codec"` point of
 the collection, written by the first document (or an explicit sample), so they work on every backend.
+
+int8 is ours, not Qdrant's: Edge's Uint8 datatype clamps out-of-range values silently, so each token
+row maps to symmetric int8 with its own scale (max |x| / 127), stored as `code + 128` in uint8, and
+decoded on the scoring device as (code - 128) * scale / 127.
 """
 
 from __future__ import annotations
@@ -30,11 +34,44 @@ from dataclasses import dataclass
 import numpy as np
 import torch
 
-from indexer import quantize
-from schemas.layout import SCALE_COLUMNS, StorageLayout
+from schemas.layout import SCALE_COLUMNS, StorageDtype, StorageLayout
 from schemas.models import EmbeddedDocument
 
 FIT_ROWS = 20_000  # token rows a fit uses at most: enough for a stable 1024-d covariance
+
+
+# --- plain number formats (float32, float16, int8) -------------------------------------------------
+BYTES_PER_NUMBER: dict[str, int] = {"float32": 4, "float16": 2, "int8": 1}
+
+
+def encode_plain(vectors: np.ndarray, dtype: StorageDtype) -> tuple[np.ndarray, np.ndarray | None]:
+    """(n, d) float32 -> (stored array, per-row scales or None). Stored array is what goes to Qdrant."""
+    if dtype == "float32":
+        return vectors.astype(np.float32, copy=False), None
+    if dtype == "float16":
+        return vectors.astype(np.float16).astype(np.float32), None  # Qdrant narrows; round here so reads match
+    if dtype != "int8":
+        raise ValueError(f"{dtype} rows are encoded by TokenCodec, not here")
+    scale = np.abs(vectors).max(axis=1).astype(np.float32)  # (n,)
+    scale = np.where(scale > 0, scale, 1.0).astype(np.float32)
+    codes = np.clip(np.rint(vectors / scale[:, None] * 127.0), -127, 127).astype(np.int16) + 128
+    return codes.astype(np.uint8), scale
+
+
+def decode_plain(stored: torch.Tensor, scales: torch.Tensor | None, dtype: StorageDtype) -> torch.Tensor:
+    """Stored values (n, d) on any device -> float32 (n, d) token vectors on that device."""
+    if dtype != "int8":
+        return stored.float()
+    if scales is None:
+        raise ValueError("int8 segment has no scales in its payload; re-ingest the document")
+    return (stored.float() - 128.0) * (scales.float() / 127.0).unsqueeze(1)
+
+
+def decode_plain_numpy(stored: np.ndarray, scales: np.ndarray | None, dtype: StorageDtype) -> np.ndarray:
+    """NumPy twin of `decode_plain`, for tests and offline analysis."""
+    return decode_plain(
+        torch.from_numpy(np.ascontiguousarray(stored)), None if scales is None else torch.from_numpy(scales), dtype
+    ).numpy()
 
 
 # --- fitted parameters --------------------------------------------------------------------------------
@@ -151,7 +188,7 @@ class TokenCodec:
         if self.layout.dtype == "int4":
             return _encode_int4(y), None
         if self.layout.dtype != "binary":
-            return quantize.encode(y, self.layout.dtype)
+            return encode_plain(y, self.layout.dtype)
         assert self.params is not None and self.params.abs_mean is not None
         z = y - self._binary_centre()
         a = self.params.abs_mean
@@ -186,7 +223,7 @@ class TokenCodec:
         elif self.layout.dtype == "int4":
             y = _decode_int4(stored, self.stored_dim)
         else:
-            y = quantize.decode(stored, scales, self.layout.dtype)
+            y = decode_plain(stored, scales, self.layout.dtype)
         if self.layout.reduce == "pca":
             return t["mean"] + y @ t["components_t"]
         if self.layout.reduce == "truncate":

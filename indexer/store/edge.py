@@ -1,0 +1,213 @@
+"""PointsBackend over Qdrant Edge: the real Qdrant engine in-process, one shard per collection folder.
+
+Edge (0.9, Python) has no read-only mode: loading a shard writes its WAL, so a store on a read-only
+file system, or one this user may not write, cannot be opened; `open` says so and what to do. Loading
+also allocates WAL pages through mmap, which on a full disk kills the process with SIGBUS, so `open`
+and `create` check free space first.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import threading
+from collections.abc import Callable
+from pathlib import Path
+from typing import Any, TypeVar
+
+import numpy as np
+import qdrant_edge as qe
+
+from indexer.store.backend import (
+    Match,
+    NewPoint,
+    PointRecord,
+    PointsBackend,
+    VectorSpace,
+    Where,
+    folder_bytes,
+    free_bytes_at,
+    storage_fault,
+)
+from schemas.errors import StorageFaultError, StoreBusyError
+
+METADATA_FILE = "chunkless.json"
+_DATATYPES = {
+    "float32": qe.VectorStorageDatatype.Float32,
+    "float16": qe.VectorStorageDatatype.Float16,
+    "uint8": qe.VectorStorageDatatype.Uint8,
+}
+_DISTANCES = {"cosine": qe.Distance.Cosine, "dot": qe.Distance.Dot}
+T = TypeVar("T")
+
+
+class EdgeBackend(PointsBackend):
+    """One Edge shard in `<folder>/shard`, with the collection's metadata in `<folder>/chunkless.json`.
+
+    Args:
+        folder: the collection's folder (store path / collection name).
+    """
+
+    def __init__(self, folder: Path) -> None:
+        super().__init__(str(folder))
+        self.folder = folder
+        self._shard: qe.EdgeShard | None = None
+        self._lock = threading.Lock()  # Edge calls are serialised: the shard object is shared across threads
+
+    # -- lifecycle ---------------------------------------------------------------------------------
+    def exists(self) -> bool:
+        return (self.folder / METADATA_FILE).is_file() and (self.folder / "shard").is_dir()
+
+    def create(self, spaces: dict[str, VectorSpace], metadata: dict[str, Any], keyword_fields: list[str]) -> None:
+        vectors = {}
+        for name, sp in spaces.items():
+            vectors[name] = qe.EdgeVectorParams(
+                size=sp.size,
+                distance=_DISTANCES[sp.distance],
+                datatype=_DATATYPES[sp.datatype],
+                multivector_config=qe.MultiVectorConfig(qe.MultiVectorComparator.MaxSim) if sp.multivector else None,
+                # m=0: token matrices are scanned, never searched by graph; an HNSW over every token is the
+                # single largest storage cost and buys nothing for our access pattern.
+                hnsw_config=None if sp.hnsw else qe.HnswIndexConfig(m=0, ef_construct=100, full_scan_threshold=10_000),
+            )
+        self.ensure_space(0, "creating the collection")
+
+        def make() -> qe.EdgeShard:
+            self.folder.mkdir(parents=True, exist_ok=True)
+            shard = qe.EdgeShard.create(str(self.folder / "shard"), qe.EdgeConfig(vectors=vectors))
+            for f in keyword_fields:
+                shard.update(qe.UpdateOperation.create_field_index(f, qe.PayloadSchemaType.Keyword))
+            shard.flush()
+            # metadata last and atomically: a folder without it is an unfinished create, never a collection
+            tmp = self.folder / (METADATA_FILE + ".tmp")
+            tmp.write_text(json.dumps(metadata, indent=2))
+            os.replace(tmp, self.folder / METADATA_FILE)
+            return shard
+
+        self._shard = self._guard(make, "creating the collection")
+        self.remember_spaces(metadata)
+
+    def open(self) -> dict[str, Any]:
+        meta: dict[str, Any] = self._guard(
+            lambda: json.loads((self.folder / METADATA_FILE).read_text()), "reading the collection metadata"
+        )
+        self.remember_spaces(meta)
+        if self._shard is None:
+            self._load()
+        return meta
+
+    def _load(self) -> None:
+        path = self.folder / "shard"
+        if not os.access(path, os.W_OK) or not os.access(path / "wal", os.W_OK):
+            raise StorageFaultError(
+                f"store {self.folder} is not writable by this user, and the embedded store (Qdrant Edge) cannot "
+                "open a store read-only, not even to search it: give this user write access, or copy the store "
+                "to a writable folder and pass that as --store"
+            )
+        self.ensure_space(0, "opening the store")
+        try:
+            self._shard = qe.EdgeShard.load(str(path))
+        except Exception as e:  # Edge raises a bare Exception; its WAL lock says WouldBlock
+            if "WouldBlock" in str(e):
+                raise StoreBusyError(
+                    f"store {self.folder} is open in another process (an ingest or a search); Edge allows one "
+                    "process per store: wait for it to finish, or serve several processes from a Qdrant server "
+                    "(CHUNKLESS_URL)"
+                ) from e
+            fault = storage_fault(e, str(self.folder), "opening the store")
+            if fault is not None:
+                raise fault from e
+            raise
+
+    @property
+    def shard(self) -> qe.EdgeShard:
+        """The open shard (loads it when `open` was not called, e.g. right after `exists`)."""
+        if self._shard is None:
+            self.open()
+        assert self._shard is not None
+        return self._shard
+
+    def _guard(self, fn: Callable[[], T], doing: str) -> T:
+        """Run a write-side call; disk-full, read-only and permission faults become StorageFaultError."""
+        try:
+            return fn()
+        except Exception as e:
+            fault = storage_fault(e, str(self.folder), doing)
+            if fault is not None:
+                raise fault from e
+            raise
+
+    def flush(self) -> None:
+        with self._lock:
+            if self._shard is not None:
+                self._guard(self._shard.flush, "flushing writes")
+
+    def close(self) -> None:
+        with self._lock:
+            if self._shard is not None:
+                shard, self._shard = self._shard, None
+                self._guard(shard.flush, "flushing writes")
+                shard.close()
+
+    # -- writes ------------------------------------------------------------------------------------
+    def upsert(self, points: list[NewPoint]) -> None:
+        # Edge accepts NumPy arrays directly (its stubs say lists): no list round trip on the write path
+        pts = [qe.Point(p.id, dict(p.vectors), p.payload) for p in points]  # type: ignore[arg-type]
+        with self._lock:
+            shard = self.shard
+            self._guard(lambda: shard.update(qe.UpdateOperation.upsert_points(pts)), "writing points")
+
+    def delete(self, where: Where) -> None:
+        flt = self.translate(where)
+        with self._lock:
+            shard = self.shard
+            self._guard(lambda: shard.update(qe.UpdateOperation.delete_points_by_filter(flt)), "deleting points")
+
+    def free_bytes(self) -> int | None:
+        return free_bytes_at(self.folder)
+
+    # -- reads -------------------------------------------------------------------------------------
+    def scroll_one_page(
+        self, flt: Any, offset: Any, limit: int, with_vectors: list[str], payload: bool | list[str]
+    ) -> tuple[list[PointRecord], Any]:
+        selector = qe.PayloadSelector.Include(payload) if isinstance(payload, list) else payload
+        req = qe.ScrollRequest(
+            offset=offset, limit=limit, filter=flt, with_payload=selector, with_vector=with_vectors or False
+        )
+        with self._lock:
+            recs, offset = self.shard.scroll(req)
+        out = [PointRecord(str(r.id), dict(r.payload or {}), self.vectors_of(r.vector, with_vectors)) for r in recs]
+        return out, offset
+
+    def query(
+        self, using: str, vector: np.ndarray, limit: int, where: Where | None, with_payload: bool | list[str]
+    ) -> list[PointRecord]:
+        req = qe.QueryRequest(
+            limit=limit,
+            query=qe.Query.Nearest(np.asarray(vector, dtype=np.float32), using=using),  # type: ignore[arg-type]
+            filter=self.translate(where) if where else None,
+            with_payload=qe.PayloadSelector.Include(with_payload) if isinstance(with_payload, list) else with_payload,
+            with_vector=False,
+        )
+        with self._lock:
+            res = self.shard.query(req)
+        return [PointRecord(str(r.id), dict(r.payload or {}), score=float(r.score)) for r in res]
+
+    def count(self, where: Where) -> int:
+        flt = self.translate(where)
+        with self._lock:
+            return int(self.shard.count(qe.CountRequest(exact=True, filter=flt)))
+
+    def disk_bytes(self) -> int | None:
+        return folder_bytes(self.folder)
+
+    # -- filters -----------------------------------------------------------------------------------
+    def match_condition(self, m: Match) -> Any:
+        if isinstance(m.value, list):
+            match: Any = qe.MatchExcept(m.value) if m.negate else qe.MatchAny(m.value)
+        else:
+            match = qe.MatchValue(m.value)
+        return qe.FieldCondition(m.key, match=match)
+
+    def make_filter(self, must: list[Any], should: list[Any], must_not: list[Any]) -> qe.Filter:
+        return qe.Filter(must=must or None, should=should or None, must_not=must_not or None)
