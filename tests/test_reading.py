@@ -256,3 +256,27 @@ def test_explain_plot_marks_sections_and_navigation(manual: Path, tmp_path: Path
     assert len(nav) >= len(TOC_LINES) + 6  # TOC lines, 3 running headers, 3 footers
     out = plot_explanation(ex, "Where are the log files kept?", tmp_path / "x.png")
     assert out.read_bytes()[:4] == b"\x89PNG" and out.stat().st_size > 10_000
+
+
+def test_eval_reads_the_pdf_benchmark_format(manual: Path, tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> None:
+    import json
+
+    from retriever.cli import main
+
+    bench = tmp_path / "bench"
+    (bench / "docs").mkdir(parents=True)
+    manual.rename(bench / "docs" / "manual.pdf")
+    with (bench / "queries.jsonl").open("w") as f:
+        for heading, _, pno, paras in SECTIONS[1:]:
+            q = heading.split(" ", 1)[1]
+            row = {"query_id": heading.split()[0], "query": q, "kind": "question", "doc": "manual.pdf"}
+            f.write(json.dumps({**row, "gold_text": paras[0], "gold_pages": [pno + 1]}) + "\n")
+    results = tmp_path / "res.jsonl"
+    assert main(["eval", str(bench), "--store", str(tmp_path / "store"), "--results", str(results)]) == 0
+    table = capsys.readouterr().out
+    rows = {line.split("|")[1].strip(): line for line in table.splitlines() if line.startswith("| ")}
+    assert {"chunkless", "64-token chunks", "sentences"} <= set(rows)
+    cells = [c.strip() for c in rows["chunkless"].split("|")[1:-1]]
+    assert cells[1] == "4" and cells[2] == "1.000", table  # n, hit@1: every answer found, no heading returned
+    lines = [json.loads(x) for x in results.read_text().splitlines()]
+    assert len(lines) == 4 and all(x["spans"][0]["section"] and x["spans"][0]["pages"] for x in lines)
