@@ -10,7 +10,8 @@ visual line. Then, per line:
 - table of contents / index entry: a dot-leader line, or any line of a page where most lines end
   in a page number (TOC and index pages);
 - heading: matches an outline (bookmark) title on its page, or is short and all bold or larger
-  than the body font; the outline gives its level, else the font size does;
+  than the body font; the outline gives its level, else the font size does; an FAQ entry (a bold
+  "5.4." label, the question in regular type up to its "?" or the paragraph gap) is one too;
 - list item: starts with a bullet or "1." / "a)"; footnote: small font at the page bottom;
   code: all monospace; else paragraph text.
 
@@ -45,6 +46,7 @@ _DOT_LEADER = re.compile(r"(?:\.\s?){4,}|…{2,}|(?:\s\.){3,}")
 _ENDS_IN_PAGE = re.compile(r"\s(?:\d{1,4}|[ivxlcdm]{1,7})(?:,\s*\d{1,4})*\s*$", re.IGNORECASE)
 _PAGE_NUMBER = re.compile(r"^\s*(?:page\s+)?(?:\d{1,4}|[ivxlcdm]{1,7})(?:\s*(?:/|of)\s*\d{1,4})?\s*$", re.IGNORECASE)
 _BULLET = re.compile(r"^\s*(?:[•◦▪▫●○■□‣⁃∙·\-–—*]|\(?\d{1,3}[.)]|\(?[a-z][.)])\s+\S")
+_FAQ_LABEL = re.compile(r"^\s*\d+(?:\.\d+)+\.?\s*$")
 _SECTION_NUMBER = re.compile(r"^\s*(?:[A-Z]|\d+)(?:\.\d+)*\.?\s+")
 
 
@@ -180,6 +182,22 @@ def _mark_toc(lines: list[Line]) -> None:
             ln.kind = "toc"
 
 
+def _mark_labelled(lines: list[Line], level: int, gap_limit: float) -> None:
+    """FAQ-style entries: a bold "5.4." label, then the question in regular type, up to the paragraph gap."""
+    for i, ln in enumerate(lines):
+        first = ln.spans[0] if ln.spans else None
+        if ln.kind != "paragraph" or first is None or not first[2] or not _FAQ_LABEL.match(first[0]):
+            continue
+        if all(p[2] for p in ln.spans if any(ch.isalpha() for ch in p[0])) or len(ln.text.split()) < 3:
+            continue  # all bold: the style rule decides; a bare label: nothing to title
+        ln.kind, ln.level = "heading", level
+        prev = ln
+        for nxt in lines[i + 1 : i + 4]:
+            if nxt.kind != "paragraph" or nxt.y0 - prev.y1 > gap_limit or prev.text.rstrip().endswith("?"):
+                break
+            nxt.kind, nxt.level, prev = "heading", level, nxt
+
+
 def _mark_headings(lines: list[Line], outline: dict[int, list[tuple[int, str]]], body: float) -> None:
     """Headings by outline title on the page first, then by style (bold / large, short, alone)."""
     i = 0
@@ -210,8 +228,13 @@ def _mark_headings(lines: list[Line], outline: dict[int, list[tuple[int, str]]],
             if matched:
                 break
         i += matched or 1
-    styled = [ln for ln in lines if ln.kind == "paragraph" and _looks_like_heading(ln, body)]
+    styled = [ln for ln in lines if ln.kind == "paragraph" and _looks_like_heading(ln, body, bool(outline))]
     if not styled:
+        return
+    if outline:  # the outline names the sections: a bold line it does not name is a run-in title inside one
+        deepest = max(level for entries in outline.values() for level, _ in entries)
+        for ln in styled:
+            ln.kind, ln.level = "heading", deepest + 1
         return
     sizes = sorted({round(ln.size, 1) for ln in lines if ln.kind == "heading" or ln in styled}, reverse=True)
     for ln in styled:
@@ -219,10 +242,12 @@ def _mark_headings(lines: list[Line], outline: dict[int, list[tuple[int, str]]],
         ln.level = sizes.index(round(ln.size, 1)) + 1
 
 
-def _looks_like_heading(ln: Line, body: float) -> bool:
+def _looks_like_heading(ln: Line, body: float, has_outline: bool) -> bool:
     words = len(ln.text.split())
     if words == 0 or words > HEADING_MAX_WORDS or ln.mono:
         return False
+    if has_outline and _BULLET.match(ln.text) and ln.size < body * 1.15:
+        return False  # "11. Escapes" in bold at body size: a list item the outline does not name
     if not any(ch.isalpha() for ch in ln.text):
         return False
     if ln.size >= body * 1.15:
@@ -317,6 +342,7 @@ def read_pdf(path: Path) -> Reading:
     for lines, h in zip(pages, heights, strict=True):
         _mark_toc(lines)
         _mark_headings(lines, outline, body)
+        _mark_labelled(lines, max((lv for es in outline.values() for lv, _ in es), default=2) + 1, gap_limit)
         _mark_rest(lines, body, h)
         for kind, text, level, members in _blocks(lines, gap_limit):
             builder.add(kind, text, page=members[0].page + 1, level=level)

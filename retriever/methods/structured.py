@@ -8,7 +8,8 @@ The sentence method ranks sentences; with a structure (schemas.structure, stored
   heading-like query matches best), but it is never returned: `answer_range` turns it into the
   answering part of its section, the section's first body sentences up to `SECTION_WORDS` words
   (a paragraph, its list items or table rows, across sub-headings only when the section has no
-  text of its own);
+  text of its own); a further sentence that would pass `SECTION_MAX_WORDS` is left out once the
+  answer has `ANSWER_MIN_WORDS`;
 - a body sentence stays the sentence it is (squad-like text has no headings: nothing changes);
 - every span gets its section path and the printed page labels of its pages.
 
@@ -27,7 +28,9 @@ from indexer.store import DocHeader
 from retriever.boundaries import sentence_ranges
 from schemas.structure import NON_ANSWER_KINDS, DocStructure
 
-SECTION_WORDS = 30  # a heading's answer: its section's first sentences until this many words
+SECTION_WORDS = 20  # a heading's answer: its section's first sentences until this many words ...
+SECTION_MAX_WORDS = 40  # ... but a further sentence that would pass this many is left out
+ANSWER_MIN_WORDS = 12  # (unless the answer is still shorter than this)
 ANSWER_KINDS = frozenset({"paragraph", "list_item", "table_row", "code", "footnote"})
 
 
@@ -126,10 +129,14 @@ def answer_range(
             break
         stop = min(b.end, end_of_text)
         for s0, s1 in sentence_ranges(text[b.start - base : stop - base]):
+            n = len(text[b.start - base + s0 : b.start - base + s1].split())
+            if first is not None and count >= ANSWER_MIN_WORDS and count + n > max(SECTION_MAX_WORDS, words):
+                count = words  # the next sentence would make the answer too long: stop before it
+                break
             if first is None:
                 first = b.start + s0
             last = b.start + s1
-            count += len(text[b.start - base + s0 : b.start - base + s1].split())
+            count += n
             if count >= words:
                 break
         if count >= words:
