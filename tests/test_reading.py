@@ -280,3 +280,29 @@ def test_eval_reads_the_pdf_benchmark_format(manual: Path, tmp_path: Path, capsy
     assert cells[1] == "4" and cells[2] == "1.000", table  # n, hit@1: every answer found, no heading returned
     lines = [json.loads(x) for x in results.read_text().splitlines()]
     assert len(lines) == 4 and all(x["spans"][0]["section"] and x["spans"][0]["pages"] for x in lines)
+
+
+def test_text_without_headings_gets_the_same_spans_as_without_structure(tmp_path: Path, minilm) -> None:
+    """squad-like documents (no headings, no navigation) must be scored exactly as before structure existed."""
+    from retriever.evaluation.pdf_manuals import index_documents
+    from retriever.search import Retriever
+    from schemas.settings import Settings
+
+    p = tmp_path / "rivers.txt"
+    p.write_text(
+        "The Nile is a major north-flowing river in northeastern Africa. It flows into the Mediterranean Sea.\n\n"
+        "The Amazon in South America is the largest river by discharge volume of water in the world.\n\n"
+        "Short.\n\nThe Danube flows through much of Central and Southeastern Europe, from the Black Forest."
+    )
+    with_structure = load_file(p, "rivers.txt")
+    assert with_structure.structure is not None and not with_structure.structure.has_headings
+    without = with_structure.model_copy(update={"structure": None})
+    out = []
+    for i, doc in enumerate((with_structure, without)):
+        s = Settings(store_path=tmp_path / f"store{i}", device="cpu")
+        index_documents([doc], s, minilm)
+        with Retriever(s, embedder=minilm) as r:
+            out.append(
+                [(x.start, x.end, round(x.score, 6)) for x in r.search("Which river carries the most water?").spans]
+            )
+    assert out[0] == out[1] and out[0]
