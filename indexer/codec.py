@@ -45,7 +45,18 @@ BYTES_PER_NUMBER: dict[str, int] = {"float32": 4, "float16": 2, "int8": 1}
 
 
 def encode_plain(vectors: np.ndarray, dtype: StorageDtype) -> tuple[np.ndarray, np.ndarray | None]:
-    """(n, d) float32 -> (stored array, per-row scales or None). Stored array is what goes to Qdrant."""
+    """Encode rows in a plain number format.
+
+    Args:
+        vectors: (n, d) float32 rows.
+        dtype: float32, float16 or int8.
+
+    Returns:
+        (what Qdrant stores, per-row scales for int8 or None).
+
+    Raises:
+        ValueError: int4 or binary, which `TokenCodec` encodes.
+    """
     if dtype == "float32":
         return vectors.astype(np.float32, copy=False), None
     if dtype == "float16":
@@ -59,7 +70,19 @@ def encode_plain(vectors: np.ndarray, dtype: StorageDtype) -> tuple[np.ndarray, 
 
 
 def decode_plain(stored: torch.Tensor, scales: torch.Tensor | None, dtype: StorageDtype) -> torch.Tensor:
-    """Stored values (n, d) on any device -> float32 (n, d) token vectors on that device."""
+    """Decode plain stored rows on their device.
+
+    Args:
+        stored: (n, d) stored values on any device.
+        scales: (n,) int8 row scales, or None for float rows.
+        dtype: float32, float16 or int8.
+
+    Returns:
+        (n, d) float32 token vectors on the same device.
+
+    Raises:
+        ValueError: int8 rows without scales (a damaged segment: re-ingest the document).
+    """
     if dtype != "int8":
         return stored.float()
     if scales is None:
@@ -105,7 +128,16 @@ class CodecParams:
 
 
 def fit(layout: StorageLayout, sample: np.ndarray, seed: int = 0) -> CodecParams:
-    """Fit mean, PCA components and binary dimension scales on (n, dim) unit token rows."""
+    """Fit a layout's parameters.
+
+    Args:
+        layout: the storage layout (what it reduces and quantizes decides what is fitted).
+        sample: (n, dim) unit token rows; at most FIT_ROWS of them are used.
+        seed: seed of the row subsample.
+
+    Returns:
+        Mean, PCA components (pca) and binary dimension scales (binary).
+    """
     rows = sample
     if len(rows) > FIT_ROWS:
         rows = rows[np.random.default_rng(seed).choice(len(rows), FIT_ROWS, replace=False)]
@@ -134,7 +166,15 @@ def fit(layout: StorageLayout, sample: np.ndarray, seed: int = 0) -> CodecParams
 
 # --- pooling ------------------------------------------------------------------------------------------
 def pool_document(emb: EmbeddedDocument, k: int) -> EmbeddedDocument:
-    """Merge each run of k adjacent tokens: mean vector renormalised, character range [first start, last end)."""
+    """Merge each run of k adjacent tokens: mean vector renormalised, character range [first start, last end).
+
+    Args:
+        emb: the embedded document.
+        k: tokens per stored row (1: unchanged).
+
+    Returns:
+        The document with pooled rows, offsets and window bounds in rows.
+    """
     if k == 1:
         return emb
     n = emb.n_tokens
@@ -158,7 +198,16 @@ def pool_document(emb: EmbeddedDocument, k: int) -> EmbeddedDocument:
 
 # --- encode / decode ----------------------------------------------------------------------------------
 class TokenCodec:
-    """Encode (n, dim) float32 token rows to what Qdrant stores, and decode them back on any device."""
+    """Encode (n, dim) float32 token rows to what Qdrant stores, and decode them back on any device.
+
+    Args:
+        layout: the collection's storage layout.
+        model_dim: the model's dimension.
+        params: fitted parameters (required when `layout.needs_fit`).
+
+    Raises:
+        ValueError: a layout that needs fitted parameters got none, or asks for more dimensions than the model has.
+    """
 
     def __init__(self, layout: StorageLayout, model_dim: int, params: CodecParams | None) -> None:
         if layout.needs_fit and params is None:
@@ -183,7 +232,14 @@ class TokenCodec:
         return self.params.mean[: self.stored_dim]
 
     def encode(self, vectors: np.ndarray) -> tuple[np.ndarray, np.ndarray | None]:
-        """(n, dim) float32 -> (stored rows, per-row payload scales or None)."""
+        """Encode token rows for storage.
+
+        Args:
+            vectors: (n, dim) float32 unit rows.
+
+        Returns:
+            (stored rows, per-row payload scales (int8) or None).
+        """
         y = self._reduce(vectors.astype(np.float32, copy=False)).astype(np.float32)
         if self.layout.dtype == "int4":
             return _encode_int4(y), None
@@ -211,7 +267,15 @@ class TokenCodec:
         return self._on[device]
 
     def decode(self, stored: torch.Tensor, scales: torch.Tensor | None) -> torch.Tensor:
-        """Stored rows (n, columns) on any device -> float32 (n, model_dim) on that device."""
+        """Decode stored rows on their device.
+
+        Args:
+            stored: (n, columns) stored rows on any device.
+            scales: (n,) payload scales (int8) or None.
+
+        Returns:
+            (n, model_dim) float32 rows in the model's space, on the same device.
+        """
         t = self._tensors(stored.device)
         if self.layout.dtype == "binary":
             codes = stored.to(torch.uint8)

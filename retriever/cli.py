@@ -98,9 +98,7 @@ def cmd_delete(args: argparse.Namespace) -> int:
     try:
         target = args.target
         heads = store.headers()
-        ids = (
-            [target] if target in heads else [d for d, h in heads.items() if h.source == str(Path(target).resolve())]
-        )
+        ids = [target] if target in heads else [d for d, h in heads.items() if h.source == str(Path(target).resolve())]
         if not ids:
             print(
                 f"chunkless: error: no document '{target}' (doc_id or path) in the collection; see 'chunkless stats'",

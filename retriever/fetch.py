@@ -83,7 +83,14 @@ class DocTokens:
         return self.parts[0] if len(self.parts) == 1 else torch.cat(self.parts)
 
     def relevance(self, q: torch.Tensor) -> torch.Tensor:
-        """(n,) r = D @ q, one GEMV per block of rows."""
+        """r = D @ q, one GEMV per block of rows.
+
+        Args:
+            q: (dim,) on the rows' device.
+
+        Returns:
+            (n,) float32.
+        """
         return gemv_blocks(self.parts, q)
 
     def chars(self, start: int, end: int) -> str:
@@ -135,7 +142,25 @@ class DocCache:
         """Bytes held now; never above max_bytes."""
         return self._bytes
 
+    def segment_keys(self) -> list[SegKey]:
+        """(doc_id, version, segment) of every cached segment, least recently used first (a snapshot)."""
+        with self._lock:
+            return list(self._items)
+
+    def segments(self) -> list[SegmentTokens]:
+        """Every cached segment, least recently used first (a snapshot; the tensors are shared, not copied)."""
+        with self._lock:
+            return list(self._items.values())
+
     def get(self, key: SegKey) -> SegmentTokens | None:
+        """The cached segment, made most recent; counts a hit or a miss.
+
+        Args:
+            key: (doc_id, version, segment index).
+
+        Returns:
+            The segment, or None when it is not cached.
+        """
         with self._lock:
             seg = self._items.get(key)
             if seg is None:
@@ -146,7 +171,11 @@ class DocCache:
             return seg
 
     def put(self, seg: SegmentTokens) -> None:
-        """Insert as most recent, evicting least recent entries past max_bytes; too-big segments are not kept."""
+        """Insert as most recent, evicting least recent entries past max_bytes; too-big segments are not kept.
+
+        Args:
+            seg: the decoded segment; cached segments of other versions of its document are dropped.
+        """
         key = seg.key
         with self._lock:
             if key in self._items or seg.nbytes > self.max_bytes:
@@ -177,7 +206,14 @@ class DocCache:
 
 
 class Fetcher:
-    """Store -> device, caching hot segments."""
+    """Store -> device, caching hot segments.
+
+    Args:
+        store: the collection's store.
+        device: where token matrices are decoded to and scored.
+        boundary: the sentence-end rule marking which tokens end a sentence.
+        cache_bytes: bound of the segment cache (`cache`).
+    """
 
     def __init__(self, store: TokenStore, device: torch.device, boundary: Boundary, cache_bytes: int) -> None:
         self.store = store
@@ -186,11 +222,18 @@ class Fetcher:
         self.cache = DocCache(cache_bytes)
 
     def fetch(self, headers: dict[str, DocHeader], segments: dict[str, list[int]] | None = None) -> list[DocTokens]:
-        """Runs of consecutive segments to score, per doc_id -> header in the given order.
+        """Runs of consecutive segments to score, in the order of `headers`.
 
-        `segments` names the segment indices wanted per document; a document it leaves out (or None)
-        comes whole. Documents gone from the store, or being replaced right now, are skipped rather
-        than scored in part.
+        Args:
+            headers: doc_id -> its header (version and n_segments), as recall returns them.
+            segments: segment indices wanted per document; a document it leaves out (or None) comes whole.
+
+        Returns:
+            One `DocTokens` per run of consecutive wanted segments. Documents gone from the store, or
+            being replaced right now, are skipped rather than scored in part.
+
+        Raises:
+            StoreError: the store cannot be read.
         """
         wanted: dict[str, list[int]] = {}
         for doc_id, h in headers.items():

@@ -1,18 +1,17 @@
 """r = D @ q over many row blocks into one flat vector, and its smoothing: the span engine's heavy half.
 
 On the CPU, batches of at least MIN_SPLIT_ROWS float32 rows go through numpy's BLAS (OpenBLAS), reading
-torch's storage without a copy: torch's CPU BLAS is MKL, whose sgemv ran at about half of OpenBLAS'
-speed on the AMD EPYC hosts here (384-d, 1M rows: 129 ms vs 66 ms; `scripts/bench_spans.py` prints
-both). The rows are cut into one range per torch thread, each run by a worker with single-threaded
-BLAS: OpenBLAS' own threads keep spinning after a call, and slowed the torch smoothing after them by
-~30% and a warm query over 20k rows of 250-row blocks 5x (29 ms vs 6 ms). Smaller batches, CUDA, other
-dtypes and non-contiguous views go through torch. Every block writes into its slice of one
-preallocated output, so there is no concatenation copy.
+torch's storage without a copy: torch's CPU BLAS is MKL, whose sgemv was markedly slower than OpenBLAS'
+on the AMD EPYC hosts measured (`scripts/bench_spans.py` prints both; README, Speed). The rows are cut
+into one range per torch thread, each run by a worker with single-threaded BLAS: OpenBLAS' own threads
+keep spinning after a call, and slowed the torch smoothing after them and warm queries over many small
+blocks. Smaller batches, CUDA, other dtypes and non-contiguous views go through torch. Every block
+writes into its slice of one preallocated output, so there is no concatenation copy.
 
 `relevance_smoothed` also smooths on the CPU workers, each over its own row range while its rows are
 still in cache (np.convolve releases the GIL): after a memory-bound GEMV the compute-bound convolution
-then costs ~10 ms per 1M tokens instead of ~25 ms as a separate torch pass. Each worker recomputes the
-rad rows on either side of its range, so workers never wait on one another.
+then costs less than a separate torch pass. Each worker recomputes the rad rows on either side of its
+range, so workers never wait on one another.
 """
 
 from __future__ import annotations
@@ -28,7 +27,7 @@ from threadpoolctl import ThreadpoolController
 
 from retriever.spans import fix_edges, kernel_taps, smooth
 
-# below this many rows torch.mv is as fast (measured crossover 5-10k rows at 384-d and 1024-d)
+# below this many rows torch.mv is as fast (the crossover measured at 384-d and 1024-d)
 MIN_SPLIT_ROWS = 8_192
 CHUNK_ROWS = 16_384  # rows a fused worker multiplies before smoothing them: r stays in cache
 
@@ -76,6 +75,16 @@ class _CpuPool:
                     cls._limiter = None
 
 
+@contextmanager
+def single_threaded_blas() -> Iterator[None]:
+    """numpy's BLAS single-threaded while any caller is inside; the last one out restores the process' limits.
+
+    The CPU GEMV path runs inside it; other code that splits BLAS work across its own threads may too.
+    """
+    with _CpuPool.single_blas():
+        yield
+
+
 def _numpy_ok(block: torch.Tensor) -> bool:
     return (
         block.device.type == "cpu"
@@ -88,7 +97,17 @@ def _numpy_ok(block: torch.Tensor) -> bool:
 def gemv_blocks(
     blocks: Sequence[torch.Tensor], q: torch.Tensor, use_numpy: bool = True, min_split_rows: int = MIN_SPLIT_ROWS
 ) -> torch.Tensor:
-    """(sum n_i,) the concatenation of block_i @ q for (n_i, dim) blocks, on q's device."""
+    """The concatenation of block_i @ q for (n_i, dim) blocks, on q's device.
+
+    Args:
+        blocks: row blocks, scored in order (never concatenated).
+        q: (dim,) query vector.
+        use_numpy: allow the CPU row-range BLAS path (False: always torch.mv).
+        min_split_rows: fewest rows for the BLAS path.
+
+    Returns:
+        (sum n_i,) float32.
+    """
     n = sum(int(b.shape[0]) for b in blocks)
     out = torch.empty(n, dtype=torch.float32, device=q.device)  # (N,)
     if use_numpy and _cpu_fast(blocks, q, n, min_split_rows):
@@ -176,7 +195,19 @@ def relevance_smoothed(
     min_split_rows: int = MIN_SPLIT_ROWS,
     chunk_rows: int = CHUNK_ROWS,
 ) -> tuple[torch.Tensor, torch.Tensor]:
-    """Raw r (N,) = blocks @ q and its per-document smoothing (N,), as `gemv_blocks` then `smooth`."""
+    """Raw r = blocks @ q and its per-document smoothing, as `gemv_blocks` then `smooth` (fused on the CPU).
+
+    Args:
+        blocks: row blocks of all documents, in order.
+        q: (dim,) query vector.
+        doc_starts: (B+1,) where each document begins in the flat rows.
+        sigma: Gaussian width in rows (0: no smoothing).
+        min_split_rows: fewest rows for the fused CPU path.
+        chunk_rows: rows a worker multiplies before smoothing them.
+
+    Returns:
+        r (N,) and smoothed (N,), float32.
+    """
     n = sum(int(b.shape[0]) for b in blocks)
     if sigma <= 0 or doc_starts.device.type != "cpu" or not _cpu_fast(blocks, q, n, min_split_rows):
         r = gemv_blocks(blocks, q)

@@ -64,6 +64,7 @@ class SentenceTables:
         self.max_docs = max_docs
 
     def get(self, doc: DocTokens) -> DocSentences:
+        """The sentences of one document run, computed once per run and version."""
         key = doc.key
         with self._lock:
             hit = self._cache.get(key)
@@ -77,6 +78,15 @@ class SentenceTables:
         return ds
 
     def table(self, docs: list[DocTokens], device: torch.device) -> SentenceTable:
+        """The sentences of `docs` laid end to end, as their tokens are in the flat relevance.
+
+        Args:
+            docs: one query's candidate documents, in scoring order.
+            device: where an empty table is made (others live where their documents' rows are).
+
+        Returns:
+            The `SentenceTable`.
+        """
         parts = [self.get(d) for d in docs if len(d.starts)]
         tok_off = np.cumsum([0] + [len(d.starts) for d in docs if len(d.starts)])
         sent_off = np.cumsum([0] + [p.start.numel() for p in parts])

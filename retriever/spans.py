@@ -1,7 +1,7 @@
 """Spans from per-token relevance, for many documents at once, with no Python loop over tokens.
 
 All documents of a query are laid end to end in one flat tensor (N tokens); `doc_starts` (B+1,)
-marks where each begins. Steps (DEVELOPERS.md step 4): Gaussian smoothing with "nearest" edges per
+marks where each begins. Steps: Gaussian smoothing with "nearest" edges per
 document, threshold, cluster kept tokens whose gaps are <= delta, drop clusters shorter than
 min_span_size, extend to the nearest sentence end within max_extension tokens, merge overlaps,
 score each span by its smoothed maximum.
@@ -20,6 +20,8 @@ from schemas.settings import SpanSettings
 
 @dataclass(frozen=True)
 class SpanParams:
+    """The threshold method's parameters, in stored rows (see `per_row`)."""
+
     sigma: float = 4.0
     threshold: float = 0.39
     delta: int = 170
@@ -28,6 +30,7 @@ class SpanParams:
 
     @classmethod
     def from_settings(cls, s: SpanSettings) -> SpanParams:
+        """The parameters as the settings give them, in model tokens."""
         return cls(s.sigma, s.threshold, s.delta, s.min_span_size, s.max_extension)
 
     def per_row(self, pool: int) -> SpanParams:
@@ -84,7 +87,7 @@ def locate(doc_starts: torch.Tensor, flat: torch.Tensor) -> torch.Tensor:
 
 
 def smooth(r: torch.Tensor, doc_starts: torch.Tensor, sigma: float) -> torch.Tensor:
-    """Per-document Gaussian smoothing with "nearest" (edge-replicating) borders.
+    """Per-document Gaussian smoothing with "nearest" (edge-replicating) borders: (N,) -> (N,).
 
     One convolution over the flat signal as if it were a single document, then the <= 2*radius
     tokens at each end of every document, whose window crossed a document border, recomputed with
@@ -99,8 +102,8 @@ def smooth(r: torch.Tensor, doc_starts: torch.Tensor, sigma: float) -> torch.Ten
     # one extra zero at the end gives an (N + 1,)-long output whose last slot takes the edge
     # fix-ups of empty documents, which own no token: no host sync to filter them out
     padded = torch.nn.functional.pad(x, (rad, rad + 1))  # (N + 2 * rad + 1,)
-    # one conv1d, not K shifted multiply-adds: the shifts are ~3x faster on an idle CPU, but each is a
-    # parallel op with its own thread barrier, and on a busy machine K barriers cost 5x more than one
+    # one conv1d, not K shifted multiply-adds: the shifts are faster on an idle CPU, but each is a
+    # parallel op with its own thread barrier, and on a busy machine K barriers cost far more than one
     out = torch.nn.functional.conv1d(padded.view(1, 1, -1), w.view(1, 1, -1)).view(-1)  # (N + 1,) symmetric w
     return fix_edges(out, x, doc_starts, sigma)
 
@@ -144,7 +147,18 @@ def extract_spans(
     params: SpanParams,
     threshold: torch.Tensor | float | None = None,
 ) -> TokenSpans:
-    """Spans over the flat smoothed relevance; `threshold` may be per document (B,) or scalar."""
+    """Spans over the flat smoothed relevance of several documents.
+
+    Args:
+        smoothed: (N,) smoothed relevance of all documents' tokens, end to end.
+        doc_starts: (B+1,) where each document begins.
+        ends_sentence: (N,) bool, tokens that end a sentence.
+        params: lengths in rows.
+        threshold: a scalar, or one per document (B,); None: `params.threshold`.
+
+    Returns:
+        The spans, ordered by position, overlaps merged.
+    """
     dev = smoothed.device
     n = smoothed.numel()
     empty = torch.zeros(0, dtype=torch.long, device=dev)
@@ -169,11 +183,11 @@ def extract_spans(
     start, end, score, cdoc = start[keep], end[keep], score[keep], cdoc[keep]
     if start.numel() == 0:
         return TokenSpans(empty, empty, empty, torch.zeros(0, device=dev))
-    start, end = _extend(start, end, cdoc, doc_starts, ends_sentence, params.max_extension)
+    start, end = extend_to_sentences(start, end, cdoc, doc_starts, ends_sentence, params.max_extension)
     return _merge_overlaps(cdoc, start, end, score)
 
 
-def _extend(
+def extend_to_sentences(
     start: torch.Tensor,
     end: torch.Tensor,
     cdoc: torch.Tensor,
@@ -185,7 +199,7 @@ def _extend(
     n = ends_sentence.numel()
     first, last = doc_starts[cdoc], doc_starts[cdoc + 1] - 1
     if start.numel() * (max_ext + 1) > n:  # windows would outweigh one scan of the whole signal
-        return _extend_scan(start, end, first, last, ends_sentence, max_ext)
+        return extend_to_sentences_scan(start, end, first, last, ends_sentence, max_ext)
     # look only at the max_ext tokens around each of the S spans: (S, max_ext) reads, not (N,) scans
     back = start[:, None] - torch.arange(1, max_ext + 1, device=start.device)  # (S, M) start-1 .. start-M
     stop = (back < first[:, None]) | ends_sentence[back.clamp(min=0)]  # first stop: document start or sentence end
@@ -196,7 +210,7 @@ def _extend(
     return start - steps, new_end
 
 
-def _extend_scan(
+def extend_to_sentences_scan(
     start: torch.Tensor,
     end: torch.Tensor,
     first: torch.Tensor,
@@ -204,7 +218,7 @@ def _extend_scan(
     ends_sentence: torch.Tensor,
     max_ext: int,
 ) -> tuple[torch.Tensor, torch.Tensor]:
-    """`_extend` by prefix scans over all N tokens: for many spans or a very long max_ext."""
+    """`extend_to_sentences` by prefix scans over all N tokens: for many spans or a very long max_ext."""
     n = ends_sentence.numel()
     idx = torch.arange(n, device=start.device)
     neg = torch.full_like(idx, -1)

@@ -1,10 +1,11 @@
 """Query latency over a >= 1M-token corpus of random unit vectors: recall, fetch and scoring, cold and warm.
 
 Builds the corpus straight through `TokenStore.write_document` (no model) into an Edge store in a
-temporary folder, then runs fixed random query vectors through `Retriever._search_vector` with
+temporary folder, then runs fixed random query vectors through `Retriever.search_vectors` with
 recall_k candidates. "Cold" clears the retriever's document cache before each query (the OS page
 cache still holds the store's files); "warm" repeats queries whose documents are cached. Also prints
-what moving one token matrix out of Edge costs: Edge building Python lists, then list -> array.
+what moving one token matrix out of Edge costs: the whole `fetch_segments`, and turning Python lists
+of rows (what Edge hands back) into an array with np.asarray vs the store's `to_array`.
 
     python scripts/bench_query.py --device cpu --docs 520 --tokens 2000 --dim 384   # defaults: best 4 segments
     python scripts/bench_query.py --device cpu --fetch-segments 0                    # whole candidate documents
@@ -20,7 +21,6 @@ from collections.abc import Callable, Sequence
 from pathlib import Path
 
 import numpy as np
-import qdrant_edge as qe
 import torch
 
 from indexer.store import TokenStore, open_or_create_store, to_array
@@ -110,15 +110,16 @@ def pct(xs: list[float], p: float) -> float:
 
 def run_queries(r: Retriever, queries: np.ndarray, repeats: int, cold: bool) -> dict[str, list[float]]:
     """Per-stage milliseconds of every query run; cold clears the document cache first."""
-    out: dict[str, list[float]] = {"recall": [], "fetch": [], "score": [], "total": [], "rows": []}
+    stages = ("recall", "rank_segments", "fetch", "score", "results")
+    out: dict[str, list[float]] = {k: [] for k in (*stages, "total", "rows")}
     for _ in range(repeats):
         for i, q in enumerate(queries):
             if cold:
                 r.fetcher.cache.clear()
             t0 = time.perf_counter()
-            resp = r._search_vector(f"q{i}", q, r.settings.spans.top, None)
+            (resp,) = r.search_vectors([f"q{i}"], q[None])
             total = (time.perf_counter() - t0) * 1e3
-            for k in ("recall", "fetch", "score"):
+            for k in stages:
                 out[k].append(resp.timings_ms[k])
             out["total"].append(total)
             out["rows"].append(float(resp.rows_scored))
@@ -141,25 +142,22 @@ def timed(fn: Callable[[], object], repeats: int = 5) -> float:
 
 
 def conversion_costs(dim: int, n: int) -> None:
-    """Milliseconds to get one n x dim float32 token matrix out of Edge: lists, then list -> array."""
+    """Milliseconds to get one n x dim float32 token matrix out of Edge, and to convert lists of its rows."""
     with tempfile.TemporaryDirectory() as d:
         settings = Settings(store_path=Path(d), device="cpu")
         store = open_or_create_store(settings.store, MODEL, dim, "mean")
         rng = np.random.default_rng(1)
-        store.write_document(random_document(0, n, dim, unit(rng.standard_normal(dim)), rng))
-        shard = store.backend.shard  # type: ignore[attr-defined]
-        flt = qe.Filter(must=[qe.FieldCondition("kind", match=qe.MatchValue("segment"))])
-        req = qe.ScrollRequest(limit=16, filter=flt, with_payload=False, with_vector=["tokens"])
-        recs, _ = shard.scroll(req)
-        raws = [rec.vector["tokens"] for rec in recs]  # type: ignore[index]
-        lists = timed(lambda: [rec.vector for rec in shard.scroll(req)[0]])
-        old = timed(lambda: [np.asarray(x, dtype=np.float32) for x in raws])
-        new = timed(lambda: [to_array(x, np.float32) for x in raws])
+        emb = random_document(0, n, dim, unit(rng.standard_normal(dim)), rng)
+        store.write_document(emb)
         fetch = timed(lambda: store.fetch_segments({"doc00000": f"{0:064x}"}))
+        n_segs = len(store.fetch_segments({"doc00000": f"{0:064x}"})["doc00000"])
         store.close()
+    rows = emb.vectors.tolist()  # what Edge's Record.vector holds: Python lists of floats
+    old = timed(lambda: np.asarray(rows, dtype=np.float32))
+    new = timed(lambda: to_array(rows, np.float32))
     print(
-        f"  {n}x{dim} ({len(raws)} segment(s)): Edge scroll + Python lists {lists:6.1f} ms, "
-        f"np.asarray {old:6.1f} ms -> fromiter {new:6.1f} ms; whole fetch_segments {fetch:6.1f} ms"
+        f"  {n}x{dim} ({n_segs} segment(s)): whole fetch_segments {fetch:6.1f} ms; "
+        f"lists -> array: np.asarray {old:6.1f} ms, fromiter {new:6.1f} ms"
     )
 
 
@@ -171,10 +169,14 @@ def main() -> None:
     ap.add_argument("--dim", type=int, default=384)
     ap.add_argument("--dtype", default="float32", choices=["float32", "float16", "int8"])
     ap.add_argument("--recall-k", type=int, default=10)
-    d = Settings()
-    ap.add_argument("--segment-tokens", type=int, default=d.segment_tokens, help="rows per segment (0: server limit)")
-    ap.add_argument("--fetch-segments", type=int, default=d.fetch_segments, help="best N segments (0: whole docs)")
-    ap.add_argument("--fetch-rank", choices=["auto", "pooled", "maxsim"], default=d.fetch_rank)
+    dflt = Settings()
+    ap.add_argument(
+        "--segment-tokens", type=int, default=dflt.store.segment_tokens, help="rows per segment (0: server limit)"
+    )
+    ap.add_argument(
+        "--fetch-segments", type=int, default=dflt.recall.fetch_segments, help="best N segments (0: whole docs)"
+    )
+    ap.add_argument("--fetch-rank", choices=["auto", "pooled", "maxsim"], default=dflt.recall.fetch_rank)
     ap.add_argument("--queries", type=int, default=20)
     ap.add_argument("--repeats", type=int, default=3, help="warm passes over the queries")
     ap.add_argument("--threads", type=int, default=0, help="torch CPU threads (0: torch's default)")
@@ -203,9 +205,9 @@ def main() -> None:
         )
         store = build_corpus(settings, args, queries)
         embedder = VectorOnlyEmbedder(args.dim, queries)
-        with Retriever(settings, embedder=embedder, store=store) as r:  # type: ignore[arg-type]
-            r._search_vector("q0", queries[0], settings.spans.top, None)
-            n_spans = len(r._search_vector("q0", queries[0], settings.spans.top, None).spans)
+        with Retriever(settings, embedder=embedder, store=store) as r:
+            r.search_vectors(["q0"], queries[:1])
+            n_spans = len(r.search_vectors(["q0"], queries[:1])[0].spans)
             print(
                 f"recall_k={args.recall_k}, fetch_segments={args.fetch_segments} by {args.fetch_rank}, "
                 f"{args.queries} query vectors, "
@@ -214,7 +216,8 @@ def main() -> None:
             report("cold", run_queries(r, queries, 1, cold=True))
             run_queries(r, queries, 1, cold=False)  # fill the cache
             report("warm", run_queries(r, queries, args.repeats, cold=False))
-            print(f"  cache: {len(r.fetcher.cache)} segments, {r.fetcher.cache.nbytes / 2**20:.0f} MiB")
+            cache = r.fetcher.cache
+            print(f"  cache: {len(cache)} segments, {cache.nbytes / 2**20:.0f} MiB, {cache.hits} hits")
 
 
 if __name__ == "__main__":

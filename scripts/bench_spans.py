@@ -85,13 +85,13 @@ def bench_dim(args: argparse.Namespace, dim: int, device: torch.device, copy_bef
     thr = 0.05  # between the noise (~1/sqrt(dim)) and the planted runs (~0.1)
 
     def relevance() -> torch.Tensor:
-        return gemv_blocks(docs, q)  # (N,) one GEMV per document into one output, as Retriever._relevance
+        return gemv_blocks(docs, q)  # (N,) one GEMV per document into one output, as Scorer.relevance
 
     r = relevance()
     s = smooth(r, doc_starts, params.sigma)
 
     def full() -> object:
-        _, ss = relevance_smoothed(docs, q, doc_starts, params.sigma)  # as Retriever._token_spans
+        _, ss = relevance_smoothed(docs, q, doc_starts, params.sigma)  # as ThresholdMethod.signal
         return extract_spans(ss, doc_starts, ends_sentence, params, thr)
 
     stages = {

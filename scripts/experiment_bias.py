@@ -8,7 +8,7 @@ cheap query-level features for telling answerable from unanswerable questions.
    answer tokens, the cosine of token vectors with their document's mean vector, the break between adjacent
    tokens taken from different windows, and (the causal test) the change of each token's r when the
    document is re-embedded with windows shifted by half a stride, which moves edge tokens to the centre.
-   Corrections, applied to r by a Retriever subclass (no library change), measured with both span methods:
+   Corrections, applied to r through the Retriever's `relevance_correction` hook, measured with both span methods:
      doc-mean    r - (mean r of the token's class in its document - mean r of the document)
      doc-z       r standardised per class within its document, mapped back to the document's mean and sd
      corpus-mean r - q . (mean token vector of the class over the corpus - mean token vector overall)
@@ -45,9 +45,8 @@ from indexer.store import Candidate, Where
 from retriever.benchmark import Benchmark, BenchQuery, Hit, Scores, hit_at, load_benchmark, score
 from retriever.evaluate import auc, index_benchmark, run_chunkless
 from retriever.fetch import DocTokens
-from retriever.search import AloneCache, Retriever
-from retriever.sentences import SentenceTables
-from retriever.spans import smooth
+from retriever.methods import MethodContext, MethodFactory, SentenceCaches, SentenceMethod
+from retriever.search import Retriever
 from schemas.settings import Settings
 
 TOP = 40  # every re-ranked candidate comes back, so position re-ranking can reorder them; hit@1/5 unchanged
@@ -88,28 +87,63 @@ def shifted_starts(n: int, width: int, stride: int) -> list[int]:
     return sorted(set(starts))
 
 
+def hidden_states(emb: HFTokenEmbedder, seqs: list[list[int]]) -> list[np.ndarray]:
+    """(len, dim) last hidden states of each id sequence, in token-budgeted batches of similar length.
+
+    The embedder's public methods window whole documents their own way; the shifted layout needs the
+    model run on windows of our choosing, so this drives `emb.model` with the embedder's padding and
+    batch budget (right padding, as the indexer does: encoder states are unaffected by it).
+    """
+    order = sorted(range(len(seqs)), key=lambda i: -len(seqs[i]))
+    out: list[np.ndarray] = [np.empty(0)] * len(seqs)
+    i = 0
+    while i < len(order):
+        longest = len(seqs[order[i]])
+        n = max(1, min(len(order) - i, emb.batch_tokens // max(longest, 1)))
+        batch = order[i : i + n]
+        ids = torch.full((len(batch), longest), emb.pad_id, dtype=torch.long)
+        mask = torch.zeros((len(batch), longest), dtype=torch.long)
+        for row, j in enumerate(batch):
+            ids[row, : len(seqs[j])] = torch.tensor(seqs[j])
+            mask[row, : len(seqs[j])] = 1
+        with torch.inference_mode():
+            hidden = emb.model(input_ids=ids.to(emb.device), attention_mask=mask.to(emb.device)).last_hidden_state
+        for row, j in enumerate(batch):
+            out[j] = hidden[row, : len(seqs[j])].float().cpu().numpy()
+        i += n
+    return out
+
+
 def embed_with_starts(emb: HFTokenEmbedder, ids: list[int], starts: list[int]) -> np.ndarray:
     """(n, dim) unit token vectors of one document embedded with the given window starts (most-central rule)."""
     n, w = len(ids), emb.content
     bounds = np.array([[s, min(s + w, n)] for s in starts], dtype=np.int64)
     owner = assign_central(n, bounds)
-    res = emb._forward([emb.prefix + ids[s:e] + emb.suffix for s, e in bounds])
+    res = hidden_states(emb, [emb.prefix + ids[s:e] + emb.suffix for s, e in bounds])
     p = len(emb.prefix)
     out = np.empty((n, emb.dim), dtype=np.float32)
     for k, (s, e) in enumerate(bounds):
         take = np.nonzero(owner[s:e] == k)[0]
-        out[s + take] = res[k][0][p : p + (e - s)].numpy()[take]
+        out[s + take] = res[k][p : p + (e - s)][take]
     return out / np.maximum(np.linalg.norm(out, axis=1, keepdims=True), 1e-12)
 
 
 # --- the retriever with a hook on r -----------------------------------------------------------------
 class Probe(Retriever):
-    """A Retriever whose raw relevance can be corrected, recording per query max r and the best doc cosine."""
+    """A Retriever whose raw relevance goes through `correction`, recording per query max r and the best
+    doc cosine."""
 
-    def __init__(self, settings: Settings, embedder: HFTokenEmbedder, classes: dict[str, torch.Tensor]) -> None:
-        super().__init__(settings, embedder=embedder)
+    def __init__(
+        self,
+        settings: Settings,
+        embedder: HFTokenEmbedder,
+        classes: dict[str, torch.Tensor],
+        correction: Correction | None,
+        span_method: MethodFactory | None,
+    ) -> None:
+        super().__init__(settings, embedder=embedder, relevance_correction=self.corrected, span_method=span_method)
         self.classes = classes
-        self.correction: Correction | None = None
+        self.correction = correction
         self.max_r: list[float] = []
         self.doc_cos: list[float] = []
 
@@ -118,20 +152,14 @@ class Probe(Retriever):
         self.doc_cos.append(cands[0].score if cands else float("nan"))
         return cands
 
-    def _relevance(self, q: np.ndarray, docs: list[DocTokens]) -> tuple[torch.Tensor, torch.Tensor]:
-        r, doc_starts = super()._relevance(q, docs)
+    def corrected(self, r: torch.Tensor, q: torch.Tensor, docs: list[DocTokens]) -> torch.Tensor:
+        """The relevance hook: records max r, then applies the correction with the tokens' classes."""
         self.max_r.append(float(r.max()) if r.numel() else float("nan"))
         if self.correction is None or not docs:
-            return r, doc_starts
+            return r
         cls = torch.cat([self.classes[d.doc_id] for d in docs])
         assert cls.numel() == r.numel(), "class tables need whole documents (fetch_segments=0)"
-        return self.correction(r, cls, docs, torch.from_numpy(q).to(r.device)), doc_starts
-
-    def _relevance_smoothed(
-        self, q: np.ndarray, docs: list[DocTokens]
-    ) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
-        r, doc_starts = self._relevance(q, docs)  # through the correction hook above
-        return r, smooth(r, doc_starts, self.params.sigma), doc_starts
+        return self.correction(r, cls, docs, q)
 
 
 def doc_keys(docs: list[DocTokens], cls: torch.Tensor) -> torch.Tensor:
@@ -208,15 +236,17 @@ class Context:
     settings: Settings
     emb: HFTokenEmbedder
     classes: dict[str, torch.Tensor]
-    alone: AloneCache = field(default_factory=lambda: AloneCache(16384))
-    sentences: SentenceTables = field(default_factory=SentenceTables)
+    caches: SentenceCaches = field(default_factory=SentenceCaches)
+
+    def sentence_method(self, ctx: MethodContext) -> SentenceMethod:
+        """The sentence method with caches shared by every run: re-ranking embeds each sentence once."""
+        return SentenceMethod(ctx, self.caches)
 
     def run(self, queries: list[BenchQuery], correction: Correction | None = None, **update: object) -> Run:
         s = self.settings.updated(**update)
-        r = Probe(s, self.emb, self.classes)
+        shared = self.sentence_method if s.spans.span_method == "sentences" else None
+        r = Probe(s, self.emb, self.classes, correction, shared)
         try:
-            r._alone, r._sentences = self.alone, self.sentences  # shared: re-ranking embeds each sentence once
-            r.correction = correction
             hits, secs = run_chunkless(r, queries, top=TOP)
             assert len(r.max_r) == len(r.doc_cos) == len(queries)
             return Run(hits, r.max_r, r.doc_cos, secs)
@@ -401,6 +431,11 @@ def logistic(x: np.ndarray, y: np.ndarray, l2: float = 1e-3, steps: int = 50) ->
     return w
 
 
+def f3(x: float | None) -> str:
+    """An AUC to three decimals; "-" when a half has no question of one kind (tiny benchmarks)."""
+    return "-" if x is None else f"{x:.3f}"
+
+
 def auc_table(pos: Run, neg: Run, qpos: list[BenchQuery], qneg: list[BenchQuery]) -> str:
     fp, fn = features(pos), features(neg)
     mpos = np.array([is_fit(q) for q in qpos])
@@ -409,7 +444,7 @@ def auc_table(pos: Run, neg: Run, qpos: list[BenchQuery], qneg: list[BenchQuery]
     for name in fp:
         a = auc(list(fp[name]), list(fn[name]))
         h = auc(list(fp[name][~mpos]), list(fn[name][~mneg]))
-        rows.append([name, f"{a:.3f}", f"{h:.3f}"])
+        rows.append([name, f3(a), f3(h)])
     names = list(fp)
     for combo in (names, [names[0], names[3], names[4]]):
         x = np.vstack([np.column_stack([fp[n] for n in combo]), np.column_stack([fn[n] for n in combo])])
@@ -422,7 +457,7 @@ def auc_table(pos: Run, neg: Run, qpos: list[BenchQuery], qneg: list[BenchQuery]
         ho = ~m
         h = auc(list(s[ho & (y == 1)]), list(s[ho & (y == 0)]))
         label = "logistic mix of all" if combo is names else "logistic mix: top-1, max r, doc cosine"
-        rows.append([f"{label} (fit on fit half)", "-", f"{h:.3f}"])
+        rows.append([f"{label} (fit on fit half)", "-", f3(h)])
     return table(["feature", "AUC all", "AUC held-out half"], rows) + (
         f"\n\n{len(qpos)} answerable vs {len(qneg)} unanswerable; AUC > .5: higher for answerable"
     )

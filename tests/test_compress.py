@@ -17,7 +17,7 @@ from schemas.errors import StoreMismatchError
 from schemas.layout import StorageLayout
 from schemas.settings import Settings
 from tests._bench_fixture import write_bench
-from tests.test_store import fake_embedded
+from tests.support import fake_embedded
 
 REPO = Path(__file__).resolve().parent.parent
 

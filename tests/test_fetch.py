@@ -1,4 +1,4 @@
-"""The fetch path: the byte-bounded, version-keyed document cache and Edge's list -> array conversion."""
+"""The fetch path: the byte-bounded, version-keyed document cache, and token matrices that come back exact."""
 
 from __future__ import annotations
 
@@ -12,7 +12,7 @@ from indexer.store import open_or_create_store, to_array
 from retriever.fetch import DocCache, Fetcher, SegmentTokens
 from schemas.models import EmbeddedDocument
 from schemas.settings import Settings
-from tests.test_store import fake_embedded
+from tests.support import fake_embedded
 
 
 def doc(doc_id: str, n: int, version: str = "v1", index: int = 0) -> SegmentTokens:
@@ -37,7 +37,7 @@ def test_cache_evicts_least_recently_used_within_bytes() -> None:
         cache.put(doc(d, 10))
     assert cache.get(("a", "v1", 0)) is not None  # a is now the most recent: b goes first
     cache.put(doc("d", 10))
-    assert ("b", "v1", 0) not in cache and {("a", "v1", 0), ("c", "v1", 0), ("d", "v1", 0)} <= set(cache._items)
+    assert ("b", "v1", 0) not in cache and {("a", "v1", 0), ("c", "v1", 0), ("d", "v1", 0)} <= set(cache.segment_keys())
     assert cache.nbytes == 3 * size <= cache.max_bytes
     cache.put(doc("huge", 100))  # larger than the whole cache: not kept, nothing evicted for it
     assert ("huge", "v1", 0) not in cache and len(cache) == 3
@@ -72,8 +72,9 @@ def test_cache_stays_consistent_under_threads() -> None:
         th.start()
     for th in threads:
         th.join()
-    assert cache.nbytes == sum(d.nbytes for d in cache._items.values()) <= cache.max_bytes
-    assert len({k[:2] for k in cache._items}) == len({k[0] for k in cache._items})  # one version per document
+    assert cache.nbytes == sum(d.nbytes for d in cache.segments()) <= cache.max_bytes
+    keys = cache.segment_keys()
+    assert len({k[:2] for k in keys}) == len({k[0] for k in keys})  # one version per document
     assert cache.hits + cache.misses == 4 * 300
 
 
@@ -101,6 +102,16 @@ def test_fetcher_cached_equals_uncached_and_follows_versions(settings: Settings)
     assert got.version == "2" * 64 and got.vectors.shape == (120, 16)
     np.testing.assert_allclose(got.vectors.numpy(), new_a.vectors, atol=1e-6)
     assert ("a", "1" * 64, 0) not in cached.cache
+    store.close()
+
+
+def test_stored_float32_rows_come_back_bit_exact(settings: Settings) -> None:
+    """Edge hands vectors back as Python lists; their conversion to arrays must not round anything."""
+    store = open_or_create_store(settings.store, "m", 5, "mean")
+    emb = fake_embedded("a", 37, 5, seed=8)
+    store.write_document(emb)
+    (seg,) = store.fetch_segments({"a": "a" * 64})["a"]
+    assert seg.stored.dtype == np.float32 and np.array_equal(seg.stored, emb.vectors)
     store.close()
 
 

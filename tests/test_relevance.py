@@ -8,7 +8,7 @@ import numpy as np
 import torch
 from threadpoolctl import ThreadpoolController, threadpool_limits
 
-from retriever.relevance import _CpuPool, gemv_blocks
+from retriever.relevance import gemv_blocks, single_threaded_blas
 
 
 def blas_threads() -> list[int]:
@@ -20,7 +20,7 @@ def test_overlapping_calls_restore_the_process_blas_threads() -> None:
     with threadpool_limits(limits=2, user_api="blas"):
         before = blas_threads()
         assert before and all(n == 2 for n in before)
-        a, b = _CpuPool.single_blas(), _CpuPool.single_blas()
+        a, b = single_threaded_blas(), single_threaded_blas()
         a.__enter__()
         b.__enter__()
         assert all(n == 1 for n in blas_threads())

@@ -2,20 +2,34 @@
 
 from __future__ import annotations
 
+import itertools
 from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
 
 import numpy as np
 import pytest
+import torch
 
 from indexer.embedders import HFTokenEmbedder
 from retriever.benchmark import load_benchmark
 from retriever.boundaries import boundary_chars
 from retriever.evaluate import index_benchmark
-from retriever.search import AloneCache, Retriever
+from retriever.fetch import DocTokens
+from retriever.methods import (
+    AloneCache,
+    MethodContext,
+    QueryDocs,
+    SentenceCaches,
+    SentenceMethod,
+    SpanMethod,
+    ThresholdMethod,
+    span_result,
+)
+from retriever.search import Retriever
 from schemas.errors import QueryError
+from schemas.models import SpanResult
 from schemas.settings import Settings
-from tests._bench_fixture import DOCS, write_bench
+from tests.support import DOCS, write_bench
 
 QUERIES = ["What makes the dough rise?", "How many squares does a chess board have?", "What does an eruption throw?"]
 
@@ -29,7 +43,7 @@ def store(tmp_path_factory: pytest.TempPathFactory, minilm: HFTokenEmbedder) -> 
 
 
 def retriever(store: Path, minilm: HFTokenEmbedder, **over: object) -> Retriever:
-    return Retriever(Settings(store_path=store, device="cpu", **over), embedder=minilm)  # type: ignore[arg-type]
+    return Retriever(Settings(store_path=store, device="cpu", **over), embedder=minilm)
 
 
 @pytest.mark.parametrize("method", ["threshold", "sentences"])
@@ -156,7 +170,7 @@ def test_explain_shapes(store: Path, minilm: HFTokenEmbedder) -> None:
 def test_maxsim_recall_reorders_candidates_only(store: Path, minilm: HFTokenEmbedder) -> None:
     q = "How many squares does a chess board have?"
     with retriever(store, minilm, recall_maxsim=True) as r:
-        got = r.recall(q, r._embed_queries([q])[0])
+        got = r.recall(q, r.embed_queries([q])[0])
     assert got[0].doc_id == "chess" and sorted(c.doc_id for c in got) == sorted(DOCS)
 
 
@@ -182,3 +196,104 @@ def test_alone_cache_embeds_each_text_once() -> None:
     cache.embed(["c", "dddd"], embed)  # "c" cached; "dddd" evicts the least recently used "ab"
     cache.embed(["ab"], embed)
     assert calls == [["ab", "c"], ["dddd"], ["ab"]]
+
+
+# --- span methods as strategies ----------------------------------------------------------------------
+@pytest.mark.parametrize(("name", "cls"), [("sentences", SentenceMethod), ("threshold", ThresholdMethod)])
+def test_span_method_setting_picks_the_strategy(store: Path, minilm: HFTokenEmbedder, name: str, cls: type) -> None:
+    over = {"span_method": name, "threshold_mode": "relative", "rerank_k": 4}
+    with retriever(store, minilm, **over) as r:
+        assert type(r.method) is cls
+        resp = r.search("How many squares does a chess board have?", top=2)
+    assert resp.spans and resp.spans[0].doc_id == "chess" and len(resp.spans) <= 2
+    stages = {"embed", "recall", "rank_segments", "fetch", "score", "rerank", "results"}
+    assert stages == set(resp.timings_ms) and all(v >= 0 for v in resp.timings_ms.values())
+    assert resp.rows_scored > 0
+
+
+@pytest.mark.parametrize("method", ["threshold", "sentences"])
+def test_search_vectors_equals_search(store: Path, minilm: HFTokenEmbedder, method: str) -> None:
+    over = {"span_method": method, "threshold_mode": "relative", "rerank_k": 3}
+    with retriever(store, minilm, **over) as r:
+        searched = r.search_batch(QUERIES, top=3, filter={"doc_id": ["bread", "chess"]})
+        by_vector = r.search_vectors(QUERIES, r.embed_queries(QUERIES), top=3, filter={"doc_id": ["bread", "chess"]})
+        assert r.search_vectors([], np.zeros((0, 384), np.float32)) == []
+        with pytest.raises(QueryError, match="query vectors"):
+            r.search_vectors(QUERIES, r.embed_queries(QUERIES)[:1])
+    assert [a.spans for a in searched] == [b.spans for b in by_vector]
+    assert any(a.spans for a in searched) and "embed" not in by_vector[0].timings_ms
+
+
+class FirstTokens(SpanMethod[list[tuple[int, float]]]):
+    """A plugged-in method: per document, its first few tokens, scored by the document's mean relevance."""
+
+    def __init__(self, ctx: MethodContext) -> None:
+        self.scorer = ctx.scorer
+        self.batches: list[int] = []
+
+    def score(self, query: QueryDocs, top: int | None) -> list[tuple[int, float]]:
+        r, doc_starts = self.scorer.relevance(query.q, query.docs)
+        bounds = doc_starts.tolist()
+        means = [float(r[a:b].mean()) for a, b in itertools.pairwise(bounds)]
+        return sorted(enumerate(means), key=lambda x: -x[1])
+
+    def rerank(self, batch: list[list[tuple[int, float]]]) -> None:
+        self.batches.append(len(batch))
+
+    def results(self, state: list[tuple[int, float]], query: QueryDocs, top: int | None) -> list[SpanResult]:
+        out = []
+        for i, score in state[:top]:
+            d = query.docs[i]
+            out.append(span_result(d, int(d.starts[0]), int(d.ends[min(4, d.n - 1)]), score))
+        return out
+
+
+def test_a_custom_method_plugs_in_through_the_interface(store: Path, minilm: HFTokenEmbedder) -> None:
+    with Retriever(Settings(store_path=store, device="cpu"), embedder=minilm, span_method=FirstTokens) as r:
+        assert isinstance(r.method, FirstTokens)
+        out = r.search_batch(QUERIES, top=2)
+        assert r.method.batches == [len(QUERIES)]  # one rerank call for the whole batch
+    for resp in out:
+        assert len(resp.spans) == 2 and resp.spans[0].score >= resp.spans[1].score
+        for sp in resp.spans:
+            assert sp.start == 0 and sp.text == DOCS[sp.doc_id][: sp.end] and len(sp.text.split()) >= 3
+    assert out[1].spans[0].doc_id == "chess"  # the chess question's best document by mean relevance
+
+
+@pytest.mark.parametrize("method", ["threshold", "sentences"])
+def test_relevance_correction_changes_what_is_found(store: Path, minilm: HFTokenEmbedder, method: str) -> None:
+    seen: list[tuple[int, int]] = []
+
+    def sink_bread(r: torch.Tensor, q: torch.Tensor, docs: list[DocTokens]) -> torch.Tensor:
+        """Every token of the bread document far below any cosine: its sentences can no longer win."""
+        seen.append((r.numel(), sum(d.n for d in docs)))
+        bread = torch.cat([torch.full((d.n,), d.doc_id == "bread") for d in docs])
+        return torch.where(bread, torch.full_like(r, -1.0), r)
+
+    over = {"span_method": method, "threshold_mode": "relative", "rerank_k": 4}
+    q = "What makes the dough rise?"
+    with retriever(store, minilm, **over) as r:
+        plain = r.search(q).spans
+    settings = Settings(store_path=store, device="cpu", **over)
+    with Retriever(settings, embedder=minilm, relevance_correction=sink_bread) as r:
+        corrected = r.search(q).spans
+    assert plain and plain[0].doc_id == "bread"
+    assert corrected and corrected[0].doc_id != "bread"
+    assert seen and all(n == m for n, m in seen)
+
+
+def test_shared_sentence_caches_embed_each_sentence_once(store: Path, minilm: HFTokenEmbedder) -> None:
+    caches = SentenceCaches()
+
+    def shared(ctx: MethodContext) -> SentenceMethod:
+        return SentenceMethod(ctx, caches)
+
+    settings = Settings(store_path=store, device="cpu", rerank_k=4)
+    with Retriever(settings, embedder=minilm, span_method=shared) as r:
+        first = r.search_batch(QUERIES)
+    n = len(caches.alone)
+    assert n >= len(QUERIES)
+    with Retriever(settings.updated(rerank_weight=0.5), embedder=minilm, span_method=shared) as r:
+        again = r.search_batch(QUERIES)
+    assert len(caches.alone) == n  # the second retriever re-embedded nothing
+    assert [[s.text for s in a.spans] for a in first] and all(a.spans for a in again)

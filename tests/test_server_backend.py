@@ -5,8 +5,7 @@ qdrant-client's local mode answers the same API calls a server does (create with
 scroll, query, count, delete by filter). It ignores vector datatypes, payload indexes, sharding and
 on-disk settings, so what is tested here is the protocol and chunkless' semantics, not server storage.
 
-The store scenarios of tests/test_store.py run again here unchanged: importing them makes pytest
-collect them in this module, where the `settings` fixture below points them at the server backend.
+The store scenarios that must answer alike on both backends are in tests/test_backend_parity.py.
 """
 
 from __future__ import annotations
@@ -21,13 +20,7 @@ from indexer import codec
 from indexer.store import Match, NewPoint, Where, open_or_create_store, open_store, segment_id
 from indexer.store.server import ServerBackend
 from schemas.settings import Settings
-from tests.test_store import (  # noqa: F401 - collected here, against the server backend
-    fake_embedded,
-    test_changed_document_replaces_old_version,
-    test_missing_store_is_a_clear_error,
-    test_multi_segment_document_reassembles,
-    test_round_trip_and_reopen,
-)
+from tests.support import fake_embedded
 
 
 @pytest.fixture
@@ -99,3 +92,22 @@ def test_filter_translation_covers_every_form(settings: Settings) -> None:
     assert f.must is not None and len(f.must) == 2 and f.should is not None and f.must_not is not None
     dumped = f.model_dump_json(by_alias=True, exclude_none=True)
     assert '"any":["a","b"]' in dumped and '"except":["c"]' in dumped and '"value":"v"' in dumped
+
+
+def test_local_mode_folder_held_by_another_process_is_busy(settings: Settings) -> None:
+    import subprocess
+    import sys
+
+    from tests.conftest import REPO
+
+    store = open_or_create_store(settings.store, "m", 8, "mean")
+    code = (
+        "import sys\nfrom indexer.store import open_store\nfrom schemas.errors import StoreBusyError\n"
+        "from schemas.settings import Settings\n"
+        f"s = Settings(url={settings.store.url!r}).store\n"
+        "try:\n    open_store(s)\nexcept StoreBusyError as e:\n    print(e); sys.exit(e.exit_code)\n"
+    )
+    out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, timeout=120, cwd=REPO)
+    store.close()
+    assert out.returncode == 4, out.stderr
+    assert "open in another process" in out.stdout and str(settings.store.url)[len("local:") :] in out.stdout

@@ -10,7 +10,7 @@ import torch
 
 from retriever.boundaries import boundary_chars, token_ends_sentence
 from retriever.relevance import gemv_blocks, relevance_smoothed
-from retriever.spans import SpanParams, _extend, _extend_scan, extract_spans, smooth
+from retriever.spans import SpanParams, extend_to_sentences, extend_to_sentences_scan, extract_spans, smooth
 from tests.reference_spans import reference_spans
 
 PARAMS = [
@@ -96,8 +96,8 @@ def test_extension_paths_agree() -> None:
     cdoc = torch.searchsorted(doc_starts, start, right=True) - 1
     first, last = doc_starts[cdoc], doc_starts[cdoc + 1] - 1
     for m in (0, 1, 7, 40):
-        win = _extend(start, end, cdoc, doc_starts, ends, m)
-        scan = _extend_scan(start, end, first, last, ends, m)
+        win = extend_to_sentences(start, end, cdoc, doc_starts, ends, m)
+        scan = extend_to_sentences_scan(start, end, first, last, ends, m)
         assert torch.equal(win[0], scan[0]) and torch.equal(win[1], scan[1]), m
 
 

@@ -8,27 +8,12 @@ import numpy as np
 import pytest
 
 from indexer import codec
-from indexer.store import open_or_create_store, open_store
+from indexer.store import CollectionMeta, DocHeader, open_or_create_store, open_store
 from indexer.store.segments import MAX_MULTIVECTOR_NUMBERS, max_segment_tokens, split_segments
 from schemas.errors import StoreMismatchError, StoreNotFoundError
-from schemas.models import EmbeddedDocument, LoadedDocument
+from schemas.layout import StorageLayout
 from schemas.settings import Settings
-
-
-def fake_embedded(doc_id: str, n: int, dim: int, seed: int = 0, version: str = "a" * 64) -> EmbeddedDocument:
-    """Random unit token vectors over a synthetic text with one 'word' per token."""
-    rng = np.random.default_rng(seed)
-    words = [f"w{i}" for i in range(n)]
-    text = " ".join(words)
-    starts = np.cumsum([0] + [len(w) + 1 for w in words[:-1]])
-    offsets = np.stack([starts, starts + [len(w) for w in words]], axis=1).astype(np.int64)
-    v = rng.standard_normal((n, dim)).astype(np.float32)
-    v /= np.linalg.norm(v, axis=1, keepdims=True)
-    pooled = v.mean(0) / np.linalg.norm(v.mean(0))
-    doc = LoadedDocument(doc_id=doc_id, source=f"/x/{doc_id}", title=doc_id, text=text, content_hash=version)
-    return EmbeddedDocument(
-        doc=doc, vectors=v, offsets=offsets, pooled=pooled, window_pooled=pooled[None], window_bounds=np.array([[0, n]])
-    )
+from tests.support import fake_embedded
 
 
 @pytest.mark.parametrize(("dim", "cap"), [(1024, 1023), (384, 2730)])
@@ -135,9 +120,59 @@ def test_second_process_on_an_edge_store_gets_a_clear_error(settings: Settings) 
         "import sys; from schemas import Settings; from indexer.store import open_store; "
         "from schemas.errors import StoreBusyError\n"
         f"s = Settings(store_path={str(settings.store.store_path)!r})\n"
-        "try:\n    open_store(s.store).headers()\nexcept StoreBusyError as e:\n    print(e); sys.exit(3)\n"
+        # the open itself fails: a search learns the store is busy before it loads a model
+        "try:\n    open_store(s.store)\nexcept StoreBusyError as e:\n    print(e); sys.exit(3)\n"
     )
     out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, timeout=60)
     store.close()
     assert out.returncode == 3, out.stderr
     assert "open in another process" in out.stdout and str(settings.store.store_path) in out.stdout
+
+
+def test_collection_metadata_of_the_old_flat_form_reads(settings: Settings) -> None:
+    """Collections written before `layout` was one object recorded storage_dtype/_reduce/_dim/_pool flat."""
+    import json
+
+    old = {"model": "m", "dim": 32, "pooling": "mean", "storage_dtype": "int8", "schema_version": 1}
+    assert CollectionMeta.model_validate(old).layout == StorageLayout(dtype="int8")
+    old_pca = old | {"storage_dtype": "binary", "storage_reduce": "pca", "storage_dim": 16, "storage_pool": 2}
+    assert CollectionMeta.model_validate(old_pca).layout == StorageLayout(dtype="binary", reduce="pca", dim=16, pool=2)
+
+    s = settings.updated(storage_dtype="int8")
+    store = open_or_create_store(s.store, "m", 32, "mean")
+    store.write_document(fake_embedded("a", 40, 32))
+    store.close()
+    path = s.store.collection_path / "chunkless.json"
+    meta = json.loads(path.read_text())
+    layout = meta["chunkless"].pop("layout")
+    assert layout == {"dtype": "int8", "reduce": "none", "dim": None, "pool": 1}
+    meta["chunkless"] |= {"storage_dtype": "int8", "storage_reduce": "none", "storage_dim": None, "storage_pool": 1}
+    path.write_text(json.dumps(meta))
+    store = open_or_create_store(s.store, "m", 32, "mean")  # the old form matches the same settings
+    assert store.meta.layout == StorageLayout(dtype="int8") and store.headers()["a"].n_rows == 40
+    store.close()
+
+
+def test_doc_header_reads_old_and_unknown_payloads() -> None:
+    old = {"kind": "doc", "doc_id": "a", "version": "v", "source": "/a", "title": "a", "n_tokens": 7}
+    h = DocHeader.model_validate(old | {"n_segments": 1, "page_starts": [0], "text_len": 9, "future_key": 1})
+    assert h.n_rows == 7 and h.page_labels is None and h.structure is None and h.ingested_at == 0.0
+    assert h.to_payload()["kind"] == "doc" and "page_labels" not in h.to_payload()
+
+
+def test_search_on_a_busy_store_says_busy_before_loading_a_model(settings: Settings) -> None:
+    """The store is opened (and its lock taken) before the model: a model that cannot load is never reached."""
+    import os
+    import subprocess
+    import sys
+
+    from tests.conftest import REPO
+
+    store = open_or_create_store(settings.store, "m", 8, "mean")
+    env = {**os.environ, "PYTHONPATH": str(REPO), "CHUNKLESS_MODEL": str(settings.store.store_path / "no-model")}
+    code = "import sys; from retriever.cli import main; sys.exit(main(sys.argv[1:]))"
+    args = ["search", "anything", "--store", str(settings.store.store_path)]
+    out = subprocess.run([sys.executable, "-c", code, *args], capture_output=True, text=True, timeout=120, env=env)
+    store.close()
+    assert out.returncode != 0 and "open in another process" in out.stderr, out.stderr
+    assert "no-model" not in out.stderr and "Traceback" not in out.stderr

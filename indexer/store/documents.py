@@ -499,11 +499,13 @@ def vector_spaces(dim: int, layout: StorageLayout) -> dict[str, VectorSpace]:
     }
 
 
-def make_backend(store: StoreSettings) -> PointsBackend:
+def make_backend(store: StoreSettings, read_only: bool = False) -> PointsBackend:
     """Edge on `store.store_path` unless `store.url` names a Qdrant server (or qdrant-client local mode).
 
     Args:
         store: the store settings.
+        read_only: the caller only reads (Edge then opens a store this user cannot write through a
+            temporary copy, and refuses writes to it).
 
     Returns:
         The backend, not yet attached to a collection.
@@ -514,14 +516,17 @@ def make_backend(store: StoreSettings) -> PointsBackend:
         return ServerBackend(store)
     from indexer.store.edge import EdgeBackend
 
-    return EdgeBackend(store.collection_path)
+    return EdgeBackend(store.collection_path, read_only=read_only)
 
 
-def open_store(store: StoreSettings) -> TokenStore:
+def open_store(store: StoreSettings, read_only: bool = False) -> TokenStore:
     """Open an existing collection; the embedded store is opened now, so a busy one fails before anything loads.
 
     Args:
         store: the store settings (`settings.store`).
+        read_only: the caller only reads (a Retriever): a store this user cannot write (a read-only
+            file system) still opens, through a temporary copy, and writes to it raise StorageFaultError.
+            A writable store opens as usual either way.
 
     Returns:
         The store.
@@ -536,7 +541,7 @@ def open_store(store: StoreSettings) -> TokenStore:
         >>> store = open_store(Settings(store_path="my_store").store)  # doctest: +SKIP
         >>> sorted(store.headers())  # doctest: +SKIP
     """
-    backend = make_backend(store)
+    backend = make_backend(store, read_only)
     if not backend.exists():
         raise StoreNotFoundError(
             f"no collection '{store.collection}' in store {store.location}; run 'chunkless ingest PATH' first "

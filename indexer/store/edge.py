@@ -1,15 +1,20 @@
 """PointsBackend over Qdrant Edge: the real Qdrant engine in-process, one shard per collection folder.
 
-Edge (0.9, Python) has no read-only mode: loading a shard writes its WAL, so a store on a read-only
-file system, or one this user may not write, cannot be opened; `open` says so and what to do. Loading
-also allocates WAL pages through mmap, which on a full disk kills the process with SIGBUS, so `open`
-and `create` check free space first.
+Edge (0.9, Python) has no read-only mode: loading a shard writes its WAL (the Rust crate's
+ReadOnlyEdgeShard is not exposed). So a reader (`read_only=True`) of a store this user cannot write
+(a read-only file system, another user's files) searches a private temporary copy of the collection,
+when it is at most READ_ONLY_COPY_MAX_BYTES and the temporary folder has room; writes to such a
+backend are refused. Otherwise `open` says what to do. Loading also allocates WAL pages through mmap,
+which on a full disk kills the process with SIGBUS, so `open` and `create` check free space first.
 """
 
 from __future__ import annotations
 
 import json
+import logging
 import os
+import shutil
+import tempfile
 import threading
 from collections.abc import Callable
 from pathlib import Path
@@ -39,6 +44,8 @@ _DATATYPES = {
 }
 _DISTANCES = {"cosine": qe.Distance.Cosine, "dot": qe.Distance.Dot}
 T = TypeVar("T")
+READ_ONLY_COPY_MAX_BYTES = 1 << 30  # a reader copies a store it cannot write only up to this size
+log = logging.getLogger(__name__)
 
 
 class EdgeBackend(PointsBackend):
@@ -46,12 +53,17 @@ class EdgeBackend(PointsBackend):
 
     Args:
         folder: the collection's folder (store path / collection name).
+        read_only: the caller only needs to read: a store this user cannot write then opens through a
+            private temporary copy (see the module docstring) whose writes raise StorageFaultError. A
+            writable store opens as usual either way.
     """
 
-    def __init__(self, folder: Path) -> None:
+    def __init__(self, folder: Path, read_only: bool = False) -> None:
         super().__init__(str(folder))
         self.folder = folder
+        self.read_only = read_only
         self._shard: qe.EdgeShard | None = None
+        self._copy: Path | None = None  # the temporary copy a read-only open searches, removed on close
         self._lock = threading.Lock()  # Edge calls are serialised: the shard object is shared across threads
 
     # -- lifecycle ---------------------------------------------------------------------------------
@@ -98,13 +110,16 @@ class EdgeBackend(PointsBackend):
 
     def _load(self) -> None:
         path = self.folder / "shard"
-        if not os.access(path, os.W_OK) or not os.access(path / "wal", os.W_OK):
-            raise StorageFaultError(
-                f"store {self.folder} is not writable by this user, and the embedded store (Qdrant Edge) cannot "
-                "open a store read-only, not even to search it: give this user write access, or copy the store "
-                "to a writable folder and pass that as --store"
-            )
-        self.ensure_space(0, "opening the store")
+        if not all(os.access(p, os.W_OK) for p in self.folder.rglob("*")) or not os.access(path, os.W_OK):
+            if not self.read_only:
+                raise StorageFaultError(
+                    f"store {self.folder} is not writable by this user, and the embedded store (Qdrant Edge) "
+                    "cannot write to it: give this user write access, or copy the store to a writable folder "
+                    "and pass that as --store"
+                )
+            path = self._copy_for_reading()
+        else:
+            self.ensure_space(0, "opening the store")
         try:
             self._shard = qe.EdgeShard.load(str(path))
         except Exception as e:  # Edge raises a bare Exception; its WAL lock says WouldBlock
@@ -118,6 +133,43 @@ class EdgeBackend(PointsBackend):
             if fault is not None:
                 raise fault from e
             raise
+
+    def _copy_for_reading(self) -> Path:
+        """Copy the collection into a private temporary folder and return its shard path."""
+        size = folder_bytes(self.folder)
+        tmp_root = Path(tempfile.gettempdir())
+        todo = "give this user write access, or copy the store to a writable folder and pass that as --store"
+        if size > READ_ONLY_COPY_MAX_BYTES:
+            raise StorageFaultError(
+                f"store {self.folder} is not writable by this user and Qdrant Edge cannot open a store read-only; "
+                f"at {size / 2**20:.0f} MiB it is too large to search through a temporary copy "
+                f"(at most {READ_ONLY_COPY_MAX_BYTES >> 20} MiB): {todo}"
+            )
+        if free_bytes_at(tmp_root) < 2 * size + (64 << 20):
+            raise StorageFaultError(
+                f"store {self.folder} is not writable by this user and Qdrant Edge cannot open a store read-only; "
+                f"{tmp_root} has too little room for a temporary copy ({size / 2**20:.0f} MiB): {todo}"
+            )
+        self._copy = Path(tempfile.mkdtemp(prefix="chunkless-readonly-"))
+        try:
+            shutil.copytree(self.folder / "shard", self._copy / "shard")
+        except OSError as e:
+            shutil.rmtree(self._copy, ignore_errors=True)
+            self._copy = None
+            raise StorageFaultError(
+                f"store {self.folder} is not writable and could not be copied to read it: {e}"
+            ) from e
+        log.warning(
+            "store %s is not writable by this user: searching a temporary copy (%.0f MiB)", self.folder, size / 2**20
+        )
+        return self._copy / "shard"
+
+    def _refuse_read_only(self, doing: str) -> None:
+        if self._copy is not None:  # writes to the copy would be lost on close
+            raise StorageFaultError(
+                f"{doing} in {self.folder} refused: this user cannot write the store, which is open for "
+                "reading through a temporary copy; give this user write access to change it"
+            )
 
     @property
     def shard(self) -> qe.EdgeShard:
@@ -146,18 +198,25 @@ class EdgeBackend(PointsBackend):
         with self._lock:
             if self._shard is not None:
                 shard, self._shard = self._shard, None
-                self._guard(shard.flush, "flushing writes")
-                shard.close()
+                try:
+                    self._guard(shard.flush, "flushing writes")
+                finally:
+                    shard.close()
+            if self._copy is not None:
+                shutil.rmtree(self._copy, ignore_errors=True)
+                self._copy = None
 
     # -- writes ------------------------------------------------------------------------------------
     def upsert(self, points: list[NewPoint]) -> None:
         # Edge accepts NumPy arrays directly (its stubs say lists): no list round trip on the write path
+        self._refuse_read_only("writing points")
         pts = [qe.Point(p.id, dict(p.vectors), p.payload) for p in points]  # type: ignore[arg-type]
         with self._lock:
             shard = self.shard
             self._guard(lambda: shard.update(qe.UpdateOperation.upsert_points(pts)), "writing points")
 
     def delete(self, where: Where) -> None:
+        self._refuse_read_only("deleting points")
         flt = self.translate(where)
         with self._lock:
             shard = self.shard

@@ -30,8 +30,17 @@ from qdrant_client import models as qm
 from qdrant_client.common.version_check import is_compatible
 from qdrant_client.http.exceptions import ResponseHandlingException, UnexpectedResponse
 
-from indexer.store.backend import Match, NewPoint, PointRecord, PointsBackend, VectorSpace, Where, folder_bytes
-from schemas.errors import ServerError
+from indexer.store.backend import (
+    Match,
+    NewPoint,
+    PointRecord,
+    PointsBackend,
+    VectorSpace,
+    Where,
+    folder_bytes,
+    storage_fault,
+)
+from schemas.errors import ServerError, StoreBusyError
 from schemas.settings import StoreSettings
 
 META_KEY = "chunkless"
@@ -72,12 +81,24 @@ def make_client(store: StoreSettings) -> QdrantClient:
 
     Returns:
         The client; a server is not contacted yet (the first call is `ServerBackend.exists`).
+
+    Raises:
+        StoreBusyError: a local-mode folder is held by another process.
     """
     url = store.url or ""
     if url == ":memory:":
         return QdrantClient(location=":memory:")
     if url.startswith(LOCAL_PREFIX):
-        return QdrantClient(path=url[len(LOCAL_PREFIX) :])
+        folder = url[len(LOCAL_PREFIX) :]
+        try:
+            return QdrantClient(path=folder)
+        except RuntimeError as e:  # qdrant-client's portalocker lock on the folder
+            if "already accessed" not in str(e):
+                raise
+            raise StoreBusyError(
+                f"local-mode store {folder} is open in another process; local mode allows one process per "
+                "folder: wait for it to finish, or use a Qdrant server (CHUNKLESS_URL=http://...)"
+            ) from e
     return QdrantClient(
         url=url,
         grpc_port=grpc_port_for(store),
@@ -109,6 +130,7 @@ class ServerBackend(PointsBackend):
         self.name = store.collection
         self.local = is_local(store.url)
         self.client = client or make_client(store)
+        self._version_checked = self.local
 
     def _where_grpc(self) -> str:
         if self.local or not self.store.prefer_grpc:
@@ -122,6 +144,9 @@ class ServerBackend(PointsBackend):
         except UnexpectedResponse as e:
             if e.status_code in (401, 403):
                 raise self._refused(doing) from e
+            fault = storage_fault(Exception(e.content.decode("utf-8", "replace")), f"the server {self.location}", doing)
+            if fault is not None:  # the server's disk is full or read-only: its own message names the errno
+                raise fault from e
             raise
         except grpc.RpcError as e:
             code = e.code() if isinstance(e, grpc.Call) else None
@@ -148,6 +173,16 @@ class ServerBackend(PointsBackend):
 
     # -- lifecycle ---------------------------------------------------------------------------------
     def exists(self) -> bool:
+        """Whether the collection exists with chunkless metadata; the first call also checks the server version.
+
+        Returns:
+            True when `open()` can attach to it.
+
+        Raises:
+            ServerError: unreachable, refused the key, or an incompatible version.
+        """
+        self.check_version()
+
         def check() -> bool:
             if not self.client.collection_exists(self.name):
                 return False
@@ -213,7 +248,7 @@ class ServerBackend(PointsBackend):
         Raises:
             ServerError: the versions are incompatible (names both and what to do), or the server is unreachable.
         """
-        if self.local:
+        if self._version_checked:
             return
         server = self._call(self.client.info, "asking the server its version").version
         client = importlib.metadata.version("qdrant-client")
@@ -224,6 +259,7 @@ class ServerBackend(PointsBackend):
                 f"server {client.rsplit('.', 1)[0]}.x (docker-compose.yml pins one) or install a matching "
                 "qdrant-client"
             )
+        self._version_checked = True
 
     def flush(self) -> None:
         """Nothing to do: every write waited for the server to apply it."""

@@ -23,9 +23,11 @@ from collections import OrderedDict
 from dataclasses import dataclass
 
 import numpy as np
+import torch
 
 from indexer.store import DocHeader
 from retriever.boundaries import sentence_ranges
+from retriever.fetch import DocTokens
 from schemas.structure import NON_ANSWER_KINDS, DocStructure
 
 SECTION_WORDS = 20  # a heading's answer: its section's first sentences until this many words ...
@@ -93,6 +95,33 @@ class Layouts:
             while len(self._items) > self.max_docs:
                 self._items.popitem(last=False)
         return layout
+
+
+LAYOUTS = Layouts()  # shared by the span methods: a structure is parsed once per document version
+
+
+def structure_masks(docs: list[DocTokens]) -> tuple[torch.Tensor, torch.Tensor] | None:
+    """(skip, heading) flat token masks (N,) of a query's documents; None when none has a structure.
+
+    Args:
+        docs: the query's candidate documents, laid end to end as the span methods lay them.
+
+    Returns:
+        Host bool tensors: tokens in TOC/header/footer blocks, tokens in headings; or None.
+    """
+    layouts = [LAYOUTS.get(d.doc_id, d.header) for d in docs]
+    if all(lay is None for lay in layouts):
+        return None
+    skips, heads = [], []
+    for d, lay in zip(docs, layouts, strict=True):
+        if lay is None:
+            skips.append(np.zeros(d.n, dtype=bool))
+            heads.append(np.zeros(d.n, dtype=bool))
+        else:
+            sk, hd = lay.token_masks(d.starts)
+            skips.append(sk)
+            heads.append(hd)
+    return torch.from_numpy(np.concatenate(skips)), torch.from_numpy(np.concatenate(heads))
 
 
 def answer_range(

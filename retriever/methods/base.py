@@ -1,0 +1,253 @@
+"""The span-method contract: what a method receives, what it must return, and the hooks it fills in.
+
+A span method turns one query's candidate documents (token matrices already on the scoring device) into
+spans, best first. `SpanMethod.find_spans` is the one public entry point; it runs the hooks in a fixed
+order over a batch of queries and times them:
+
+    score(query, top)   per query: the method's candidates and their scores from the token signal
+    rerank(batch)       once for the whole batch (default: nothing), e.g. one batched model call
+    results(state, ...) per query: the final `SpanResult`s, best first, at most `top`
+
+A method is built by a factory from a `MethodContext`, which carries everything it may use: the span
+settings, a `Scorer` for per-token relevance, the embedder's `embed_texts` for re-ranking and the
+store's neighbour-segment text. Register a factory in `retriever.methods.SPAN_METHODS` to make it
+selectable by `span_method`, or pass it to `Retriever(span_method=...)`.
+"""
+
+from __future__ import annotations
+
+import bisect
+import time
+from abc import ABC, abstractmethod
+from collections.abc import Callable, Sequence
+from dataclasses import dataclass, field
+from typing import Generic, TypeVar
+
+import numpy as np
+import torch
+
+from retriever.fetch import DocTokens
+from retriever.relevance import gemv_blocks, relevance_smoothed
+from retriever.spans import smooth
+from schemas.models import SpanResult
+from schemas.settings import SpanSettings
+
+# (r (N,), q (dim,) on r's device, the query's documents) -> corrected r (N,), same device and length
+RelevanceCorrection = Callable[[torch.Tensor, torch.Tensor, list[DocTokens]], torch.Tensor]
+# {(doc_id, version): [segment index, ...]} -> {(doc_id, segment): (char_start, text)}
+SegmentTexts = Callable[[dict[tuple[str, str], list[int]]], dict[tuple[str, int], tuple[int, str]]]
+EmbedTexts = Callable[[list[str]], np.ndarray]
+
+
+class Scorer:
+    """Per-token relevance r = D @ q of a query's candidate documents, laid end to end.
+
+    Args:
+        device: where `q` goes; the documents' rows are already there.
+        correction: applied to raw r before any method sees it (and before smoothing). None: r as is,
+            and the fused CPU multiply-and-smooth path is used.
+    """
+
+    def __init__(self, device: torch.device, correction: RelevanceCorrection | None = None) -> None:
+        self.device = device
+        self.correction = correction
+
+    def flat(self, q: np.ndarray, docs: list[DocTokens]) -> tuple[torch.Tensor, list[torch.Tensor], torch.Tensor]:
+        """q on the device, every document's row blocks in order (never concatenated), doc_starts (B+1,)."""
+        doc_starts = torch.cumsum(torch.tensor([0] + [d.n for d in docs], device=self.device), 0)
+        return torch.from_numpy(q).to(self.device), [p for d in docs for p in d.parts], doc_starts
+
+    def relevance(self, q: np.ndarray, docs: list[DocTokens]) -> tuple[torch.Tensor, torch.Tensor]:
+        """Raw relevance of every token.
+
+        Args:
+            q: (dim,) float32 query vector.
+            docs: the query's candidate documents.
+
+        Returns:
+            r (N,) over all documents' tokens in order (corrected when a correction is set), and
+            doc_starts (B+1,), where each document begins in r.
+        """
+        qt, blocks, doc_starts = self.flat(q, docs)
+        r = gemv_blocks(blocks, qt)
+        if self.correction is not None:
+            r = self.correction(r, qt, docs)
+        return r, doc_starts
+
+    def relevance_smoothed(
+        self, q: np.ndarray, docs: list[DocTokens], sigma: float
+    ) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
+        """Raw and per-document Gaussian-smoothed relevance of every token.
+
+        Args:
+            q: (dim,) float32 query vector.
+            docs: the query's candidate documents.
+            sigma: smoothing width in stored rows.
+
+        Returns:
+            r (N,), smoothed (N,) and doc_starts (B+1,).
+        """
+        if self.correction is None:
+            qt, blocks, doc_starts = self.flat(q, docs)
+            r, s = relevance_smoothed(blocks, qt, doc_starts, sigma)
+            return r, s, doc_starts
+        r, doc_starts = self.relevance(q, docs)
+        return r, smooth(r, doc_starts, sigma), doc_starts
+
+
+@dataclass
+class MethodContext:
+    """What a span method may use; the Retriever builds one per instance.
+
+    Attributes:
+        settings: the span settings (lengths in model tokens).
+        pool: model tokens per stored row (the collection's storage_pool); lengths scale by it.
+        scorer: per-token relevance of candidate documents.
+        embed_texts: embeds short texts alone, (n, dim) unit vectors (serialised with other model calls).
+        segment_texts: reads stored segments' text, for sentences a fetched run cut.
+    """
+
+    settings: SpanSettings
+    pool: int
+    scorer: Scorer
+    embed_texts: EmbedTexts
+    segment_texts: SegmentTexts
+
+
+@dataclass
+class QueryDocs:
+    """One query's input to a span method: its vector and its candidate documents, best recalled first."""
+
+    q: np.ndarray  # (dim,) float32
+    docs: list[DocTokens]
+
+
+@dataclass
+class MethodOutput:
+    """One query's spans, best first, and the milliseconds of each stage (score, rerank, results)."""
+
+    spans: list[SpanResult]
+    timings_ms: dict[str, float] = field(default_factory=dict)
+
+
+State = TypeVar("State")
+
+
+class SpanMethod(ABC, Generic[State]):
+    """Spans from candidate documents' token vectors. Subclasses fill in `score` and `results`, and
+    `rerank` when they refine a whole batch at once; callers use `find_spans` only.
+
+    Implementations must be safe to call from several threads at once (the Retriever is shared).
+    """
+
+    def find_spans(self, batch: Sequence[QueryDocs], top: int | None) -> list[MethodOutput]:
+        """The spans of every query of a batch.
+
+        Args:
+            batch: the queries, each with its candidate documents (a query without any gets no spans).
+            top: most spans per query; None: every span the method finds (the sentence method then
+                returns `SpanSettings.top`, which also bounds its candidates).
+
+        Returns:
+            One `MethodOutput` per query, in order. timings_ms: "score" (per query), "rerank" (the
+            batch's re-ranking time divided among the queries that had documents), "results".
+        """
+        states: list[State | None] = []
+        outs = [MethodOutput([]) for _ in batch]
+        for out, query in zip(outs, batch, strict=True):
+            t = time.perf_counter()
+            states.append(self.score(query, top) if query.docs else None)
+            out.timings_ms["score"] = (time.perf_counter() - t) * 1e3
+        live = [s for s in states if s is not None]
+        if live:
+            t = time.perf_counter()
+            self.rerank(live)
+            per = (time.perf_counter() - t) * 1e3 / len(live)
+            for out, s in zip(outs, states, strict=True):
+                if s is not None:
+                    out.timings_ms["rerank"] = per
+        for out, query, s in zip(outs, batch, states, strict=True):
+            t = time.perf_counter()
+            if s is not None:
+                out.spans = self.results(s, query, top)
+            out.timings_ms["results"] = (time.perf_counter() - t) * 1e3
+        return outs
+
+    @abstractmethod
+    def score(self, query: QueryDocs, top: int | None) -> State:
+        """Hook: candidate spans of one query (with at least one document) and their scores.
+
+        Args:
+            query: the query vector and its candidate documents.
+            top: as in `find_spans`.
+
+        Returns:
+            Whatever `rerank` and `results` need for this query.
+        """
+
+    def rerank(self, batch: list[State]) -> None:
+        """Hook: refine the scores of a whole batch in place (one batched model call); default: nothing.
+
+        Args:
+            batch: the states `score` returned, for the queries that had documents.
+        """
+        return None
+
+    @abstractmethod
+    def results(self, state: State, query: QueryDocs, top: int | None) -> list[SpanResult]:
+        """Hook: the final spans of one query, best first, at most `top` (all when None).
+
+        Args:
+            state: what `score` returned (after `rerank`).
+            query: the same query.
+            top: as in `find_spans`.
+
+        Returns:
+            Spans with absolute character offsets into their documents.
+        """
+
+
+def pages_of(page_starts: Sequence[int], start: int, end: int) -> list[int]:
+    """1-based pages that characters [start, end) touch.
+
+    Args:
+        page_starts: character offset where each page begins, ascending, the first 0.
+        start: first character.
+        end: one past the last character.
+
+    Returns:
+        The page numbers, ascending.
+    """
+    first = bisect.bisect_right(page_starts, start) - 1
+    last = bisect.bisect_right(page_starts, max(start, end - 1)) - 1
+    return list(range(max(first, 0) + 1, max(last, 0) + 2))
+
+
+def span_result(d: DocTokens, start: int, end: int, score: float, text: str | None = None) -> SpanResult:
+    """A span of document `d`: characters [start, end) with their pages.
+
+    Args:
+        d: the document (or run of its segments) the span lies in.
+        start: absolute first character.
+        end: absolute end character (exclusive).
+        score: the method's score.
+        text: the span's text when it reaches past the fetched run; None: sliced from `d`.
+
+    Returns:
+        The `SpanResult`, with its section path and printed page labels when the document has a structure.
+    """
+    from retriever.methods.structured import LAYOUTS
+
+    layout = LAYOUTS.get(d.doc_id, d.header)
+    pages = pages_of(d.header.page_starts, start, end)
+    return SpanResult(
+        doc_id=d.doc_id,
+        source=d.header.source,
+        start=start,
+        end=end,
+        text=d.chars(start, end) if text is None else text,
+        score=score,
+        pages=pages,
+        page_labels=layout.structure.labels_of(pages) if layout is not None else None,
+        section=layout.structure.section_path(start) if layout is not None else None,
+    )

@@ -1,0 +1,181 @@
+"""The sentence method (the default): rank whole sentences, then re-rank the best by embedding them alone.
+
+1. Candidates: every sentence of the candidate documents scored by the cosine of its pooled in-context
+   token vectors with the query (`retriever.sentences`); sentences shorter than `min_sentence_tokens`
+   (headings) are skipped; the best max(rerank_k, top) are kept.
+2. Sentences a fetched run of segments cut are finished from the neighbour segments' text.
+3. Re-ranking, batched over all queries of a batch: the best `rerank_k` candidates are embedded alone
+   (through an LRU of embeddings by text) and their score becomes
+   rerank_weight * alone cosine + (1 - rerank_weight) * pooled cosine; the rest fall below them.
+4. Optional length penalty: length_penalty * ln(words) is subtracted from every score.
+"""
+
+from __future__ import annotations
+
+import math
+import threading
+from collections import OrderedDict
+from collections.abc import Callable
+from dataclasses import dataclass, field
+
+import numpy as np
+import torch
+
+from retriever.methods.base import MethodContext, QueryDocs, SpanMethod, span_result
+from retriever.methods.structured import LAYOUTS, answer_range, structure_masks
+from retriever.sentences import SentenceCandidates, SentenceTables, complete_cut, cut_sentences
+from schemas.models import SpanResult
+
+
+class AloneCache:
+    """Bounded LRU of sentences' alone embeddings by text: popular sentences are embedded once. Thread-safe.
+
+    Args:
+        max_entries: most texts kept; the least recently used go first.
+    """
+
+    def __init__(self, max_entries: int) -> None:
+        self.max_entries = max_entries
+        self._items: OrderedDict[str, np.ndarray] = OrderedDict()
+        self._lock = threading.Lock()
+
+    def __len__(self) -> int:
+        return len(self._items)
+
+    def embed(self, texts: list[str], embed: Callable[[list[str]], np.ndarray]) -> np.ndarray:
+        """Vectors of `texts`; only the ones not cached go through `embed`, in one batch.
+
+        Args:
+            texts: the texts, duplicates allowed.
+            embed: embeds a list of distinct texts, (n, dim).
+
+        Returns:
+            (len(texts), dim) in the order of `texts`.
+        """
+        with self._lock:
+            found = {t: self._items[t] for t in texts if t in self._items}
+            for t in found:
+                self._items.move_to_end(t)
+        todo = list(dict.fromkeys(t for t in texts if t not in found))
+        if todo:
+            fresh = embed(todo)
+            found.update(zip(todo, fresh, strict=True))
+            with self._lock:
+                for t, v in zip(todo, fresh, strict=True):
+                    self._items[t] = v
+                while len(self._items) > self.max_entries:
+                    self._items.popitem(last=False)
+        return np.stack([found[t] for t in texts])
+
+
+@dataclass
+class SentenceCaches:
+    """What the sentence method caches across queries; share one between retrievers over the same
+    collection and model (e.g. several settings in an experiment) so each sentence is embedded once.
+
+    Attributes:
+        alone: alone embeddings by text.
+        tables: per-document sentence tables by document run.
+    """
+
+    alone: AloneCache = field(default_factory=lambda: AloneCache(16384))
+    tables: SentenceTables = field(default_factory=SentenceTables)
+
+
+class SentenceMethod(SpanMethod[SentenceCandidates]):
+    """Whole sentences ranked by pooled in-context vectors, the best re-ranked by alone embeddings.
+
+    Args:
+        ctx: span settings, scorer, `embed_texts` (re-ranking) and `segment_texts` (cut sentences).
+        caches: caches to use, e.g. shared with another retriever; None: fresh ones sized by
+            `rerank_cache`.
+    """
+
+    def __init__(self, ctx: MethodContext, caches: SentenceCaches | None = None) -> None:
+        self.settings = ctx.settings
+        self.scorer = ctx.scorer
+        self.embed_texts = ctx.embed_texts
+        self.segment_texts = ctx.segment_texts
+        self.caches = caches or SentenceCaches(AloneCache(ctx.settings.rerank_cache))
+        self.min_sentence_rows = max(1, math.ceil(ctx.settings.min_sentence_tokens / ctx.pool))
+
+    def score(self, query: QueryDocs, top: int | None) -> SentenceCandidates:
+        """Score every sentence of the candidate documents from the token signal alone; keep the best few."""
+        st = self.settings
+        q, docs = query.q, query.docs
+        top = top or st.top
+        r, _ = self.scorer.relevance(q, docs)
+        tab = self.caches.tables.table(docs, self.scorer.device)
+        rs = torch.zeros(tab.n, device=r.device).index_add_(0, tab.sid, r)
+        pooled = rs / tab.norm  # cosine of the sentence's summed in-context token vectors with q
+        eligible = tab.length >= self.min_sentence_rows
+        masks = structure_masks(docs)
+        if masks is not None:  # headings compete (they become their section's answer), navigation never does
+            skip, heading = (m.to(pooled.device)[tab.start] for m in masks)
+            eligible = (eligible | heading) & ~skip
+        score = torch.where(eligible, pooled, torch.full_like(pooled, -math.inf))
+        k = min(max(st.rerank_k, top), tab.n)
+        best = torch.topk(score, k).indices
+        best = best[torch.isfinite(score[best])]
+        offsets = np.cumsum([0] + [len(d.starts) for d in docs])
+        sdoc = tab.doc[best].cpu().numpy()
+        a = tab.start[best].cpu().numpy() - offsets[sdoc]
+        b = tab.end[best].cpu().numpy() - offsets[sdoc]
+        chars = [(int(docs[d].starts[x]), int(docs[d].ends[y])) for d, x, y in zip(sdoc, a, b, strict=True)]
+        texts = [docs[d].chars(c0, c1) for d, (c0, c1) in zip(sdoc, chars, strict=True)]
+        cands = SentenceCandidates(sdoc, chars, texts, score[best].cpu().numpy().astype(np.float64), q)
+        need = cut_sentences(cands, docs)
+        if need:  # a fetched run cut some sentences: finish them from the neighbour segments' text
+            complete_cut(cands, docs, self.segment_texts(need), st.boundary)
+        return cands
+
+    def rerank(self, batch: list[SentenceCandidates]) -> None:
+        """Final scores: the alone re-ranking, then the length penalty."""
+        self._rerank_alone(batch)
+        if self.settings.length_penalty > 0:
+            for c in batch:
+                words = np.array([len(t.split()) for t in c.texts], dtype=np.float64)
+                c.score -= self.settings.length_penalty * np.log(np.maximum(words, 1.0))
+
+    def _rerank_alone(self, batch: list[SentenceCandidates]) -> None:
+        """Embed the best `rerank_k` candidates of every query alone, in one batched call; blend cosines."""
+        st = self.settings
+        if st.rerank_k == 0:
+            return
+        texts = [t for c in batch for t in c.texts[: st.rerank_k]]
+        if not texts:
+            return
+        vecs = self.caches.alone.embed(texts, self.embed_texts)
+        i = 0
+        for c in batch:
+            m = min(st.rerank_k, len(c.texts))
+            alone = vecs[i : i + m] @ c.q
+            i += m
+            c.score[:m] = st.rerank_weight * alone + (1 - st.rerank_weight) * c.score[:m]
+            c.score[m:] = -math.inf if m else c.score[m:]  # not re-embedded: below every re-ranked one
+
+    def results(self, state: SentenceCandidates, query: QueryDocs, top: int | None) -> list[SpanResult]:
+        c, docs = state, query.docs
+        top = top or self.settings.top
+        order = np.argsort(-c.score, kind="stable")
+        out: list[SpanResult] = []
+        seen: set[tuple[int, int, int]] = set()
+        for i in order:
+            if len(out) == top:
+                break
+            if not np.isfinite(c.score[i]):
+                continue
+            cs, ce = c.chars[i]
+            d, text = docs[int(c.doc[i])], c.texts[i]
+            layout = LAYOUTS.get(d.doc_id, d.header)
+            if layout is not None:  # a heading becomes its section's answer; navigation is never returned
+                answer = answer_range(layout, int(cs), int(ce), d.text, d.char_base)
+                if answer is None:
+                    continue
+                if answer != (cs, ce):
+                    (cs, ce), text = answer, d.chars(*answer)
+            if (int(c.doc[i]), cs, ce) in seen:  # two cut pieces of one sentence, or two headings of one section
+                continue
+            seen.add((int(c.doc[i]), cs, ce))
+            out.append(span_result(d, int(cs), int(ce), float(c.score[i]), text))
+        return out

@@ -1,0 +1,76 @@
+"""The threshold method (the original): smooth the token signal, threshold it, cluster, extend to sentence ends.
+
+The threshold is absolute (`SpanSettings.threshold`) or, EXPERIMENTAL, relative to the best smoothed
+token of the query's candidates (`threshold_mode="relative"`, `relative_margin` below it).
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+import numpy as np
+import torch
+
+from retriever.fetch import DocTokens
+from retriever.methods.base import MethodContext, QueryDocs, SpanMethod, span_result
+from retriever.spans import SpanParams, TokenSpans, extract_spans
+from schemas.models import SpanResult
+
+
+@dataclass
+class TokenSignal:
+    """One query's token spans over its documents laid end to end, with the signal they came from."""
+
+    spans: TokenSpans
+    raw: torch.Tensor  # (N,) r = D @ q
+    smoothed: torch.Tensor  # (N,)
+    threshold: float
+
+
+class ThresholdMethod(SpanMethod[TokenSignal]):
+    """Spans where the smoothed relevance clears a threshold, extended to the nearest sentence ends.
+
+    Args:
+        ctx: the span settings (lengths are rescaled to stored rows by `ctx.pool`) and the scorer.
+    """
+
+    def __init__(self, ctx: MethodContext) -> None:
+        self.settings = ctx.settings
+        self.scorer = ctx.scorer
+        self.params = SpanParams.from_settings(ctx.settings).per_row(ctx.pool)
+
+    def threshold(self, smoothed: torch.Tensor) -> float:
+        """The threshold for one query's smoothed signal (N,): absolute, or relative to its maximum."""
+        if self.settings.threshold_mode == "relative" and smoothed.numel():
+            return float(smoothed.max()) - self.settings.relative_margin
+        return self.params.threshold
+
+    def signal(self, q: np.ndarray, docs: list[DocTokens]) -> TokenSignal:
+        """Raw and smoothed relevance of every token of `docs`, the threshold, and the token spans.
+
+        Args:
+            q: (dim,) float32 query vector.
+            docs: candidate documents (at least one).
+
+        Returns:
+            The `TokenSignal`.
+        """
+        r, s, doc_starts = self.scorer.relevance_smoothed(q, docs, self.params.sigma)
+        ends_sentence = torch.cat([d.ends_sentence for d in docs]) if docs else torch.zeros(0, dtype=torch.bool)
+        thr = self.threshold(s)
+        return TokenSignal(extract_spans(s, doc_starts, ends_sentence, self.params, thr), r, s, thr)
+
+    def score(self, query: QueryDocs, top: int | None) -> TokenSignal:
+        return self.signal(query.q, query.docs)
+
+    def results(self, state: TokenSignal, query: QueryDocs, top: int | None) -> list[SpanResult]:
+        ts, docs = state.spans, query.docs
+        offsets = np.cumsum([0] + [len(d.starts) for d in docs])
+        order = torch.argsort(ts.score, descending=True).cpu().numpy()
+        dsel, s0, s1, sc = (t.cpu().numpy() for t in (ts.doc, ts.start, ts.end, ts.score))
+        out = []
+        for i in order[:top]:
+            d = docs[int(dsel[i])]
+            a, b = int(s0[i] - offsets[dsel[i]]), int(s1[i] - offsets[dsel[i]])
+            out.append(span_result(d, int(d.starts[a]), int(d.ends[b]), float(sc[i])))
+        return out

@@ -1,0 +1,108 @@
+"""Helpers shared by tests (not fixtures: those live in conftest.py)."""
+
+from __future__ import annotations
+
+import itertools
+import json
+from pathlib import Path
+
+import numpy as np
+
+from schemas.models import EmbeddedDocument, LoadedDocument
+
+
+def fake_embedded(
+    doc_id: str, n: int, dim: int, seed: int = 0, version: str = "a" * 64, window: int | None = None
+) -> EmbeddedDocument:
+    """Random unit token vectors over a synthetic text with one 'word' per token.
+
+    Args:
+        doc_id: the document's id (its source is /x/<doc_id>).
+        n: tokens.
+        dim: vector dimension.
+        seed: random seed of the vectors.
+        version: the content hash the store records as the version.
+        window: tokens per embedding window (None: one window), each pooled as its mean, so that
+            segments get distinct pooled vectors.
+
+    Returns:
+        The embedded document.
+    """
+    rng = np.random.default_rng(seed)
+    words = [f"w{i}" for i in range(n)]
+    text = " ".join(words)
+    starts = np.cumsum([0] + [len(w) + 1 for w in words[:-1]])
+    offsets = np.stack([starts, starts + [len(w) for w in words]], axis=1).astype(np.int64)
+    v = rng.standard_normal((n, dim)).astype(np.float32)
+    v /= np.linalg.norm(v, axis=1, keepdims=True)
+    pooled = v.mean(0) / np.linalg.norm(v.mean(0))
+    doc = LoadedDocument(doc_id=doc_id, source=f"/x/{doc_id}", title=doc_id, text=text, content_hash=version)
+    cuts = [*list(range(0, n, window or n)), n]
+    bounds = np.array(list(itertools.pairwise(cuts)), dtype=np.int64)
+    wp = np.stack([v[a:b].mean(0) for a, b in bounds])
+    wp /= np.linalg.norm(wp, axis=1, keepdims=True)
+    if window is None:
+        wp = pooled[None]
+    return EmbeddedDocument(doc=doc, vectors=v, offsets=offsets, pooled=pooled, window_pooled=wp, window_bounds=bounds)
+
+
+# --- retrieve: a tiny span-QA benchmark in the shared/benchmarks format --------------------------------
+DOCS = {
+    "volcano": (
+        "Volcanoes form where magma reaches the surface of the Earth. Mt. Etna in Sicily erupts often and its "
+        "lava flows have reached nearby towns.\n\nA volcano's magma chamber holds molten rock under pressure. "
+        "When the pressure is released, gas expands and the eruption throws ash high into the sky."
+    ),
+    "bread": (
+        "Bread is made from flour, water, salt and yeast. The yeast ferments sugars and releases carbon dioxide, "
+        "which makes the dough rise.\n\nBakers knead the dough to develop gluten. A loaf is baked at about "
+        "230 degrees Celsius for 30 to 40 minutes until the crust turns brown."
+    ),
+    "chess": (
+        "Chess is a board game for two players on a board of 64 squares. Each player starts with sixteen pieces.\n\n"
+        "The aim is to checkmate the opponent's king, so that it is attacked and cannot escape. The Queen is the "
+        "strongest piece because it moves any distance along ranks, files and diagonals."
+    ),
+}
+
+QUESTIONS = [
+    ("q1", "What makes the dough rise?", "bread", "carbon dioxide"),
+    ("q2", "How long is a loaf baked?", "bread", "30 to 40 minutes"),
+    ("q3", "How many squares does a chess board have?", "chess", "64 squares"),
+    ("q4", "What is the aim of chess?", "chess", "checkmate the opponent's king"),
+    ("q5", "Where does magma reach?", "volcano", "the surface of the Earth"),
+    ("q6", "What does an eruption throw into the sky?", "volcano", "ash"),
+]
+
+
+def evidence_of(text: str, pos: int) -> tuple[int, int]:
+    start = max(text.rfind(". ", 0, pos) + 2, text.rfind("\n", 0, pos) + 1, 0)
+    end = text.find(".", pos)
+    return start, (end + 1 if end >= 0 else len(text))
+
+
+def write_bench(folder: Path) -> Path:
+    folder.mkdir(parents=True, exist_ok=True)
+    with (folder / "corpus.jsonl").open("w") as f:
+        for doc_id, text in DOCS.items():
+            f.write(json.dumps({"doc_id": doc_id, "title": doc_id.title(), "text": text}) + "\n")
+    with (folder / "queries.jsonl").open("w") as f:
+        for qid, query, doc_id, answer in QUESTIONS:
+            text = DOCS[doc_id]
+            a = text.index(answer)
+            ev_start, ev_end = evidence_of(text, a)
+            row = {
+                "query_id": qid,
+                "query": query,
+                "doc_id": doc_id,
+                "answers": [{"start": a, "end": a + len(answer), "text": answer}],
+                "evidence": {"start": ev_start, "end": ev_end},
+                "paragraph": {"start": 0, "end": len(text)},
+            }
+            f.write(json.dumps(row) + "\n")
+        unanswerable = {"query_id": "u1", "query": "Who invented the bicycle?", "doc_id": "chess", "answers": []}
+        f.write(json.dumps({**unanswerable, "evidence": None, "paragraph": None}) + "\n")
+    return folder
+
+
+# --- end retrieve ----------------------------------------------------------------------------------
