@@ -112,7 +112,12 @@ def plot_explanation(ex: Explanation, query: str, out: Path) -> Path:
     pages = page_token_starts(ex)
     if pages:
         top: Any = ax.secondary_xaxis("top")
-        top.set_xticks(pages, [f"p{i + 2}" for i in range(len(pages))], fontsize=7)
+        names = [f"p{i + 2}" for i in range(len(pages))]
+        if ex.structure is not None and ex.structure.page_labels:  # the printed page number, as the reader sees it
+            names = [f"p{i + 2} ({ex.structure.page_labels[i + 1]})" for i in range(len(pages))]
+        fits = label_rows([float(p) for p in pages], [len(t) * per_char * 1.2 for t in names], max_rows=1)
+        shown = [(p, t) for p, t, row in zip(pages, names, fits, strict=True) if row is not None]
+        top.set_xticks([p for p, _ in shown], [t for _, t in shown], fontsize=7)
         top.set_xlabel("page starts", fontsize=8)
         for p in pages:
             ax.axvline(p, color="0.85", lw=0.8, zorder=0)
@@ -121,7 +126,7 @@ def plot_explanation(ex: Explanation, query: str, out: Path) -> Path:
     ax.set_ylabel("cosine relevance")
     title = query if len(query) <= 90 else query[:87] + "..."
     ax.set_title(f"{ex.doc_id}: “{title}” — {len(ex.spans)} span(s)", fontsize=10)
-    ax.legend(loc="upper right", fontsize=8, framealpha=0.9)
+    ax.legend(loc="lower right", fontsize=7, framealpha=0.9)
     fig.tight_layout()
     out.parent.mkdir(parents=True, exist_ok=True)
     fig.savefig(out)
