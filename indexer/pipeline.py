@@ -117,15 +117,22 @@ def ingest(
     embedder: TokenEmbedder | None = None,
     on_failure: Callable[[IngestFailure], None] | None = None,
     progress: bool = False,
+    store: TokenStore | None = None,
 ) -> IngestReport:
     """Ingest every supported file under `paths`; bad files are reported and skipped, never fatal.
 
     The model is loaded only when some file needs embedding, so re-running over an unchanged
     corpus costs file hashing and one read of the document headers. `progress` shows a tqdm bar;
     otherwise each stored document is an INFO log line with files done, tokens/s and ETA.
+    `store`: an open store to write into (the service shares its one handle between searches and
+    ingest jobs); it is flushed but left open. Without it the job opens, or creates, and closes its own.
     """
     t0 = time.perf_counter()
-    store, embedder = _open(settings, embedder)
+    own_store = store is None
+    if store is None:
+        store, embedder = _open(settings, embedder)
+    elif embedder is not None:
+        store.meta.check(embedder.name, embedder.dim, None, f"collection '{settings.store.collection}'")
     report = IngestReport()
     lock = threading.Lock()  # report and callbacks are touched by all three stages
 
@@ -192,7 +199,8 @@ def ingest(
             writer.check()
             if embedder is None:
                 embedder = load_embedder(settings)
-                store.meta.check(embedder.name, embedder.dim, None, f"collection '{settings.store.collection}'")
+                e, where = embedder, f"collection '{settings.store.collection}'"
+                store.meta.check(e.name, e.dim, None, where, backend=e.backend, vector_kind=e.vector_kind)
             out = _embed(batch, embedder, fail)
             if out and not _put(embedded, out, stop):
                 break
@@ -205,7 +213,8 @@ def ingest(
     finally:
         stop.set()
         bar.close()
-        store.close()
+        if own_store:
+            store.close()
     report.seconds = time.perf_counter() - t0
     return report
 
@@ -223,8 +232,8 @@ def _open(settings: Settings, embedder: TokenEmbedder | None) -> tuple[TokenStor
             meta = existing.meta
             existing.close()
             return open_or_create_store(settings.store, settings.model.model, meta.dim, meta.pooling), None
-    pooling = str(getattr(embedder, "pooling", "mean"))
-    return open_or_create_store(settings.store, embedder.name, embedder.dim, pooling), embedder
+    e = embedder
+    return open_or_create_store(settings.store, e.name, e.dim, e.pooling, e.backend, e.vector_kind), embedder
 
 
 def _batches(docs: queue.Queue[Any], batch_tokens: int, loader: _Stage) -> Iterator[list[LoadedDocument]]:

@@ -9,7 +9,6 @@ from __future__ import annotations
 
 import time
 from collections.abc import Sequence
-from typing import Protocol, runtime_checkable
 
 import numpy as np
 
@@ -20,23 +19,13 @@ from retriever.boundaries import sentence_ranges
 Piece = tuple[str, int, int]  # doc_id, char start, char end
 
 
-@runtime_checkable
-class _Tokenizing(Protocol):
-    def tokenize(self, text: str) -> tuple[list[int], np.ndarray]: ...
-
-
 def query_vectors(embedder: TokenEmbedder, queries: Sequence[str]) -> np.ndarray:
     """(n, dim) query vectors, batched when the embedder can."""
-    batched = getattr(embedder, "embed_queries", None)
-    if batched is not None:
-        return np.asarray(batched(list(queries)), dtype=np.float32)
-    return np.stack([embedder.embed_query(q) for q in queries]).astype(np.float32)
+    return np.asarray(embedder.embed_queries(list(queries)), dtype=np.float32)
 
 
 def token_chunks(bench: Benchmark, embedder: TokenEmbedder, size: int) -> list[Piece]:
     """Each document cut into runs of `size` tokens; a chunk covers its first token's start to its last's end."""
-    if not isinstance(embedder, _Tokenizing):
-        raise TypeError(f"{type(embedder).__name__} has no tokenize(); chunk baselines need the model's tokenizer")
     out: list[Piece] = []
     for d in bench.docs:
         _, off = embedder.tokenize(d.text)

@@ -1,4 +1,4 @@
-"""The `chunkless` command: ingest, search, stats, delete, eval, explain."""
+"""The `chunkless` command: ingest, search, stats, delete, compact, eval, explain."""
 
 from __future__ import annotations
 
@@ -7,9 +7,13 @@ import json
 import logging
 import sys
 from pathlib import Path
+from typing import TYPE_CHECKING
 
 from schemas.errors import ChunklessError
 from schemas.settings import Settings
+
+if TYPE_CHECKING:
+    from indexer.store import CompactReport
 
 
 def _settings(args: argparse.Namespace) -> Settings:
@@ -82,7 +86,7 @@ def cmd_search(args: argparse.Namespace) -> int:
 def cmd_stats(args: argparse.Namespace) -> int:
     from indexer.store import open_store
 
-    store = open_store(_settings(args).store)
+    store = open_store(_settings(args).store, read_only=True)
     try:
         st = store.stats()
     finally:
@@ -92,9 +96,10 @@ def cmd_stats(args: argparse.Namespace) -> int:
 
 
 def cmd_delete(args: argparse.Namespace) -> int:
-    from indexer.store import open_store
+    from indexer.store import COMPACT_AFTER_FRACTION, open_store
 
-    store = open_store(_settings(args).store)
+    settings = _settings(args)
+    store = open_store(settings.store)
     try:
         target = args.target
         heads = store.headers()
@@ -108,8 +113,41 @@ def cmd_delete(args: argparse.Namespace) -> int:
         for d in ids:
             store.delete_document(d)
             print(f"deleted {d}", file=sys.stderr)
+        # a server vacuums by itself; the embedded store only when asked, at a cost that follows its size
+        total = sum(h.n_tokens for h in heads.values())
+        if settings.store.url is None and sum(heads[d].n_tokens for d in ids) >= COMPACT_AFTER_FRACTION * total:
+            _print_compact(store.compact())
     finally:
         store.close()
+    return 0
+
+
+def _print_compact(rep: CompactReport) -> None:
+    """One line on stderr: bytes on disk before and after a compaction, or that the server does it."""
+    if rep.bytes_before is None or rep.bytes_after is None:
+        msg = f"asked the server to vacuum deleted points ({rep.seconds:.1f}s); a server reports no disk bytes"
+        print(msg, file=sys.stderr)
+        return
+    print(
+        f"compacted: {rep.bytes_before / 1e6:.1f} MB -> {rep.bytes_after / 1e6:.1f} MB on disk "
+        f"({(rep.bytes_before - rep.bytes_after) / 1e6:.1f} MB reclaimed) in {rep.seconds:.1f}s",
+        file=sys.stderr,
+    )
+
+
+def cmd_compact(args: argparse.Namespace) -> int:
+    """Reclaim the disk space of deleted documents; prints bytes before/after (or JSON with --json)."""
+    from indexer.store import open_store
+
+    store = open_store(_settings(args).store)
+    try:
+        rep = store.compact()
+    finally:
+        store.close()
+    if args.json:
+        print(json.dumps({"bytes_before": rep.bytes_before, "bytes_after": rep.bytes_after, "seconds": rep.seconds}))
+    else:
+        _print_compact(rep)
     return 0
 
 
@@ -252,6 +290,15 @@ def build_parser() -> argparse.ArgumentParser:
     de.add_argument("target")
     _common(de)
     de.set_defaults(func=cmd_delete)
+
+    co = sub.add_parser("compact", help="reclaim the disk space of deleted documents (bytes before/after)")
+    co.add_argument("--json", action="store_true", help="one JSON object on stdout")
+    _common(co)
+    co.set_defaults(func=cmd_compact)
+
+    from retriever.serve.cli import install  # `serve`, and --server on search/ingest/stats/delete
+
+    install(sub, _settings)
     return p
 
 

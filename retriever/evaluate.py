@@ -44,7 +44,8 @@ def index_benchmark(bench: Benchmark, settings: Settings, embedder: TokenEmbedde
 
     Documents already stored with the same content hash are skipped, so a named store is reused.
     """
-    store = open_or_create_store(settings.store, embedder.name, embedder.dim, getattr(embedder, "pooling", "mean"))
+    e = embedder
+    store = open_or_create_store(settings.store, e.name, e.dim, e.pooling, e.backend, e.vector_kind)
     try:
         live = {d: h.version for d, h in store.headers().items()}
         todo = [

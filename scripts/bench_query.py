@@ -23,6 +23,7 @@ from pathlib import Path
 import numpy as np
 import torch
 
+from indexer.embedders import Capabilities, TokenEmbedder
 from indexer.store import TokenStore, open_or_create_store, to_array
 from retriever.search import Retriever
 from schemas.models import EmbeddedDocument, LoadedDocument
@@ -31,13 +32,20 @@ from schemas.settings import Settings
 MODEL = "bench-random"
 
 
-class VectorOnlyEmbedder:
+class VectorOnlyEmbedder(TokenEmbedder):
     """Satisfies what Retriever reads of a TokenEmbedder (name, dim); queries come as vectors.
 
     For MaxSim (fetch_rank=maxsim) a query named "q<i>" has 8 token vectors scattered around query i.
     """
 
-    name = MODEL
+    name, window, stride = MODEL, 512, 256
+    capabilities = Capabilities(backend="hf-pooled", vector_kind="pooled-hidden", pooling="mean", query_tokens=True)
+
+    def tokenize(self, text: str) -> tuple[list[int], np.ndarray]:
+        raise NotImplementedError("the benchmark writes vectors directly")
+
+    def embed_queries(self, queries: Sequence[str]) -> np.ndarray:
+        raise NotImplementedError("the benchmark queries by vector")
 
     def __init__(self, dim: int, queries: np.ndarray) -> None:
         self.dim = dim

@@ -34,7 +34,7 @@ if str(REPO) not in sys.path:  # run as a file from a clean clone
     sys.path.insert(0, str(REPO))
 
 from indexer.codec import pool_document  # noqa: E402
-from indexer.embedders import HFTokenEmbedder, TokenEmbedder, load_embedder  # noqa: E402
+from indexer.embedders import DelegatingEmbedder, TokenEmbedder, load_embedder  # noqa: E402
 from indexer.store import (  # noqa: E402  # noqa: E402
     POINT_NAMESPACE,
     EdgeBackend,
@@ -109,7 +109,7 @@ def _cache_key(model: str, texts: Sequence[str]) -> str:
 def embed_corpus(bench: Benchmark, embedder: TokenEmbedder, cache_dir: Path) -> list[EmbeddedDocument]:
     """Token matrices of every document, from an .npz cache when present."""
     # the windowing decides every token's vector, so it is part of the key
-    how = f"{embedder.name}|{getattr(embedder, 'window', '')}|{getattr(embedder, 'stride', '')}"
+    how = f"{embedder.name}|{embedder.window}|{embedder.stride}"
     path = cache_dir / f"corpus-{_cache_key(how, [d.text for d in bench.docs])}.npz"
     loaded = [
         LoadedDocument(
@@ -152,13 +152,15 @@ def embed_queries(queries: list[BenchQuery], embedder: TokenEmbedder, cache_dir:
     return dict(zip((q.query for q in queries), np.load(path), strict=True))
 
 
-class PrecomputedQueries:
+class PrecomputedQueries(DelegatingEmbedder):
     """The real embedder, with query vectors served from a table: every layout sees identical queries."""
 
     def __init__(self, embedder: TokenEmbedder, vectors: dict[str, np.ndarray]) -> None:
-        self.inner, self.vectors = embedder, vectors
-        self.name, self.dim = embedder.name, embedder.dim
-        self.pooling = getattr(embedder, "pooling", "mean")
+        super().__init__(embedder)
+        self.vectors = vectors
+
+    def embed_queries(self, queries: Sequence[str]) -> np.ndarray:
+        return np.stack([self.vectors[q] for q in queries])
 
     def embed_documents(self, docs: Sequence[LoadedDocument]) -> list[EmbeddedDocument]:
         return self.inner.embed_documents(docs)
@@ -212,7 +214,8 @@ def run_layout(
         storage_pool=layout.pool,  # the Retriever rescales span lengths to rows itself
     )
     tokens = sum(d.n_tokens for d in docs)
-    store = open_or_create_store(settings.store, embedder.name, embedder.dim, embedder.pooling)
+    e = embedder
+    store = open_or_create_store(settings.store, e.name, e.dim, e.pooling, e.backend, e.vector_kind)
     if layout.needs_fit:  # fit on rows from every document, not just the first one written
         store.fit_codec(np.concatenate([pool_document(d, layout.pool).vectors for d in docs]))
     for d in docs:
@@ -244,7 +247,6 @@ def chunk_baseline(
     bench: Benchmark, embedder: TokenEmbedder, queries: list[BenchQuery], qvec: dict[str, np.ndarray], work: Path
 ) -> tuple[Row, int]:
     """128-token chunks embedded alone, one pooled vector each, in a real Edge store; top-5 chunks are the spans."""
-    assert isinstance(embedder, HFTokenEmbedder)
     chunks: list[tuple[str, int, int]] = []
     tokens = 0
     for d in bench.docs:

@@ -6,8 +6,7 @@ from pathlib import Path
 
 import pytest
 
-from indexer.embedders import HFTokenEmbedder
-from indexer.models import qwen3_tokenizer_dir
+from indexer.embedders import HFTokenEmbedder, qwen3_tokenizer_dir
 from schemas.settings import Settings
 
 REPO = Path(__file__).resolve().parent.parent

@@ -21,7 +21,7 @@ import pymupdf
 import pytest
 
 import indexer.pipeline as pipeline
-from indexer.embedders import HFTokenEmbedder
+from indexer.embedders import DelegatingEmbedder, HFTokenEmbedder
 from indexer.loaders import file_hash
 from indexer.store import EdgeBackend, Match, Where, open_store
 from schemas.models import EmbeddedDocument, LoadedDocument
@@ -68,12 +68,12 @@ def make_corpus(root: Path, n: int, words: int = 120) -> Path:
     return corpus
 
 
-class CountingEmbedder:
+class CountingEmbedder(DelegatingEmbedder):
     """Wraps a real embedder, counting documents it embeds and failing on demand."""
 
     def __init__(self, inner: HFTokenEmbedder, fail_on: str | None = None) -> None:
-        self.inner, self.fail_on = inner, fail_on
-        self.name, self.dim, self.pooling = inner.name, inner.dim, inner.pooling
+        super().__init__(inner)
+        self.fail_on = fail_on
         self.docs = 0
 
     def embed_documents(self, docs: Sequence[LoadedDocument]) -> list[EmbeddedDocument]:

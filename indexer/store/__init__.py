@@ -4,8 +4,9 @@ Public API (import from `indexer.store`):
 
 - `open_store(settings.store)`, `open_or_create_store(settings.store, model, dim, pooling)` -> `TokenStore`
 - `TokenStore`: write_document, delete_document, remove_orphans, headers, header, recall, maxsim,
-  rank_segments, fetch_segments, segment_texts, stats, fit_codec, flush, close
-- `DocHeader` (one document), `CollectionMeta` (the collection), `Candidate`, `StoredSegment`, `Written`
+  rank_segments, fetch_segments, segment_texts, stats, compact, fit_codec, flush, close
+- `DocHeader` (one document), `CollectionMeta` (the collection), `Candidate`, `StoredSegment`, `Written`,
+  `CompactReport`
 - `PointsBackend` (the documented backend contract), `EdgeBackend`, `make_backend`;
   `indexer.store.server.ServerBackend` (imported on demand: qdrant-client is only needed for a server)
 - `Where`, `Match` (backend-neutral filters), `NewPoint`, `PointRecord`, `VectorSpace`, `to_array`
@@ -13,8 +14,10 @@ Public API (import from `indexer.store`):
 
 from indexer.store.backend import Match, NewPoint, PointRecord, PointsBackend, VectorSpace, Where, to_array
 from indexer.store.documents import (
+    COMPACT_AFTER_FRACTION,
     KEYWORD_FIELDS,
     Candidate,
+    CompactReport,
     StoredSegment,
     TokenStore,
     Written,
@@ -28,10 +31,12 @@ from indexer.store.meta import CollectionMeta, DocHeader
 from indexer.store.segments import POINT_NAMESPACE, header_id, max_segment_tokens, segment_id, split_segments
 
 __all__ = [
+    "COMPACT_AFTER_FRACTION",
     "KEYWORD_FIELDS",
     "POINT_NAMESPACE",
     "Candidate",
     "CollectionMeta",
+    "CompactReport",
     "DocHeader",
     "EdgeBackend",
     "Match",

@@ -240,6 +240,20 @@ class PointsBackend(ABC):
         """
 
     @abstractmethod
+    def compact(self) -> None:
+        """Reclaim the disk space of deleted points.
+
+        Qdrant marks deleted points and keeps their bytes until an optimizer rewrites the segment
+        (its vacuum optimizer). A backend runs that rewrite where it can, or asks for it where it
+        cannot wait for it; what each backend does is documented on its implementation.
+
+        Raises:
+            StorageFaultError: disk full, read-only or permission denied (rewriting needs room for a
+                copy of the live points).
+            ServerError: the server cannot be reached or refused the key.
+        """
+
+    @abstractmethod
     def close(self) -> None:
         """Flush and release the collection (the embedded store's lock); the backend is unusable after."""
 

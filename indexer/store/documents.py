@@ -28,6 +28,10 @@ from schemas.models import EmbeddedDocument
 from schemas.settings import StoreSettings
 
 KEYWORD_FIELDS = ["kind", "doc_id", "version", "source"]
+# `chunkless delete` compacts an embedded store when the deleted tokens reach this fraction of its
+# tokens: Qdrant's own default deleted_threshold. Compacting rewrites every live point, so its cost
+# follows the store's size, not the deletion's (README, Reclaiming space).
+COMPACT_AFTER_FRACTION = 0.2
 
 
 @dataclass
@@ -51,6 +55,28 @@ class Written:
 
     bytes: int  # token-vector bytes as stored (after the collection's encoding)
     segments: int
+
+
+@dataclass(frozen=True)
+class CompactReport:
+    """What compacting the store did.
+
+    Attributes:
+        bytes_before: bytes on disk before (None where the backend cannot tell: a server).
+        bytes_after: bytes on disk after (None likewise).
+        seconds: time the compaction took.
+    """
+
+    bytes_before: int | None
+    bytes_after: int | None
+    seconds: float
+
+    @property
+    def reclaimed(self) -> int | None:
+        """Bytes freed, or None when the backend does not report its bytes."""
+        if self.bytes_before is None or self.bytes_after is None:
+            return None
+        return self.bytes_before - self.bytes_after
 
 
 @dataclass
@@ -467,6 +493,25 @@ class TokenStore:
             "bytes_per_token": (disk / tokens) if disk is not None and tokens else None,
         }
 
+    def compact(self) -> CompactReport:
+        """Reclaim the space of deleted documents (Qdrant's vacuum; see `PointsBackend.compact`).
+
+        Deleting a document only marks its points deleted: the bytes stay on disk until this runs
+        (Edge) or the server's optimizers get to them. Live documents read back unchanged.
+
+        Returns:
+            Bytes on disk before and after (None on a server) and the seconds it took.
+
+        Raises:
+            StorageFaultError: disk full, read-only or permission denied.
+            ServerError: the server cannot be reached or refused the key.
+        """
+        before = self.backend.disk_bytes()
+        t0 = time.perf_counter()
+        self.backend.compact()
+        seconds = time.perf_counter() - t0
+        return CompactReport(before, self.backend.disk_bytes(), seconds)
+
     def flush(self) -> None:
         """Persist pending writes.
 
@@ -551,7 +596,14 @@ def open_store(store: StoreSettings, read_only: bool = False) -> TokenStore:
     return TokenStore(backend, meta)
 
 
-def open_or_create_store(store: StoreSettings, model: str, dim: int, pooling: str) -> TokenStore:
+def open_or_create_store(
+    store: StoreSettings,
+    model: str,
+    dim: int,
+    pooling: str,
+    model_backend: str | None = None,
+    vector_kind: str | None = None,
+) -> TokenStore:
     """Open the collection for writing, creating it for (model, dim, `store.layout`) if it does not exist.
 
     Args:
@@ -559,6 +611,8 @@ def open_or_create_store(store: StoreSettings, model: str, dim: int, pooling: st
         model: the embedder's name.
         dim: the embedder's dimension.
         pooling: the embedder's pooling, recorded with the collection.
+        model_backend: the embedder's backend, recorded (default "hf-pooled") and checked when given.
+        vector_kind: the embedder's vector kind, recorded (default "pooled-hidden") and checked when given.
 
     Returns:
         The store, writing segments of `store.segment_tokens` rows.
@@ -574,7 +628,8 @@ def open_or_create_store(store: StoreSettings, model: str, dim: int, pooling: st
     if backend.exists():
         meta = CollectionMeta.model_validate(backend.open()["chunkless"])
         try:
-            meta.check(model, dim, store.storage_dtype, f"collection '{store.collection}'", layout)
+            where = f"collection '{store.collection}'"
+            meta.check(model, dim, store.storage_dtype, where, layout, model_backend, vector_kind)
         except StoreMismatchError:
             backend.close()
             raise
@@ -583,7 +638,17 @@ def open_or_create_store(store: StoreSettings, model: str, dim: int, pooling: st
         layout.stored_dim(dim)
     except ValueError as e:
         raise StoreMismatchError(f"collection '{store.collection}': {e}") from e
-    meta = CollectionMeta(model=model, dim=dim, pooling=pooling, layout=layout, created_at=time.time())
+    from indexer.embedders.folder import canonical_name
+
+    meta = CollectionMeta(
+        model=canonical_name(model),
+        dim=dim,
+        pooling=pooling,
+        layout=layout,
+        created_at=time.time(),
+        backend=model_backend or "hf-pooled",
+        vector_kind=vector_kind or "pooled-hidden",
+    )
     spaces = vector_spaces(dim, layout)
     backend.create(
         spaces,

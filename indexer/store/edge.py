@@ -24,6 +24,7 @@ import numpy as np
 import qdrant_edge as qe
 
 from indexer.store.backend import (
+    WRITE_FACTOR,
     Match,
     NewPoint,
     PointRecord,
@@ -48,6 +49,34 @@ READ_ONLY_COPY_MAX_BYTES = 1 << 30  # a reader copies a store it cannot write on
 log = logging.getLogger(__name__)
 
 
+# Vacuum on `compact`: any segment with a deleted point. Edge optimises only when asked, so these
+# thresholds never cost a write; `chunkless delete` decides when to ask (COMPACT_AFTER_FRACTION).
+VACUUM = qe.EdgeOptimizersConfig(deleted_threshold=0.0, vacuum_min_vector_number=1)
+
+
+def edge_config(spaces: dict[str, VectorSpace]) -> qe.EdgeConfig:
+    """The shard configuration of a collection with these vector spaces (the same at create and at reload).
+
+    Args:
+        spaces: named vectors and their configuration.
+
+    Returns:
+        The Edge config, with the VACUUM optimizer thresholds.
+    """
+    vectors = {}
+    for name, sp in spaces.items():
+        vectors[name] = qe.EdgeVectorParams(
+            size=sp.size,
+            distance=_DISTANCES[sp.distance],
+            datatype=_DATATYPES[sp.datatype],
+            multivector_config=qe.MultiVectorConfig(qe.MultiVectorComparator.MaxSim) if sp.multivector else None,
+            # m=0: token matrices are scanned, never searched by graph; an HNSW over every token is the
+            # single largest storage cost and buys nothing for our access pattern.
+            hnsw_config=None if sp.hnsw else qe.HnswIndexConfig(m=0, ef_construct=100, full_scan_threshold=10_000),
+        )
+    return qe.EdgeConfig(vectors=vectors, optimizers=VACUUM)
+
+
 class EdgeBackend(PointsBackend):
     """One Edge shard in `<folder>/shard`, with the collection's metadata in `<folder>/chunkless.json`.
 
@@ -65,28 +94,19 @@ class EdgeBackend(PointsBackend):
         self._shard: qe.EdgeShard | None = None
         self._copy: Path | None = None  # the temporary copy a read-only open searches, removed on close
         self._lock = threading.Lock()  # Edge calls are serialised: the shard object is shared across threads
+        self._spaces: dict[str, VectorSpace] = {}  # the collection's vector spaces, known after create/open
 
     # -- lifecycle ---------------------------------------------------------------------------------
     def exists(self) -> bool:
         return (self.folder / METADATA_FILE).is_file() and (self.folder / "shard").is_dir()
 
     def create(self, spaces: dict[str, VectorSpace], metadata: dict[str, Any], keyword_fields: list[str]) -> None:
-        vectors = {}
-        for name, sp in spaces.items():
-            vectors[name] = qe.EdgeVectorParams(
-                size=sp.size,
-                distance=_DISTANCES[sp.distance],
-                datatype=_DATATYPES[sp.datatype],
-                multivector_config=qe.MultiVectorConfig(qe.MultiVectorComparator.MaxSim) if sp.multivector else None,
-                # m=0: token matrices are scanned, never searched by graph; an HNSW over every token is the
-                # single largest storage cost and buys nothing for our access pattern.
-                hnsw_config=None if sp.hnsw else qe.HnswIndexConfig(m=0, ef_construct=100, full_scan_threshold=10_000),
-            )
+        config = edge_config(spaces)
         self.ensure_space(0, "creating the collection")
 
         def make() -> qe.EdgeShard:
             self.folder.mkdir(parents=True, exist_ok=True)
-            shard = qe.EdgeShard.create(str(self.folder / "shard"), qe.EdgeConfig(vectors=vectors))
+            shard = qe.EdgeShard.create(str(self.folder / "shard"), config)
             for f in keyword_fields:
                 shard.update(qe.UpdateOperation.create_field_index(f, qe.PayloadSchemaType.Keyword))
             shard.flush()
@@ -98,12 +118,14 @@ class EdgeBackend(PointsBackend):
 
         self._shard = self._guard(make, "creating the collection")
         self.remember_spaces(metadata)
+        self._spaces = dict(spaces)
 
     def open(self) -> dict[str, Any]:
         meta: dict[str, Any] = self._guard(
             lambda: json.loads((self.folder / METADATA_FILE).read_text()), "reading the collection metadata"
         )
         self.remember_spaces(meta)
+        self._spaces = {n: VectorSpace(**sp) for n, sp in meta.get("spaces", {}).items()}
         if self._shard is None:
             self._load()
         return meta
@@ -193,6 +215,34 @@ class EdgeBackend(PointsBackend):
         with self._lock:
             if self._shard is not None:
                 self._guard(self._shard.flush, "flushing writes")
+
+    def compact(self) -> None:
+        """Run Edge's optimizers now, so that every segment holding deleted points is rewritten without them.
+
+        Edge runs no optimizer in the background: deleted points keep their bytes until this runs.
+        Qdrant's vacuum defaults skip segments under 1,000 points or 20% deleted, which would leave
+        most of a chunkless store as it is (a segment point holds thousands of token rows), so the
+        shard is reloaded with VACUUM (any deleted point, any segment size) first; a store created
+        before this setting existed gets it written into its config then. The rewrite copies the live
+        points of each segment it optimises, so it needs free space for them.
+        """
+        self._refuse_read_only("compacting the store")
+        self.shard  # noqa: B018 - attached (and its spaces known) before the reload below
+        # the rewrite copies at most the store's current bytes (ensure_space multiplies by WRITE_FACTOR)
+        self.ensure_space(int((self.disk_bytes() or 0) / WRITE_FACTOR), "compacting the store")
+        with self._lock:
+            shard = self.shard
+            if self._spaces:  # reload with the vacuum settings; they persist in the shard's config
+                self._guard(shard.flush, "compacting the store")
+                self._shard = None
+                shard.close()
+                shard = self._guard(
+                    lambda: qe.EdgeShard.load(str(self.folder / "shard"), edge_config(self._spaces)),
+                    "compacting the store",
+                )
+                self._shard = shard
+            self._guard(shard.optimize, "compacting the store")
+            self._guard(shard.flush, "compacting the store")
 
     def close(self) -> None:
         with self._lock:

@@ -29,6 +29,9 @@ class CollectionMeta(BaseModel):
     layout: StorageLayout = Field(default_factory=StorageLayout)
     schema_version: int = SCHEMA_VERSION
     created_at: float = 0.0
+    # how the token vectors were made (indexer.embedders Capabilities); older collections were all hf-pooled
+    backend: str = "hf-pooled"
+    vector_kind: str = "pooled-hidden"
 
     @model_validator(mode="before")
     @classmethod
@@ -50,6 +53,8 @@ class CollectionMeta(BaseModel):
         storage_dtype: StorageDtype | None,
         where: str,
         layout: StorageLayout | None = None,
+        backend: str | None = None,
+        vector_kind: str | None = None,
     ) -> None:
         """Refuse a write or query that does not match the collection.
 
@@ -60,19 +65,31 @@ class CollectionMeta(BaseModel):
             where: what messages name (a file, a collection).
             layout: the layout asked for (None: any). Two plain layouts differing only in dtype are
                 reported by the dtype check.
+            backend: the embedder's backend (None: any).
+            vector_kind: the embedder's vector kind (None: any).
 
         Raises:
-            StoreMismatchError: model, dimension, dtype or layout differ; says which flag fixes it.
+            StoreMismatchError: model (compared by canonical identity), dimension, dtype, layout, backend or
+                vector kind differ; says which flag fixes it.
         """
+        from indexer.embedders.folder import canonical_name  # one identity per model: hub name, packaged copy
+
+        model = canonical_name(model)
         if dim != self.dim:
             raise StoreMismatchError(
                 f"{where}: model '{model}' gives {dim}-d vectors but the collection holds {self.dim}-d vectors "
                 f"from '{self.model}'; use --model {self.model} or a new --collection"
             )
-        if model != self.model:
+        if model != canonical_name(self.model):
             raise StoreMismatchError(
                 f"{where}: the collection was built with model '{self.model}', not '{model}'; "
                 f"use --model {self.model} or a new --collection"
+            )
+        if (backend, vector_kind) != (None, None) and (backend, vector_kind) != (self.backend, self.vector_kind):
+            raise StoreMismatchError(
+                f"{where}: the collection holds {self.vector_kind} vectors from the {self.backend} backend of "
+                f"'{self.model}', not {vector_kind} vectors from {backend}; use the model folder it was built with "
+                "or a new --collection"
             )
         plain = layout is None or (layout.is_plain and self.layout.is_plain)
         if layout is not None and layout != self.layout and not plain:  # names the whole layout, dtype included

@@ -264,6 +264,25 @@ class ServerBackend(PointsBackend):
     def flush(self) -> None:
         """Nothing to do: every write waited for the server to apply it."""
 
+    def compact(self) -> None:
+        """Ask the server to run its optimizers now; in qdrant-client's local mode, nothing (it has no optimizers).
+
+        A Qdrant server vacuums on its own, in the background, every segment whose deleted fraction
+        exceeds the collection's `deleted_threshold` (default 0.2) and that holds at least
+        `vacuum_min_vector_number` vectors (default 1000). Updating the collection with an empty
+        optimizer config makes the server wait for running optimizations and re-plan them now; the
+        vacuum itself still runs in the background after this returns, and only within those
+        thresholds (change them with `update_collection(optimizers_config=...)` for a stricter vacuum).
+        The server does not report its disk use through the API, so the effect shows in its own
+        storage folder, not in `disk_bytes()`.
+        """
+        if self.local:
+            return
+        self._call(
+            lambda: self.client.update_collection(self.name, optimizers_config=qm.OptimizersConfigDiff()),
+            f"compacting collection '{self.name}'",
+        )
+
     def close(self) -> None:
         self.client.close()
 

@@ -1,0 +1,430 @@
+"""Transformers models run window by window: pooled-hidden encoders/decoders and ColBERT-family models.
+
+Both feed token ids straight to the model in batches bounded by padded tokens, longest first, so a
+batch holds windows of similar length and little padding; the tokenizer runs once per document,
+outside the forward pass.
+"""
+
+from __future__ import annotations
+
+import importlib
+from collections.abc import Sequence
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+import torch
+
+from indexer.embedders.base import (
+    Capabilities,
+    TokenEmbedder,
+    Window,
+    clean_offsets,
+    plan_windows,
+    stitch,
+    unit_rows,
+)
+from indexer.embedders.device import pick_device, pick_dtype
+from indexer.embedders.folder import ModelFolder, canonical_name, read_json, resolve_model_path
+from schemas.errors import ModelLoadError, QueryError
+from schemas.models import EmbeddedDocument, LoadedDocument
+from schemas.settings import ModelSettings, Settings
+
+QUERY_TEMPLATE = "Instruct: {task}\nQuery:{query}"
+MAX_WINDOW = 32768
+
+
+def _model_settings(settings: Settings | ModelSettings) -> ModelSettings:
+    return settings.model if isinstance(settings, Settings) else settings
+
+
+def causal_only(config: Any) -> bool:
+    """True for a decoder-only architecture: transformers registers it for causal LM and not masked LM.
+
+    Such a model's last token is the only one that saw the whole text, so it pools by the last token.
+    """
+    from transformers.models.auto.modeling_auto import MODEL_FOR_CAUSAL_LM_MAPPING, MODEL_FOR_MASKED_LM_MAPPING
+
+    kind = type(config)
+    return kind in MODEL_FOR_CAUSAL_LM_MAPPING and kind not in MODEL_FOR_MASKED_LM_MAPPING
+
+
+def load_transformer(folder: ModelFolder, settings: ModelSettings, path: Path | None = None) -> tuple[Any, Any]:
+    """Tokenizer and bare transformer (no head) of a folder, any failure as ModelLoadError."""
+    from transformers import AutoModel, AutoTokenizer
+    from transformers.utils import logging as hf_logging
+
+    hf_logging.disable_progress_bar()  # a weight-loading bar on every search is noise
+    where = path or folder.path
+    device = pick_device(settings.device)
+    try:
+        tokenizer = AutoTokenizer.from_pretrained(str(where))
+        model = AutoModel.from_pretrained(str(where), dtype=pick_dtype(settings.dtype, device))
+    except Exception as e:
+        raise ModelLoadError(
+            f"model '{settings.model}': cannot load from {where} ({type(e).__name__}: {e}); point --model / "
+            "CHUNKLESS_MODEL at a complete model folder or an installed packaged model"
+        ) from e
+    return tokenizer, model
+
+
+class WindowedModel(TokenEmbedder):
+    """Shared machinery of transformers backends: windows, token-budgeted batches, stitching.
+
+    Subclasses set the capabilities and implement `_head` (hidden states -> token vectors and pooled vector).
+    """
+
+    def _setup(
+        self,
+        name: str,
+        tokenizer: Any,
+        model: torch.nn.Module,
+        settings: ModelSettings,
+        prefix: list[int],
+        suffix: list[int],
+        trained: int | None,
+    ) -> None:
+        self.name = name
+        self.tokenizer = tokenizer
+        self.device = pick_device(settings.device)
+        self.torch_dtype = pick_dtype(settings.dtype, self.device)
+        self.model = model.to(device=self.device, dtype=self.torch_dtype).eval()
+        config: Any = model.config
+        limits = [int(config.to_dict().get("max_position_embeddings") or 512)]  # optional in HF configs
+        tml = int(tokenizer.model_max_length or 0)
+        if 0 < tml < 1_000_000:
+            limits.append(tml)
+        model_max = min(limits)
+        # default: the length the model was fine-tuned for, when it says (sentence-transformers
+        # max_seq_length), not its position table: MiniLM's 256 vs 512 is +.03 span hit@1 on squad2-dev
+        self.window = min(settings.window_tokens or trained or model_max, model_max, MAX_WINDOW)
+        tokenizer.model_max_length = 10**9  # we window ourselves; silence the "sequence too long" warning
+        self.prefix, self.suffix = prefix, suffix
+        self.content = self.window - len(prefix) - len(suffix)
+        if self.content < 8:
+            raise ModelLoadError(f"model '{name}': a {self.window}-token window leaves no room for text; raise it")
+        self.stride = max(1, int(self.content * (1.0 - settings.window_overlap)))
+        pad = tokenizer.pad_token_id
+        self.pad_id = int(pad if pad is not None else suffix[0] if suffix else 0)
+        self.batch_tokens = settings.batch_tokens
+        self.max_query_tokens = min(settings.max_query_tokens, self.content)
+
+    # --- subclass hook ---------------------------------------------------------------------------
+    def _head(self, hidden: torch.Tensor, mask: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+        """(b, L, h) hidden states and (b, L) attention mask -> (b, L, dim) token vectors, (b, dim) pooled."""
+        raise NotImplementedError
+
+    # --- shared ----------------------------------------------------------------------------------
+    def tokenize(self, text: str) -> tuple[list[int], np.ndarray]:
+        enc = self.tokenizer(text, add_special_tokens=False, return_offsets_mapping=True)
+        ids = list(enc["input_ids"])
+        off = np.asarray(enc["offset_mapping"], dtype=np.int64).reshape(-1, 2)
+        return ids, clean_offsets(off, len(text))
+
+    def batches(
+        self, seqs: Sequence[Sequence[int]], attend: Sequence[int] | None = None
+    ) -> list[tuple[list[int], torch.Tensor, torch.Tensor]]:
+        """The padded batches `seqs` run in: longest first, each at most `batch_tokens` padded tokens.
+
+        Args:
+            seqs: model input ids per sequence.
+            attend: per sequence, how many leading tokens are attended (default: all).
+
+        Returns:
+            (sequence indices, ids (b, L), attention mask (b, L)) per batch, on the CPU.
+        """
+        lengths = np.fromiter((len(s) for s in seqs), dtype=np.int64, count=len(seqs))
+        order = np.argsort(-lengths, kind="stable")
+        out = []
+        i = 0
+        while i < len(order):
+            longest = int(lengths[order[i]])
+            n = max(1, min(len(order) - i, self.batch_tokens // max(longest, 1)))
+            rows = [int(j) for j in order[i : i + n]]
+            ids = np.full((len(rows), longest), self.pad_id, dtype=np.int64)
+            mask = np.zeros((len(rows), longest), dtype=np.int64)
+            for r, j in enumerate(rows):
+                ids[r, : lengths[j]] = seqs[j]
+                mask[r, : (attend[j] if attend is not None else lengths[j])] = 1
+            out.append((rows, torch.from_numpy(ids), torch.from_numpy(mask)))
+            i += n
+        return out
+
+    def forward(self, ids: torch.Tensor, mask: torch.Tensor) -> torch.Tensor:
+        """The bare transformer on one batch: (b, L, h) last hidden states (what a benchmark times alone)."""
+        with torch.inference_mode():
+            return self.model(input_ids=ids.to(self.device), attention_mask=mask.to(self.device)).last_hidden_state
+
+    def encode(
+        self, seqs: Sequence[Sequence[int]], attend: Sequence[int] | None = None
+    ) -> list[tuple[np.ndarray, np.ndarray]]:
+        """Run model input ids (special tokens included) in token-budgeted batches.
+
+        Args:
+            seqs: model input ids per sequence.
+            attend: per sequence, how many leading tokens are attended (default: all).
+
+        Returns:
+            Per sequence: its (len, dim) float32 token vectors (not normalised) and (dim,) unit pooled vector.
+        """
+        out: list[tuple[np.ndarray, np.ndarray]] = [(np.empty(0), np.empty(0))] * len(seqs)
+        for rows, ids, mask in self.batches(seqs, attend):
+            with torch.inference_mode():
+                hidden = self.forward(ids, mask)
+                tokens, pooled = self._head(hidden, mask.to(self.device))
+                pooled = torch.nn.functional.normalize(pooled.float(), dim=-1)
+                tokens_np = tokens.float().cpu().numpy()
+                pooled_np = pooled.cpu().numpy()
+            for r, j in enumerate(rows):
+                out[j] = (tokens_np[r, : len(seqs[j])], pooled_np[r])
+        return out
+
+    def _windows(
+        self, docs: Sequence[LoadedDocument]
+    ) -> tuple[list[tuple[list[int], np.ndarray]], list[Window], list[list[int]]]:
+        tokenized = [self.tokenize(d.text) for d in docs]
+        windows = plan_windows([len(ids) for ids, _ in tokenized], self.content, self.stride)
+        seqs = [self.prefix + tokenized[w.doc][0][w.start : w.end] + self.suffix for w in windows]
+        return tokenized, windows, seqs
+
+    def window_batches(self, docs: Sequence[LoadedDocument]) -> list[tuple[torch.Tensor, torch.Tensor]]:
+        """The exact (ids, mask) batches `embed_documents(docs)` runs through the model, for benchmarks."""
+        return [(ids, mask) for _, ids, mask in self.batches(self._windows(docs)[2])]
+
+    def embed_documents(self, docs: Sequence[LoadedDocument]) -> list[EmbeddedDocument]:
+        tokenized, windows, seqs = self._windows(docs)
+        results = self.encode(seqs)
+        p = len(self.prefix)
+        out = []
+        mine: list[list[int]] = [[] for _ in docs]
+        for i, w in enumerate(windows):
+            mine[w.doc].append(i)
+        for k, doc in enumerate(docs):
+            bounds = np.array([[windows[i].start, windows[i].end] for i in mine[k]], dtype=np.int64).reshape(-1, 2)
+            rows = [results[i][0][p : p + (windows[i].end - windows[i].start)] for i in mine[k]]
+            wp = np.stack([results[i][1] for i in mine[k]])
+            out.append(stitch(doc, tokenized[k][1], bounds, rows, wp, self.dim))
+        return out
+
+    def embed_texts(self, texts: Sequence[str]) -> np.ndarray:
+        seqs = [self.prefix + self.tokenize(t)[0][: self.content] + self.suffix for t in texts]
+        res = self.encode(seqs)
+        return np.stack([r[1] for r in res]).astype(np.float32) if res else np.zeros((0, self.dim), np.float32)
+
+    def _check_query(self, query: str, n_tokens: int) -> None:
+        if not query.strip():
+            raise QueryError("query is empty; pass the question to search for")
+        if n_tokens > self.max_query_tokens:
+            raise QueryError(
+                f"query is {n_tokens} tokens, over the limit of {self.max_query_tokens} "
+                "(max_query_tokens / model window); shorten it"
+            )
+
+
+class HFTokenEmbedder(WindowedModel):
+    """A transformers encoder or decoder whose last hidden states are the token vectors.
+
+    Pooling comes from the folder's Pooling module (mean, CLS or last token); without one, decoder-only
+    models pool the last token (with `<|endoftext|>` appended, as Qwen3-Embedding is trained) and
+    encoders the mean. Queries get the folder's "query" prompt, or the configured instruction for
+    last-token models.
+    """
+
+    def __init__(
+        self, settings: Settings | ModelSettings, folder: ModelFolder | None = None, name: str | None = None
+    ) -> None:
+        """Load the model `settings` names (or the given folder).
+
+        Raises:
+            ModelLoadError: it cannot be found or loaded.
+        """
+        ms = _model_settings(settings)
+        folder = folder or ModelFolder.read(resolve_model_path(ms.model))
+        tokenizer, model = load_transformer(folder, ms)
+        self._build(name or canonical_name(ms.model), tokenizer, model, ms, folder)
+
+    @classmethod
+    def from_model(
+        cls,
+        model: torch.nn.Module,
+        tokenizer: Any,
+        settings: Settings | ModelSettings,
+        folder: ModelFolder | None = None,
+    ) -> HFTokenEmbedder:
+        """Wrap an already-built model (tests build tiny random models this way).
+
+        Args:
+            model: a transformers base model (no head).
+            tokenizer: its tokenizer.
+            settings: model settings (name, pooling, window...).
+            folder: what its folder would say (pooling, prompts); default: nothing.
+
+        Returns:
+            The embedder.
+        """
+        self = cls.__new__(cls)
+        ms = _model_settings(settings)
+        self._build(ms.model, tokenizer, model, ms, folder or ModelFolder(Path("."), {}))
+        return self
+
+    def _build(
+        self, name: str, tokenizer: Any, model: torch.nn.Module, settings: ModelSettings, folder: ModelFolder
+    ) -> None:
+        pooling = settings.pooling if settings.pooling != "auto" else folder.pooling
+        if pooling is None:
+            pooling = "last" if causal_only(model.config) else "mean"
+        if pooling == "last":
+            eot = tokenizer.convert_tokens_to_ids("<|endoftext|>")
+            if not isinstance(eot, int) or eot == tokenizer.unk_token_id:
+                eot = tokenizer.eos_token_id
+            prefix: list[int] = []
+            suffix = [int(eot)]
+        else:
+            cls_id, sep_id = tokenizer.cls_token_id, tokenizer.sep_token_id
+            prefix = [int(cls_id)] if cls_id is not None else []
+            suffix = [int(sep_id)] if sep_id is not None else []
+        doc_prompt = folder.prompt("document", "passage")
+        if doc_prompt:
+            prefix = prefix + list(tokenizer(doc_prompt, add_special_tokens=False)["input_ids"])
+        self.capabilities = Capabilities(
+            backend="hf-pooled", vector_kind="pooled-hidden", pooling=pooling, query_tokens=True
+        )
+        self.dim = int(model.config.hidden_size)  # type: ignore[union-attr,arg-type]
+        self.query_prompt = folder.prompt("query")
+        self.query_instruction = settings.query_instruction if pooling == "last" else None
+        self._setup(name, tokenizer, model, settings, prefix, suffix, folder.trained_length)
+
+    def _head(self, hidden: torch.Tensor, mask: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+        if self.pooling == "last":  # right padding keeps causal states exact; the last attended token pools
+            last = mask.sum(1) - 1
+            return hidden, hidden[torch.arange(len(hidden), device=hidden.device), last]
+        if self.pooling == "cls":
+            return hidden, hidden[:, 0]
+        m = mask.unsqueeze(-1).to(hidden.dtype)
+        return hidden, (hidden * m).sum(1) / m.sum(1).clamp(min=1)
+
+    def query_ids(self, query: str) -> list[int]:
+        """Model input ids of a query in its query form (instruction or prompt applied, special tokens added).
+
+        Raises:
+            QueryError: empty or too long.
+        """
+        text = query
+        if self.query_instruction:
+            text = QUERY_TEMPLATE.format(task=self.query_instruction, query=query)
+        elif self.query_prompt:
+            text = self.query_prompt + query
+        ids, _ = self.tokenize(text)
+        self._check_query(query, len(ids))
+        return self.prefix_for_query + ids + self.suffix
+
+    @property
+    def prefix_for_query(self) -> list[int]:
+        """Special tokens before a query (the document prompt is not a query's)."""
+        cls_id = self.tokenizer.cls_token_id
+        return [int(cls_id)] if self.pooling != "last" and cls_id is not None else []
+
+    def embed_queries(self, queries: Sequence[str]) -> np.ndarray:
+        res = self.encode([self.query_ids(q) for q in queries])
+        return np.stack([r[1] for r in res]).astype(np.float32) if res else np.zeros((0, self.dim), np.float32)
+
+    def embed_query_tokens(self, query: str) -> np.ndarray:
+        ids = self.query_ids(query)
+        rows = self.encode([ids])[0][0][len(self.prefix_for_query) : len(ids) - len(self.suffix)]
+        return unit_rows(rows)
+
+
+def load_dense(path: Path) -> tuple[torch.nn.Module, int]:
+    """A sentence-transformers/PyLate Dense module from its folder: config.json + linear weights.
+
+    Raises:
+        ModelLoadError: missing or inconsistent files.
+    """
+    try:
+        cfg = read_json(path / "config.json")
+        linear = torch.nn.Linear(int(cfg["in_features"]), int(cfg["out_features"]), bias=bool(cfg.get("bias", True)))
+        if (path / "model.safetensors").is_file():
+            from safetensors.torch import load_file
+
+            state = load_file(str(path / "model.safetensors"))
+        else:
+            state = torch.load(str(path / "pytorch_model.bin"), map_location="cpu", weights_only=True)
+        linear.load_state_dict({k.removeprefix("linear."): v for k, v in state.items()})
+        module_name, _, cls_name = str(cfg.get("activation_function", "torch.nn.modules.linear.Identity")).rpartition(
+            "."
+        )
+        activation = vars(importlib.import_module(module_name))[cls_name]()  # the class the folder names
+    except ModelLoadError:
+        raise
+    except Exception as e:
+        raise ModelLoadError(
+            f"Dense module {path}: cannot load ({type(e).__name__}: {e}); re-download the model"
+        ) from e
+    return torch.nn.Sequential(linear, activation), int(linear.out_features)
+
+
+class ColBERTEmbedder(WindowedModel):
+    """A ColBERT-family model in the sentence-transformers/PyLate folder format.
+
+    Token vectors are the Dense projection of the last hidden states (96/128-d), which is what MaxSim
+    was trained on. Documents run as `[CLS] [D] text [SEP]`, queries as `[CLS] [Q] text [SEP]` padded
+    with `[MASK]` to the query length (query expansion), with the prefixes and lengths the folder's
+    config_sentence_transformers.json records. Pooled vectors are the mean of the token vectors.
+    """
+
+    def __init__(self, settings: ModelSettings, folder: ModelFolder, name: str) -> None:
+        transformer = folder.module_path(".Transformer") or folder.path
+        tokenizer, model = load_transformer(folder, settings, transformer)
+        dense_path = folder.module_path(".Dense")
+        assert dense_path is not None  # folder.backend said colbert
+        self.dense, self.dim = load_dense(dense_path)
+        st = folder.st_config
+        self.capabilities = Capabilities(
+            backend="colbert", vector_kind="multivector", pooling="token-mean", query_tokens=True
+        )
+        cls_id, sep_id = tokenizer.cls_token_id, tokenizer.sep_token_id
+        self.query_marker = self._marker(tokenizer, str(st.get("query_prefix", "[unused0]")))
+        doc_marker = self._marker(tokenizer, str(st.get("document_prefix", "[unused1]")))
+        self.query_length = int(st.get("query_length") or 32)
+        self.attend_expansion = bool(st.get("attend_to_expansion_tokens", False))
+        mask_id = tokenizer.mask_token_id
+        self.expansion_id = int(mask_id if mask_id is not None else tokenizer.pad_token_id or 0)
+        self.head_ids = [int(cls_id)] if cls_id is not None else []
+        self.tail_ids = [int(sep_id)] if sep_id is not None else []
+        trained = st.get("document_length") or folder.trained_length
+        self._setup(name, tokenizer, model, settings, self.head_ids + doc_marker, self.tail_ids, trained)
+        self.dense = self.dense.to(device=self.device, dtype=self.torch_dtype)
+        # a query longer than query_length is kept whole (no expansion) rather than cut: its words all count
+
+    @staticmethod
+    def _marker(tokenizer: Any, text: str) -> list[int]:
+        ids = tokenizer.convert_tokens_to_ids(text)
+        if isinstance(ids, int) and ids != tokenizer.unk_token_id:
+            return [ids]
+        return list(tokenizer(text, add_special_tokens=False)["input_ids"])
+
+    def _head(self, hidden: torch.Tensor, mask: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+        tokens = torch.nn.functional.normalize(self.dense(hidden.to(self.torch_dtype)).float(), dim=-1)
+        m = mask.unsqueeze(-1).float()
+        return tokens, (tokens * m).sum(1) / m.sum(1).clamp(min=1)
+
+    def _query_seqs(self, queries: Sequence[str]) -> tuple[list[list[int]], list[int]]:
+        seqs, attend = [], []
+        for q in queries:
+            ids, _ = self.tokenize(q)
+            self._check_query(q, len(ids))
+            seq = self.head_ids + self.query_marker + ids + self.tail_ids
+            full = max(self.query_length, len(seq))
+            attend.append(full if self.attend_expansion else len(seq))
+            seqs.append(seq + [self.expansion_id] * (full - len(seq)))
+        return seqs, attend
+
+    def embed_queries(self, queries: Sequence[str]) -> np.ndarray:
+        seqs, attend = self._query_seqs(queries)
+        # expansion tokens are query vectors too: the pooled query is the mean of all query_length rows
+        res = self.encode(seqs, attend)
+        return np.stack([unit_rows(r[0].mean(0)) for r in res]) if res else np.zeros((0, self.dim), np.float32)
+
+    def embed_query_tokens(self, query: str) -> np.ndarray:
+        seqs, attend = self._query_seqs([query])
+        return unit_rows(self.encode(seqs, attend)[0][0])
