@@ -1,9 +1,6 @@
-"""Turn files into LoadedDocuments: reading text and structure per format (indexer/reading).
+"""Turn one file into a LoadedDocument: reading text and structure per format (indexer/reading).
 
-doc_id: the file's POSIX path relative to the *parent* of the path given to the loader, so
-`chunkless ingest docs/` names `docs/a/b.pdf` as "docs/a/b.pdf" and `chunkless ingest docs/a/b.pdf`
-names it "b.pdf". It depends only on what was asked for, not on the working directory or the
-machine, so re-ingesting the same tree from another clone reaches the same points.
+Which files a run ingests and the doc_id each gets is `indexer.discover`'s job; this module only loads.
 """
 
 from __future__ import annotations
@@ -12,45 +9,15 @@ import hashlib
 import logging
 from collections.abc import Iterable, Iterator
 from pathlib import Path
+from typing import Any
 
+from indexer.discover import PDF_SUFFIXES, discover, unsupported
+from indexer.discover import SUPPORTED_SUFFIXES as SUPPORTED_SUFFIXES  # scripts import it from here
 from indexer.reading import read_document
 from schemas.errors import InputError
 from schemas.models import IngestFailure, LoadedDocument
 
 log = logging.getLogger(__name__)
-
-TEXT_SUFFIXES = {".md", ".markdown", ".txt"}
-PDF_SUFFIXES = {".pdf"}
-HTML_SUFFIXES = {".html", ".htm"}
-SUPPORTED_SUFFIXES = TEXT_SUFFIXES | PDF_SUFFIXES | HTML_SUFFIXES
-
-
-def iter_files(paths: Iterable[Path]) -> Iterator[tuple[Path, str] | IngestFailure]:
-    """Yield (file, doc_id) for every supported file under `paths`, or a failure for a bad argument."""
-    for root in paths:
-        if not root.exists():
-            yield IngestFailure(path=str(root), reason="path does not exist; check the spelling")
-            continue
-        if root.is_file():
-            if root.suffix.lower() not in SUPPORTED_SUFFIXES:
-                yield IngestFailure(path=str(root), reason=_unsupported(root))
-            else:
-                yield root, root.name
-            continue
-        base = root.resolve().parent
-        for f in sorted(p for p in root.resolve().rglob("*") if p.is_file()):
-            if any(part.startswith(".") for part in f.relative_to(base).parts):
-                continue  # hidden files and folders (.git, .DS_Store) are never documents
-            if f.suffix.lower() not in SUPPORTED_SUFFIXES:
-                log.info("skipping %s: %s", f, _unsupported(f))
-                continue
-            yield f, f.relative_to(base).as_posix()
-
-
-def _unsupported(path: Path) -> str:
-    exts = ", ".join(sorted(SUPPORTED_SUFFIXES))
-    return f"unsupported file type '{path.suffix or '(none)'}'; chunkless reads {exts}"
-
 
 def file_hash(path: Path) -> str:
     """sha256 of the file's bytes: the unit of change detection."""
@@ -69,7 +36,11 @@ def load_file(path: Path, doc_id: str, content_hash: str | None = None) -> Loade
     except OSError as e:
         raise InputError(str(path), f"cannot read file ({e.strerror}); check permissions") from e
     if suffix not in SUPPORTED_SUFFIXES:
-        raise InputError(str(path), _unsupported(path))
+        raise InputError(str(path), unsupported(path))
+    if suffix in PDF_SUFFIXES:
+        import pymupdf
+
+        _refuse_encrypted(path, pymupdf)
     reading = read_document(path)  # reading text + structure (indexer/reading), per format
     return LoadedDocument(
         doc_id=doc_id,
@@ -82,14 +53,32 @@ def load_file(path: Path, doc_id: str, content_hash: str | None = None) -> Loade
     )
 
 
-def load_paths(paths: Iterable[Path]) -> Iterator[LoadedDocument | IngestFailure]:
-    """Load every supported file under `paths`; bad files come back as IngestFailure, never raise."""
-    for item in iter_files(paths):
-        if isinstance(item, IngestFailure):
-            yield item
-            continue
-        path, doc_id = item
+def _refuse_encrypted(path: Path, pymupdf: Any) -> None:
+    """Raise InputError for a password-protected PDF (pymupdf4llm would fail on it with a TypeError)."""
+    try:
+        with pymupdf.open(path) as doc:
+            locked = bool(doc.needs_pass)
+    except Exception:  # not a PDF at all: let the full parse say "corrupt" as it always has
+        return
+    if locked:
+        raise InputError(
+            str(path),
+            "PDF is encrypted (password-protected); save an unencrypted copy (e.g. qpdf --decrypt "
+            "--password=PW in.pdf out.pdf) and ingest that",
+        )
+
+
+def load_paths(
+    paths: Iterable[Path], id_from: Path | None = None, doc_id: str | None = None
+) -> Iterator[LoadedDocument | IngestFailure]:
+    """Load every supported file under `paths` (ids as `indexer.discover.discover` gives them).
+
+    Bad files come back as IngestFailure, never raise.
+    """
+    found = discover(paths, id_from, doc_id)
+    yield from found.failures
+    for f in found.files:
         try:
-            yield load_file(path, doc_id)
+            yield load_file(f.path, f.doc_id)
         except InputError as e:
             yield IngestFailure(path=e.path, reason=e.reason)

@@ -42,8 +42,8 @@ import torch
 
 from indexer.embedders import HFTokenEmbedder, assign_central, load_embedder, window_starts
 from indexer.store import Candidate, Where
-from retriever.benchmark import Benchmark, BenchQuery, Hit, Scores, hit_at, load_benchmark, score
-from retriever.evaluate import auc, index_benchmark, run_chunkless
+from retriever.evaluation.benchmark import Benchmark, BenchQuery, Hit, Scores, hit_at, load_benchmark, score
+from retriever.evaluation.evaluate import auc, index_benchmark, run_chunkless
 from retriever.fetch import DocTokens
 from retriever.methods import MethodContext, MethodFactory, SentenceCaches, SentenceMethod
 from retriever.search import Retriever

@@ -15,8 +15,8 @@ import time
 from pathlib import Path
 
 from indexer.embedders import load_embedder
-from retriever.benchmark import BenchQuery, Hit, load_benchmark, score
-from retriever.evaluate import index_benchmark
+from retriever.evaluation.benchmark import BenchQuery, Hit, load_benchmark, score
+from retriever.evaluation.evaluate import index_benchmark
 from retriever.search import Retriever
 from schemas.settings import Settings
 

@@ -18,7 +18,8 @@ PICK = {"Steam_engine": ("steam_engine.pdf", 9000), "Normans": ("normans.md", 70
 
 def excerpt(text: str, limit: int) -> str:
     """Whole paragraphs up to `limit` characters."""
-    out, size = [], 0
+    out: list[str] = []
+    size = 0
     for para in text.split("\n\n"):
         if size + len(para) > limit and out:
             break
@@ -32,7 +33,8 @@ def write_pdf(path: Path, title: str, text: str) -> None:
     doc.set_metadata({"title": title, "author": "Wikipedia contributors (CC BY-SA 4.0)"})
     paras = text.split("\n\n")
     rect = pymupdf.Rect(72, 72, 540, 740)
-    page, chunk = None, []
+    page = None
+    chunk: list[str] = []
     while paras:
         page = doc.new_page()
         chunk = []

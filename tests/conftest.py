@@ -8,9 +8,7 @@ import pytest
 
 from indexer.embedders import HFTokenEmbedder, qwen3_tokenizer_dir
 from schemas.settings import Settings
-
-REPO = Path(__file__).resolve().parent.parent
-DEMO = REPO / "demo" / "corpus"
+from tests.support import DEMO, REPO  # noqa: F401 - still imported from here by other test files
 
 
 @pytest.fixture(autouse=True)

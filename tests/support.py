@@ -10,6 +10,10 @@ import numpy as np
 
 from schemas.models import EmbeddedDocument, LoadedDocument
 
+# --- paths of the repository and its demo corpus ----------------------------------------------------
+REPO = Path(__file__).resolve().parent.parent
+DEMO = REPO / "demo" / "corpus"
+
 
 def fake_embedded(
     doc_id: str, n: int, dim: int, seed: int = 0, version: str = "a" * 64, window: int | None = None

@@ -8,8 +8,9 @@ from pathlib import Path
 
 import pytest
 
-from retriever.cli import main
-from tests.conftest import DEMO
+from retriever.cli import EXIT_BUG, build_parser, main, settings_of, terminal_safe
+from schemas.errors import EXIT_FILES_FAILED, SettingsError, StoreBusyError, StoreError
+from tests.support import DEMO
 
 
 @pytest.fixture(scope="module")
@@ -21,7 +22,9 @@ def demo_store(tmp_path_factory: pytest.TempPathFactory) -> Path:
     (corpus / "broken.pdf").write_bytes(b"%PDF-1.7 truncated")
     (corpus / "empty.txt").write_text("")
     store = root / "store"
-    assert main(["ingest", str(corpus), "--store", str(store)]) == 1  # non-zero: two files failed
+    # ids relative to root ("corpus/force.txt"), so the bundled DEMO (also "corpus") maps to the same ids
+    args = ["ingest", str(corpus), "--store", str(store), "--id-from", str(root)]
+    assert main(args) == EXIT_FILES_FAILED  # two files failed
     return store
 
 
@@ -58,7 +61,8 @@ def test_reingest_is_skipped_and_failures_reported(
     demo_store: Path, tmp_path: Path, capsys: pytest.CaptureFixture[str]
 ) -> None:
     report = tmp_path / "r.json"
-    assert main(["ingest", str(DEMO), "--store", str(demo_store), "--report", str(report)]) == 0
+    argv = ["ingest", str(DEMO), "--store", str(demo_store), "--report", str(report), "--id-from", str(DEMO.parent)]
+    assert main(argv) == 0
     # DEMO is named "corpus" too, so its doc_ids are the stored ones: nothing to embed again
     r = json.loads(report.read_text())
     assert r["documents"] == 0 and r["skipped_unchanged"] == 3 and r["failures"] == []
@@ -94,3 +98,129 @@ def test_delete_removes_a_document(demo_store: Path, tmp_path: Path, capsys: pyt
     shutil.copytree(demo_store, store)
     assert main(["delete", "corpus/force.txt", "--store", str(store)]) == 0
     assert run_json(capsys, "stats", "--store", str(store), "--json")["documents"] == 2
+
+
+QUESTION = "How does a steam engine turn heat into mechanical work?"
+
+
+def test_top_from_the_environment_applies_when_the_flag_is_not_given(
+    demo_store: Path, monkeypatch: pytest.MonkeyPatch, capsys: pytest.CaptureFixture[str]
+) -> None:
+    monkeypatch.setenv("CHUNKLESS_TOP", "2")
+    assert len(run_json(capsys, "search", QUESTION, "--json", "--store", str(demo_store))["spans"]) == 2
+    assert len(run_json(capsys, "search", QUESTION, "--json", "--store", str(demo_store), "--top", "3")["spans"]) == 3
+
+
+def test_unset_flags_never_override_the_environment(
+    demo_store: Path, monkeypatch: pytest.MonkeyPatch, capsys: pytest.CaptureFixture[str]
+) -> None:
+    monkeypatch.setenv("CHUNKLESS_COLLECTION", "elsewhere")
+    monkeypatch.setenv("CHUNKLESS_DTYPE", "bfloat16")
+    s = settings_of(build_parser().parse_args(["search", "q", "--store", str(demo_store)]))
+    assert s.store.collection == "elsewhere" and s.model.dtype == "bfloat16" and s.spans.top == 5
+    assert main(["list", "--store", str(demo_store)]) == StoreError.exit_code
+    assert "no collection 'elsewhere'" in capsys.readouterr().err
+
+
+def test_dtype_is_the_model_dtype_and_storage_dtype_the_stored_one() -> None:
+    s = settings_of(build_parser().parse_args(["ingest", "x", "--dtype", "float16", "--storage-dtype", "int8"]))
+    assert s.model.dtype == "float16" and s.store.storage_dtype == "int8"
+    s = settings_of(build_parser().parse_args(["ingest", "x", "--storage", "int8-pca128-pool2"]))
+    assert s.store.layout.name == "int8-pca128-pool2" and s.model.dtype == "auto"
+
+
+@pytest.mark.parametrize(
+    ("argv", "needles"),
+    [
+        (["search", "q", "--top", "0"], ["--top", "CHUNKLESS_TOP", "=0", "greater than or equal to 1"]),
+        (["search", "q", "--top", "-1"], ["--top", "=-1", "greater than or equal to 1"]),
+        (
+            ["ingest", "x", "--storage", "int8-pool9"],
+            ["storage_pool", "CHUNKLESS_STORAGE_POOL", "=9", "less than or equal to 4"],
+        ),
+        (["ingest", "x", "--storage", "int9"], ["--storage", "'int9'", "DTYPE[-pcaN|-truncateN][-poolK]"]),
+    ],
+)
+def test_bad_settings_name_field_value_and_range(
+    tmp_path: Path, capsys: pytest.CaptureFixture[str], argv: list[str], needles: list[str]
+) -> None:
+    assert main([*argv, "--store", str(tmp_path / "s")]) == SettingsError.exit_code == 2
+    err = capsys.readouterr().err
+    assert err.startswith("chunkless: error: ") and err.count("\n") == 1 and "Traceback" not in err
+    for n in needles:
+        assert n in err
+    assert not (tmp_path / "s").exists()  # refused before anything was opened or created
+
+
+def test_exit_codes_follow_the_error_type(tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> None:
+    assert main(["stats", "--store", str(tmp_path / "missing")]) == 3  # StoreNotFoundError
+    assert "chunkless ingest" in capsys.readouterr().err
+    assert main(["eval", str(tmp_path / "nobench")]) == 2  # InputError: the benchmark file is missing
+    assert "corpus.jsonl" in capsys.readouterr().err
+
+
+def test_an_unexpected_error_is_one_line_and_exit_70(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch, capsys: pytest.CaptureFixture[str]
+) -> None:
+    import retriever.cli as cli
+
+    def broken(args: object) -> int:
+        raise RuntimeError("something impossible\nsecond line")
+
+    monkeypatch.setattr(cli, "cmd_list", broken)  # stands in for a bug anywhere below the command
+    assert main(["list"]) == EXIT_BUG == 70
+    err = capsys.readouterr().err
+    assert err.count("\n") == 1 and "Traceback" not in err
+    assert "RuntimeError: something impossible" in err and "this is a bug, please report" in err
+    monkeypatch.setenv("CHUNKLESS_DEBUG", "1")
+    assert main(["list"]) == 70
+    assert "Traceback" in capsys.readouterr().err
+
+
+def test_list_shows_ids_sources_tokens_and_ingest_time(demo_store: Path, capsys: pytest.CaptureFixture[str]) -> None:
+    from datetime import datetime
+
+    docs = run_json(capsys, "list", "--json", "--store", str(demo_store))["documents"]
+    assert [d["doc_id"] for d in docs] == ["corpus/force.txt", "corpus/normans.md", "corpus/steam_engine.pdf"]
+    for d in docs:
+        assert d["n_tokens"] > 500 and Path(d["source"]).name == Path(d["doc_id"]).name
+        assert datetime.fromisoformat(d["ingested_at"]).year >= 2024
+    assert main(["list", "--store", str(demo_store)]) == 0
+    lines = capsys.readouterr().out.splitlines()
+    assert len(lines) == 3 and lines[0].startswith("corpus/force.txt\t") and "tokens" in lines[0]
+
+
+def test_terminal_safe_drops_escapes_and_controls() -> None:
+    assert terminal_safe("a\x1b[31mb\x1b[0m\x07c\x1b]0;pwned\x07d\u202ee\tf\ng") == "abcde\tf\ng"
+
+
+def test_document_escapes_never_reach_the_terminal(tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> None:
+    corpus = tmp_path / "corpus"
+    corpus.mkdir()
+    (corpus / "dragon.txt").write_text(
+        "The red dragon \x1b[31mbreathes fire\x1b[0m over the castle every night.\x07 "
+        "The knights of the castle flee into the forest when it comes."
+    )
+    store = str(tmp_path / "store")
+    assert main(["ingest", str(corpus), "--store", store]) == 0
+    capsys.readouterr()
+    assert main(["search", "What does the dragon breathe?", "--store", store]) == 0
+    out = capsys.readouterr().out
+    assert "breathes fire" in out and "\x1b" not in out and "\x07" not in out
+    assert main(["search", "What does the dragon breathe?", "--store", store, "--json"]) == 0
+    raw = capsys.readouterr().out
+    assert "\x1b" not in raw and "\x07" not in raw  # JSON escapes them...
+    assert "\x1b[31m" in json.loads(raw)["spans"][0]["text"]  # ...and keeps the document's text exact
+
+
+def test_a_busy_store_exits_4(demo_store: Path, capsys: pytest.CaptureFixture[str]) -> None:
+    from indexer.store import open_store
+    from schemas.settings import Settings
+
+    holder = open_store(Settings(store_path=demo_store).store)  # Edge allows one open per store
+    try:
+        assert main(["list", "--store", str(demo_store)]) == StoreBusyError.exit_code == 4
+    finally:
+        holder.close()
+    err = capsys.readouterr().err
+    assert err.startswith("chunkless: error: ") and "Traceback" not in err

@@ -9,13 +9,22 @@ from pathlib import Path
 import pytest
 
 from indexer.embedders import HFTokenEmbedder
-from retriever.baselines import sentences, token_chunks
-from retriever.benchmark import BenchQuery, Hit, evidence_f1, hit_at, load_benchmark, words
 from retriever.boundaries import sentence_ranges
 from retriever.cli import main
-from retriever.evaluate import auc, evaluate
+from retriever.evaluation import (
+    BenchQuery,
+    Hit,
+    auc,
+    evaluate,
+    evidence_f1,
+    hit_at,
+    load_benchmark,
+    sentences,
+    token_chunks,
+    words,
+)
 from schemas.settings import Settings
-from tests._bench_fixture import DOCS, QUESTIONS, write_bench
+from tests.support import DOCS, QUESTIONS, write_bench
 
 
 @pytest.fixture(scope="module")
@@ -97,3 +106,21 @@ def test_auc() -> None:
     assert auc([0.1], [0.9]) == 0.0
     assert auc([0.5, 0.5], [0.5]) == 0.5  # ties count half
     assert auc([0.5], []) is None
+
+
+def test_storage_report_runs_from_the_package(
+    bench_dir: Path, tmp_path: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
+    out = tmp_path / "sr"
+    argv = [str(bench_dir), "--out", str(out), "--configs", "int8", "--no-chunks", "--sample", "3"]
+    assert main(["storage-report", *argv, "--latency-queries", "1", "--cache-dir", str(tmp_path / "c")]) == 0
+    rows = (out / "results.csv").read_text().splitlines()
+    assert rows[0].startswith("config,") and len(rows) == 2 and rows[1].startswith("int8,")
+    assert "| int8 |" in (out / "table.md").read_text() and (out / "quality_vs_bytes.png").is_file()
+
+
+def test_storage_report_names_a_bad_layout(bench_dir: Path, tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> None:
+    argv = [str(bench_dir), "--out", str(tmp_path / "sr"), "--configs", "int8,int8-pool9"]
+    assert main(["storage-report", *argv]) == 2
+    err = capsys.readouterr().err
+    assert err.startswith("chunkless: error: --configs int8-pool9: invalid setting storage_pool") and "=9" in err

@@ -21,7 +21,7 @@ def store(tmp_path_factory: pytest.TempPathFactory) -> Path:
     corpus = root / "corpus"
     corpus.mkdir()
     shutil.copy(DEMO / "steam_engine.pdf", corpus)
-    assert main(["ingest", str(corpus), "--store", str(root / "store"), "--quiet"]) == 0
+    assert main(["ingest", str(corpus), "--store", str(root / "store"), "--quiet", "--id-from", str(root)]) == 0
     return root / "store"
 
 

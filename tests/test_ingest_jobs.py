@@ -20,10 +20,13 @@ import numpy as np
 import pymupdf
 import pytest
 
+import indexer.parts as parts
 import indexer.pipeline as pipeline
 from indexer.embedders import DelegatingEmbedder, HFTokenEmbedder
 from indexer.loaders import file_hash
 from indexer.store import EdgeBackend, Match, Where, open_store
+from retriever.cli import main
+from schemas.errors import InputError
 from schemas.models import EmbeddedDocument, LoadedDocument
 from schemas.settings import Settings
 from tests.conftest import REPO
@@ -53,6 +56,11 @@ WORDS = [
     "pepper",
     "turbine",
 ]
+
+
+def doc_id(path: Path) -> str:
+    """The default doc_id: the file's resolved absolute POSIX path."""
+    return path.resolve().as_posix()
 
 
 def make_corpus(root: Path, n: int, words: int = 120) -> Path:
@@ -190,7 +198,7 @@ def test_kill_between_segments_and_header_leaves_only_orphans(
     monkeypatch.setattr(EdgeBackend, "upsert", real_upsert)
 
     store = open_store(s.store)
-    old_version = store.headers()["corpus/doc001.txt"].version
+    old_version = store.headers()[doc_id(corpus / "doc001.txt")].version
     assert old_version != file_hash(corpus / "doc001.txt")  # searchers still see the old version whole
     assert store.backend.count(Where(must=[Match("kind", "segment")])) == 4  # 3 live + 1 orphan
     store.close()
@@ -199,7 +207,7 @@ def test_kill_between_segments_and_header_leaves_only_orphans(
     report = pipeline.ingest([corpus], s, embedder=minilm)
     assert report.documents == 1 and report.replaced == 1
     store = open_store(s.store)
-    assert store.headers()["corpus/doc001.txt"].version == file_hash(corpus / "doc001.txt")
+    assert store.headers()[doc_id(corpus / "doc001.txt")].version == file_hash(corpus / "doc001.txt")
     assert store.backend.count(Where(must=[Match("kind", "segment")])) == 3
     store.close()
 
@@ -231,26 +239,27 @@ def test_changed_file_replaces_its_old_points(
     s = Settings(store_path=tmp_path / "store", device="cpu")
     pipeline.ingest([corpus], s, embedder=minilm)
     old = open_store(s.store)
-    old_version = old.headers()["corpus/doc002.txt"].version
+    old_version = old.headers()[doc_id(corpus / "doc002.txt")].version
     old.close()
 
     new_text = "The lighthouse keeper logged every passing ship in a leather book."
     (corpus / "doc002.txt").write_text(new_text)
+    did = doc_id(corpus / "doc002.txt")
     with caplog.at_level(logging.INFO, logger="indexer.pipeline"):
         report = pipeline.ingest([corpus], s, embedder=minilm)
     assert (report.documents, report.replaced, report.skipped_unchanged) == (1, 1, 2)
     # --quiet's plain log line: the document, files done, tokens/s and ETA
-    assert any("stored corpus/doc002.txt" in m and "[3/3 files" in m and "ETA" in m for m in caplog.messages)
+    assert any(f"stored {did}" in m and "[3.0/3 files" in m and "ETA" in m for m in caplog.messages)
 
     store = open_store(s.store)
-    head = store.headers()["corpus/doc002.txt"]
+    head = store.headers()[did]
     assert head.version == file_hash(corpus / "doc002.txt") != old_version
-    assert store.fetch_segments({"corpus/doc002.txt": old_version}) == {}  # old points gone
-    segs = store.fetch_segments({"corpus/doc002.txt": head.version})["corpus/doc002.txt"]
+    assert store.fetch_segments({did: old_version}) == {}  # old points gone
+    segs = store.fetch_segments({did: head.version})[did]
     assert "".join(x.text for x in segs) == new_text
     assert store.stats()["segments"] == 3
     hit = store.recall(minilm.embed_query("lighthouse keeper logging ships"), k=1)[0]
-    assert hit.doc_id == "corpus/doc002.txt"
+    assert hit.doc_id == did
     store.close()
 
 
@@ -280,7 +289,7 @@ def test_bad_files_are_reported_and_skipped(tmp_path: Path, minilm: HFTokenEmbed
     assert "cannot embed" in reasons["rejected.txt"] and "does not exist" in reasons["missing"]
     assert report.documents == 2 and report.tokens > 0  # the good files went through
     store = open_store(s.store)
-    assert set(store.headers()) == {"corpus/doc000.txt", "corpus/doc001.txt"}
+    assert set(store.headers()) == {doc_id(corpus / "doc000.txt"), doc_id(corpus / "doc001.txt")}
     store.close()
 
 
@@ -301,3 +310,181 @@ def test_progress_bar_shows_files_tokens_per_second_and_eta(capsys: pytest.Captu
     bar.close()
     err = capsys.readouterr().err
     assert "2/4" in err and "tok/s" in err and "<" in err  # tqdm writes the ETA as elapsed<remaining
+
+
+def test_same_file_name_in_two_folders_keeps_both(tmp_path: Path, minilm: HFTokenEmbedder) -> None:
+    a, b = tmp_path / "a", tmp_path / "b"
+    a.mkdir()
+    b.mkdir()
+    (a / "notes.txt").write_text("Notes about glaciers carving fjords into granite.")
+    (b / "notes.txt").write_text("Notes about a bakery that sells pepper bread.")
+    s = Settings(store_path=tmp_path / "store", device="cpu")
+    report = pipeline.ingest([a / "notes.txt", b / "notes.txt"], s, embedder=minilm)
+    assert report.documents == 2 and report.failures == []
+    store = open_store(s.store)
+    heads = store.headers()
+    store.close()
+    assert set(heads) == {doc_id(a / "notes.txt"), doc_id(b / "notes.txt")}
+
+
+def test_another_route_to_a_file_is_the_same_document(
+    tmp_path: Path, minilm: HFTokenEmbedder, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    corpus = make_corpus(tmp_path, 2)
+    s = Settings(store_path=tmp_path / "store", device="cpu")
+    assert pipeline.ingest([corpus / "doc000.txt"], s, embedder=minilm).documents == 1
+    # through its folder, then by a relative path from another working directory, then through a symlink
+    again = pipeline.ingest([corpus], s, embedder=minilm)
+    assert (again.documents, again.skipped_unchanged) == (1, 1)
+    monkeypatch.chdir(corpus)
+    assert pipeline.ingest([Path("doc001.txt")], s, embedder=minilm).skipped_unchanged == 1
+    (tmp_path / "link").symlink_to(corpus)
+    assert pipeline.ingest([tmp_path / "link"], s, embedder=minilm).skipped_unchanged == 2
+    store = open_store(s.store)
+    assert set(store.headers()) == {doc_id(corpus / "doc000.txt"), doc_id(corpus / "doc001.txt")}
+    store.close()
+
+
+def test_doc_id_taken_by_another_file_is_refused_naming_both(tmp_path: Path, minilm: HFTokenEmbedder) -> None:
+    corpus = make_corpus(tmp_path, 2)
+    first, second = corpus / "doc000.txt", corpus / "doc001.txt"
+    s = Settings(store_path=tmp_path / "store", device="cpu")
+    assert pipeline.ingest([first], s, embedder=minilm, doc_id="notes").documents == 1
+    report = pipeline.ingest([second], s, embedder=minilm, doc_id="notes")
+    [failure] = report.failures
+    assert report.documents == 0 and "DocIdCollisionError" in failure.reason
+    assert str(first.resolve()) in failure.reason and failure.path == str(second.resolve())
+    store = open_store(s.store)
+    assert store.headers()["notes"].source == str(first.resolve())  # the first file's document is intact
+    store.close()
+    # other files of the run go on: the folder's other file is stored under its own id
+    report = pipeline.ingest([corpus], s, embedder=minilm, id_from=tmp_path)
+    assert report.documents == 2 and report.failures == []
+
+
+def test_file_stored_under_an_older_id_is_replaced_not_duplicated(tmp_path: Path, minilm: HFTokenEmbedder) -> None:
+    corpus = make_corpus(tmp_path, 3)
+    s = Settings(store_path=tmp_path / "store", device="cpu")
+    # ids relative to tmp_path are exactly what the old scheme gave "chunkless ingest corpus/"
+    pipeline.ingest([corpus], s, embedder=minilm, id_from=tmp_path)
+    store = open_store(s.store)
+    assert set(store.headers()) == {f"corpus/doc00{i}.txt" for i in range(3)}
+    store.close()
+    report = pipeline.ingest([corpus], s, embedder=minilm)
+    assert report.documents == 3 and report.replaced == 3
+    store = open_store(s.store)
+    assert set(store.headers()) == {doc_id(corpus / f"doc00{i}.txt") for i in range(3)}
+    assert store.stats()["segments"] == 3  # no segments of the old ids left
+    store.close()
+
+
+def test_id_from_outside_root_and_doc_id_for_many_files_are_refused(tmp_path: Path) -> None:
+    corpus = make_corpus(tmp_path, 2)
+    s = Settings(store_path=tmp_path / "store", device="cpu")
+    with pytest.raises(InputError, match="--doc-id names one file"):
+        pipeline.ingest([corpus], s, doc_id="x")
+    other = tmp_path / "elsewhere"
+    other.mkdir()
+    report = pipeline.ingest([corpus / "doc000.txt"], s, id_from=other)
+    [failure] = report.failures
+    assert "not under --id-from" in failure.reason and report.documents == 0
+
+
+def test_run_that_finds_no_supported_file_says_so_and_fails(tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> None:
+    folder = tmp_path / "office"
+    folder.mkdir()
+    for name in ["a.docx", "b.docx", "c.png", "README", ".hidden.txt"]:
+        (folder / name).write_bytes(b"x")
+    store = tmp_path / "store"
+    assert main(["ingest", str(folder), "--store", str(store), "--quiet"]) == 1
+    err = capsys.readouterr().err
+    assert "no supported file found (skipped: 2 .docx, 1 (no extension), 1 .png, 1 hidden)" in err
+    assert "0 documents" in err and str(folder) in err
+
+
+def test_progress_counts_tokens_within_a_file() -> None:
+    bar = pipeline.Progress(2, bar=False, clock=lambda: 10.0)
+    bar.working("big.txt", 250, 1000)
+    assert bar.files == pytest.approx(0.25) and bar.tokens_seen == 250
+    bar.advance("stored", "big.txt", 1000)
+    bar.working("next.txt", 500, 1000)
+    assert bar.files == pytest.approx(1.5) and bar.tokens_seen == 1500
+
+
+def test_non_terminal_progress_logs_a_heartbeat_every_few_seconds(caplog: pytest.LogCaptureFixture) -> None:
+    now = [0.0]
+    bar = pipeline.Progress(1, bar=False, clock=lambda: now[0], every_s=5.0)
+    with caplog.at_level(logging.INFO, logger="indexer.pipeline"):
+        now[0] = 4.9
+        assert not bar.tick()  # too soon
+        bar.working("huge.txt", 3000, 12000)
+        now[0] = 5.0
+        assert bar.tick()
+        assert not bar.tick()  # just logged
+        now[0] = 9.0
+        bar.advance("stored", "huge.txt", 12000)  # a stored line counts as output too
+        now[0] = 13.0
+        assert not bar.tick()
+        now[0] = 14.0
+        assert bar.tick()
+    beats = [m for m in caplog.messages if m.startswith("progress")]
+    assert len(beats) == 2
+    assert "0.2/1 files" in beats[0] and "3,000 tokens" in beats[0] and "huge.txt" in beats[0]
+    assert "1.0/1 files" in beats[1]
+
+
+def long_text(words: int, seed: int = 7) -> str:
+    rng = np.random.default_rng(seed)
+    return " ".join(" ".join(rng.choice(WORDS, 12)).capitalize() + "." for _ in range(words // 12))
+
+
+@pytest.mark.parametrize("pool", [1, 2])
+def test_long_document_in_parts_stores_what_a_whole_embedding_stores(
+    tmp_path: Path, minilm: HFTokenEmbedder, pool: int
+) -> None:
+    corpus = tmp_path / "corpus"
+    corpus.mkdir()
+    (corpus / "long.txt").write_text(long_text(2400))
+    common = {"device": "cpu", "batch_tokens": 256, "segment_tokens": 300, "storage_pool": pool}
+    parts = Settings(store_path=tmp_path / "parts", **common)
+    whole = Settings(store_path=tmp_path / "whole", **common)
+    # the real model goes part by part (parts of 2 windows here); wrapped, it embeds the document whole
+    assert pipeline.ingest([corpus], parts, embedder=minilm).documents == 1
+    assert pipeline.ingest([corpus], whole, embedder=CountingEmbedder(minilm)).documents == 1
+    a, b = snapshot(parts), snapshot(whole)
+    assert_same(a, b)
+    [(_, n_tokens, n_segments)] = a["headers"].values()
+    assert n_segments > 3 and n_tokens > 2400
+    sa, sb = open_store(parts.store), open_store(whole.store)
+    try:
+        pa = sa.backend.scroll(Where(must=[Match("kind", "segment")]), with_vectors=["pooled"])
+        pb = {r.id: r for r in sb.backend.scroll(Where(must=[Match("kind", "segment")]), with_vectors=["pooled"])}
+        for r in pa:  # same text, offsets and pooled vector per segment
+            other = pb[r.id]
+            assert {k: v for k, v in r.payload.items() if k != "written_at"} == {
+                k: v for k, v in other.payload.items() if k != "written_at"
+            }
+            np.testing.assert_allclose(r.vectors["pooled"], other.vectors["pooled"], atol=1e-5)
+        ha, hb = (s.backend.scroll(Where(must=[Match("kind", "doc")]), with_vectors=["pooled"])[0] for s in (sa, sb))
+        np.testing.assert_allclose(ha.vectors["pooled"], hb.vectors["pooled"], atol=1e-5)
+    finally:
+        sa.close()
+        sb.close()
+
+
+def test_parts_report_progress_within_the_file(minilm: HFTokenEmbedder) -> None:
+    doc = LoadedDocument(doc_id="big", source="big.txt", title="big", text=long_text(1200), content_hash="0" * 64)
+    seen: list[tuple[int, int]] = []
+    items = list(parts.embed_in_parts(doc, parts.HFWindows(minilm), 256, 1, None, lambda d, t: seen.append((d, t))))
+    total = seen[-1][1]
+    assert len(seen) > 3 and seen[-1][0] == total and seen[0][0] < total
+    assert [d for d, _ in seen] == sorted(d for d, _ in seen)
+    assert isinstance(items[-1], parts.PartCommit) and items[-1].n_tokens == total
+
+
+def test_tokenizing_in_pieces_equals_one_call(minilm: HFTokenEmbedder) -> None:
+    text = long_text(600) + "\n\nUnicode — naïve café.  Double  spaces and tabs\there."
+    ids, offsets = parts.tokenize_long(parts.HFWindows(minilm), text, chunk_chars=200)
+    whole_ids, whole_off = minilm.tokenize(text)
+    assert ids.tolist() == whole_ids
+    np.testing.assert_array_equal(offsets, whole_off)

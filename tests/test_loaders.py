@@ -5,7 +5,8 @@ from pathlib import Path
 import pymupdf
 import pytest
 
-from indexer.loaders import iter_files, load_file, load_paths
+from indexer.discover import discover
+from indexer.loaders import load_file, load_paths
 from schemas.errors import InputError
 from schemas.models import IngestFailure, LoadedDocument
 
@@ -79,11 +80,54 @@ def test_walk_is_recursive_with_stable_ids(tmp_path: Path, pdf: Path) -> None:
     (root / "sub" / "x.md").write_text("# X\nhello")
     (root / "y.txt").write_text("world")
     (root / ".hidden.txt").write_text("secret")
+    (root / ".git").mkdir()
+    (root / ".git" / "notes.txt").write_text("secret")
     (root / "img.png").write_bytes(b"\x89PNG")
-    items = list(iter_files([root, tmp_path / "missing"]))
-    ids = [i[1] for i in items if isinstance(i, tuple)]
-    assert ids == ["docs/sub/x.md", "docs/y.txt"]
-    failures = [i for i in items if isinstance(i, IngestFailure)]
-    assert len(failures) == 1 and "does not exist" in failures[0].reason
+    found = discover([root, tmp_path / "missing"])
+    want = [(root / "sub" / "x.md").resolve().as_posix(), (root / "y.txt").resolve().as_posix()]
+    assert [f.doc_id for f in found.files] == want
+    assert len(found.failures) == 1 and "does not exist" in found.failures[0].reason
     docs = [d for d in load_paths([root]) if isinstance(d, LoadedDocument)]
-    assert {d.doc_id for d in docs} == {"docs/sub/x.md", "docs/y.txt"}
+    assert {d.doc_id for d in docs} == set(want)
+    assert [f.doc_id for f in discover([root], id_from=tmp_path).files] == ["docs/sub/x.md", "docs/y.txt"]
+    assert [f.doc_id for f in discover([root / "y.txt"], doc_id="mine").files] == ["mine"]
+
+
+def test_symlinked_folders_are_followed_once_and_loops_stop(tmp_path: Path) -> None:
+    outside = tmp_path / "outside"
+    outside.mkdir()
+    (outside / "o.txt").write_text("outside text")
+    root = tmp_path / "docs"
+    (root / "sub").mkdir(parents=True)
+    (root / "sub" / "a.txt").write_text("a")
+    (root / "linked").symlink_to(outside)
+    (root / "sub" / "up").symlink_to(root)  # a link to an ancestor: must not loop
+    (root / "twice").symlink_to(outside)  # a second link to one folder: walked once
+    found = discover([root])
+    assert [f.path for f in found.files] == [(outside / "o.txt").resolve(), (root / "sub" / "a.txt").resolve()]
+    assert found.failures == []
+
+
+def test_folder_without_supported_files_lists_what_was_skipped(tmp_path: Path) -> None:
+    root = tmp_path / "office"
+    root.mkdir()
+    for name in ["a.docx", "b.DOCX", "c.xlsx", ".DS_Store"]:
+        (root / name).write_bytes(b"x")
+    empty = tmp_path / "empty"
+    empty.mkdir()
+    found = discover([root, empty])
+    assert found.files == []
+    reasons = {Path(f.path).name: f.reason for f in found.failures}
+    assert "no supported file found (skipped: 2 .docx, 1 .xlsx, 1 hidden)" in reasons["office"]
+    assert "chunkless reads .markdown, .md, .pdf, .txt" in reasons["office"]
+    assert "the folder is empty" in reasons["empty"]
+
+
+def test_encrypted_pdf_says_encrypted(tmp_path: Path) -> None:
+    doc = pymupdf.open()
+    doc.new_page().insert_text((72, 72), "Secret plans for the glacier expedition.", fontsize=11)
+    p = tmp_path / "locked.pdf"
+    doc.save(p, encryption=pymupdf.PDF_ENCRYPT_AES_256, user_pw="x", owner_pw="y")
+    with pytest.raises(InputError, match="encrypted") as err:
+        load_file(p, "locked.pdf")
+    assert "TypeError" not in str(err.value) and str(p) in str(err.value)

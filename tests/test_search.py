@@ -11,9 +11,9 @@ import pytest
 import torch
 
 from indexer.embedders import HFTokenEmbedder
-from retriever.benchmark import load_benchmark
 from retriever.boundaries import boundary_chars
-from retriever.evaluate import index_benchmark
+from retriever.evaluation.benchmark import load_benchmark
+from retriever.evaluation.evaluate import index_benchmark
 from retriever.fetch import DocTokens
 from retriever.methods import (
     AloneCache,

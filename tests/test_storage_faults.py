@@ -75,7 +75,7 @@ def test_read_only_store_is_searched_and_never_written(
     (corpus / "bread.txt").write_text("Yeast makes the dough rise. Bread is baked in a hot oven for forty minutes.")
     (corpus / "tides.txt").write_text("The moon's gravity pulls the oceans and causes the tides twice a day.")
     s = Settings(store_path=tmp_path / "src", device="cpu")
-    ingest([corpus], s, embedder=minilm)
+    ingest([corpus], s, embedder=minilm, id_from=tmp_path)  # ids "corpus/bread.txt"
     if not _run(["mount", "--bind", "-o", "ro", str(tmp_path / "src"), str(mount_point)]):
         pytest.skip("this machine refuses a read-only bind mount")
     ro = Settings(store_path=mount_point, device="cpu")

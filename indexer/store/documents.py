@@ -21,10 +21,10 @@ import numpy as np
 from indexer.codec import CodecParams, TokenCodec, fit, pool_document
 from indexer.store.backend import Match, NewPoint, PointRecord, PointsBackend, VectorSpace, Where
 from indexer.store.meta import HEADER_FIELDS, CollectionMeta, DocHeader
-from indexer.store.segments import POINT_NAMESPACE, header_id, segment_id, split_segments
+from indexer.store.segments import POINT_NAMESPACE, Segment, header_id, segment_id, split_segments
 from schemas.errors import StoreMismatchError, StoreNotFoundError
 from schemas.layout import StorageLayout
-from schemas.models import EmbeddedDocument
+from schemas.models import EmbeddedDocument, LoadedDocument
 from schemas.settings import StoreSettings
 
 KEYWORD_FIELDS = ["kind", "doc_id", "version", "source"]
@@ -170,65 +170,116 @@ class TokenStore:
         n_model_tokens = emb.n_tokens
         emb = pool_document(emb, self.meta.layout.pool)
         segs = split_segments(emb, self.segment_rows)
+        self.begin_document(d, emb.dim, emb.vectors, emb.n_tokens, len(segs))
+        nbytes = self.write_segments(d, segs)
+        self.commit_document(d, emb.pooled, n_model_tokens, emb.n_tokens, len(segs))
+        return Written(nbytes, len(segs))
+
+    # A document written in parts (the pipeline's long documents, indexer/parts.py): begin_document,
+    # then write_segments for each run of segments as it is embedded, then commit_document. Until the
+    # commit the new segments are orphans no search reaches, so a killed write loses nothing.
+    def begin_document(self, doc: LoadedDocument, dim: int, sample: np.ndarray, n_rows: int, n_segments: int) -> None:
+        """Check a document fits the collection and the disk, and fit the codec if nothing has yet.
+
+        Args:
+            doc: the document about to be written.
+            dim: its token vectors' dimension.
+            sample: (n, dim) stored-row vectors (after storage pooling) to fit the codec on: the first part's.
+            n_rows: stored rows the whole document will have.
+            n_segments: segments the whole document will have.
+
+        Raises:
+            StoreMismatchError: `dim` is not the collection's.
+            StorageFaultError: not enough free space for the whole document; nothing was written.
+        """
+        self.meta.check(self.meta.model, dim, None, doc.source)
         # stored bytes on paper: token rows in the layout, the pooled vectors, offsets (JSON) and the text
-        rows = emb.n_tokens
         expected = int(
-            rows * self.meta.layout.vector_bytes_per_token(self.meta.dim) * self.meta.layout.pool
-            + (len(segs) + 1) * self.meta.dim * 4
-            + rows * 24
-            + len(d.text.encode("utf-8", "surrogatepass"))
+            n_rows * self.meta.layout.vector_bytes_per_token(self.meta.dim) * self.meta.layout.pool
+            + (n_segments + 1) * self.meta.dim * 4
+            + n_rows * 24
+            + len(doc.text.encode("utf-8", "surrogatepass"))
         )
-        self.backend.ensure_space(expected, f"writing document '{d.doc_id}'")
-        self.fit_codec(emb.vectors)
-        points, nbytes = [], 0
+        self.backend.ensure_space(expected, f"writing document '{doc.doc_id}'")
+        self.fit_codec(sample)
+
+    def write_segments(self, doc: LoadedDocument, segs: list[Segment]) -> int:
+        """Encode and write segments of the document version `doc.content_hash`.
+
+        Args:
+            doc: the document (its text gives each segment's text).
+            segs: segments with their final indices, row offsets and character ranges.
+
+        Returns:
+            Token-vector bytes as stored.
+
+        Raises:
+            StorageFaultError: disk full, read-only or permission denied.
+        """
+        nbytes = 0
         written_at = time.time()
         for s in segs:
             stored, scales = self.codec.encode(s.vectors)
             payload: dict[str, Any] = {
                 "kind": "segment",
-                "doc_id": d.doc_id,
-                "version": d.content_hash,
+                "doc_id": doc.doc_id,
+                "version": doc.content_hash,
                 "seg": s.index,
                 "tok_start": s.tok_start,
                 "char_start": s.char_start,
                 "char_end": s.char_end,
-                "text": d.text[s.char_start : s.char_end],
+                "text": doc.text[s.char_start : s.char_end],
                 "starts": s.offsets[:, 0].tolist(),
                 "ends": s.offsets[:, 1].tolist(),
                 "written_at": written_at,  # lets remove_orphans spare a concurrent writer's in-flight segments
             }
             if scales is not None:
                 payload["scales"] = scales.tolist()
-            points.append(
-                NewPoint(segment_id(d.doc_id, d.content_hash, s.index), {"tokens": stored, "pooled": s.pooled}, payload)
+            # one segment per upsert keeps each request under a server's payload limit
+            point = NewPoint(
+                segment_id(doc.doc_id, doc.content_hash, s.index), {"tokens": stored, "pooled": s.pooled}, payload
             )
+            self.backend.upsert([point])
             nbytes += stored.nbytes
-        # one segment per upsert keeps each request under a server's payload limit
-        for p in points:
-            self.backend.upsert([p])
+        return nbytes
+
+    def commit_document(
+        self, doc: LoadedDocument, pooled: np.ndarray, n_tokens: int, n_rows: int, n_segments: int
+    ) -> None:
+        """Write the header naming this version (the document becomes visible whole), then drop older versions.
+
+        Args:
+            doc: the document.
+            pooled: (dim,) unit document vector.
+            n_tokens: model tokens in the document.
+            n_rows: stored token rows (fewer than tokens when adjacent tokens are pooled).
+            n_segments: segments written for this version, indices 0..n_segments-1.
+
+        Raises:
+            StorageFaultError: disk full, read-only or permission denied; the previous version stays live.
+        """
         header = DocHeader(
-            doc_id=d.doc_id,
-            version=d.content_hash,
-            source=d.source,
-            title=d.title,
-            n_tokens=n_model_tokens,
-            n_rows=emb.n_tokens,  # stored rows: fewer than tokens when adjacent tokens are pooled
-            n_segments=len(segs),
-            page_starts=d.page_starts,
-            text_len=len(d.text),
+            doc_id=doc.doc_id,
+            version=doc.content_hash,
+            source=doc.source,
+            title=doc.title,
+            n_tokens=n_tokens,
+            n_rows=n_rows,
+            n_segments=n_segments,
+            page_starts=doc.page_starts,
+            text_len=len(doc.text),
             ingested_at=time.time(),
-            page_labels=d.structure.page_labels if d.structure is not None else None,
-            structure=d.structure.to_payload() if d.structure is not None else None,
+            page_labels=doc.structure.page_labels if doc.structure is not None else None,
+            structure=doc.structure.to_payload() if doc.structure is not None else None,
         )
-        self.backend.upsert([NewPoint(header_id(d.doc_id), {"pooled": emb.pooled}, header.to_payload())])
+        self.backend.upsert([NewPoint(header_id(doc.doc_id), {"pooled": pooled}, header.to_payload())])
         # the header now names the new version: older versions' segments are unreachable, drop them
         self.backend.delete(
             Where(
-                must=[Match("kind", "segment"), Match("doc_id", d.doc_id)],
-                must_not=[Match("version", d.content_hash)],
+                must=[Match("kind", "segment"), Match("doc_id", doc.doc_id)],
+                must_not=[Match("version", doc.content_hash)],
             )
         )
-        return Written(nbytes, len(points))
 
     def delete_document(self, doc_id: str) -> bool:
         """Remove a document, header first so search stops seeing it at once.

@@ -31,8 +31,8 @@ from pathlib import Path
 from indexer.embedders import TokenEmbedder, load_embedder
 from indexer.loaders import load_file
 from indexer.store import open_or_create_store
-from retriever.baselines import rank_pieces, sentences, token_chunks
-from retriever.benchmark import BenchDoc, Benchmark, BenchQuery
+from retriever.evaluation.baselines import rank_pieces, sentences, token_chunks
+from retriever.evaluation.benchmark import BenchDoc, Benchmark, BenchQuery
 from schemas.errors import InputError
 from schemas.models import LoadedDocument
 from schemas.settings import Settings
@@ -221,7 +221,8 @@ def load_pdfs(docs_dir: Path) -> tuple[list[LoadedDocument], list[str]]:
 
 def index_documents(docs: list[LoadedDocument], settings: Settings, embedder: TokenEmbedder) -> int:
     """Embed and store the documents not already stored at the same version; returns how many."""
-    store = open_or_create_store(settings.store, embedder.name, embedder.dim, getattr(embedder, "pooling", "mean"))
+    e = embedder
+    store = open_or_create_store(settings.store, e.name, e.dim, e.pooling, e.backend, e.vector_kind)
     try:
         live = {d: h.version for d, h in store.headers().items()}
         todo = [d for d in docs if live.get(d.doc_id) != d.content_hash]

@@ -31,12 +31,9 @@ def install(sub: Any, settings_of: Callable[[argparse.Namespace], Settings]) -> 
         settings_of: how the CLI turns flags into `Settings`.
     """
     sv = sub.add_parser("serve", help="run the HTTP service: search while ingesting, over an authenticated API")
-    sv.add_argument("--host", help="address to bind (default: CHUNKLESS_HOST or 127.0.0.1)")
-    sv.add_argument("--port", type=int, help="port (default: CHUNKLESS_PORT or 8000; 0: any free port)")
-    sv.add_argument("--store", type=Path, help="embedded store folder (default: CHUNKLESS_STORE_PATH)")
-    sv.add_argument("--model", help="embedding model name or path (default: CHUNKLESS_MODEL)")
-    sv.add_argument("--collection", help="collection name (default: chunkless)")
-    sv.add_argument("--url", help="Qdrant server URL instead of the embedded store")
+    from retriever.cli import MODEL_FLAGS, STORE_FLAGS, add_setting_flags
+
+    add_setting_flags(sv, {"--host": "host", "--port": "port"} | STORE_FLAGS | MODEL_FLAGS)
     sv.set_defaults(func=lambda a: cmd_serve(a, settings_of(a)))
     remote: dict[str, Command] = {
         "search": remote_search,
@@ -66,9 +63,6 @@ def cmd_serve(args: argparse.Namespace, settings: Settings) -> int:
     from retriever.serve.app import create_app
     from retriever.serve.service import Service
 
-    over = {k: v for k, v in (("host", args.host), ("port", args.port)) if v is not None}
-    if over:
-        settings = settings.updated(**over)
     cfg = settings.serve
     logging.getLogger("retriever.serve").setLevel(logging.INFO)
     # bind before loading the model: a taken port fails at once, and the real port (for --port 0) is known
@@ -102,30 +96,29 @@ def _client(args: argparse.Namespace) -> Any:
 
 def remote_search(args: argparse.Namespace) -> int:
     """`chunkless search --server URL`: the same output as the local command."""
+    from retriever.cli import one_line, settings_of
+
+    top = settings_of(args).spans.top  # --top, else CHUNKLESS_TOP, else the default
     with _client(args) as c:
-        resp = c.search(args.query, top=args.top)
+        resp = c.search(args.query, top=top)
     if args.json:
         print(json.dumps({"query": resp.query, "spans": [s.model_dump() for s in resp.spans]}, ensure_ascii=False))
         return 0
     if not resp.spans:
         print("no span passed the threshold; try another wording", file=sys.stderr)
     for i, s in enumerate(resp.spans, 1):
-        print(f"[{i}] {s.score:.3f}  {s.doc_id}  chars {s.start}-{s.end}  page {','.join(map(str, s.pages))}")
-        print("    " + " ".join(s.text.split())[:600])
+        pages = ",".join(map(str, s.pages))
+        print(f"[{i}] {s.score:.3f}  {one_line(s.doc_id, 300)}  chars {s.start}-{s.end}  page {pages}")
+        print("    " + one_line(s.text, 600))
     return 0
 
 
 def remote_ingest(args: argparse.Namespace) -> int:
     """`chunkless ingest --server URL PATH...`: upload the files (named as a local run names them), wait."""
-    from indexer.loaders import iter_files
-    from schemas.models import IngestFailure
+    from indexer.discover import discover
 
-    files, bad = [], []
-    for item in iter_files(args.paths):
-        if isinstance(item, IngestFailure):
-            bad.append(item)
-        else:
-            files.append(item)
+    found = discover(args.paths, args.id_from, args.doc_id)
+    files, bad = [(f.path, f.doc_id) for f in found.files], found.failures
     for f in bad:
         print(f"  failed: {f.path}: {f.reason}", file=sys.stderr)
     if not files:

@@ -5,15 +5,14 @@ from __future__ import annotations
 import threading
 from collections.abc import Iterator, Sequence
 from contextlib import contextmanager
-from typing import Literal
 
 import numpy as np
 
-from indexer.embedders import HFTokenEmbedder
+from indexer.embedders import DelegatingEmbedder, TokenEmbedder
 from schemas.models import EmbeddedDocument, LoadedDocument
 
 
-class SerialEmbedder:
+class SerialEmbedder(DelegatingEmbedder):
     """A `TokenEmbedder` that holds one lock around every model call.
 
     The tokenizer (Rust, with mutable truncation state) and the model are not safe to call from two
@@ -27,11 +26,8 @@ class SerialEmbedder:
         inner: the loaded model.
     """
 
-    def __init__(self, inner: HFTokenEmbedder) -> None:
-        self.inner = inner
-        self.name = inner.name
-        self.dim = inner.dim
-        self.pooling: Literal["last", "mean"] = inner.pooling
+    def __init__(self, inner: TokenEmbedder) -> None:
+        super().__init__(inner)
         self._cond = threading.Condition()
         self._busy = False
         self._searches_waiting = 0
@@ -69,6 +65,11 @@ class SerialEmbedder:
             with self._turn(ingest=True):
                 out += self.inner.embed_documents([d])
         return out
+
+    def tokenize(self, text: str) -> tuple[list[int], np.ndarray]:
+        """Token ids and character offsets of `text` (the tokenizer is not thread-safe either)."""
+        with self._turn(ingest=False):
+            return self.inner.tokenize(text)
 
     def embed_query(self, query: str) -> np.ndarray:
         """Pooled unit vector (dim,) of a query."""

@@ -6,7 +6,7 @@ import logging
 import shutil
 from pathlib import Path
 
-from indexer.embedders import HFTokenEmbedder
+from indexer.embedders import TokenEmbedder, load_embedder
 from indexer.store import TokenStore, open_or_create_store
 from retriever.search import Retriever
 from retriever.serve.embedder import SerialEmbedder
@@ -36,9 +36,9 @@ class Service:
         StoreMismatchError: the collection was made with another model or layout.
     """
 
-    def __init__(self, settings: Settings, embedder: HFTokenEmbedder | None = None) -> None:
+    def __init__(self, settings: Settings, embedder: TokenEmbedder | None = None) -> None:
         self.settings = settings
-        self.embedder = SerialEmbedder(embedder or HFTokenEmbedder(settings))
+        self.embedder = SerialEmbedder(embedder or load_embedder(settings.model))
         e = self.embedder
         self.store: TokenStore = open_or_create_store(settings.store, e.name, e.dim, e.pooling)
         # jobs live in memory: uploads a killed process left behind are never resumed, only cleared

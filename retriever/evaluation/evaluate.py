@@ -1,6 +1,6 @@
 """`chunkless eval`: index a benchmark corpus, run chunkless and the baselines, print one table.
 
-Importable API (used by scripts/storage_experiment.py and tests):
+    from retriever.evaluation import evaluate, load_benchmark
 
     bench = load_benchmark(Path("../shared/benchmarks/squad2-dev"))
     report = evaluate(bench, settings, embedder=None, store_dir=None, sample=None, baselines=True)
@@ -28,7 +28,9 @@ import numpy as np
 
 from indexer.embedders import TokenEmbedder, load_embedder
 from indexer.store import open_or_create_store
-from retriever.benchmark import Benchmark, BenchQuery, Hit, Scores, score
+from retriever.evaluation.baselines import chunk_baseline, sentence_baseline
+from retriever.evaluation.benchmark import Benchmark, BenchQuery, Hit, Scores, score
+from retriever.search import Retriever
 from schemas.models import LoadedDocument, SearchResponse
 from schemas.settings import Settings
 
@@ -36,13 +38,25 @@ EMBED_BATCH_CHARS = 200_000  # documents embedded per call: fills token-budgeted
 
 
 def content_hash(text: str) -> str:
+    """The version a benchmark document is stored under (sha256 of its text)."""
     return hashlib.sha256(text.encode("utf-8")).hexdigest()
 
 
 def index_benchmark(bench: Benchmark, settings: Settings, embedder: TokenEmbedder) -> int:
-    """Write the benchmark corpus into settings' collection; returns how many documents were (re)embedded.
+    """Write the benchmark corpus into settings' collection, doc_id = the benchmark's doc_id.
 
     Documents already stored with the same content hash are skipped, so a named store is reused.
+
+    Args:
+        bench: the benchmark whose corpus is written.
+        settings: where (store_path, collection) and how (storage layout) to write it.
+        embedder: the model that embeds the documents.
+
+    Returns:
+        How many documents were (re)embedded.
+
+    Raises:
+        StoreError: the store cannot be opened or does not match the embedder.
     """
     e = embedder
     store = open_or_create_store(settings.store, e.name, e.dim, e.pooling, e.backend, e.vector_kind)
@@ -70,6 +84,7 @@ def index_benchmark(bench: Benchmark, settings: Settings, embedder: TokenEmbedde
 
 
 def to_hits(resp: SearchResponse) -> list[Hit]:
+    """A search response's spans as benchmark hits, best first."""
     return [Hit(s.doc_id, s.start, s.end, s.text, s.score) for s in resp.spans]
 
 
@@ -92,6 +107,7 @@ NO_SPAN_SCORE = -1.0  # a question with no span at all ranks below every scored 
 
 
 def top_scores(results: list[list[Hit]]) -> list[float]:
+    """Each query's best span score (NO_SPAN_SCORE when it returned none)."""
     return [h[0].score if h else NO_SPAN_SCORE for h in results]
 
 
@@ -124,11 +140,17 @@ class EvalReport:
                 f.write(json.dumps({"query_id": q.query_id, "spans": spans}, ensure_ascii=False) + "\n")
 
 
-def run_chunkless(retriever: object, queries: list[BenchQuery], top: int = 5) -> tuple[list[list[Hit]], float]:
-    """Hits per query through `Retriever.search_batch`, and the seconds it took."""
-    from retriever.search import Retriever
+def run_chunkless(retriever: Retriever, queries: list[BenchQuery], top: int = 5) -> tuple[list[list[Hit]], float]:
+    """Hits per query through `Retriever.search_batch`.
 
-    assert isinstance(retriever, Retriever)
+    Args:
+        retriever: an open Retriever over the benchmark's collection.
+        queries: the questions, asked in batches.
+        top: spans kept per question.
+
+    Returns:
+        Hits per query (aligned with `queries`) and the seconds it took.
+    """
     t0 = time.perf_counter()
     out: list[list[Hit]] = []
     step = 64  # batched query embedding, bounded memory
@@ -150,10 +172,27 @@ def evaluate(
 
     Answerable questions are measured (a random `sample` of them if given); unanswerable ones (the same
     number at most) only feed the AUC of chunkless' top-span scores.
-    """
-    from retriever.baselines import chunk_baseline, sentence_baseline
-    from retriever.search import Retriever
 
+    Args:
+        bench: the benchmark (see `load_benchmark`).
+        settings: model, span and storage settings chunkless runs with.
+        embedder: a loaded model to reuse (default: the one settings name).
+        store_dir: a store folder to (re)use; documents already there with the same text are not re-embedded.
+        sample: measure this many answerable questions, drawn with a fixed seed.
+        baselines: also run the 64/128/256-token chunk and sentence baselines.
+        log: called with one line per finished stage.
+
+    Returns:
+        The scores per method and every query's hits.
+
+    Raises:
+        StoreError: store_dir holds a collection of another model or layout.
+        ModelLoadError: the model cannot be loaded.
+
+    Example:
+        >>> report = evaluate(load_benchmark(Path("bench")), Settings(device="cpu"), baselines=False)
+        >>> print(report.table())
+    """
     say = log or (lambda _m: None)
     embedder = embedder or load_embedder(settings)
     answerable = bench.answerable(sample)

@@ -13,8 +13,8 @@ from collections.abc import Sequence
 import numpy as np
 
 from indexer.embedders import TokenEmbedder
-from retriever.benchmark import Benchmark, BenchQuery, Hit
 from retriever.boundaries import sentence_ranges
+from retriever.evaluation.benchmark import Benchmark, BenchQuery, Hit
 
 Piece = tuple[str, int, int]  # doc_id, char start, char end
 
@@ -28,7 +28,7 @@ def token_chunks(bench: Benchmark, embedder: TokenEmbedder, size: int) -> list[P
     """Each document cut into runs of `size` tokens; a chunk covers its first token's start to its last's end."""
     out: list[Piece] = []
     for d in bench.docs:
-        _, off = embedder.tokenize(d.text)
+        off = token_offsets(embedder, d.text)
         for i in range(0, len(off), size):
             last = min(i + size, len(off)) - 1
             out.append((d.doc_id, int(off[i, 0]), int(off[i : last + 1, 1].max())))
@@ -36,6 +36,7 @@ def token_chunks(bench: Benchmark, embedder: TokenEmbedder, size: int) -> list[P
 
 
 def sentences(bench: Benchmark) -> list[Piece]:
+    """Every sentence of every document (retriever.boundaries' "sentences" rule)."""
     return [(d.doc_id, a, b) for d in bench.docs for a, b in sentence_ranges(d.text)]
 
 
@@ -78,3 +79,8 @@ def sentence_baseline(
     bench: Benchmark, queries: list[BenchQuery], embedder: TokenEmbedder
 ) -> tuple[list[list[Hit]], float]:
     return rank_pieces(bench, queries, embedder, sentences(bench))
+
+
+def token_offsets(embedder: TokenEmbedder, text: str) -> np.ndarray:
+    """(n, 2) character ranges of the model's tokens of `text`."""
+    return embedder.tokenize(text)[1]
