@@ -313,6 +313,21 @@ def cmd_eval(args: argparse.Namespace) -> int:
     from retriever.evaluation import evaluate, load_benchmark
 
     settings = settings_of(args)
+    from retriever.evaluation.pdf_manuals import evaluate_pdf_manuals, is_pdf_benchmark
+
+    if is_pdf_benchmark(args.bench_dir):  # docs/*.pdf + queries.jsonl with gold text and pages
+        pdf = evaluate_pdf_manuals(
+            args.bench_dir,
+            settings,
+            store_dir=getattr(args, SET + "store_path"),  # only a store named on the command line is reused
+            sample=args.sample,
+            baselines=not args.no_baselines,
+            log=lambda m: print(m, file=sys.stderr),
+        )
+        print(pdf.table())
+        if args.results:
+            pdf.write_results(Path(args.results))
+        return 0
     bench = load_benchmark(args.bench_dir)
     report = evaluate(
         bench,

@@ -33,6 +33,7 @@ from retriever.query_encoder import QueryEncoder
 from schemas.errors import QueryError
 from schemas.models import SearchResponse, SpanResult
 from schemas.settings import Settings
+from schemas.structure import DocStructure
 
 FILTER_FIELDS = {"doc_id", "source"}
 Filter = dict[str, str | list[str]]
@@ -53,6 +54,7 @@ class Explanation:
     threshold: float
     spans: list[SpanResult]
     page_starts: list[int]
+    structure: DocStructure | None = None  # the document's blocks, when its reader found any
 
 
 class Retriever:
@@ -376,6 +378,7 @@ class Retriever:
             threshold=sig.threshold,
             spans=self.method.find_spans([QueryDocs(q, docs)], None)[0].spans,
             page_starts=list(header.page_starts),
+            structure=DocStructure.from_payload(header.structure),
         )
 
 

@@ -8,6 +8,8 @@ from typing import Any
 import numpy as np
 from pydantic import BaseModel, ConfigDict, Field, field_validator, model_validator
 
+from schemas.structure import DocStructure
+
 
 class LoadedDocument(BaseModel):
     """A document's text as the loader returns it; every offset in chunkless indexes `text`."""
@@ -18,6 +20,7 @@ class LoadedDocument(BaseModel):
     text: str
     page_starts: list[int] = Field(default_factory=lambda: [0], description="Character offset of each page.")
     content_hash: str = Field(min_length=8, description="sha256 of the source file's bytes.")
+    structure: DocStructure | None = Field(None, description="Blocks indexing `text` (indexer/reading).")
 
     @field_validator("page_starts")
     @classmethod
@@ -67,6 +70,8 @@ class SpanResult(BaseModel):
     text: str
     score: float
     pages: list[int] = Field(description="1-based pages the span touches.")
+    page_labels: list[str] | None = Field(None, description="The printed labels of `pages`, if the PDF has any.")
+    section: str | None = Field(None, description="Section path, e.g. '7 Troubleshooting › 7.24 Why ...?'.")
 
 
 class SearchResponse(BaseModel):

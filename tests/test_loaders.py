@@ -119,7 +119,7 @@ def test_folder_without_supported_files_lists_what_was_skipped(tmp_path: Path) -
     assert found.files == []
     reasons = {Path(f.path).name: f.reason for f in found.failures}
     assert "no supported file found (skipped: 2 .docx, 1 .xlsx, 1 hidden)" in reasons["office"]
-    assert "chunkless reads .markdown, .md, .pdf, .txt" in reasons["office"]
+    assert "chunkless reads .htm, .html, .markdown, .md, .pdf, .txt" in reasons["office"]
     assert "the folder is empty" in reasons["empty"]
 
 

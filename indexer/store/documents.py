@@ -269,6 +269,8 @@ class TokenStore:
             page_starts=doc.page_starts,
             text_len=len(doc.text),
             ingested_at=time.time(),
+            page_labels=doc.structure.page_labels if doc.structure is not None else None,
+            structure=doc.structure.to_payload() if doc.structure is not None else None,
         )
         self.backend.upsert([NewPoint(header_id(doc.doc_id), {"pooled": pooled}, header.to_payload())])
         # the header now names the new version: older versions' segments are unreachable, drop them

@@ -255,8 +255,12 @@ def span_result(d: DocTokens, start: int, end: int, score: float, text: str | No
         text: the span's text when it reaches past the fetched run; None: sliced from `d`.
 
     Returns:
-        The `SpanResult`.
+        The `SpanResult`, with its section path and printed page labels when the document has a structure.
     """
+    from retriever.methods.structured import LAYOUTS
+
+    layout = LAYOUTS.get(d.doc_id, d.header)
+    pages = pages_of(d.header.page_starts, start, end)
     return SpanResult(
         doc_id=d.doc_id,
         source=d.header.source,
@@ -264,5 +268,7 @@ def span_result(d: DocTokens, start: int, end: int, score: float, text: str | No
         end=end,
         text=d.chars(start, end) if text is None else text,
         score=score,
-        pages=pages_of(d.header.page_starts, start, end),
+        pages=pages,
+        page_labels=layout.structure.labels_of(pages) if layout is not None else None,
+        section=layout.structure.section_path(start) if layout is not None else None,
     )

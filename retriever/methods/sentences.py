@@ -27,6 +27,7 @@ from retriever.calibration import answer_features
 from retriever.fetch import DocTokens
 from retriever.lexical import LexicalStats, LexicalUnits, bm25
 from retriever.methods.base import MethodContext, QueryDocs, SpanMethod, span_result
+from retriever.methods.structured import LAYOUTS, answer_range, structure_masks
 from retriever.sentences import SentenceCandidates, SentenceTable, SentenceTables, complete_cut, cut_sentences
 from schemas.models import SpanResult
 
@@ -121,7 +122,12 @@ class SentenceMethod(SpanMethod[SentenceCandidates]):
         score = pooled
         if st.lexical_first > 0:
             score = pooled + st.lexical_first * torch.from_numpy(lexical).to(pooled)
-        score = torch.where(tab.length >= self.min_sentence_rows, score, torch.full_like(score, -math.inf))
+        eligible = tab.length >= self.min_sentence_rows
+        masks = structure_masks(docs)
+        if masks is not None:  # headings compete (they become their section's answer), navigation never does
+            skip, heading = (m.to(pooled.device)[tab.start] for m in masks)
+            eligible = (eligible | heading) & ~skip
+        score = torch.where(eligible, score, torch.full_like(score, -math.inf))
         k = min(max(st.rerank_k, top), tab.n)
         best = torch.topk(score, k).indices
         best = best[torch.isfinite(score[best])]
@@ -204,8 +210,16 @@ class SentenceMethod(SpanMethod[SentenceCandidates]):
             if not np.isfinite(c.score[i]):
                 continue
             cs, ce = c.chars[i]
-            if (int(c.doc[i]), cs, ce) in seen:  # two cut pieces of one sentence, completed from both sides
+            d, text = docs[int(c.doc[i])], c.texts[i]
+            layout = LAYOUTS.get(d.doc_id, d.header)
+            if layout is not None:  # a heading becomes its section's answer; navigation is never returned
+                answer = answer_range(layout, int(cs), int(ce), d.text, d.char_base)
+                if answer is None:
+                    continue
+                if answer != (cs, ce):
+                    (cs, ce), text = answer, d.chars(*answer)
+            if (int(c.doc[i]), cs, ce) in seen:  # two cut pieces of one sentence, or two headings of one section
                 continue
             seen.add((int(c.doc[i]), cs, ce))
-            out.append(span_result(docs[int(c.doc[i])], int(cs), int(ce), float(c.score[i]), c.texts[i]))
+            out.append(span_result(d, int(cs), int(ce), float(c.score[i]), text))
         return out

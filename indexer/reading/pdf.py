@@ -1,0 +1,350 @@
+"""PDF -> reading text + structure, from pymupdf's own text layer (no Markdown conversion).
+
+Per page, `page.get_text("dict")` gives lines with their fonts, sizes, bold flags and positions.
+Raw lines on one baseline (a section number and its title are often separate lines) become one
+visual line. Then, per line:
+
+- running header / footer: in the top or bottom band of the page, and either at a y position
+  that carries a line on many pages or with a text (digits ignored) repeated on 3+ pages, or just
+  a page number;
+- table of contents / index entry: a dot-leader line, or any line of a page where most lines end
+  in a page number (TOC and index pages);
+- heading: matches an outline (bookmark) title on its page, or is short and all bold or larger
+  than the body font; the outline gives its level, else the font size does; an FAQ entry (a bold
+  "5.4." label, the question in regular type up to its "?" or the paragraph gap) is one too;
+- list item: starts with a bullet or "1." / "a)"; footnote: small font at the page bottom;
+  code: all monospace; else paragraph text.
+
+Consecutive lines of one kind with no paragraph gap between them form one block; blocks are
+joined by a blank line in the reading text, lines inside a block by a space (line-end
+hyphenation of words joined). Page labels come from `page.get_label()`.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import itertools
+import logging
+import re
+import statistics
+import unicodedata
+from collections import Counter
+from dataclasses import dataclass, field
+from pathlib import Path
+
+from indexer.reading.base import Reading, TextBuilder
+from schemas.errors import InputError
+from schemas.structure import BlockKind
+
+BAND = 0.09  # top/bottom share of the page height where running headers and footers live
+MIN_REPEAT_PAGES = 3
+HEADING_MAX_WORDS = 24
+BOLD = 16  # pymupdf span flag bits
+MONO = 8
+
+_DOT_LEADER = re.compile(r"(?:\.\s?){4,}|…{2,}|(?:\s\.){3,}")
+_ENDS_IN_PAGE = re.compile(r"\s(?:\d{1,4}|[ivxlcdm]{1,7})(?:,\s*\d{1,4})*\s*$", re.IGNORECASE)
+_PAGE_NUMBER = re.compile(r"^\s*(?:page\s+)?(?:\d{1,4}|[ivxlcdm]{1,7})(?:\s*(?:/|of)\s*\d{1,4})?\s*$", re.IGNORECASE)
+_BULLET = re.compile(r"^\s*(?:[•◦▪▫●○■□‣⁃∙·\-–—*]|\(?\d{1,3}[.)]|\(?[a-z][.)])\s+\S")
+_FAQ_LABEL = re.compile(r"^\s*\d+(?:\.\d+)+\.?\s*$")
+_SECTION_NUMBER = re.compile(r"^\s*(?:[A-Z]|\d+)(?:\.\d+)*\.?\s+")
+
+
+@dataclass
+class Line:
+    """One visual line: raw pymupdf lines sharing a baseline, left to right."""
+
+    page: int  # 0-based index
+    y0: float
+    y1: float
+    x0: float
+    text: str
+    size: float
+    bold: bool
+    mono: bool
+    kind: BlockKind = "paragraph"
+    level: int | None = None
+    spans: list[tuple[str, float, bool, bool]] = field(default_factory=list, repr=False)
+
+    @property
+    def height(self) -> float:
+        return max(self.y1 - self.y0, 1.0)
+
+
+def _key(text: str) -> str:
+    """Letters and digits only, lower case: how an outline title is matched with a printed line."""
+    t = unicodedata.normalize("NFKC", text).lower()
+    return "".join(ch for ch in t if ch.isalnum())
+
+
+def _page_lines(page: object, pno: int, flags: int) -> list[Line]:
+    raw = []
+    d = page.get_text("dict", flags=flags)  # type: ignore[attr-defined]
+    for b in d.get("blocks", []):
+        for ln in b.get("lines", []):
+            spans = [s for s in ln.get("spans", []) if s.get("text", "")]
+            if not any(s["text"].strip() for s in spans):
+                continue
+            x0, y0, _x1, y1 = ln["bbox"]
+            raw.append((y0, y1, x0, spans))
+    raw.sort(key=lambda r: ((r[0] + r[1]) / 2, r[2]))
+    out: list[Line] = []
+    groups: list[list[tuple[float, float, float, list[dict]]]] = []
+    for r in raw:
+        if groups:
+            g = groups[-1]
+            gy0, gy1 = min(x[0] for x in g), max(x[1] for x in g)
+            overlap = min(gy1, r[1]) - max(gy0, r[0])
+            if overlap > 0.5 * min(gy1 - gy0, r[1] - r[0]):
+                g.append(r)
+                continue
+        groups.append([r])
+    for g in groups:
+        g.sort(key=lambda r: r[2])
+        pieces: list[tuple[str, float, bool, bool]] = []
+        for _, _, _, spans in g:
+            for s in spans:
+                pieces.append(
+                    (
+                        s["text"],
+                        float(s["size"]),
+                        bool(s["flags"] & BOLD) or "bold" in s["font"].lower(),
+                        bool(s["flags"] & MONO),
+                    )
+                )
+        text = ""
+        for i, (t, *_rest) in enumerate(pieces):
+            if i and not text.endswith((" ", "\t")) and not t.startswith((" ", "\t")):
+                # separate raw lines (not spans of one line) need a space between them
+                text += " " if _new_raw_line(g, i) else ""
+            text += t
+        text = " ".join(text.split())
+        chars = Counter[tuple[float, bool, bool]]()
+        for t, sz, bd, mn in pieces:
+            chars[(round(sz, 1), bd, mn)] += len(t.strip())
+        size = max(p[1] for p in pieces)
+        letters = [p for p in pieces if any(ch.isalpha() for ch in p[0])] or pieces
+        bold = all(p[2] for p in letters)
+        mono = all(p[3] for p in letters)
+        out.append(Line(pno, min(r[0] for r in g), max(r[1] for r in g), g[0][2], text, size, bold, mono, spans=pieces))
+    return out
+
+
+def _new_raw_line(group: list[tuple[float, float, float, list[dict]]], piece_index: int) -> bool:
+    """Whether piece `piece_index` of a visual line starts a new raw line."""
+    n = 0
+    for _, _, _, spans in group:
+        if piece_index == n:
+            return True
+        n += len(spans)
+    return False
+
+
+def _body_size(lines: list[Line]) -> float:
+    sizes = Counter[float]()
+    for ln in lines:
+        sizes[round(ln.size, 1)] += len(ln.text)
+    return sizes.most_common(1)[0][0] if sizes else 10.0
+
+
+def _mark_running(pages: list[list[Line]], heights: list[float]) -> None:
+    """Header/footer: lines in the top/bottom band whose position or text repeats across pages."""
+    n = len(pages)
+    ys: Counter[tuple[str, int]] = Counter()
+    texts: Counter[tuple[str, str]] = Counter()
+    banded: list[tuple[Line, str]] = []
+    for lines, h in zip(pages, heights, strict=True):
+        seen_y, seen_t = set(), set()
+        for ln in lines:
+            band = "top" if ln.y1 <= h * BAND else "bottom" if ln.y0 >= h * (1 - BAND) else ""
+            if not band:
+                continue
+            banded.append((ln, band))
+            seen_y.add((band, round(ln.y0 / 2)))
+            seen_t.add((band, re.sub(r"\d+", "#", ln.text.lower())))
+        ys.update(seen_y)
+        texts.update(seen_t)
+    need = max(MIN_REPEAT_PAGES, int(0.3 * n))
+    for ln, band in banded:
+        same_y = ys[(band, round(ln.y0 / 2))] >= need
+        same_t = texts[(band, re.sub(r"\d+", "#", ln.text.lower()))] >= MIN_REPEAT_PAGES
+        if same_y or same_t or _PAGE_NUMBER.match(ln.text):
+            ln.kind = "header" if band == "top" else "footer"
+
+
+def _mark_toc(lines: list[Line]) -> None:
+    """TOC and index entries: dot leaders anywhere; every line of a page mostly made of page references."""
+    body = [ln for ln in lines if ln.kind not in ("header", "footer")]
+    refs = sum(1 for ln in body if _DOT_LEADER.search(ln.text) or _ENDS_IN_PAGE.search(ln.text))
+    toc_page = len(body) >= 5 and refs >= 0.5 * len(body)
+    for ln in body:
+        if toc_page or _DOT_LEADER.search(ln.text):
+            ln.kind = "toc"
+
+
+def _mark_labelled(lines: list[Line], level: int, gap_limit: float) -> None:
+    """FAQ-style entries: a bold "5.4." label, then the question in regular type, up to the paragraph gap."""
+    for i, ln in enumerate(lines):
+        first = ln.spans[0] if ln.spans else None
+        if ln.kind != "paragraph" or first is None or not first[2] or not _FAQ_LABEL.match(first[0]):
+            continue
+        if all(p[2] for p in ln.spans if any(ch.isalpha() for ch in p[0])) or len(ln.text.split()) < 3:
+            continue  # all bold: the style rule decides; a bare label: nothing to title
+        ln.kind, ln.level = "heading", level
+        prev = ln
+        for nxt in lines[i + 1 : i + 4]:
+            if nxt.kind != "paragraph" or nxt.y0 - prev.y1 > gap_limit or prev.text.rstrip().endswith("?"):
+                break
+            nxt.kind, nxt.level, prev = "heading", level, nxt
+
+
+def _mark_headings(lines: list[Line], outline: dict[int, list[tuple[int, str]]], body: float) -> None:
+    """Headings by outline title on the page first, then by style (bold / large, short, alone)."""
+    i = 0
+    while i < len(lines):
+        ln = lines[i]
+        if ln.kind != "paragraph":
+            i += 1
+            continue
+        # an outline title may run over several printed lines: try the longest run first
+        matched = 0
+        for j in range(min(len(lines), i + 3), i, -1):
+            run = lines[i:j]
+            if any(x.kind != "paragraph" for x in run):
+                continue
+            key = _key(" ".join(x.text for x in run))
+            bare = _key(_SECTION_NUMBER.sub("", " ".join(x.text for x in run)))
+            for level, title in outline.get(ln.page, []):
+                tk = _key(title)
+                if tk and (
+                    key == tk
+                    or bare == tk
+                    or (key.endswith(tk) and len(key) - len(tk) <= 8 and key[: len(key) - len(tk)].isdigit())
+                ):
+                    for x in run:
+                        x.kind, x.level = "heading", level
+                    matched = j - i
+                    break
+            if matched:
+                break
+        i += matched or 1
+    styled = [ln for ln in lines if ln.kind == "paragraph" and _looks_like_heading(ln, body, bool(outline))]
+    if not styled:
+        return
+    if outline:  # the outline names the sections: a bold line it does not name is a run-in title inside one
+        deepest = max(level for entries in outline.values() for level, _ in entries)
+        for ln in styled:
+            ln.kind, ln.level = "heading", deepest + 1
+        return
+    sizes = sorted({round(ln.size, 1) for ln in lines if ln.kind == "heading" or ln in styled}, reverse=True)
+    for ln in styled:
+        ln.kind = "heading"
+        ln.level = sizes.index(round(ln.size, 1)) + 1
+
+
+def _looks_like_heading(ln: Line, body: float, has_outline: bool) -> bool:
+    words = len(ln.text.split())
+    if words == 0 or words > HEADING_MAX_WORDS or ln.mono:
+        return False
+    if has_outline and _BULLET.match(ln.text) and ln.size < body * 1.15:
+        return False  # "11. Escapes" in bold at body size: a list item the outline does not name
+    if not any(ch.isalpha() for ch in ln.text):
+        return False
+    if ln.size >= body * 1.15:
+        return True
+    return ln.bold and not ln.text.rstrip().endswith((",", ";"))
+
+
+def _mark_rest(lines: list[Line], body: float, height: float) -> None:
+    for ln in lines:
+        if ln.kind != "paragraph":
+            continue
+        if _BULLET.match(ln.text):
+            ln.kind = "list_item"
+        elif ln.size <= body * 0.85 and ln.y0 >= height * 0.75 and re.match(r"^\s*[\d*†‡]", ln.text):
+            ln.kind = "footnote"
+        elif ln.mono:
+            ln.kind = "code"
+
+
+def _join(a: str, b: str) -> str:
+    """Join two printed lines of one block: a word hyphenated at the line end is made whole."""
+    if a.endswith("-") and len(a) > 1 and a[-2].isalpha() and b[:1].islower():
+        return a[:-1] + b
+    return a + " " + b
+
+
+def _blocks(lines: list[Line], gap_limit: float) -> list[tuple[BlockKind, str, int | None, list[Line]]]:
+    """Group one page's lines into blocks: same kind, no paragraph gap, a bullet starts a new item."""
+    out: list[tuple[BlockKind, str, int | None, list[Line]]] = []
+    prev: Line | None = None
+    for ln in lines:
+        kind = ln.kind
+        cont = (
+            prev is not None
+            and out
+            and (kind == prev.kind or (prev.kind == "list_item" and kind == "paragraph" and ln.x0 > prev.x0 + 2))
+            and kind not in ("toc", "header", "footer", "table_row")
+            and ln.y0 - prev.y1 <= gap_limit
+            and not (kind == "list_item" and _BULLET.match(ln.text))
+            and not (kind == "heading" and ln.level != prev.level)
+        )
+        if cont:
+            k, text, level, members = out[-1]
+            out[-1] = (k, _join(text, ln.text), level, [*members, ln])
+        else:
+            out.append((kind, ln.text, ln.level, [ln]))
+        prev = ln
+    return out
+
+
+def read_pdf(path: Path) -> Reading:
+    """Reading text, page starts, title and structure of a PDF; raises InputError."""
+    import pymupdf
+
+    pymupdf.set_messages(pylogging=True)
+    logging.getLogger("pymupdf").setLevel(logging.ERROR)
+    try:
+        doc = pymupdf.open(str(path))
+    except Exception as e:  # MuPDF raises several types for damaged files
+        raise InputError(
+            str(path), f"cannot read PDF ({type(e).__name__}: {e}); the file is corrupt or not a PDF"
+        ) from e
+    with contextlib.closing(doc):
+        if doc.needs_pass:
+            raise InputError(
+                str(path), "PDF is password-protected; decrypt it (e.g. qpdf --decrypt) and ingest it again"
+            )
+        flags = pymupdf.TEXTFLAGS_DICT & ~pymupdf.TEXT_PRESERVE_LIGATURES & ~pymupdf.TEXT_PRESERVE_IMAGES
+        try:
+            pages = [_page_lines(doc[i], i, flags) for i in range(doc.page_count)]
+            heights = [float(doc[i].rect.height) for i in range(doc.page_count)]
+            labels = [doc[i].get_label() or "" for i in range(doc.page_count)]
+            toc = doc.get_toc(simple=True)
+            meta_title = str((doc.metadata or {}).get("title") or "").strip()
+        except Exception as e:
+            raise InputError(str(path), f"cannot read PDF ({type(e).__name__}: {e}); the file is damaged") from e
+    if not any(pages):
+        raise InputError(
+            str(path), "PDF has no extractable text (empty or scanned); run OCR on it first, then ingest it"
+        )
+    outline: dict[int, list[tuple[int, str]]] = {}
+    for level, title, pno in toc:
+        if pno >= 1:
+            outline.setdefault(pno - 1, []).append((int(level), str(title)))
+    every = [ln for p in pages for ln in p]
+    body = _body_size(every)
+    _mark_running(pages, heights)
+    gaps = [b.y0 - a.y1 for p in pages for a, b in itertools.pairwise(p) if 0 <= b.y0 - a.y1 < 3 * body]
+    line_gap = statistics.median(gaps) if gaps else body * 0.3
+    gap_limit = line_gap + 0.45 * body
+    builder = TextBuilder()
+    for lines, h in zip(pages, heights, strict=True):
+        _mark_toc(lines)
+        _mark_headings(lines, outline, body)
+        _mark_labelled(lines, max((lv for es in outline.values() for lv, _ in es), default=2) + 1, gap_limit)
+        _mark_rest(lines, body, h)
+        for kind, text, level, members in _blocks(lines, gap_limit):
+            builder.add(kind, text, page=members[0].page + 1, level=level)
+    has_labels = any(labels) and labels != [str(i + 1) for i in range(len(labels))]
+    return builder.finish(path, meta_title or path.stem, n_pages=len(pages), page_labels=labels if has_labels else None)
