@@ -362,7 +362,7 @@ def test_kill_9_during_an_ingest_job_then_restart_and_upload_again_gives_the_cle
 ) -> None:
     files = cooking_corpus(tmp_path / "kitchen", n=8, words=600)
     clean = Settings(store_path=tmp_path / "clean", device="cpu")
-    ingest(files, clean, embedder=minilm)  # one uninterrupted run of the same files
+    ingest(files, clean, embedder=minilm, id_from=files[0].parent)  # one uninterrupted run, same ids
     store = tmp_path / "store"
 
     proc, url = start_server(store)

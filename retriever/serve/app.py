@@ -259,9 +259,9 @@ def create_app(service: Service, owns_service: bool = True) -> FastAPI:
         try:
             total = 0
             items = []
-            for k, (f, name) in enumerate(zip(files, names, strict=True)):
+            for f, name in zip(files, names, strict=True):
                 # the file's own name is never a path: it is stored under a validated doc id in a fresh folder
-                target = folder / str(k) / name
+                target = folder / "files" / name
                 target.parent.mkdir(parents=True, exist_ok=True)
                 with target.open("wb") as out:
                     while chunk := await f.read(UPLOAD_CHUNK):
@@ -273,7 +273,7 @@ def create_app(service: Service, owns_service: bool = True) -> FastAPI:
                                 f"upload over max_upload_mb={cfg.max_upload_mb}; send fewer or smaller files",
                             )
                         out.write(chunk)
-                items.append((name, folder / str(k) / name.split("/")[0]))
+                items.append((name, target))
             return service.jobs.submit_uploads(job_id, folder, items)
         except BaseException:
             shutil.rmtree(folder, ignore_errors=True)

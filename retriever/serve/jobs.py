@@ -45,12 +45,14 @@ class Job(BaseModel):
 
 
 class _Work:
-    """A job's groups of paths to hand to `ingest`, and the folder to remove when done."""
+    """A job's groups of paths to hand to `ingest` (with the folder doc_ids are relative to), and the
+    folder to remove when done."""
 
-    def __init__(self, job: Job, groups: list[list[Path]], spool: Path | None) -> None:
+    def __init__(self, job: Job, groups: list[list[Path]], spool: Path | None, id_from: list[Path]) -> None:
         self.job = job
         self.groups = groups
         self.spool = spool
+        self.id_from = id_from  # per group
 
 
 class JobQueue:
@@ -106,8 +108,8 @@ class JobQueue:
         Args:
             job_id: from `new_upload_folder`.
             folder: from `new_upload_folder`.
-            files: (doc_id, path to hand to `ingest`) per file; `ingest` names a file by its path relative
-                to the given path's parent, so each upload sits in its own folder under its doc_id.
+            files: (doc_id, saved file) per file; each is saved at `folder/files/<doc_id>`, and ingested with
+                doc_ids relative to `folder/files`, so it is stored under the doc_id it was uploaded with.
 
         Returns:
             The queued job.
@@ -122,20 +124,30 @@ class JobQueue:
                 size = 0
             groups[-1].append(path)
             size += n
-        return self._submit(Job(id=job_id, inputs=[d for d, _ in files]), groups, folder)
+        ids_root = folder / "files"
+        return self._submit(Job(id=job_id, inputs=[d for d, _ in files]), groups, folder, [ids_root] * len(groups))
 
     def submit_paths(self, paths: list[Path]) -> Job:
-        """Queue server-side files or folders (already checked to lie under the ingest roots); one group."""
-        return self._submit(Job(id=uuid.uuid4().hex, inputs=[str(p) for p in paths]), [paths], None)
+        """Queue server-side files or folders (already checked to lie under the ingest roots).
 
-    def _submit(self, job: Job, groups: list[list[Path]], spool: Path | None) -> Job:
+        Doc ids are relative to the ingest root each path lies under (one group per root), so they do not
+        depend on where the roots are mounted.
+        """
+        by_root: dict[Path, list[Path]] = {}
+        for p in paths:
+            root = next(r.resolve() for r in self.settings.serve.ingest_roots if p.is_relative_to(r.resolve()))
+            by_root.setdefault(root, []).append(p)
+        job = Job(id=uuid.uuid4().hex, inputs=[str(p) for p in paths])
+        return self._submit(job, list(by_root.values()), None, list(by_root))
+
+    def _submit(self, job: Job, groups: list[list[Path]], spool: Path | None, id_from: list[Path]) -> Job:
         if self._stopping.is_set():
             raise ChunklessError("the service is shutting down and takes no new jobs; retry on the next one")
         with self._lock:
             self._jobs[job.id] = job
             while len(self._jobs) > KEEP_JOBS:
                 self._jobs.popitem(last=False)
-        self._queue.put(_Work(job, groups, spool))
+        self._queue.put(_Work(job, groups, spool, id_from))
         return job.model_copy()
 
     # --- reading ----------------------------------------------------------------------------------
@@ -199,7 +211,7 @@ class JobQueue:
                     )
                     return
                 with self.write_lock:
-                    rep = ingest(group, self.settings, self.embedder, store=self.store)
+                    rep = ingest(group, self.settings, self.embedder, store=self.store, id_from=work.id_from[i])
                 _merge(total, rep)
                 if self._on_tokens is not None:
                     self._on_tokens(rep.tokens)
