@@ -8,7 +8,6 @@ import pytest
 
 from indexer.embedders import HFTokenEmbedder, qwen3_tokenizer_dir
 from schemas.settings import Settings
-from tests.support import DEMO, REPO  # noqa: F401 - still imported from here by other test files
 
 
 @pytest.fixture(autouse=True)

@@ -16,8 +16,7 @@ from indexer.store import open_or_create_store, open_store
 from schemas.errors import StoreMismatchError
 from schemas.layout import StorageLayout
 from schemas.settings import Settings
-from tests._bench_fixture import write_bench
-from tests.support import fake_embedded
+from tests.support import fake_embedded, write_bench
 
 REPO = Path(__file__).resolve().parent.parent
 

@@ -9,7 +9,7 @@ from pathlib import Path
 import pytest
 
 from retriever.cli import main
-from tests.conftest import DEMO
+from tests.support import DEMO
 
 QUERY = "How does a steam engine turn heat into mechanical work?"
 DOC = "corpus/steam_engine.pdf"

@@ -29,7 +29,7 @@ from retriever.cli import main
 from schemas.errors import InputError
 from schemas.models import EmbeddedDocument, LoadedDocument
 from schemas.settings import Settings
-from tests.conftest import REPO
+from tests.support import REPO
 
 WORDS = [
     "river",

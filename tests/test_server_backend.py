@@ -98,7 +98,7 @@ def test_local_mode_folder_held_by_another_process_is_busy(settings: Settings) -
     import subprocess
     import sys
 
-    from tests.conftest import REPO
+    from tests.support import REPO
 
     store = open_or_create_store(settings.store, "m", 8, "mean")
     code = (

@@ -31,8 +31,7 @@ from indexer.store.backend import RESERVE_BYTES, WRITE_FACTOR, storage_fault
 from indexer.store.server import grpc_port_for
 from schemas.errors import ServerError, SettingsError, StorageFaultError
 from schemas.settings import Settings
-from tests.conftest import REPO
-from tests.support import fake_embedded
+from tests.support import REPO, fake_embedded
 
 
 def _run(cmd: list[str]) -> bool:

@@ -166,7 +166,7 @@ def test_search_on_a_busy_store_says_busy_before_loading_a_model(settings: Setti
     import subprocess
     import sys
 
-    from tests.conftest import REPO
+    from tests.support import REPO
 
     store = open_or_create_store(settings.store, "m", 8, "mean")
     env = {**os.environ, "PYTHONPATH": str(REPO), "CHUNKLESS_MODEL": str(settings.store.store_path / "no-model")}
