@@ -51,7 +51,7 @@ class StorageLayout(BaseModel, frozen=True):
     @property
     def is_plain(self) -> bool:
         """Stored rows are the model's vectors in a plain number format (what Qdrant's MaxSim can score)."""
-        return self.dtype in ("float32", "float16", "int8") and self.reduce == "none" and self.pool == 1
+        return self.dtype in ("float32", "float16") and self.reduce == "none" and self.pool == 1
 
     @property
     def needs_fit(self) -> bool:

@@ -23,7 +23,9 @@ def _clean_env(monkeypatch: pytest.MonkeyPatch) -> None:
 
 @pytest.fixture
 def settings(tmp_path: Path) -> Settings:
-    return Settings(store_path=tmp_path / "store", device="cpu")
+    # float32: these tests compare stored rows with what was written, exactly (the float16 default has
+    # its own tests in test_default_layout.py)
+    return Settings(store_path=tmp_path / "store", device="cpu", storage_dtype="float32")
 
 
 @pytest.fixture(scope="session")

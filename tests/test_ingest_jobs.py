@@ -140,6 +140,7 @@ def run_and_kill(corpus: Path, store: Path, after_stored: int) -> int:
     env = {k: v for k, v in os.environ.items() if not k.startswith("CHUNKLESS_")}
     # one small document per forward pass: the job runs long enough to be killed part-way
     env |= {"CHUNKLESS_BATCH_TOKENS": "256", "CHUNKLESS_DEVICE": "cpu", "HF_HUB_OFFLINE": "1"}
+    env["CHUNKLESS_STORAGE_DTYPE"] = "float32"  # compared with a clean run row by row, exactly
     cmd = [sys.executable, "-m", "retriever.cli", "ingest", str(corpus), "--store", str(store), "--quiet"]
     proc = subprocess.Popen(cmd, cwd=REPO, env=env, stderr=subprocess.PIPE, text=True)
     assert proc.stderr is not None
@@ -156,7 +157,7 @@ def run_and_kill(corpus: Path, store: Path, after_stored: int) -> int:
 
 def test_sigkill_then_rerun_equals_one_clean_run(tmp_path: Path, minilm: HFTokenEmbedder) -> None:
     corpus = make_corpus(tmp_path, 12)
-    crashed = Settings(store_path=tmp_path / "crashed", device="cpu")
+    crashed = Settings(store_path=tmp_path / "crashed", device="cpu", storage_dtype="float32")
     assert run_and_kill(corpus, crashed.store.store_path, after_stored=2) == -signal.SIGKILL
     first = assert_complete(crashed)
     assert 2 <= first < 12  # killed part-way, and nothing half-written is visible
@@ -169,7 +170,7 @@ def test_sigkill_then_rerun_equals_one_clean_run(tmp_path: Path, minilm: HFToken
     report = pipeline.ingest([corpus], crashed, embedder=minilm)
     assert report.failures == [] and report.skipped_unchanged == second and report.documents == 12 - second
 
-    clean = Settings(store_path=tmp_path / "clean", device="cpu")
+    clean = Settings(store_path=tmp_path / "clean", device="cpu", storage_dtype="float32")
     assert pipeline.ingest([corpus], clean, embedder=minilm).documents == 12
     assert_same(snapshot(crashed), snapshot(clean))
 

@@ -25,7 +25,7 @@ from tests.support import fake_embedded
 
 @pytest.fixture
 def settings(tmp_path: Path) -> Settings:
-    return Settings(url=f"local:{tmp_path / 'qdrant'}", device="cpu")
+    return Settings(url=f"local:{tmp_path / 'qdrant'}", device="cpu", storage_dtype="float32")
 
 
 def test_backend_is_the_server_one(settings: Settings) -> None:
@@ -39,7 +39,7 @@ def test_backend_is_the_server_one(settings: Settings) -> None:
 
 def test_mismatched_dtype_is_refused_with_a_clear_error(settings: Settings) -> None:
     open_or_create_store(settings.store, "m", 16, "mean").close()
-    with pytest.raises(Exception, match="stores float32 tokens, not int8; set CHUNKLESS_STORAGE_DTYPE=float32"):
+    with pytest.raises(Exception, match="stores tokens as float32, not int8; set CHUNKLESS_STORAGE_DTYPE=float32"):
         open_or_create_store(settings.updated(storage_dtype="int8").store, "m", 16, "mean")
     store = open_store(settings.store)  # the refused open released the folder
     assert store.meta.storage_dtype == "float32"

@@ -157,7 +157,7 @@ def test_tiny_disk_refuses_the_store_before_any_mmap(mount_point: Path) -> None:
 def test_document_too_big_for_the_disk_is_refused_and_earlier_ones_stay(mount_point: Path) -> None:
     if not _run(["mount", "-t", "tmpfs", "-o", "size=160m", "tmpfs", str(mount_point)]):
         pytest.skip("this machine refuses to mount a tmpfs")
-    s = Settings(store_path=mount_point / "store", device="cpu", segment_tokens=None)
+    s = Settings(store_path=mount_point / "store", device="cpu", segment_tokens=None, storage_dtype="float32")
     store = open_or_create_store(s.store, "m", 384, "mean")
     store.write_document(fake_embedded("small", 50, 384))
     big = fake_embedded("big", 40_000, 384, seed=1)  # ~61 MB of float32 rows: x3 + reserve exceeds the disk

@@ -80,7 +80,7 @@ def test_mismatched_model_dim_and_dtype_are_refused(settings: Settings) -> None:
         open_or_create_store(settings.store, "m", 32, "mean")
     with pytest.raises(StoreMismatchError, match="built with model 'm'"):
         open_or_create_store(settings.store, "other", 16, "mean")
-    with pytest.raises(StoreMismatchError, match="stores float32"):
+    with pytest.raises(StoreMismatchError, match="stores tokens as float32, not int8"):
         open_or_create_store(settings.updated(storage_dtype="int8").store, "m", 16, "mean")
     store = open_store(settings.store)
     with pytest.raises(StoreMismatchError, match="query vector is 8-d"):

@@ -647,6 +647,9 @@ def open_store(store: StoreSettings, read_only: bool = False) -> TokenStore:
     return TokenStore(backend, meta)
 
 
+LAYOUT_FIELDS = {"storage_dtype", "storage_reduce", "storage_dim", "storage_pool"}
+
+
 def open_or_create_store(
     store: StoreSettings,
     model: str,
@@ -680,7 +683,18 @@ def open_or_create_store(
         meta = CollectionMeta.model_validate(backend.open()["chunkless"])
         try:
             where = f"collection '{store.collection}'"
-            meta.check(model, dim, store.storage_dtype, where, layout, model_backend, vector_kind)
+            # a layout applies to new collections; an existing one keeps its own unless the user asked
+            # for another (a changed default must not lock people out of the stores they have)
+            asked = bool(LAYOUT_FIELDS & store.model_fields_set)
+            meta.check(
+                model,
+                dim,
+                store.storage_dtype if asked else None,
+                where,
+                layout if asked else None,
+                model_backend,
+                vector_kind,
+            )
         except StoreMismatchError:
             backend.close()
             raise
