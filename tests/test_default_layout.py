@@ -19,9 +19,9 @@ def test_default_storage_is_float16_and_searches_like_float32(tmp_path: Path, mi
     assert Settings().store.storage_dtype == "float16"
     half = Settings(store_path=tmp_path / "half", device="cpu")
     full = Settings(store_path=tmp_path / "full", device="cpu", storage_dtype="float32")
-    for s in (half, full):
-        report = ingest([DEMO], s, embedder=minilm)
-        assert report.documents == 3 and not report.failures
+    reports = [ingest([DEMO], s, embedder=minilm) for s in (half, full)]
+    assert all(r.documents == 3 and not r.failures for r in reports)
+    assert 2 * reports[0].bytes_stored == reports[1].bytes_stored  # float16 rows are reported at 2 B a number
     store = open_store(half.store, read_only=True)
     try:
         assert store.meta.layout.name == "float16" and store.meta.layout.is_plain  # MaxSim still ranks segments

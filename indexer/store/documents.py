@@ -240,7 +240,8 @@ class TokenStore:
                 segment_id(doc.doc_id, doc.content_hash, s.index), {"tokens": stored, "pooled": s.pooled}, payload
             )
             self.backend.upsert([point])
-            nbytes += stored.nbytes
+            # bytes as Qdrant stores them: float16 rows travel as float32 arrays but are kept at 2 B/number
+            nbytes += stored.size * (2 if self.meta.layout.dtype == "float16" else stored.itemsize)
         return nbytes
 
     def commit_document(
