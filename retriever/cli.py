@@ -29,6 +29,7 @@ from schemas.settings import FIELD_GROUP, GROUPS, Settings, env_name
 
 if TYPE_CHECKING:
     from indexer.store import CompactReport
+    from schemas.models import SearchResponse
 
 EXIT_BUG = 70  # EX_SOFTWARE: an error chunkless did not expect
 DEBUG_ENV = "CHUNKLESS_DEBUG"
@@ -161,9 +162,15 @@ def cmd_search(args: argparse.Namespace) -> int:
     settings = settings_of(args)
     with Retriever(settings) as r:
         resp = r.search(args.query, top=settings.spans.top)
-    if args.json:
+    print_search(resp, args.json)
+    return 0
+
+
+def print_search(resp: SearchResponse, as_json: bool) -> None:
+    """What `chunkless search` prints, local or through a service: one JSON object, or numbered spans."""
+    if as_json:
         print(json.dumps({"query": resp.query, "spans": [s.model_dump() for s in resp.spans]}, ensure_ascii=False))
-        return 0
+        return
     if not resp.spans:
         print(
             "no span found; try another wording, or see which documents the collection holds with 'chunkless list'",
@@ -173,7 +180,6 @@ def cmd_search(args: argparse.Namespace) -> int:
         pages = ",".join(map(str, s.pages))
         print(f"[{i}] {s.score:.3f}  {one_line(s.doc_id, 300)}  chars {s.start}-{s.end}  page {pages}")
         print("    " + one_line(s.text, 600))
-    return 0
 
 
 def cmd_list(args: argparse.Namespace) -> int:

@@ -96,20 +96,12 @@ def _client(args: argparse.Namespace) -> Any:
 
 def remote_search(args: argparse.Namespace) -> int:
     """`chunkless search --server URL`: the same output as the local command."""
-    from retriever.cli import one_line, settings_of
+    from retriever.cli import print_search, settings_of
 
     top = settings_of(args).spans.top  # --top, else CHUNKLESS_TOP, else the default
     with _client(args) as c:
         resp = c.search(args.query, top=top)
-    if args.json:
-        print(json.dumps({"query": resp.query, "spans": [s.model_dump() for s in resp.spans]}, ensure_ascii=False))
-        return 0
-    if not resp.spans:
-        print("no span passed the threshold; try another wording", file=sys.stderr)
-    for i, s in enumerate(resp.spans, 1):
-        pages = ",".join(map(str, s.pages))
-        print(f"[{i}] {s.score:.3f}  {one_line(s.doc_id, 300)}  chars {s.start}-{s.end}  page {pages}")
-        print("    " + one_line(s.text, 600))
+    print_search(resp, args.json)
     return 0
 
 
