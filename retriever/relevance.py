@@ -1,12 +1,19 @@
-"""r = D @ q over many row blocks into one flat vector, and its smoothing: the span engine's heavy half.
+"""Token relevance over many row blocks into one flat vector, and its smoothing: the span engine's heavy half.
+
+A query comes in one of two forms. A pooled vector q (dim,) gives r = D @ q, each row's cosine with
+it. Query token vectors Q (m, dim) give each row its best match among them, r_j = max_i Q_i . d_j: the
+document side of MaxSim (one (n, dim) x (dim, m) product per block, then a row maximum). Which form a
+model's rows are meant for is the `Scorer`'s choice (retriever.methods.base); everything here takes
+either, and one vector is the m = 1 case of the other.
 
 On the CPU, batches of at least MIN_SPLIT_ROWS float32 rows go through numpy's BLAS (OpenBLAS), reading
 torch's storage without a copy: torch's CPU BLAS is MKL, whose sgemv was markedly slower than OpenBLAS'
 on the AMD EPYC hosts measured (`scripts/bench_spans.py` prints both; README, Speed). The rows are cut
 into one range per torch thread, each run by a worker with single-threaded BLAS: OpenBLAS' own threads
 keep spinning after a call, and slowed the torch smoothing after them and warm queries over many small
-blocks. Smaller batches, CUDA, other dtypes and non-contiguous views go through torch. Every block
-writes into its slice of one preallocated output, so there is no concatenation copy.
+blocks. Query token vectors take the same path, one GEMM and row maximum per range. Smaller batches,
+CUDA, other dtypes and non-contiguous views go through torch. Every block writes into its slice of
+one preallocated output, so there is no concatenation copy.
 
 `relevance_smoothed` also smooths on the CPU workers, each over its own row range while its rows are
 still in cache (np.convolve releases the GIL): after a memory-bound GEMV the compute-bound convolution
@@ -16,6 +23,7 @@ range, so workers never wait on one another.
 
 from __future__ import annotations
 
+import math
 import threading
 from collections.abc import Callable, Iterator, Sequence
 from concurrent.futures import ThreadPoolExecutor
@@ -124,13 +132,109 @@ def gemv_blocks(
     return out
 
 
+def maxsim_blocks(
+    blocks: Sequence[torch.Tensor], qs: torch.Tensor, use_numpy: bool = True, min_split_rows: int = MIN_SPLIT_ROWS
+) -> torch.Tensor:
+    """Each row's best match among query token vectors, r_j = max_i qs_i . d_j, over (n_i, dim) blocks.
+
+    Args:
+        blocks: row blocks, scored in order (never concatenated).
+        qs: (m, dim) query token vectors, m >= 1.
+        use_numpy: allow the CPU row-range BLAS path (False: always torch).
+        min_split_rows: fewest rows for the BLAS path.
+
+    Returns:
+        (sum n_i,) float32 on qs' device.
+    """
+    n = sum(int(b.shape[0]) for b in blocks)
+    out = torch.empty(n, dtype=torch.float32, device=qs.device)  # (N,)
+    if use_numpy and _cpu_fast(blocks, qs, n, min_split_rows):
+        src, q_np, out_np = _Rows([b.numpy() for b in blocks if len(b)]), _host_q(qs), out.numpy()
+        _in_ranges(n, lambda lo, hi: src.dot(lo, hi, q_np, out_np[lo:hi]))
+        return out
+    qt = qs.to(torch.float32).T  # (dim, m)
+    off = 0
+    for b in blocks:
+        m = int(b.shape[0])
+        if m:
+            torch.amax(b.to(torch.float32) @ qt, dim=1, out=out[off : off + m])
+        off += m
+    return out
+
+
+def token_relevance(
+    blocks: Sequence[torch.Tensor], q: torch.Tensor, use_numpy: bool = True, min_split_rows: int = MIN_SPLIT_ROWS
+) -> torch.Tensor:
+    """r over all blocks for a query in either form: `gemv_blocks` for q (dim,), `maxsim_blocks` for (m, dim)."""
+    if q.dim() == 1:
+        return gemv_blocks(blocks, q, use_numpy, min_split_rows)
+    return maxsim_blocks(blocks, q, use_numpy, min_split_rows)
+
+
+def similarities(blocks: Sequence[torch.Tensor], qs: torch.Tensor) -> torch.Tensor:
+    """(N, m) every row's cosine with every query token vector: what MaxSim maximises, kept whole.
+
+    For callers that change it before maximising (a relevance correction); `maxsim_blocks` and
+    `sentence_maxsim` never hold more than one block's worth.
+    """
+    qt = qs.to(torch.float32).T  # (dim, m)
+    parts = [b.to(torch.float32) @ qt for b in blocks if len(b)]
+    return torch.cat(parts) if parts else torch.zeros(0, qs.shape[0], device=qs.device)
+
+
+def segment_max(
+    sims: torch.Tensor, sid: torch.Tensor, n_segments: int, into: torch.Tensor | None = None
+) -> torch.Tensor:
+    """(S, m) per segment (sentence) and column, the maximum of `sims` (n, m) over the rows `sid` (n,) assigns it.
+
+    Args:
+        sims: row-by-query-token similarities.
+        sid: segment of each row, in [0, n_segments).
+        n_segments: S.
+        into: an (S, m) accumulator to fold into (rows of other blocks); None: a fresh one at -inf.
+
+    Returns:
+        The accumulator; segments without rows stay -inf.
+    """
+    acc = torch.full((n_segments, sims.shape[1]), -math.inf, device=sims.device) if into is None else into
+    return acc.scatter_reduce_(0, sid[:, None].expand(-1, sims.shape[1]), sims, "amax")
+
+
+def sentence_maxsim(
+    blocks: Sequence[torch.Tensor], qs: torch.Tensor, sid: torch.Tensor, n_sentences: int
+) -> torch.Tensor:
+    """MaxSim restricted to each sentence: mean over query tokens of their best match among its rows.
+
+    Args:
+        blocks: row blocks of all documents, in order; their rows are sid's rows.
+        qs: (m, dim) query token vectors.
+        sid: (N,) sentence of each row.
+        n_sentences: S.
+
+    Returns:
+        (S,) float32; a sentence of no rows gets -inf.
+    """
+    m = int(qs.shape[0])
+    acc = torch.full((n_sentences, m), -math.inf, device=qs.device)  # (S, m)
+    qt = qs.to(torch.float32).T  # (dim, m)
+    off = 0
+    for b in blocks:  # one block's (n_i, m) similarities at a time
+        k = int(b.shape[0])
+        if k:
+            segment_max(b.to(torch.float32) @ qt, sid[off : off + k], n_sentences, acc)
+        off += k
+    return acc.mean(1)
+
+
 def _cpu_fast(blocks: Sequence[torch.Tensor], q: torch.Tensor, n: int, min_split_rows: int) -> bool:
     """Whether the batch takes the BLAS row-range path: on the CPU, large enough, all float32 and contiguous."""
     return q.device.type == "cpu" and n >= min_split_rows and all(_numpy_ok(b) for b in blocks if len(b))
 
 
 def _host_q(q: torch.Tensor) -> np.ndarray:
-    return q.to(torch.float32).contiguous().numpy()
+    """q (dim,) as is; query token vectors (m, dim) transposed to (dim, m), so a row range is one GEMM."""
+    q32 = q.to(torch.float32)
+    return (q32 if q32.dim() == 1 else q32.T).contiguous().numpy()
 
 
 def _in_ranges(n: int, work: Callable[[int, int], None]) -> None:
@@ -158,12 +262,15 @@ class _Rows:
         return int(self.offsets[-1])
 
     def dot(self, a: int, b: int, q: np.ndarray, out: np.ndarray) -> None:
-        """out (b-a,) = rows[a:b] @ q."""
+        """out (b-a,) = rows[a:b] @ q for q (dim,); their row maxima of rows[a:b] @ q for q (dim, m)."""
         i = int(np.searchsorted(self.offsets, a, side="right")) - 1
         while a < b:
             lo = a - int(self.offsets[i])
             hi = min(b, int(self.offsets[i + 1])) - int(self.offsets[i])
-            np.dot(self.rows[i][lo:hi], q, out=out[: hi - lo])
+            if q.ndim == 1:
+                np.dot(self.rows[i][lo:hi], q, out=out[: hi - lo])
+            else:
+                np.dot(self.rows[i][lo:hi], q).max(axis=1, out=out[: hi - lo])
             out = out[hi - lo :]
             a += hi - lo
             i += 1
@@ -172,7 +279,8 @@ class _Rows:
 def _fused_range(
     src: _Rows, lo: int, hi: int, q: np.ndarray, w: np.ndarray, r: np.ndarray, s: np.ndarray, chunk: int
 ) -> None:
-    """r[lo:hi] = rows @ q and s[lo:hi] = their zero-padded flat convolution with w, chunk by chunk."""
+    """r[lo:hi] = the rows' relevance to q (`_Rows.dot`), s[lo:hi] = its zero-padded flat convolution with w,
+    chunk by chunk."""
     rad = (len(w) - 1) // 2
     buf = np.zeros(hi - lo + 2 * rad, dtype=np.float32)  # r over [lo - rad, hi + rad); zeros outside [0, N)
     a0, b0 = max(lo - rad, 0), min(hi + rad, src.n)
@@ -195,11 +303,11 @@ def relevance_smoothed(
     min_split_rows: int = MIN_SPLIT_ROWS,
     chunk_rows: int = CHUNK_ROWS,
 ) -> tuple[torch.Tensor, torch.Tensor]:
-    """Raw r = blocks @ q and its per-document smoothing, as `gemv_blocks` then `smooth` (fused on the CPU).
+    """Raw r and its per-document smoothing, as `token_relevance` then `smooth` (fused on the CPU).
 
     Args:
         blocks: row blocks of all documents, in order.
-        q: (dim,) query vector.
+        q: (dim,) pooled query vector (r = blocks @ q), or (m, dim) query token vectors (r = row maxima).
         doc_starts: (B+1,) where each document begins in the flat rows.
         sigma: Gaussian width in rows (0: no smoothing).
         min_split_rows: fewest rows for the fused CPU path.
@@ -210,7 +318,7 @@ def relevance_smoothed(
     """
     n = sum(int(b.shape[0]) for b in blocks)
     if sigma <= 0 or doc_starts.device.type != "cpu" or not _cpu_fast(blocks, q, n, min_split_rows):
-        r = gemv_blocks(blocks, q)
+        r = token_relevance(blocks, q)
         return r, smooth(r, doc_starts, sigma)
     src, q_np = _Rows([b.numpy() for b in blocks if len(b)]), _host_q(q)
     w = np.asarray(kernel_taps(float(sigma)), dtype=np.float32)

@@ -49,7 +49,7 @@ class Explanation:
     text: str
     starts: np.ndarray  # (n,)
     ends: np.ndarray  # (n,)
-    raw: np.ndarray  # (n,) r = D @ q
+    raw: np.ndarray  # (n,) token relevance: r = D @ q, or max_i Q_i . d_j for a multivector model
     smoothed: np.ndarray  # (n,)
     threshold: float
     spans: list[SpanResult]
@@ -65,7 +65,8 @@ class Retriever:
         embedder: the model (default: loaded from `settings.model`); must match the collection's.
         store: an open store (default: opened from `settings.store`); closed by `close`.
         relevance_correction: applied to every query's raw token relevance r before the span method
-            sees it: f(r (N,), q (dim,), docs) -> r (N,). For experiments; None: r as is.
+            sees it: f(r (N,), q (dim,), docs) -> r (N,), with r = D @ q (for a multivector model, each
+            query token vector's column in turn, before the maximum). For experiments; None: r as is.
         span_method: a factory building the span method from a `MethodContext`; None: the method
             registered under `settings.spans.span_method`.
 
@@ -115,10 +116,12 @@ class Retriever:
         # pooled segment vectors choose badly (squad2-dev, int8 and binary: hit@1 .59 against .67 scoring
         # whole documents), so `auto` scores whole documents where MaxSim cannot rank segments
         self._whole_documents = rank == "auto" and not can_maxsim
+        # token relevance in the form the model's token vectors were trained for (its declared vector kind)
+        self.scorer = Scorer(self.device, relevance_correction, self.embedder.vector_kind)
         ctx = MethodContext(
             settings=settings.spans,
             pool=self.store.meta.layout.pool,
-            scorer=Scorer(self.device, relevance_correction),
+            scorer=self.scorer,
             embed_texts=self._embed_texts,
             segment_texts=self._segment_texts,
         )
@@ -190,6 +193,8 @@ class Retriever:
             vectors, tokens = np.stack([e.pooled for e in enc]), [e.tokens for e in enc]
         else:
             vectors, tokens = self.embed_queries(list(queries)), None
+            if self.scorer.needs_query_tokens:
+                tokens = [self._query_tokens(q) for q in queries]
         per = (time.perf_counter() - t0) * 1e3 / len(queries)
         out = self._search(list(queries), vectors, top, where, tokens)
         for resp in out:
@@ -202,13 +207,15 @@ class Retriever:
         """`search_batch` for queries the caller has embedded already.
 
         Args:
-            queries: the questions' texts (used only where MaxSim needs query token vectors, and echoed back).
+            queries: the questions' texts (embedded again only for query token vectors, where MaxSim ranks
+                segments or a multivector model scores tokens; echoed back).
             vectors: (len(queries), dim) their pooled unit vectors, as `embed_queries` gives them.
             top: as in `search`.
             filter: as in `search`.
 
         Returns:
-            One response per query, in order; timings have no "embed".
+            One response per query, in order; timings have no "embed", except for a multivector model, whose
+            query token vectors are embedded here.
 
         Raises:
             QueryError: vectors of the wrong shape, or an unsupported filter field.
@@ -231,11 +238,17 @@ class Retriever:
         tokens: list[np.ndarray] | None = None,
     ) -> list[SearchResponse]:
         top = top or self.settings.spans.top
+        embed: dict[str, float] = {}
+        if tokens is None and self.scorer.needs_query_tokens:  # search_vectors: the pooled vectors only
+            t0 = time.perf_counter()
+            tokens = [self._query_tokens(q) for q in queries]
+            embed["embed"] = (time.perf_counter() - t0) * 1e3 / len(queries)
         batch, timings = [], []
         for i, (query, q) in enumerate(zip(queries, vectors, strict=True)):
-            docs, t, seg = self._candidates(query, q, where, None if tokens is None else tokens[i])
-            batch.append(QueryDocs(q, docs, text=query, segment_score=seg))
-            timings.append(t)
+            qtok = None if tokens is None else tokens[i]
+            docs, t, seg = self._candidates(query, q, where, qtok)
+            batch.append(QueryDocs(q, docs, text=query, segment_score=seg, tokens=qtok))
+            timings.append({**embed, **t})
         found = self.method.find_spans(batch, top)
         out = [
             SearchResponse(query=query, spans=f.spans, timings_ms={**t, **f.timings_ms}, rows_scored=_rows(qd.docs))
@@ -333,7 +346,8 @@ class Retriever:
         return [c for c in ranked if c.doc_id in {x.doc_id for x in cands}]
 
     def _query_tokens(self, query: str) -> np.ndarray:
-        """(m, dim) the query's token vectors, for MaxSim in Qdrant."""
+        """(m, dim) the query's token vectors in the model's query form: MaxSim in Qdrant, and the token
+        relevance of multivector models."""
         with self._model_lock:  # a model without query tokens raises QueryError naming the fix
             return np.asarray(self.embedder.embed_query_tokens(query), dtype=np.float32)
 
@@ -367,9 +381,10 @@ class Retriever:
                 f"document '{doc_id}' is not in collection '{self.settings.store.collection}'; see 'chunkless stats'"
             )
         q = self.embed_queries([query])[0]
+        qtok = self._query_tokens(query) if self.scorer.needs_query_tokens else None
         with self._store_lock:
             docs = self.fetcher.fetch({doc_id: header})
-        sig = self._signal.signal(q, docs)
+        sig = self._signal.signal(q, docs, qtok)
         d = docs[0]
         return Explanation(
             doc_id=doc_id,
@@ -379,7 +394,7 @@ class Retriever:
             raw=sig.raw.cpu().numpy(),
             smoothed=sig.smoothed.cpu().numpy(),
             threshold=sig.threshold,
-            spans=self.method.find_spans([QueryDocs(q, docs)], None)[0].spans,
+            spans=self.method.find_spans([QueryDocs(q, docs, tokens=qtok)], None)[0].spans,
             page_starts=list(header.page_starts),
             structure=DocStructure.from_payload(header.structure),
         )

@@ -26,13 +26,24 @@ from typing import Generic, TypeVar
 import numpy as np
 import torch
 
+from indexer.embedders import VectorKind
 from retriever.fetch import DocTokens
-from retriever.relevance import gemv_blocks, relevance_smoothed
+from retriever.relevance import (
+    gemv_blocks,
+    relevance_smoothed,
+    segment_max,
+    sentence_maxsim,
+    similarities,
+    token_relevance,
+)
+from retriever.sentences import SentenceTable
 from retriever.spans import smooth
+from schemas.errors import QueryError
 from schemas.models import SpanResult
 from schemas.settings import SpanSettings
 
-# (r (N,), q (dim,) on r's device, the query's documents) -> corrected r (N,), same device and length
+# (r (N,), q (dim,) on r's device, the query's documents) -> corrected r (N,), same device and length;
+# r = D @ q for the pooled query vector, or for each query token vector in turn (multivector models)
 RelevanceCorrection = Callable[[torch.Tensor, torch.Tensor, list[DocTokens]], torch.Tensor]
 # {(doc_id, version): [segment index, ...]} -> {(doc_id, segment): (char_start, text)}
 SegmentTexts = Callable[[dict[tuple[str, str], list[int]]], dict[tuple[str, int], tuple[int, str]]]
@@ -40,59 +51,148 @@ EmbedTexts = Callable[[list[str]], np.ndarray]
 
 
 class Scorer:
-    """Per-token relevance r = D @ q of a query's candidate documents, laid end to end.
+    """Per-token relevance of a query's candidate documents, laid end to end, in the form the model's
+    token vectors were trained for (its `Capabilities.vector_kind`).
+
+    pooled-hidden (MiniLM, Qwen3): token vectors are hidden states in the pooled query vector's space,
+    and a token's relevance is r_j = d_j . q. multivector (ColBERT, Jina v4): token vectors were trained
+    to be matched by the query's token vectors Q, so r_j = max_i Q_i . d_j (each token's best match, the
+    document side of MaxSim), and a sentence scores by MaxSim restricted to its tokens (see
+    `sentence_scores`). Methods pass both query forms (`QueryDocs.q`, `QueryDocs.tokens`); the scorer
+    uses the one its vector kind calls for.
 
     Args:
-        device: where `q` goes; the documents' rows are already there.
-        correction: applied to raw r before any method sees it (and before smoothing). None: r as is,
-            and the fused CPU multiply-and-smooth path is used.
+        device: where the query goes; the documents' rows are already there.
+        correction: applied to raw r before any method sees it (and before smoothing). With query token
+            vectors it is applied to each column of D @ Q^T (each one an r = D @ q for one query vector
+            q) before the maximum. None: r as is, and the fused CPU multiply-and-smooth path is used.
+        vector_kind: the model's `Capabilities.vector_kind` (the collection records the same).
     """
 
-    def __init__(self, device: torch.device, correction: RelevanceCorrection | None = None) -> None:
+    def __init__(
+        self,
+        device: torch.device,
+        correction: RelevanceCorrection | None = None,
+        vector_kind: VectorKind = "pooled-hidden",
+    ) -> None:
         self.device = device
         self.correction = correction
+        self.vector_kind = vector_kind
 
-    def flat(self, q: np.ndarray, docs: list[DocTokens]) -> tuple[torch.Tensor, list[torch.Tensor], torch.Tensor]:
-        """q on the device, every document's row blocks in order (never concatenated), doc_starts (B+1,)."""
+    @property
+    def needs_query_tokens(self) -> bool:
+        """Whether scoring needs the query's token vectors (multivector models), not only its pooled vector."""
+        return self.vector_kind == "multivector"
+
+    def query(self, q: np.ndarray, tokens: np.ndarray | None = None) -> torch.Tensor:
+        """The query on the device in the form the rows are scored against: q (dim,) or its tokens (m, dim).
+
+        Raises:
+            QueryError: a multivector model's query came without its token vectors.
+        """
+        if not self.needs_query_tokens:
+            return torch.from_numpy(q).to(self.device)
+        if tokens is None or len(tokens) == 0:
+            raise QueryError(
+                "this model's token vectors are multivector (trained for MaxSim): token relevance needs the "
+                "query's token vectors; pass QueryDocs.tokens (scorer.relevance(query.q, query.docs, query.tokens))"
+            )
+        return torch.from_numpy(np.ascontiguousarray(tokens, dtype=np.float32)).to(self.device)
+
+    def flat(
+        self, q: np.ndarray, docs: list[DocTokens], tokens: np.ndarray | None = None
+    ) -> tuple[torch.Tensor, list[torch.Tensor], torch.Tensor]:
+        """The query on the device (`query`), every document's row blocks in order (never concatenated),
+        doc_starts (B+1,)."""
         doc_starts = torch.cumsum(torch.tensor([0] + [d.n for d in docs], device=self.device), 0)
-        return torch.from_numpy(q).to(self.device), [p for d in docs for p in d.parts], doc_starts
+        return self.query(q, tokens), [p for d in docs for p in d.parts], doc_starts
 
-    def relevance(self, q: np.ndarray, docs: list[DocTokens]) -> tuple[torch.Tensor, torch.Tensor]:
+    def _corrected_similarities(
+        self, qs: torch.Tensor, blocks: list[torch.Tensor], docs: list[DocTokens]
+    ) -> torch.Tensor:
+        """(N, m) D @ Q^T with the correction applied to each column, as to r = D @ q for that q."""
+        assert self.correction is not None
+        sims = similarities(blocks, qs)
+        return torch.stack([self.correction(sims[:, i].contiguous(), qs[i], docs) for i in range(len(qs))], 1)
+
+    def relevance(
+        self, q: np.ndarray, docs: list[DocTokens], tokens: np.ndarray | None = None
+    ) -> tuple[torch.Tensor, torch.Tensor]:
         """Raw relevance of every token.
 
         Args:
-            q: (dim,) float32 query vector.
+            q: (dim,) float32 pooled query vector.
             docs: the query's candidate documents.
+            tokens: (m, dim) float32 query token vectors; required for multivector models.
 
         Returns:
             r (N,) over all documents' tokens in order (corrected when a correction is set), and
             doc_starts (B+1,), where each document begins in r.
+
+        Raises:
+            QueryError: a multivector model and no `tokens`.
         """
-        qt, blocks, doc_starts = self.flat(q, docs)
-        r = gemv_blocks(blocks, qt)
-        if self.correction is not None:
-            r = self.correction(r, qt, docs)
-        return r, doc_starts
+        qv, blocks, doc_starts = self.flat(q, docs, tokens)
+        if self.correction is None:
+            return token_relevance(blocks, qv), doc_starts
+        if qv.dim() == 1:
+            return self.correction(gemv_blocks(blocks, qv), qv, docs), doc_starts
+        return self._corrected_similarities(qv, blocks, docs).amax(1), doc_starts
 
     def relevance_smoothed(
-        self, q: np.ndarray, docs: list[DocTokens], sigma: float
+        self, q: np.ndarray, docs: list[DocTokens], sigma: float, tokens: np.ndarray | None = None
     ) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
         """Raw and per-document Gaussian-smoothed relevance of every token.
 
         Args:
-            q: (dim,) float32 query vector.
+            q: (dim,) float32 pooled query vector.
             docs: the query's candidate documents.
             sigma: smoothing width in stored rows.
+            tokens: as in `relevance`.
 
         Returns:
             r (N,), smoothed (N,) and doc_starts (B+1,).
+
+        Raises:
+            QueryError: as in `relevance`.
         """
         if self.correction is None:
-            qt, blocks, doc_starts = self.flat(q, docs)
-            r, s = relevance_smoothed(blocks, qt, doc_starts, sigma)
+            qv, blocks, doc_starts = self.flat(q, docs, tokens)
+            r, s = relevance_smoothed(blocks, qv, doc_starts, sigma)
             return r, s, doc_starts
-        r, doc_starts = self.relevance(q, docs)
+        r, doc_starts = self.relevance(q, docs, tokens)
         return r, smooth(r, doc_starts, sigma), doc_starts
+
+    def sentence_scores(
+        self, q: np.ndarray, docs: list[DocTokens], table: SentenceTable, tokens: np.ndarray | None = None
+    ) -> torch.Tensor:
+        """Every sentence's in-context score against the query.
+
+        pooled-hidden: the cosine of the sentence's summed token vectors with q, a segment sum of r over
+        the table's cached norms. multivector: MaxSim restricted to the sentence, the mean over query
+        tokens of each one's best match among the sentence's tokens (ColBERT's score of the sentence as
+        a passage, with its tokens in their document context).
+
+        Args:
+            q: (dim,) float32 pooled query vector.
+            docs: the query's candidate documents.
+            table: their sentences (`SentenceTables.table(docs)`).
+            tokens: as in `relevance`.
+
+        Returns:
+            (S,) float32, in the table's order.
+
+        Raises:
+            QueryError: as in `relevance`.
+        """
+        if not self.needs_query_tokens:
+            r, _ = self.relevance(q, docs)
+            rs = torch.zeros(table.n, device=r.device).index_add_(0, table.sid, r)
+            return rs / table.norm
+        qs, blocks, _ = self.flat(q, docs, tokens)
+        if self.correction is None:
+            return sentence_maxsim(blocks, qs, table.sid, table.n)
+        return segment_max(self._corrected_similarities(qs, blocks, docs), table.sid, table.n).mean(1)
 
 
 @dataclass
@@ -116,12 +216,14 @@ class MethodContext:
 
 @dataclass
 class QueryDocs:
-    """One query's input to a span method: its vector and its candidate documents, best recalled first."""
+    """One query's input to a span method: its vectors and its candidate documents, best recalled first."""
 
-    q: np.ndarray  # (dim,) float32
+    q: np.ndarray  # (dim,) float32 pooled vector
     docs: list[DocTokens]
     text: str = ""  # the query's text (lexical signals); "" where only the vector is known
     segment_score: float | None = None  # best segment's MaxSim per query token; None: not ranked by MaxSim
+    tokens: np.ndarray | None = None  # (m, dim) float32 token vectors in the model's query form; None: not
+    # computed (the Retriever always gives them where `Scorer.needs_query_tokens`)
 
 
 @dataclass

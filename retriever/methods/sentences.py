@@ -1,7 +1,8 @@
 """The sentence method (the default): rank whole sentences, then re-rank the best by embedding them alone.
 
 1. Candidates: every sentence of the candidate documents scored by the cosine of its pooled in-context
-   token vectors with the query (`retriever.sentences`); sentences shorter than `min_sentence_tokens`
+   token vectors with the query (`retriever.sentences`), or for multivector models by MaxSim restricted
+   to its in-context tokens (`Scorer.sentence_scores`); sentences shorter than `min_sentence_tokens`
    (headings) are skipped; the best max(rerank_k, top) are kept.
 2. Sentences a fetched run of segments cut are finished from the neighbour segments' text.
 3. Re-ranking, batched over all queries of a batch: the best `rerank_k` candidates are embedded alone
@@ -114,10 +115,10 @@ class SentenceMethod(SpanMethod[SentenceCandidates]):
         st = self.settings
         q, docs = query.q, query.docs
         top = top or st.top
-        r, _ = self.scorer.relevance(q, docs)
         tab = self.caches.tables.table(docs, self.scorer.device)
-        rs = torch.zeros(tab.n, device=r.device).index_add_(0, tab.sid, r)
-        pooled = rs / tab.norm  # cosine of the sentence's summed in-context token vectors with q
+        # pooled-hidden models: cosine of the sentence's summed in-context token vectors with q;
+        # multivector models: MaxSim restricted to the sentence (`Scorer.sentence_scores`)
+        pooled = self.scorer.sentence_scores(q, docs, tab, query.tokens)
         lexical = self._bm25(query.text, docs, tab)
         score = pooled
         if st.lexical_first > 0:

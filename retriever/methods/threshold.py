@@ -22,7 +22,7 @@ class TokenSignal:
     """One query's token spans over its documents laid end to end, with the signal they came from."""
 
     spans: TokenSpans
-    raw: torch.Tensor  # (N,) r = D @ q
+    raw: torch.Tensor  # (N,) token relevance (`Scorer.relevance`)
     smoothed: torch.Tensor  # (N,)
     threshold: float
 
@@ -45,23 +45,24 @@ class ThresholdMethod(SpanMethod[TokenSignal]):
             return float(smoothed.max()) - self.settings.relative_margin
         return self.params.threshold
 
-    def signal(self, q: np.ndarray, docs: list[DocTokens]) -> TokenSignal:
+    def signal(self, q: np.ndarray, docs: list[DocTokens], tokens: np.ndarray | None = None) -> TokenSignal:
         """Raw and smoothed relevance of every token of `docs`, the threshold, and the token spans.
 
         Args:
-            q: (dim,) float32 query vector.
+            q: (dim,) float32 pooled query vector.
             docs: candidate documents (at least one).
+            tokens: (m, dim) query token vectors, which a multivector model's relevance needs.
 
         Returns:
             The `TokenSignal`.
         """
-        r, s, doc_starts = self.scorer.relevance_smoothed(q, docs, self.params.sigma)
+        r, s, doc_starts = self.scorer.relevance_smoothed(q, docs, self.params.sigma, tokens)
         ends_sentence = torch.cat([d.ends_sentence for d in docs]) if docs else torch.zeros(0, dtype=torch.bool)
         thr = self.threshold(s)
         return TokenSignal(extract_spans(s, doc_starts, ends_sentence, self.params, thr), r, s, thr)
 
     def score(self, query: QueryDocs, top: int | None) -> TokenSignal:
-        return self.signal(query.q, query.docs)
+        return self.signal(query.q, query.docs, query.tokens)
 
     def results(self, state: TokenSignal, query: QueryDocs, top: int | None) -> list[SpanResult]:
         ts, docs = state.spans, query.docs
