@@ -38,6 +38,7 @@ from retriever.spans import fix_edges, kernel_taps, smooth
 # below this many rows torch.mv is as fast (the crossover measured at 384-d and 1024-d)
 MIN_SPLIT_ROWS = 8_192
 CHUNK_ROWS = 16_384  # rows a fused worker multiplies before smoothing them: r stays in cache
+SENTENCE_GROUP_ROWS = 65_536  # rows of query-token similarities a sentence MaxSim holds: 8 MiB at m = 32
 
 
 class _CpuPool:
@@ -201,7 +202,11 @@ def segment_max(
 
 
 def sentence_maxsim(
-    blocks: Sequence[torch.Tensor], qs: torch.Tensor, sid: torch.Tensor, n_sentences: int
+    blocks: Sequence[torch.Tensor],
+    qs: torch.Tensor,
+    sid: torch.Tensor,
+    n_sentences: int,
+    group_rows: int = SENTENCE_GROUP_ROWS,
 ) -> torch.Tensor:
     """MaxSim restricted to each sentence: mean over query tokens of their best match among its rows.
 
@@ -210,19 +215,22 @@ def sentence_maxsim(
         qs: (m, dim) query token vectors.
         sid: (N,) sentence of each row.
         n_sentences: S.
+        group_rows: rows whose (rows, m) similarities are held and reduced at once.
 
     Returns:
         (S,) float32; a sentence of no rows gets -inf.
     """
-    m = int(qs.shape[0])
-    acc = torch.full((n_sentences, m), -math.inf, device=qs.device)  # (S, m)
+    acc = torch.full((n_sentences, int(qs.shape[0])), -math.inf, device=qs.device)  # (S, m)
     qt = qs.to(torch.float32).T  # (dim, m)
-    off = 0
-    for b in blocks:  # one block's (n_i, m) similarities at a time
-        k = int(b.shape[0])
-        if k:
-            segment_max(b.to(torch.float32) @ qt, sid[off : off + k], n_sentences, acc)
-        off += k
+    group: list[torch.Tensor] = []
+    lo = hi = 0  # the group's flat rows
+    for b in [*blocks, None]:  # blocks gathered into groups: one reduction per group, bounded memory
+        if group and (b is None or hi - lo + len(b) > group_rows):
+            segment_max(torch.cat(group) if len(group) > 1 else group[0], sid[lo:hi], n_sentences, acc)
+            group, lo = [], hi
+        if b is not None and len(b):
+            group.append(b.to(torch.float32) @ qt)
+            hi += len(b)
     return acc.mean(1)
 
 

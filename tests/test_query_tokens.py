@@ -108,8 +108,9 @@ def test_sentence_maxsim_is_maxsim_restricted_to_the_sentence() -> None:
     d = np.concatenate([b.numpy() for b in blocks]).astype(np.float64)
     sims = d @ qs.astype(np.float64).T  # (N, m)
     want = np.array([sims[sid == k].max(axis=0).mean() for k in range(s)])
-    got = sentence_maxsim(blocks, torch.from_numpy(qs), torch.from_numpy(sid), s).numpy()
-    np.testing.assert_allclose(got, want, rtol=1e-5, atol=1e-5)
+    for group_rows in (1, 100, 10**9):  # a block at a time, groups of blocks, all of them at once
+        got = sentence_maxsim(blocks, torch.from_numpy(qs), torch.from_numpy(sid), s, group_rows).numpy()
+        np.testing.assert_allclose(got, want, rtol=1e-5, atol=1e-5)
     whole = segment_max(similarities(blocks, torch.from_numpy(qs)), torch.from_numpy(sid), s).mean(1)
     np.testing.assert_allclose(whole.numpy(), want, rtol=1e-5, atol=1e-5)
 
