@@ -214,3 +214,35 @@ def test_threshold_method_never_returns_a_heading_or_navigation_alone(tmp_path: 
         assert len(texts) == 2 and answer.startswith(texts[1][:10]), texts  # body text stays; the TOC line goes
         assert texts[1] == doc.text[out[1].start : out[1].end] and out[1].start == b0
         assert out[0].section is not None and out[0].section.endswith(heading)
+
+
+def test_recall_leaves_the_structure_out_and_fetch_reads_it_once_per_version(tmp_path: Path, minilm) -> None:
+    from retriever.search import Retriever
+
+    doc = load_file(make_manual(tmp_path / "manual.pdf"), "manual.pdf")
+    assert doc.structure is not None
+    s = _index(doc, tmp_path, minilm, "store")
+    payload = doc.structure.to_payload()
+    with Retriever(s, embedder=minilm) as r:
+        q = r.embed_queries(["Why does the widget not start?"])[0]
+        for level in ("doc", "segment"):
+            cands = r.store.recall(q, 5, level)
+            assert [c.doc_id for c in cands] == ["manual.pdf"]
+            assert cands[0].header.structure is None and cands[0].header.page_starts == doc.page_starts
+        full = r.store.header("manual.pdf")
+        assert full is not None and full.structure == payload
+        assert r.fetcher.structures.misses == 0
+        for query, section in [
+            ("Why does the widget not start?", "2.1 Why does the widget not start?"),
+            ("Where are the log files kept?", "2.2 Where are the log files kept?"),
+        ]:
+            top = r.search(query, top=3).spans[0]
+            assert top.section is not None and top.section.endswith(section)
+            assert top.page_labels is not None
+        assert r.fetcher.structures.misses == 1, "read from the store once for this version"
+        docs = r.fetcher.fetch({c.doc_id: c.header for c in cands})
+        assert docs and all(d.header.structure == payload for d in docs)
+        assert r.fetcher.structures.misses == 1
+        r.clear_caches()
+        r.search("Where are the log files kept?", top=1)
+        assert r.fetcher.structures.misses == 2
