@@ -246,3 +246,19 @@ def test_recall_leaves_the_structure_out_and_fetch_reads_it_once_per_version(tmp
         r.clear_caches()
         r.search("Where are the log files kept?", top=1)
         assert r.fetcher.structures.misses == 2
+
+
+def test_explain_plot_marks_table_rows(tmp_path: Path, minilm) -> None:
+    from retriever.plots import plot_explanation, structure_token_marks
+    from retriever.search import Retriever
+
+    doc = load_file(make_table_pdf(tmp_path / "ports.pdf"), "ports.pdf")
+    s = _index(doc, tmp_path, minilm, "store")
+    with Retriever(s, embedder=minilm) as r:
+        ex = r.explain("Which port does remote logging use?", "ports.pdf")
+    rows = structure_token_marks(ex).rows
+    assert len(rows) == len(ROWS)
+    first_tokens = [doc.text[int(ex.starts[a]) : int(ex.ends[b])] for a, b in rows]
+    assert first_tokens == ROW_TEXTS
+    out = plot_explanation(ex, "Which port does remote logging use?", tmp_path / "rows.png")
+    assert out.read_bytes()[:4] == b"\x89PNG"
