@@ -14,8 +14,8 @@ visual line. Then, per line:
   "5.4." label, the question in regular type up to its "?" or the paragraph gap) is one too;
 - list item: starts with a bullet or "1." / "a)"; footnote: small font at the page bottom;
   code: all monospace; else paragraph text;
-- table row: a row of a ruled table (pymupdf's `page.find_tables()`, asked only on pages whose
-  drawn lines have 3+ distinct x and 3+ distinct y positions, since it costs about a second a page);
+- table row: a row of a ruled table (pymupdf's `page.find_tables()`, slow, so asked only on pages
+  whose drawn rules sit at 3+ distinct x and 3+ distinct y positions; README has its cost);
   the text of each cell comes from the same text layer, cells joined by "; " (no `|` markup), one
   block per row.
 
@@ -92,25 +92,22 @@ class TableRow:
 
     bbox: Box
     cells: list[Box]
-    pieces: list[list[tuple[float, float, str]]] = field(default_factory=list)  # per cell: (y0, x0, text)
+    pieces: list[list[tuple[float, float, str]]] = field(default_factory=list)  # per cell: (baseline, x0, text)
 
     def text(self) -> str:
         """The row as reading text: each cell's lines joined, non-empty cells joined by CELL_SEPARATOR."""
         out = []
         for parts in self.pieces:
-            cell = ""
-            last_y: float | None = None
-            for y0, _x0, t in sorted(parts, key=lambda p: (round(p[0]), p[1])):
-                t = " ".join(t.split())
-                if not t:
-                    continue
-                if not cell:
-                    cell = t
-                elif last_y is not None and abs(y0 - last_y) < 2:  # the same printed line
-                    cell += " " + t
+            lines: list[list[tuple[float, float, str]]] = []
+            for p in sorted(parts):
+                if lines and p[0] - lines[-1][0][0] < 2:  # on the same baseline (sizes may differ)
+                    lines[-1].append(p)
                 else:
-                    cell = _join(cell, t)
-                last_y = y0
+                    lines.append([p])
+            cell = ""
+            for ln in lines:
+                t = " ".join(" ".join(t for _, _, t in sorted(ln, key=lambda p: p[1])).split())
+                cell = _join(cell, t) if cell and t else cell or t
             if cell:
                 out.append(cell)
         return CELL_SEPARATOR.join(out)
@@ -119,9 +116,8 @@ class TableRow:
 def _ruled(page: object) -> bool:
     """Whether the page draws rules at MIN_RULES+ distinct x and y positions: a grid.
 
-    Rules are lines, hairline rectangles and the edges of stroked boxes; filled boxes are not (the
-    Valgrind manual shades every code listing, and asking find_tables about those 117 pages more
-    than doubled its reading time for no table).
+    Rules are lines, hairline rectangles and the edges of stroked boxes; filled boxes are not: manuals
+    shade code listings in them (the Valgrind manual on 117 pages), which are no tables.
     """
     xs: set[int] = set()
     ys: set[int] = set()
@@ -242,7 +238,7 @@ def _to_cell(rows: list[TableRow], span: dict) -> bool:
     if hit is None:
         return False
     row, i = hit
-    row.pieces[i].append((y0, x0, span["text"]))
+    row.pieces[i].append((float(span["origin"][1]), x0, span["text"]))
     return True
 
 
