@@ -6,6 +6,10 @@ The unit of fetching and caching is a stored segment (at most the server's multi
 served, only evicted. It is bounded by bytes and evicts least recently used. What a query scores is a
 `DocTokens`: a run of consecutive cached segments of one document (the whole document by default),
 assembled without copying the token rows.
+
+A document's structure (its header's largest field: 123 kB of the Valgrind manual's 128 kB) is not
+in the headers recall returns; `fetch` adds it to the headers of the documents it returns, read from
+the store once per document version (`StructureCache`).
 """
 
 from __future__ import annotations
@@ -14,6 +18,7 @@ import threading
 from collections import OrderedDict
 from collections.abc import Sequence
 from dataclasses import dataclass
+from typing import Any
 
 import numpy as np
 import torch
@@ -205,6 +210,43 @@ class DocCache:
             del self._keys[key[0]]
 
 
+class StructureCache:
+    """Structure payloads by (doc_id, version), bounded LRU; thread-safe. A version without one holds None.
+
+    Args:
+        max_docs: most document versions kept; the least recently used go first.
+    """
+
+    def __init__(self, max_docs: int = 256) -> None:
+        self.max_docs = max_docs
+        self._items: OrderedDict[tuple[str, str], dict[str, Any] | None] = OrderedDict()
+        self._lock = threading.Lock()
+        self.misses = 0  # versions read from the store
+
+    def __len__(self) -> int:
+        return len(self._items)
+
+    def lookup(self, keys: list[tuple[str, str]]) -> dict[tuple[str, str], dict[str, Any] | None]:
+        """The cached payloads among `keys` (absent keys are not in the result)."""
+        with self._lock:
+            found = {k: self._items[k] for k in keys if k in self._items}
+            for k in found:
+                self._items.move_to_end(k)
+        return found
+
+    def put(self, key: tuple[str, str], payload: dict[str, Any] | None) -> None:
+        with self._lock:
+            self._items[key] = payload
+            self._items.move_to_end(key)
+            while len(self._items) > self.max_docs:
+                self._items.popitem(last=False)
+            self.misses += 1
+
+    def clear(self) -> None:
+        with self._lock:
+            self._items.clear()
+
+
 class Fetcher:
     """Store -> device, caching hot segments.
 
@@ -220,6 +262,7 @@ class Fetcher:
         self.device = device
         self.boundary: Boundary = boundary
         self.cache = DocCache(cache_bytes)
+        self.structures = StructureCache()
 
     def fetch(self, headers: dict[str, DocHeader], segments: dict[str, list[int]] | None = None) -> list[DocTokens]:
         """Runs of consecutive segments to score, in the order of `headers`.
@@ -260,13 +303,34 @@ class Fetcher:
                 for seg in self._decode(segs):
                     self.cache.put(seg)
                     have[seg.key] = seg
+        complete = [d for d, idx in wanted.items() if all((d, headers[d].version, i) in have for i in idx)]
+        full = self._with_structures({d: headers[d] for d in complete})
         out = []
-        for doc_id, idx in wanted.items():
+        for doc_id in complete:
             version = headers[doc_id].version
-            if not all((doc_id, version, i) in have for i in idx):
-                continue
-            for run in _runs(idx):
-                out.append(DocTokens.of_segments(headers[doc_id], [have[(doc_id, version, i)] for i in run]))
+            for run in _runs(wanted[doc_id]):
+                out.append(DocTokens.of_segments(full[doc_id], [have[(doc_id, version, i)] for i in run]))
+        return out
+
+    def _with_structures(self, headers: dict[str, DocHeader]) -> dict[str, DocHeader]:
+        """`headers` with their structure payloads, read from the store for versions not cached yet."""
+        need = {d: h for d, h in headers.items() if h.structure is None}
+        if not need:
+            return headers
+        keys = [(d, h.version) for d, h in need.items()]
+        found = self.structures.lookup(keys)
+        missing = {d: v for d, v in keys if (d, v) not in found}
+        if missing:
+            read = self.store.structures(missing)
+            for d, v in missing.items():
+                found[(d, v)] = read.get(d)
+                if d in read:  # a document replaced meanwhile is not cached under the old version
+                    self.structures.put((d, v), read[d])
+        out = dict(headers)
+        for d, h in need.items():
+            payload = found.get((d, h.version))
+            if payload is not None:
+                out[d] = h.model_copy(update={"structure": payload})
         return out
 
     def _decode(self, segs: list[StoredSegment]) -> list[SegmentTokens]:

@@ -2,13 +2,14 @@
 
 Raw r = D @ q per token (thin), the Gaussian-smoothed signal (thick), the threshold line, the returned
 spans shaded, and page boundaries as ticks along the top axis. With the document's structure: section
-starts (headings) as dotted lines with their titles, and TOC / running header-footer text hatched (it
-never answers). Labels are stacked in rows so that none overlaps another. Needs the `plot` extra
-(matplotlib).
+starts (headings) as dotted lines with their titles, TOC / running header-footer text hatched (it
+never answers), and table rows as light bands (alternating shades, so neighbouring rows part). Labels
+are stacked in rows so that none overlaps another. Needs the `plot` extra (matplotlib).
 """
 
 from __future__ import annotations
 
+from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
@@ -53,22 +54,33 @@ def label_rows(xs: list[float], widths: list[float], max_rows: int = 3) -> list[
     return out
 
 
-def structure_token_marks(ex: Explanation) -> tuple[list[tuple[int, str]], list[tuple[int, int]]]:
-    """(token index, title) of each heading, and [first, last] token ranges of TOC/header/footer blocks."""
+@dataclass
+class StructureMarks:
+    """What of a document's structure the plot draws, on the token axis."""
+
+    heads: list[tuple[int, str]] = field(default_factory=list)  # (first token, title) of each heading
+    nav: list[tuple[int, int]] = field(default_factory=list)  # [first, last] tokens of TOC/header/footer blocks
+    rows: list[tuple[int, int]] = field(default_factory=list)  # [first, last] tokens of each table row
+
+
+def structure_token_marks(ex: Explanation) -> StructureMarks:
+    """Headings, navigation blocks and table rows of `ex`'s structure as token positions (empty without one)."""
+    marks = StructureMarks()
     if ex.structure is None:
-        return [], []
+        return marks
     starts = np.asarray(ex.starts)
-    heads, nav = [], []
     for b in ex.structure.blocks:
         first = int(np.searchsorted(starts, b.start, side="left"))
         last = int(np.searchsorted(starts, b.end, side="left")) - 1
         if first >= len(starts) or last < first:
             continue
         if b.kind == "heading":
-            heads.append((first, b.title or ""))
+            marks.heads.append((first, b.title or ""))
         elif b.kind in NON_ANSWER_KINDS:
-            nav.append((first, last))
-    return heads, nav
+            marks.nav.append((first, last))
+        elif b.kind == "table_row":
+            marks.rows.append((first, last))
+    return marks
 
 
 def plot_explanation(ex: Explanation, query: str, out: Path) -> Path:
@@ -83,7 +95,17 @@ def plot_explanation(ex: Explanation, query: str, out: Path) -> Path:
     ax.plot(x, ex.raw, color="0.65", lw=0.6, label="raw relevance r = D·q")
     ax.plot(x, ex.smoothed, color="tab:blue", lw=1.8, label="smoothed")
     ax.axhline(ex.threshold, color="tab:red", ls="--", lw=1.2, label=f"threshold {ex.threshold:.3f}")
-    heads, nav = structure_token_marks(ex)
+    sm = structure_token_marks(ex)
+    heads, nav = sm.heads, sm.nav
+    for i, (a, b) in enumerate(sm.rows):
+        ax.axvspan(
+            a,
+            b + 1,
+            color="tab:purple",
+            alpha=0.08 if i % 2 else 0.16,
+            lw=0,
+            label="table rows (each answers whole)" if i == 0 else None,
+        )
     for i, (a, b) in enumerate(nav):
         ax.axvspan(
             a,

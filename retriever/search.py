@@ -136,8 +136,9 @@ class Retriever:
         self.calibration = Calibration.packaged()
 
     def clear_caches(self) -> None:
-        """Forget decoded segments and what the span method caches (what a cold process lacks)."""
+        """Forget decoded segments, structures and what the span method caches (what a cold process lacks)."""
         self.fetcher.cache.clear()
+        self.fetcher.structures.clear()
         self.method.clear_caches()
 
     def close(self) -> None:

@@ -252,7 +252,9 @@ def test_explain_plot_marks_sections_and_navigation(manual: Path, tmp_path: Path
     index_documents([load_file(manual, "manual.pdf")], s, minilm)
     with Retriever(s, embedder=minilm) as r:
         ex = r.explain("Where are the log files kept?", "manual.pdf")
-    heads, nav = structure_token_marks(ex)
+    marks = structure_token_marks(ex)
+    heads, nav = marks.heads, marks.nav
+    assert marks.rows == []
     assert [t for _, t in heads][-5:] == [h for h, _, _, _ in SECTIONS]
     assert len(nav) >= len(TOC_LINES) + 6  # TOC lines, 3 running headers, 3 footers
     out = plot_explanation(ex, "Where are the log files kept?", tmp_path / "x.png")

@@ -13,7 +13,11 @@ visual line. Then, per line:
   than the body font; the outline gives its level, else the font size does; an FAQ entry (a bold
   "5.4." label, the question in regular type up to its "?" or the paragraph gap) is one too;
 - list item: starts with a bullet or "1." / "a)"; footnote: small font at the page bottom;
-  code: all monospace; else paragraph text.
+  code: all monospace; else paragraph text;
+- table row: a row of a ruled table (pymupdf's `page.find_tables()`, slow, so asked only on pages
+  whose drawn rules sit at 3+ distinct x and 3+ distinct y positions; README has its cost);
+  the text of each cell comes from the same text layer, cells joined by "; " (no `|` markup), one
+  block per row.
 
 Consecutive lines of one kind with no paragraph gap between them form one block; blocks are
 joined by a blank line in the reading text, lines inside a block by a space (line-end
@@ -48,6 +52,8 @@ _PAGE_NUMBER = re.compile(r"^\s*(?:page\s+)?(?:\d{1,4}|[ivxlcdm]{1,7})(?:\s*(?:/
 _BULLET = re.compile(r"^\s*(?:[•◦▪▫●○■□‣⁃∙·\-–—*]|\(?\d{1,3}[.)]|\(?[a-z][.)])\s+\S")
 _FAQ_LABEL = re.compile(r"^\s*\d+(?:\.\d+)+\.?\s*$")
 _SECTION_NUMBER = re.compile(r"^\s*(?:[A-Z]|\d+)(?:\.\d+)*\.?\s+")
+CELL_SEPARATOR = "; "  # as the Markdown and HTML readers join cells
+MIN_RULES = 3  # distinct x and y positions of drawn lines before a page is searched for tables
 
 
 @dataclass
@@ -77,12 +83,104 @@ def _key(text: str) -> str:
     return "".join(ch for ch in t if ch.isalnum())
 
 
+Box = tuple[float, float, float, float]
+
+
+@dataclass
+class TableRow:
+    """One row of a ruled table: its box, its cells' boxes, and per cell the text pieces found in it."""
+
+    bbox: Box
+    cells: list[Box]
+    pieces: list[list[tuple[float, float, str]]] = field(default_factory=list)  # per cell: (baseline, x0, text)
+
+    def text(self) -> str:
+        """The row as reading text: each cell's lines joined, non-empty cells joined by CELL_SEPARATOR."""
+        out = []
+        for parts in self.pieces:
+            lines: list[list[tuple[float, float, str]]] = []
+            for p in sorted(parts):
+                if lines and p[0] - lines[-1][0][0] < 2:  # on the same baseline (sizes may differ)
+                    lines[-1].append(p)
+                else:
+                    lines.append([p])
+            cell = ""
+            for ln in lines:
+                t = " ".join(" ".join(t for _, _, t in sorted(ln, key=lambda p: p[1])).split())
+                cell = _join(cell, t) if cell and t else cell or t
+            if cell:
+                out.append(cell)
+        return CELL_SEPARATOR.join(out)
+
+
+def _ruled(page: object) -> bool:
+    """Whether the page draws rules at MIN_RULES+ distinct x and y positions: a grid.
+
+    Rules are lines, hairline rectangles and the edges of stroked boxes; filled boxes are not: manuals
+    shade code listings in them (the Valgrind manual on 117 pages), which are no tables.
+    """
+    xs: set[int] = set()
+    ys: set[int] = set()
+    for d in page.get_drawings():  # type: ignore[attr-defined]
+        stroked = d["type"] in ("s", "fs")
+        for item in d["items"]:
+            if item[0] == "l":
+                a, b = item[1], item[2]
+                if abs(a.x - b.x) < 1:
+                    xs.add(round(a.x))
+                if abs(a.y - b.y) < 1:
+                    ys.add(round(a.y))
+            elif item[0] == "re":
+                r = item[1]
+                if r.width < 2:
+                    xs.add(round((r.x0 + r.x1) / 2))
+                elif r.height < 2:
+                    ys.add(round((r.y0 + r.y1) / 2))
+                elif stroked:
+                    xs.update((round(r.x0), round(r.x1)))
+                    ys.update((round(r.y0), round(r.y1)))
+    return len(xs) >= MIN_RULES and len(ys) >= MIN_RULES
+
+
+def _table_rows(page: object, pno: int) -> list[TableRow]:
+    """Rows of the page's ruled tables (2+ rows and 2+ columns); [] when the page draws no grid."""
+    if not _ruled(page):
+        return []
+    try:
+        found = page.find_tables()  # type: ignore[attr-defined]
+    except Exception as e:  # a table finder failure costs the rows their structure, never the text
+        logging.getLogger(__name__).warning("page %d: table detection failed (%s: %s)", pno + 1, type(e).__name__, e)
+        return []
+    rows: list[TableRow] = []
+    for table in found.tables:
+        if table.row_count < 2 or table.col_count < 2:
+            continue
+        for row in table.rows:
+            cells = [tuple(c) for c in row.cells if c is not None]
+            if cells:
+                rows.append(TableRow(tuple(row.bbox), cells, [[] for _ in cells]))
+    return rows
+
+
+def _cell_of(rows: list[TableRow], x: float, y: float) -> tuple[TableRow, int] | None:
+    for row in rows:
+        x0, y0, x1, y1 = row.bbox
+        if x0 <= x <= x1 and y0 <= y <= y1:
+            for i, (cx0, cy0, cx1, cy1) in enumerate(row.cells):
+                if cx0 <= x <= cx1 and cy0 <= y <= cy1:
+                    return row, i
+    return None
+
+
 def _page_lines(page: object, pno: int, flags: int) -> list[Line]:
     raw = []
+    rows = _table_rows(page, pno)
     d = page.get_text("dict", flags=flags)  # type: ignore[attr-defined]
     for b in d.get("blocks", []):
         for ln in b.get("lines", []):
             spans = [s for s in ln.get("spans", []) if s.get("text", "")]
+            if rows:  # text inside a table's cells becomes that row's, not a line of its own
+                spans = [s for s in spans if not _to_cell(rows, s)]
             if not any(s["text"].strip() for s in spans):
                 continue
             x0, y0, _x1, y1 = ln["bbox"]
@@ -127,6 +225,31 @@ def _page_lines(page: object, pno: int, flags: int) -> list[Line]:
         bold = all(p[2] for p in letters)
         mono = all(p[3] for p in letters)
         out.append(Line(pno, min(r[0] for r in g), max(r[1] for r in g), g[0][2], text, size, bold, mono, spans=pieces))
+    if rows:
+        out.extend(_row_lines(rows, pno))
+        out.sort(key=lambda ln: ((ln.y0 + ln.y1) / 2, ln.x0))
+    return out
+
+
+def _to_cell(rows: list[TableRow], span: dict) -> bool:
+    """File a span under the table cell holding its centre; False when it lies in no cell."""
+    x0, y0, x1, y1 = span["bbox"]
+    hit = _cell_of(rows, (x0 + x1) / 2, (y0 + y1) / 2)
+    if hit is None:
+        return False
+    row, i = hit
+    row.pieces[i].append((float(span["origin"][1]), x0, span["text"]))
+    return True
+
+
+def _row_lines(rows: list[TableRow], pno: int) -> list[Line]:
+    """One `table_row` line per row that holds text."""
+    out = []
+    for row in rows:
+        text = row.text()
+        if text:
+            x0, y0, _x1, y1 = row.bbox
+            out.append(Line(pno, y0, y1, x0, text, 0.0, False, False, kind="table_row"))
     return out
 
 
@@ -143,7 +266,8 @@ def _new_raw_line(group: list[tuple[float, float, float, list[dict]]], piece_ind
 def _body_size(lines: list[Line]) -> float:
     sizes = Counter[float]()
     for ln in lines:
-        sizes[round(ln.size, 1)] += len(ln.text)
+        if ln.kind != "table_row":  # rows carry no font size of their own
+            sizes[round(ln.size, 1)] += len(ln.text)
     return sizes.most_common(1)[0][0] if sizes else 10.0
 
 
@@ -157,7 +281,7 @@ def _mark_running(pages: list[list[Line]], heights: list[float]) -> None:
         seen_y, seen_t = set(), set()
         for ln in lines:
             band = "top" if ln.y1 <= h * BAND else "bottom" if ln.y0 >= h * (1 - BAND) else ""
-            if not band:
+            if not band or ln.kind == "table_row":
                 continue
             banded.append((ln, band))
             seen_y.add((band, round(ln.y0 / 2)))
@@ -174,7 +298,7 @@ def _mark_running(pages: list[list[Line]], heights: list[float]) -> None:
 
 def _mark_toc(lines: list[Line]) -> None:
     """TOC and index entries: dot leaders anywhere; every line of a page mostly made of page references."""
-    body = [ln for ln in lines if ln.kind not in ("header", "footer")]
+    body = [ln for ln in lines if ln.kind not in ("header", "footer", "table_row")]  # a row's numbers are data
     refs = sum(1 for ln in body if _DOT_LEADER.search(ln.text) or _ENDS_IN_PAGE.search(ln.text))
     toc_page = len(body) >= 5 and refs >= 0.5 * len(body)
     for ln in body:
@@ -335,7 +459,8 @@ def read_pdf(path: Path) -> Reading:
     every = [ln for p in pages for ln in p]
     body = _body_size(every)
     _mark_running(pages, heights)
-    gaps = [b.y0 - a.y1 for p in pages for a, b in itertools.pairwise(p) if 0 <= b.y0 - a.y1 < 3 * body]
+    text_lines = [[ln for ln in p if ln.kind != "table_row"] for p in pages]
+    gaps = [b.y0 - a.y1 for p in text_lines for a, b in itertools.pairwise(p) if 0 <= b.y0 - a.y1 < 3 * body]
     line_gap = statistics.median(gaps) if gaps else body * 0.3
     gap_limit = line_gap + 0.45 * body
     builder = TextBuilder()

@@ -20,7 +20,7 @@ import numpy as np
 
 from indexer.codec import CodecParams, TokenCodec, fit, pool_document
 from indexer.store.backend import Match, NewPoint, PointRecord, PointsBackend, VectorSpace, Where
-from indexer.store.meta import HEADER_FIELDS, CollectionMeta, DocHeader
+from indexer.store.meta import RECALL_FIELDS, CollectionMeta, DocHeader
 from indexer.store.segments import POINT_NAMESPACE, Segment, header_id, segment_id, split_segments
 from schemas.errors import StoreMismatchError, StoreNotFoundError
 from schemas.layout import StorageLayout
@@ -372,7 +372,7 @@ class TokenStore:
         self._check_query(query)
         if level == "doc":
             flt = Where(must=[Match("kind", "doc"), *(where.must if where else [])])
-            recs = self.backend.query("pooled", query, k, flt, HEADER_FIELDS)
+            recs = self.backend.query("pooled", query, k, flt, RECALL_FIELDS)
             return [Candidate(r.payload["doc_id"], r.score, DocHeader.model_validate(r.payload)) for r in recs]
         recs = self.backend.query("pooled", query, 4 * k, Where(must=[Match("kind", "segment")]), ["doc_id", "version"])
         return self._segments_to_docs(recs, k, where)
@@ -413,7 +413,8 @@ class TokenStore:
             return []
         must: list[Match | Where] = [Match("kind", "doc"), Match("doc_id", list(best)), *(where.must if where else [])]
         heads = {
-            r.payload["doc_id"]: DocHeader.model_validate(r.payload) for r in self.backend.scroll(Where(must=must), [])
+            r.payload["doc_id"]: DocHeader.model_validate(r.payload)
+            for r in self.backend.scroll(Where(must=must), [], payload=RECALL_FIELDS)
         }
         # a segment whose version is not its header's is an orphan or stale: never a candidate
         out = [Candidate(d, s, heads[d]) for d, s in best.items() if d in heads and heads[d].version == versions[d]]
@@ -495,6 +496,26 @@ class TokenStore:
         for segs in out.values():
             segs.sort(key=lambda s: s.index)
         return dict(out)
+
+    def structures(self, versions: dict[str, str]) -> dict[str, dict[str, Any] | None]:
+        """The structure payloads of some documents' live versions (recall leaves them out of headers).
+
+        Args:
+            versions: doc_id -> the version wanted.
+
+        Returns:
+            doc_id -> its structure payload, or None when that version has none (a document replaced
+            since is left out).
+        """
+        if not versions:
+            return {}
+        must: list[Match | Where] = [Match("kind", "doc"), Match("doc_id", list(versions))]
+        recs = self.backend.scroll(Where(must=must), [], payload=["doc_id", "version", "structure"])
+        return {
+            r.payload["doc_id"]: r.payload.get("structure")
+            for r in recs
+            if versions.get(r.payload["doc_id"]) == r.payload["version"]
+        }
 
     def segment_texts(self, wanted: dict[tuple[str, str], list[int]]) -> dict[tuple[str, int], tuple[int, str]]:
         """The text of some segments: payload only, no token rows.

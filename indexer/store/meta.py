@@ -141,3 +141,6 @@ class DocHeader(BaseModel):
 
 
 HEADER_FIELDS = list(DocHeader.model_fields)
+# what recall returns: a big manual's structure is 20x the rest of its header (123 kB of 128 kB for the
+# Valgrind manual), and only the documents whose spans get built need it (`TokenStore.structures`)
+RECALL_FIELDS = [f for f in HEADER_FIELDS if f != "structure"]

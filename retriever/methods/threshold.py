@@ -1,7 +1,9 @@
 """The threshold method (the original): smooth the token signal, threshold it, cluster, extend to sentence ends.
 
 The threshold is absolute (`SpanSettings.threshold`) or, EXPERIMENTAL, relative to the best smoothed
-token of the query's candidates (`threshold_mode="relative"`, `relative_margin` below it).
+token of the query's candidates (`threshold_mode="relative"`, `relative_margin` below it). On documents
+with a structure a span goes through `structured.answer_range` as the sentence method's do: a span of
+headings alone becomes its section's answer, navigation alone is dropped, table rows are kept whole.
 """
 
 from __future__ import annotations
@@ -13,6 +15,7 @@ import torch
 
 from retriever.fetch import DocTokens
 from retriever.methods.base import MethodContext, QueryDocs, SpanMethod, span_result
+from retriever.methods.structured import LAYOUTS, answer_range
 from retriever.spans import SpanParams, TokenSpans, extract_spans
 from schemas.models import SpanResult
 
@@ -69,9 +72,22 @@ class ThresholdMethod(SpanMethod[TokenSignal]):
         offsets = np.cumsum([0] + [len(d.starts) for d in docs])
         order = torch.argsort(ts.score, descending=True).cpu().numpy()
         dsel, s0, s1, sc = (t.cpu().numpy() for t in (ts.doc, ts.start, ts.end, ts.score))
-        out = []
-        for i in order[:top]:
+        out: list[SpanResult] = []
+        seen: set[tuple[int, int, int]] = set()
+        for i in order:
+            if top is not None and len(out) == top:
+                break
             d = docs[int(dsel[i])]
             a, b = int(s0[i] - offsets[dsel[i]]), int(s1[i] - offsets[dsel[i]])
-            out.append(span_result(d, int(d.starts[a]), int(d.ends[b]), float(sc[i])))
+            cs, ce = int(d.starts[a]), int(d.ends[b])
+            layout = LAYOUTS.get(d.doc_id, d.header)
+            if layout is not None:  # never a heading or navigation alone (see retriever.methods.structured)
+                answer = answer_range(layout, cs, ce, d.text, d.char_base)
+                if answer is None:
+                    continue
+                cs, ce = answer
+            if (int(dsel[i]), cs, ce) in seen:  # two headings of one section
+                continue
+            seen.add((int(dsel[i]), cs, ce))
+            out.append(span_result(d, cs, ce, float(sc[i])))
         return out
