@@ -18,8 +18,8 @@ from dataclasses import dataclass
 import numpy as np
 import torch
 
+from indexer.boundaries import token_ends_sentence
 from indexer.store import DocHeader, StoredSegment, TokenStore
-from retriever.boundaries import token_ends_sentence
 from retriever.relevance import gemv_blocks
 from schemas.settings import Boundary
 

@@ -13,7 +13,7 @@ from dataclasses import dataclass
 import numpy as np
 import torch
 
-from retriever.boundaries import boundary_chars
+from indexer.boundaries import boundary_chars
 from retriever.fetch import DocTokens
 from schemas.settings import Boundary
 
