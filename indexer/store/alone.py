@@ -42,11 +42,6 @@ def segment_payload(sv: SentenceVectors, char_start: int, char_end: int) -> dict
     }
 
 
-def payload_bytes(sv: SentenceVectors) -> int:
-    """Bytes the payload entries of all a document's sentences take (base64 text and the char list)."""
-    return 4 * -(-sv.vectors.size * 2 // 3) + 8 * sv.chars.size
-
-
 def read_alone(
     backend: PointsBackend, dim: int, wanted: dict[tuple[str, str], list[int]]
 ) -> dict[AloneKey, np.ndarray]:

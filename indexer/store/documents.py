@@ -558,6 +558,7 @@ class TokenStore:
             "dim": self.meta.dim,
             "storage_dtype": self.meta.layout.dtype,
             "storage_layout": self.meta.layout.name,
+            "sentence_vectors": self.meta.sentence_vectors,
             "bytes_on_disk": disk,
             "bytes_per_token": (disk / tokens) if disk is not None and tokens else None,
         }
