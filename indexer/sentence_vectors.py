@@ -24,6 +24,8 @@ from indexer.store.segments import split_segments
 from schemas.models import EmbeddedDocument, SentenceVectors
 from schemas.settings import Boundary
 
+LENGTH_GROUP = 128  # sentences per model call
+
 
 def sentence_chars(emb: EmbeddedDocument, pool: int, segment_rows: int | None, rule: Boundary) -> np.ndarray:
     """Character ranges of the sentences search will cut from this document as stored.
@@ -77,10 +79,24 @@ def with_sentence_vectors(
     chars = [sentence_chars(e, pool, rows, rule) for e in docs]
     texts = [[e.doc.text[a:b] for a, b in c] for e, c in zip(docs, chars, strict=True)]
     distinct = list(dict.fromkeys(t for ts in texts for t in ts))
-    vecs = embedder.embed_texts(distinct) if distinct else np.zeros((0, embedder.dim), np.float32)
+    vecs = _embed_by_length(embedder, distinct)
     row = {t: i for i, t in enumerate(distinct)}
     out = []
     for e, c, ts in zip(docs, chars, texts, strict=True):
         v = vecs[[row[t] for t in ts]] if ts else np.zeros((0, embedder.dim), np.float32)
         out.append(e.model_copy(update={"sentences": SentenceVectors(chars=c, vectors=v.astype(np.float32))}))
+    return out
+
+
+def _embed_by_length(embedder: TokenEmbedder, texts: list[str]) -> np.ndarray:
+    """(n, dim) alone vectors of `texts`, embedded in groups of similar length.
+
+    One call pads every sentence of a batch to its longest (several times the real tokens), so texts
+    go shortest first, LENGTH_GROUP at a time.
+    """
+    out = np.zeros((len(texts), embedder.dim), np.float32)
+    order = sorted(range(len(texts)), key=lambda i: len(texts[i]))
+    for k in range(0, len(order), LENGTH_GROUP):
+        idx = order[k : k + LENGTH_GROUP]
+        out[idx] = embedder.embed_texts([texts[i] for i in idx])
     return out
