@@ -19,6 +19,7 @@ from schemas.models import IngestFailure, LoadedDocument
 
 log = logging.getLogger(__name__)
 
+
 def file_hash(path: Path) -> str:
     """sha256 of the file's bytes: the unit of change detection."""
     h = hashlib.sha256()

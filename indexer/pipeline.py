@@ -29,6 +29,7 @@ from indexer.embedders import TokenEmbedder, load_embedder
 from indexer.embedders.hf import WindowedModel
 from indexer.loaders import file_hash, load_file
 from indexer.parts import HFWindows, PartCommit, PartWrite, embed_in_parts
+from indexer.sentence_vectors import with_sentence_vectors
 from indexer.store import DocHeader, TokenStore, Written, open_or_create_store, open_store
 from schemas.errors import ChunklessError, InputError, StoreNotFoundError
 from schemas.models import EmbeddedDocument, IngestFailure, IngestReport, LoadedDocument
@@ -331,6 +332,7 @@ def ingest(
             long_docs = [d for d, f in zip(batch, flags, strict=True) if f]
             short = [d for d, f in zip(batch, flags, strict=True) if not f]
             out = _embed(short, embedder, fail) if short else []
+            out = with_sentence_vectors(out, embedder, store, settings.spans.boundary)  # opt-in; model thread
             if out and not _put(embedded, out, stop, writer):
                 break
             if not all(

@@ -23,8 +23,8 @@ from typing import Any
 import numpy as np
 import torch
 
+from indexer.boundaries import token_ends_sentence
 from indexer.store import DocHeader, StoredSegment, TokenStore
-from retriever.boundaries import token_ends_sentence
 from retriever.relevance import gemv_blocks
 from schemas.settings import Boundary
 

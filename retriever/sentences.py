@@ -13,7 +13,7 @@ from dataclasses import dataclass
 import numpy as np
 import torch
 
-from retriever.boundaries import boundary_chars
+from indexer.boundaries import boundary_chars
 from retriever.fetch import DocTokens
 from schemas.settings import Boundary
 
@@ -119,6 +119,10 @@ class SentenceCandidates:
     lexical: np.ndarray | None = None  # (k,) BM25 scaled to [0, 1] over the query's fetched sentences
     alone: np.ndarray | None = None  # (m <= k,) cosine of the re-embedded candidates
     segment_score: float | None = None  # best segment's MaxSim per query token
+    # with stored alone vectors: each candidate's (doc_id, version, char start, char end) and the
+    # segments it may start in (where the store keeps its alone vector)
+    keys: list[tuple[str, str, int, int]] | None = None
+    segments: list[list[int]] | None = None
 
 
 Neighbours = dict[tuple[str, int], tuple[int, str]]  # (doc_id, segment) -> (char_start, text)

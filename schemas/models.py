@@ -30,6 +30,15 @@ class LoadedDocument(BaseModel):
         return v
 
 
+class SentenceVectors(BaseModel):
+    """A document's sentences embedded alone: row i is the unit vector of text[chars[i, 0]:chars[i, 1]]."""
+
+    model_config = ConfigDict(arbitrary_types_allowed=True)
+
+    chars: np.ndarray  # (S, 2) int64 character [start, end), ascending
+    vectors: np.ndarray  # (S, dim) float32, unit rows
+
+
 class EmbeddedDocument(BaseModel):
     """Token matrix of one document: row i is token i's unit vector, covering text[offsets[i,0]:offsets[i,1]]."""
 
@@ -41,6 +50,7 @@ class EmbeddedDocument(BaseModel):
     pooled: np.ndarray  # (dim,) float32, unit
     window_pooled: np.ndarray  # (n_windows, dim) float32, unit: one pooled vector per embedding window
     window_bounds: np.ndarray  # (n_windows, 2) int64 token [start, end) of each window
+    sentences: SentenceVectors | None = None  # sentences embedded alone, when the collection stores them
 
     @model_validator(mode="after")
     def _shapes(self) -> EmbeddedDocument:

@@ -73,6 +73,11 @@ class StoreSettings(_Group):
         description="Rows per stored segment (None: the most a Qdrant server takes); small segments let a query "
         "fetch and score only where the answer is (fetch_segments).",
     )
+    store_sentence_vectors: bool = Field(
+        False,
+        description="A new collection also stores every sentence's vector embedded alone (computed at ingest), so "
+        "the sentence method's re-ranking reads them instead of running the model at query time.",
+    )
     shard_number: int = Field(1, ge=1)
     replication_factor: int = Field(1, ge=1)
     on_disk: bool = True

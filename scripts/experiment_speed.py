@@ -31,8 +31,8 @@ from pathlib import Path
 
 import numpy as np
 
+from indexer.boundaries import boundary_chars
 from indexer.embedders import HFTokenEmbedder, load_embedder
-from retriever.boundaries import boundary_chars
 from retriever.calibration import FEATURES, PARAMS, fit, lexical_features
 from retriever.evaluation.benchmark import BenchQuery, Hit, evidence_f1, hit_at, load_benchmark, words
 from retriever.evaluation.evaluate import auc, index_benchmark

@@ -8,8 +8,8 @@ from pathlib import Path
 
 import pytest
 
+from indexer.boundaries import sentence_ranges
 from indexer.embedders import HFTokenEmbedder
-from retriever.boundaries import sentence_ranges
 from retriever.cli import main
 from retriever.evaluation import (
     BenchQuery,

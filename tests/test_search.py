@@ -10,8 +10,8 @@ import numpy as np
 import pytest
 import torch
 
+from indexer.boundaries import boundary_chars
 from indexer.embedders import HFTokenEmbedder
-from retriever.boundaries import boundary_chars
 from retriever.evaluation.benchmark import load_benchmark
 from retriever.evaluation.evaluate import index_benchmark
 from retriever.fetch import DocTokens

@@ -8,7 +8,7 @@ import numpy as np
 import pytest
 import torch
 
-from retriever.boundaries import boundary_chars, token_ends_sentence
+from indexer.boundaries import boundary_chars, token_ends_sentence
 from retriever.relevance import gemv_blocks, relevance_smoothed
 from retriever.spans import SpanParams, extend_to_sentences, extend_to_sentences_scan, extract_spans, smooth
 from tests.reference_spans import reference_spans

@@ -8,7 +8,7 @@ from pathlib import Path
 from schemas.errors import InputError
 from schemas.structure import Block, BlockKind, DocStructure
 
-BLOCK_SEPARATOR = "\n\n"  # a newline ends a sentence (retriever.boundaries): no span runs across blocks
+BLOCK_SEPARATOR = "\n\n"  # a newline ends a sentence (indexer.boundaries): no span runs across blocks
 
 
 @dataclass

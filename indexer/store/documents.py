@@ -19,12 +19,13 @@ from typing import Any, Literal
 import numpy as np
 
 from indexer.codec import CodecParams, TokenCodec, fit, pool_document
+from indexer.store.alone import AloneKey, read_alone, segment_payload
 from indexer.store.backend import Match, NewPoint, PointRecord, PointsBackend, VectorSpace, Where
 from indexer.store.meta import RECALL_FIELDS, CollectionMeta, DocHeader
 from indexer.store.segments import POINT_NAMESPACE, Segment, header_id, segment_id, split_segments
 from schemas.errors import StoreMismatchError, StoreNotFoundError
 from schemas.layout import StorageLayout
-from schemas.models import EmbeddedDocument, LoadedDocument
+from schemas.models import EmbeddedDocument, LoadedDocument, SentenceVectors
 from schemas.settings import StoreSettings
 
 KEYWORD_FIELDS = ["kind", "doc_id", "version", "source"]
@@ -167,11 +168,11 @@ class TokenStore:
         """
         d = emb.doc
         self.meta.check(self.meta.model, emb.dim, None, d.source)
-        n_model_tokens = emb.n_tokens
+        n_model_tokens, sentences = emb.n_tokens, emb.sentences
         emb = pool_document(emb, self.meta.layout.pool)
         segs = split_segments(emb, self.segment_rows)
         self.begin_document(d, emb.dim, emb.vectors, emb.n_tokens, len(segs))
-        nbytes = self.write_segments(d, segs)
+        nbytes = self.write_segments(d, segs, sentences)
         self.commit_document(d, emb.pooled, n_model_tokens, emb.n_tokens, len(segs))
         return Written(nbytes, len(segs))
 
@@ -203,12 +204,13 @@ class TokenStore:
         self.backend.ensure_space(expected, f"writing document '{doc.doc_id}'")
         self.fit_codec(sample)
 
-    def write_segments(self, doc: LoadedDocument, segs: list[Segment]) -> int:
+    def write_segments(self, doc: LoadedDocument, segs: list[Segment], sentences: SentenceVectors | None = None) -> int:
         """Encode and write segments of the document version `doc.content_hash`.
 
         Args:
             doc: the document (its text gives each segment's text).
             segs: segments with their final indices, row offsets and character ranges.
+            sentences: the document's sentences' alone vectors, each written with the segment it starts in.
 
         Returns:
             Token-vector bytes as stored.
@@ -235,6 +237,8 @@ class TokenStore:
             }
             if scales is not None:
                 payload["scales"] = scales.tolist()
+            if sentences is not None:
+                payload |= segment_payload(sentences, s.char_start, s.char_end)
             # one segment per upsert keeps each request under a server's payload limit
             point = NewPoint(
                 segment_id(doc.doc_id, doc.content_hash, s.index), {"tokens": stored, "pooled": s.pooled}, payload
@@ -539,6 +543,19 @@ class TokenStore:
             for r in recs
         }
 
+    def sentence_vectors(self, wanted: dict[tuple[str, str], list[int]]) -> dict[AloneKey, np.ndarray]:
+        """The stored alone vectors of the sentences starting in some segments (`indexer.store.alone`).
+
+        Args:
+            wanted: (doc_id, version) -> segment indices.
+
+        Returns:
+            (doc_id, version, char start, char end) -> (dim,) float32; empty when the collection has none.
+        """
+        if not self.meta.sentence_vectors:
+            return {}
+        return read_alone(self.backend, self.meta.dim, wanted)
+
     def _check_query(self, q: np.ndarray) -> None:
         if q.shape[-1] != self.meta.dim:
             raise StoreMismatchError(
@@ -562,6 +579,7 @@ class TokenStore:
             "dim": self.meta.dim,
             "storage_dtype": self.meta.layout.dtype,
             "storage_layout": self.meta.layout.name,
+            "sentence_vectors": self.meta.sentence_vectors,
             "bytes_on_disk": disk,
             "bytes_per_token": (disk / tokens) if disk is not None and tokens else None,
         }
@@ -735,6 +753,7 @@ def open_or_create_store(
         created_at=time.time(),
         backend=model_backend or "hf-pooled",
         vector_kind=vector_kind or "pooled-hidden",
+        sentence_vectors=store.store_sentence_vectors,
     )
     spaces = vector_spaces(dim, layout)
     backend.create(

@@ -32,6 +32,8 @@ class CollectionMeta(BaseModel):
     # how the token vectors were made (indexer.embedders Capabilities); older collections were all hf-pooled
     backend: str = "hf-pooled"
     vector_kind: str = "pooled-hidden"
+    # segments carry their sentences' alone vectors (indexer.sentence_vectors); older collections do not
+    sentence_vectors: bool = False
 
     @model_validator(mode="before")
     @classmethod

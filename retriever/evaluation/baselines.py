@@ -1,7 +1,7 @@
 """Baselines for `chunkless eval`: pre-cut pieces, each embedded alone, ranked by cosine with the query.
 
 - fixed-size chunks: consecutive runs of `size` tokens (the model's tokenizer), no overlap;
-- sentences: each sentence under retriever.boundaries' "sentences" rule.
+- sentences: each sentence under indexer.boundaries' "sentences" rule.
 Both use the same model and query vectors as chunkless, and return benchmark `Hit`s, best first.
 """
 
@@ -12,8 +12,8 @@ from collections.abc import Sequence
 
 import numpy as np
 
+from indexer.boundaries import sentence_ranges
 from indexer.embedders import TokenEmbedder
-from retriever.boundaries import sentence_ranges
 from retriever.evaluation.benchmark import Benchmark, BenchQuery, Hit
 
 Piece = tuple[str, int, int]  # doc_id, char start, char end
@@ -36,7 +36,7 @@ def token_chunks(bench: Benchmark, embedder: TokenEmbedder, size: int) -> list[P
 
 
 def sentences(bench: Benchmark) -> list[Piece]:
-    """Every sentence of every document (retriever.boundaries' "sentences" rule)."""
+    """Every sentence of every document (indexer.boundaries' "sentences" rule)."""
     return [(d.doc_id, a, b) for d in bench.docs for a, b in sentence_ranges(d.text)]
 
 

@@ -27,6 +27,7 @@ from pathlib import Path
 import numpy as np
 
 from indexer.embedders import TokenEmbedder, load_embedder
+from indexer.sentence_vectors import with_sentence_vectors
 from indexer.store import open_or_create_store
 from retriever.calibration import Abstention, abstention
 from retriever.evaluation.baselines import chunk_baseline, sentence_baseline
@@ -75,7 +76,10 @@ def index_benchmark(bench: Benchmark, settings: Settings, embedder: TokenEmbedde
             if doc is not None:
                 batch.append(doc)
             if batch and (doc is None or sum(len(b.text) for b in batch) >= EMBED_BATCH_CHARS):
-                for emb in embedder.embed_documents(batch):
+                embedded = with_sentence_vectors(
+                    embedder.embed_documents(batch), embedder, store, settings.spans.boundary
+                )
+                for emb in embedded:
                     store.write_document(emb)
                 batch = []
         store.flush()

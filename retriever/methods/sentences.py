@@ -6,7 +6,9 @@
    (headings) are skipped; the best max(rerank_k, top) are kept.
 2. Sentences a fetched run of segments cut are finished from the neighbour segments' text.
 3. Re-ranking, batched over all queries of a batch: the best `rerank_k` candidates are embedded alone
-   (through an LRU of embeddings by text) and their score becomes
+   (through an LRU of embeddings by text; read from the store instead when the collection stores
+   sentences' alone vectors, `store_sentence_vectors`, and embedded only when it has none for the
+   exact characters, e.g. a sentence cut differently at a segment edge) and their score becomes
    rerank_weight * alone cosine + (1 - rerank_weight) * pooled cosine; the rest fall below them.
    BM25 over the fetched sentences (`retriever.lexical`, scaled to [0, 1]) joins the pooled cosine with
    weight `lexical_first` in choosing the candidates, and the blend with weight `lexical_weight`.
@@ -20,6 +22,7 @@ import threading
 from collections import OrderedDict
 from collections.abc import Callable
 from dataclasses import dataclass, field
+from functools import partial
 
 import numpy as np
 import torch
@@ -107,6 +110,7 @@ class SentenceMethod(SpanMethod[SentenceCandidates]):
         self.scorer = ctx.scorer
         self.embed_texts = ctx.embed_texts
         self.segment_texts = ctx.segment_texts
+        self.alone_vectors = ctx.alone_vectors
         self.caches = caches or SentenceCaches(AloneCache(ctx.settings.rerank_cache))
         self.min_sentence_rows = max(1, math.ceil(ctx.settings.min_sentence_tokens / ctx.pool))
 
@@ -145,7 +149,22 @@ class SentenceMethod(SpanMethod[SentenceCandidates]):
         need = cut_sentences(cands, docs)
         if need:  # a fetched run cut some sentences: finish them from the neighbour segments' text
             complete_cut(cands, docs, self.segment_texts(need), st.boundary)
+        if self.alone_vectors is not None:
+            self._locate(cands, docs)
         return cands
+
+    @staticmethod
+    def _locate(c: SentenceCandidates, docs: list[DocTokens]) -> None:
+        """Where the store keeps each candidate's alone vector: the segment it starts in (one the run
+        holds, or the one before when a cut sentence was finished from it)."""
+        c.keys, c.segments = [], []
+        for i, (c0, c1) in enumerate(c.chars):
+            d = docs[int(c.doc[i])]
+            c.keys.append((d.doc_id, d.version, int(c0), int(c1)))
+            before = c0 < d.char_base
+            c.segments.append(
+                [d.first_segment - 1] if before else list(range(d.first_segment, d.first_segment + d.n_segments))
+            )
 
     def rerank(self, batch: list[SentenceCandidates]) -> None:
         """Final scores: the alone re-ranking, then the length penalty."""
@@ -163,7 +182,15 @@ class SentenceMethod(SpanMethod[SentenceCandidates]):
         texts = [t for c in batch for t in c.texts[: st.rerank_k]]
         if not texts:
             return
-        vecs = self.caches.alone.embed(texts, self.embed_texts)
+        embed = self.embed_texts
+        if self.alone_vectors is not None:
+            where: dict[str, tuple[tuple[str, str, int, int], list[int]]] = {}
+            for c in batch:
+                assert c.keys is not None and c.segments is not None  # `_locate` ran in `score`
+                for i in range(min(st.rerank_k, len(c.texts))):
+                    where.setdefault(c.texts[i], (c.keys[i], c.segments[i]))
+            embed = partial(self._stored_or_embedded, where)
+        vecs = self.caches.alone.embed(texts, embed)
         i = 0
         for c in batch:
             m = min(st.rerank_k, len(c.texts))
@@ -175,6 +202,20 @@ class SentenceMethod(SpanMethod[SentenceCandidates]):
             if c.lexical is not None and st.lexical_weight > 0:
                 c.score[:m] += st.lexical_weight * c.lexical[:m]
             c.score[m:] = -math.inf if m else c.score[m:]  # not re-embedded: below every re-ranked one
+
+    def _stored_or_embedded(
+        self, where: dict[str, tuple[tuple[str, str, int, int], list[int]]], texts: list[str]
+    ) -> np.ndarray:
+        """Alone vectors of `texts` read from the store in one call; only those it lacks go to the model."""
+        assert self.alone_vectors is not None
+        need: dict[tuple[str, str], set[int]] = {}
+        for t in texts:
+            (doc_id, version, _, _), segs = where[t]
+            need.setdefault((doc_id, version), set()).update(segs)
+        stored = self.alone_vectors({k: sorted(v) for k, v in need.items()})
+        missing = [t for t in texts if where[t][0] not in stored]
+        fresh = dict(zip(missing, self.embed_texts(missing), strict=True)) if missing else {}
+        return np.stack([stored[where[t][0]] if t not in fresh else fresh[t] for t in texts])
 
     def _bm25(self, query: str, docs: list[DocTokens], tab: SentenceTable) -> np.ndarray:
         """(S,) BM25 of every sentence of the table over the fetched runs' statistics, scaled to [0, 1]."""

@@ -29,8 +29,8 @@ from dataclasses import dataclass
 import numpy as np
 import torch
 
+from indexer.boundaries import sentence_ranges
 from indexer.store import DocHeader
-from retriever.boundaries import sentence_ranges
 from retriever.fetch import DocTokens
 from schemas.structure import NON_ANSWER_KINDS, DocStructure
 
