@@ -240,7 +240,7 @@ class TokenCodec:
         Returns:
             (stored rows, per-row payload scales (int8) or None).
         """
-        y = self._reduce(vectors.astype(np.float32, copy=False)).astype(np.float32)
+        y = self._reduce(vectors.astype(np.float32, copy=False)).astype(np.float32, copy=False)
         if self.layout.dtype == "int4":
             return _encode_int4(y), None
         if self.layout.dtype != "binary":

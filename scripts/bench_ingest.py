@@ -5,7 +5,8 @@
 (b) the full pipeline (`indexer.pipeline.ingest`: load, tokenize, embed, write, overlapped) next to the
     bare forward pass of the same model over exactly the windows and batches the pipeline ran: both as
     window tokens/s, their ratio, padding waste, and document tokens/s (what users see; the window
-    overlap, a quality setting, makes it lower than the window rate);
+    overlap, a quality setting, makes it lower than the window rate), with the CPU seconds of both sides
+    and the load average (the tokens/s ratio means something only on a quiet machine);
 (c) with --squad: bytes per token that `chunkless stats` reports for each dtype on a benchmark's
     corpus.jsonl (each article written to a .txt file and ingested; embedded once, stored three times),
     split into write-ahead log, vector storage and the rest.
@@ -22,6 +23,7 @@ from __future__ import annotations
 
 import argparse
 import json
+import os
 import shutil
 import tempfile
 import time
@@ -142,8 +144,9 @@ def sync() -> None:
         torch.cuda.synchronize()
 
 
-def bare_forward(model: WindowedModel, groups: list[list[LoadedDocument]]) -> tuple[int, int, float]:
-    """Window tokens, padded tokens and seconds of the transformer alone over the pipeline's batches.
+def bare_forward(model: WindowedModel, groups: list[list[LoadedDocument]]) -> tuple[int, int, float, float]:
+    """Window tokens, padded tokens, seconds and process CPU seconds of the transformer alone over the
+    pipeline's batches.
 
     Inputs are built before the clock starts; only `model.forward` (the bare transformer under
     inference_mode, no head, no copy back) is timed.
@@ -153,11 +156,11 @@ def bare_forward(model: WindowedModel, groups: list[list[LoadedDocument]]) -> tu
     padded = sum(int(ids.numel()) for ids, _ in batches)
     model.forward(*batches[0])  # warm-up: first-call allocations are not the model's rate
     sync()
-    t0 = time.perf_counter()
+    t0, c0 = time.perf_counter(), time.process_time()
     for ids, mask in batches:
         model.forward(ids, mask)
     sync()
-    return real, padded, time.perf_counter() - t0
+    return real, padded, time.perf_counter() - t0, time.process_time() - c0
 
 
 def bench_pipeline(corpus: Path, tmp: Path, settings: Settings, embedder: TokenEmbedder, repeat: int) -> None:
@@ -168,12 +171,14 @@ def bench_pipeline(corpus: Path, tmp: Path, settings: Settings, embedder: TokenE
     )
     print(
         f"{'run':>4} {'window tok':>11} {'pad %':>6} {'forward tok/s':>14} {'pipeline tok/s':>15} {'ratio':>6} "
-        f"{'doc tok/s':>10}"
+        f"{'doc tok/s':>10} {'cpu s fwd/pipe':>15} {'cpu ratio':>9} {'load':>5}"
     )
     for run in range(repeat):
         rec = RecordingEmbedder(embedder)
         s = settings.updated(store_path=tmp / f"pipeline-{run}")
+        c0 = time.process_time()
         report = ingest([corpus], s, embedder=rec)
+        pipe_cpu = time.process_time() - c0
         if report.failures:
             print(f"  {len(report.failures)} failures, first: {report.failures[0]}")
         if not isinstance(embedder, WindowedModel):
@@ -184,16 +189,22 @@ def bench_pipeline(corpus: Path, tmp: Path, settings: Settings, embedder: TokenE
             continue
         # the forward pass is timed right after the pipeline and once more after that, and the two averaged:
         # on a shared machine the load drifts, and one side timed alone would carry all of the drift
-        real, padded, fwd_s = bare_forward(embedder, rec.groups)
-        fwd_s = (fwd_s + bare_forward(embedder, rec.groups)[2]) / 2
+        real, padded, fwd_s, fwd_cpu = bare_forward(embedder, rec.groups)
+        _, _, fwd_s2, fwd_cpu2 = bare_forward(embedder, rec.groups)
+        fwd_s, fwd_cpu = (fwd_s + fwd_s2) / 2, (fwd_cpu + fwd_cpu2) / 2
         fwd, pipe = real / fwd_s, real / report.seconds
+        cpu = f"{fwd_cpu:.1f}/{pipe_cpu:.1f}"
         print(
             f"{run:>4} {real:>11,} {100 * (padded - real) / padded:>6.1f} {fwd:>14,.0f} {pipe:>15,.0f} "
-            f"{pipe / fwd:>6.2f} {report.tokens_per_second:>10,.0f}"
+            f"{pipe / fwd:>6.2f} {report.tokens_per_second:>10,.0f} {cpu:>15} {fwd_cpu / pipe_cpu:>9.2f} "
+            f"{os.getloadavg()[0]:>5.1f}"
         )
     print(
         "  window tok: tokens the model runs (overlapping windows + special tokens); doc tok/s: document tokens "
-        "stored per second (the overlap setting trades it for quality)"
+        "stored per second (the overlap setting trades it for quality)\n"
+        "  cpu s: process CPU seconds (all threads) of the bare forward and of the whole pipeline; their ratio moves "
+        "less with other load than the tokens/s ratio, which only a quiet machine measures (load: 1-minute load "
+        f"average, {os.cpu_count()} cores)"
     )
 
 

@@ -240,7 +240,9 @@ def clean_offsets(offsets: np.ndarray, text_len: int) -> np.ndarray:
 def unit_rows(x: np.ndarray) -> np.ndarray:
     """Rows scaled to unit length (zero rows stay zero), float32."""
     x = np.asarray(x, dtype=np.float32)
-    return x / np.maximum(np.linalg.norm(x, axis=-1, keepdims=True), 1e-12)
+    # einsum sums the squares without the (n, dim) temporary np.linalg.norm builds: a document's rows are many
+    norms = np.sqrt(np.einsum("...i,...i->...", x, x))[..., None]
+    return x / np.maximum(norms, 1e-12)
 
 
 def stitch(

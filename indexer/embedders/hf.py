@@ -68,6 +68,16 @@ def load_transformer(folder: ModelFolder, settings: ModelSettings, path: Path | 
     return tokenizer, model
 
 
+def masked_mean(x: torch.Tensor, mask: torch.Tensor) -> torch.Tensor:
+    """(b, L, h) rows and (b, L) attention mask -> (b, h) mean of the attended rows.
+
+    One batched matrix product: `(x * mask).sum(1)` builds a second (b, L, h) tensor first and costs
+    several times the CPU, which ingest pays on top of every forward pass.
+    """
+    m = mask.to(x.dtype)
+    return torch.bmm(m.unsqueeze(1), x).squeeze(1) / m.sum(1, keepdim=True).clamp(min=1)
+
+
 class WindowedModel(TokenEmbedder):
     """Shared machinery of transformers backends: windows, token-budgeted batches, stitching.
 
@@ -300,8 +310,7 @@ class HFTokenEmbedder(WindowedModel):
             return hidden, hidden[torch.arange(len(hidden), device=hidden.device), last]
         if self.pooling == "cls":
             return hidden, hidden[:, 0]
-        m = mask.unsqueeze(-1).to(hidden.dtype)
-        return hidden, (hidden * m).sum(1) / m.sum(1).clamp(min=1)
+        return hidden, masked_mean(hidden, mask)
 
     def query_ids(self, query: str) -> list[int]:
         """Model input ids of a query in its query form (instruction or prompt applied, special tokens added).
@@ -405,8 +414,7 @@ class ColBERTEmbedder(WindowedModel):
 
     def _head(self, hidden: torch.Tensor, mask: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
         tokens = torch.nn.functional.normalize(self.dense(hidden.to(self.torch_dtype)).float(), dim=-1)
-        m = mask.unsqueeze(-1).float()
-        return tokens, (tokens * m).sum(1) / m.sum(1).clamp(min=1)
+        return tokens, masked_mean(tokens, mask)
 
     def _query_seqs(self, queries: Sequence[str]) -> tuple[list[list[int]], list[int]]:
         seqs, attend = [], []

@@ -77,6 +77,18 @@ def edge_config(spaces: dict[str, VectorSpace]) -> qe.EdgeConfig:
     return qe.EdgeConfig(vectors=vectors, optimizers=VACUUM)
 
 
+def _numbers(v: np.ndarray) -> Any:
+    """A vector (or a multivector's rows) as memoryviews, the cheapest sequence Edge reads.
+
+    Edge 0.9 reads a vector number by number through the sequence protocol, holding the GIL (which
+    stalls the model's thread during ingest): from a NumPy array each number comes as a NumPy scalar,
+    from a memoryview as a plain float: a third of the CPU, the same stored values. (Typed Any:
+    Edge's stubs say lists; building one costs more than it saves.)
+    """
+    a = np.ascontiguousarray(v)
+    return [row.data for row in a] if a.ndim == 2 else a.data
+
+
 class EdgeBackend(PointsBackend):
     """One Edge shard in `<folder>/shard`, with the collection's metadata in `<folder>/chunkless.json`.
 
@@ -258,9 +270,8 @@ class EdgeBackend(PointsBackend):
 
     # -- writes ------------------------------------------------------------------------------------
     def upsert(self, points: list[NewPoint]) -> None:
-        # Edge accepts NumPy arrays directly (its stubs say lists): no list round trip on the write path
         self._refuse_read_only("writing points")
-        pts = [qe.Point(p.id, dict(p.vectors), p.payload) for p in points]  # type: ignore[arg-type]
+        pts = [qe.Point(p.id, {n: _numbers(v) for n, v in p.vectors.items()}, p.payload) for p in points]
         with self._lock:
             shard = self.shard
             self._guard(lambda: shard.update(qe.UpdateOperation.upsert_points(pts)), "writing points")
