@@ -3,12 +3,18 @@
 from __future__ import annotations
 
 import tracemalloc
+from pathlib import Path
 
 import numpy as np
+import pytest
 
 import indexer.parts as parts
 from indexer.embedders import HFTokenEmbedder, assign_central, window_starts
+from indexer.store import edge, open_or_create_store
+from indexer.store.backend import folder_bytes
 from schemas.models import LoadedDocument
+from schemas.settings import Settings
+from tests.support import fake_embedded
 
 WORDS = ["river", "copper", "glacier", "harbour", "violin", "lantern", "granite", "compass", "the", "of", "and"]
 
@@ -75,3 +81,19 @@ def test_python_memory_of_a_long_document_does_not_grow_with_it(tiny_qwen: HFTok
     growth = (big_peak - small_peak) / (big_n - small_n)
     assert growth < 12, f"{growth:.1f} B a token more for a longer document (peaks {small_peak:,} -> {big_peak:,})"
     assert big_peak < matrix / 4
+
+
+def test_edge_flushes_as_it_writes_so_the_wal_stays_bounded(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    monkeypatch.setattr(edge, "FLUSH_EVERY_BYTES", 8 << 20)
+    settings = Settings(store_path=tmp_path / "store", storage_dtype="float32")
+    store = open_or_create_store(settings.store, "fake", 384, "mean")
+    try:
+        written = 0
+        for i in range(25):  # ~100 MB of float32 rows through the WAL (~130 MB of it unflushed)
+            written += store.write_document(fake_embedded(f"d{i}", 2730, 384, seed=i)).bytes
+        wal = folder_bytes(settings.store.collection_path / "shard" / "wal")
+    finally:
+        store.close()
+    assert written > 95 << 20
+    # Edge keeps at most the open 32 MB WAL segment and the one before it; unflushed, it held all of it
+    assert wal < 80 << 20, f"WAL {wal >> 20} MB after {written >> 20} MB written"
