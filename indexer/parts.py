@@ -1,16 +1,18 @@
-"""Embed and store a long document part by part, so its float32 token matrix never exists whole.
+"""Embed and store a long document part by part: memory per document does not grow with its length.
 
-The document is tokenized once (ids and offsets as int64 arrays, 24 bytes a token), its windows are
-planned exactly as `embed_documents` plans them, and each token's owner (the window where it is most
-central) is computed over the whole document. Windows are then embedded a part at a time; a part's
-tokens take their vectors from the windows that own them, so every token gets the same vector as a
-whole-document embedding. A segment is written as soon as all its rows are embedded and no window
-still to come overlaps it (its pooled vector weighs every window that covers it); only the per-window
-pooled vectors are kept for the document header, which is committed last, so a killed run leaves
-orphan segments and never a half-visible document.
+The text is tokenized in pieces of about 64 KB cut between words, once to count its tokens (the
+window plan and the balanced segment cuts need the total) and again as the embedding reaches each
+piece (`TokenStream`), so ids and offsets are held only for a sliding range. Windows are planned
+exactly as `embed_documents` plans them and embedded a part at a time; each token takes its vector
+from the window where it is most central, found among the windows over that part (`owners`), so
+every token gets the same vector as a whole-document embedding. A segment is written as soon as all
+its rows are embedded and no window still to come overlaps it (its pooled vector weighs every window
+that covers it); the header, committed last, needs only a running weighted sum of the window pooled
+vectors, so a killed run leaves orphan segments and never a half-visible document.
 
-What stays in memory per document: ids and offsets (24 B/token), the window plan, one part's
-embedded rows plus at most one segment's worth carried over, and (n_windows, dim) pooled vectors.
+What stays in memory per document: its text (the caller's), the window plan (16 B a window of a few
+hundred tokens), and a bounded working set: one part's tokens and embedded rows plus at most one
+segment's worth carried over, and the pooled vectors of the windows over that range.
 """
 
 from __future__ import annotations
