@@ -1,4 +1,4 @@
-"""A long document is embedded part by part with Python-side memory that does not grow with its length."""
+"""Long documents: embedded part by part with Python memory that does not grow with them, and a bounded WAL."""
 
 from __future__ import annotations
 
