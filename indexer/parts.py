@@ -1,16 +1,18 @@
-"""Embed and store a long document part by part, so its float32 token matrix never exists whole.
+"""Embed and store a long document part by part: memory per document does not grow with its length.
 
-The document is tokenized once (ids and offsets as int64 arrays, 24 bytes a token), its windows are
-planned exactly as `embed_documents` plans them, and each token's owner (the window where it is most
-central) is computed over the whole document. Windows are then embedded a part at a time; a part's
-tokens take their vectors from the windows that own them, so every token gets the same vector as a
-whole-document embedding. A segment is written as soon as all its rows are embedded and no window
-still to come overlaps it (its pooled vector weighs every window that covers it); only the per-window
-pooled vectors are kept for the document header, which is committed last, so a killed run leaves
-orphan segments and never a half-visible document.
+The text is tokenized in pieces of about 64 KB cut between words, once to count its tokens (the
+window plan and the balanced segment cuts need the total) and again as the embedding reaches each
+piece (`TokenStream`), so ids and offsets are held only for a sliding range. Windows are planned
+exactly as `embed_documents` plans them and embedded a part at a time; each token takes its vector
+from the window where it is most central, found among the windows over that part (`owners`), so
+every token gets the same vector as a whole-document embedding. A segment is written as soon as all
+its rows are embedded and no window still to come overlaps it (its pooled vector weighs every window
+that covers it); the header, committed last, needs only a running weighted sum of the window pooled
+vectors, so a killed run leaves orphan segments and never a half-visible document.
 
-What stays in memory per document: ids and offsets (24 B/token), the window plan, one part's
-embedded rows plus at most one segment's worth carried over, and (n_windows, dim) pooled vectors.
+What stays in memory per document: its text (the caller's), the window plan (16 B a window of a few
+hundred tokens), and a bounded working set: one part's tokens and embedded rows plus at most one
+segment's worth carried over, and the pooled vectors of the windows over that range.
 """
 
 from __future__ import annotations
@@ -24,7 +26,6 @@ from typing import Protocol
 import numpy as np
 
 from indexer.codec import pool_document
-from indexer.embedders import assign_central, window_starts
 from indexer.embedders.hf import WindowedModel
 from indexer.store.segments import Segment, max_segment_tokens, split_segments
 from schemas.errors import InputError
@@ -98,10 +99,79 @@ class PartCommit:
     n_segments: int
 
 
+def _pieces(text: str, chunk_chars: int) -> Iterator[tuple[int, int]]:
+    """Character ranges of about `chunk_chars` that tile `text`, cut at a single space between words."""
+    pos = 0
+    while pos < len(text):
+        m = _CUT.search(text, pos + chunk_chars) if len(text) - pos > chunk_chars else None
+        end = m.start() if m else len(text)
+        yield pos, end
+        pos = end
+
+
+class TokenStream:
+    """A document's tokens, tokenized a piece at a time as they are needed, keeping only a sliding range.
+
+    Construction tokenizes the text once to count its tokens (the window plan and the balanced
+    segment cuts need the total), keeping only each piece's count; `need` then tokenizes pieces
+    again as the embedding reaches them and `drop_before` forgets tokens no longer needed, so ids
+    and offsets never exist whole for the document (the tokenizer runs twice, a small cost next to
+    the model).
+
+    Args:
+        embedder: gives the tokenizer.
+        text: the document text.
+        chunk_chars: about how many characters each tokenizer call gets.
+    """
+
+    def __init__(self, embedder: WindowEmbedder, text: str, chunk_chars: int = TOKENIZE_CHARS) -> None:
+        self._e, self._text = embedder, text
+        self._pieces = list(_pieces(text, chunk_chars))
+        self._counts = [len(embedder.tokenize(text[a:b])[0]) for a, b in self._pieces]
+        self.n = sum(self._counts)
+        self._next = 0  # next piece to tokenize
+        self.start = self.end = 0  # tokens [start, end) are held
+        self._ids = np.zeros(0, dtype=np.int64)
+        self._off = np.zeros((0, 2), dtype=np.int64)
+
+    def need(self, end: int) -> None:
+        """Hold tokens up to `end` (or the document's end), tokenizing the pieces that reach it."""
+        ids, off = [self._ids], [self._off]
+        while self.end < min(end, self.n):
+            a, b = self._pieces[self._next]
+            got, got_off = self._e.tokenize(self._text[a:b])
+            if len(got) != self._counts[self._next]:
+                raise ValueError(
+                    f"the tokenizer gave {len(got)} tokens for a piece it first counted as {self._counts[self._next]}"
+                )
+            ids.append(np.asarray(got, dtype=np.int64))
+            off.append(got_off.astype(np.int64) + a)
+            self.end += len(got)
+            self._next += 1
+        if len(ids) > 1:
+            self._ids, self._off = np.concatenate(ids), np.concatenate(off)
+
+    def drop_before(self, start: int) -> None:
+        """Forget tokens before `start`."""
+        cut = min(max(start, self.start), self.end) - self.start
+        if cut:
+            self._ids, self._off, self.start = self._ids[cut:], self._off[cut:], self.start + cut
+
+    def ids(self, s: int, e: int) -> np.ndarray:
+        """Token ids [s, e) (held: `need(e)` called and nothing from `s` dropped)."""
+        self.need(e)
+        return self._ids[s - self.start : e - self.start]
+
+    def offsets(self, s: int, e: int) -> np.ndarray:
+        """(e - s, 2) absolute character offsets of tokens [s, e)."""
+        self.need(e)
+        return self._off[s - self.start : e - self.start]
+
+
 def tokenize_long(
     embedder: WindowEmbedder, text: str, chunk_chars: int = TOKENIZE_CHARS
 ) -> tuple[np.ndarray, np.ndarray]:
-    """Tokenize a text of any size in pieces cut at a single space between words.
+    """Tokenize a text of any size in pieces cut at a single space between words (`TokenStream`'s pieces).
 
     Args:
         embedder: gives the tokenizer.
@@ -111,18 +181,38 @@ def tokenize_long(
     Returns:
         (n,) int64 ids and (n, 2) int64 absolute character offsets, as one call on the whole text gives.
     """
-    ids_parts, off_parts = [], []
-    pos = 0
-    while pos < len(text):
-        m = _CUT.search(text, pos + chunk_chars) if len(text) - pos > chunk_chars else None
-        end = m.start() if m else len(text)
-        ids, off = embedder.tokenize(text[pos:end])
-        ids_parts.append(np.asarray(ids, dtype=np.int64))
-        off_parts.append(off.astype(np.int64) + pos)
-        pos = end
-    if not ids_parts:
-        return np.zeros(0, dtype=np.int64), np.zeros((0, 2), dtype=np.int64)
-    return np.concatenate(ids_parts), np.concatenate(off_parts)
+    tokens = TokenStream(embedder, text, chunk_chars)
+    return tokens.ids(0, tokens.n).copy(), tokens.offsets(0, tokens.n).copy()
+
+
+def window_bounds(n_tokens: int, width: int, stride: int) -> np.ndarray:
+    """(n_windows, 2) int64 [start, end) of the windows `window_starts` plans, built without a Python list."""
+    if n_tokens <= width:
+        return np.array([[0, n_tokens]], dtype=np.int64)
+    starts = np.append(np.arange(0, n_tokens - width, stride, dtype=np.int64), n_tokens - width)
+    return np.stack([starts, np.minimum(starts + width, n_tokens)], axis=1)
+
+
+def owners(bounds: np.ndarray, ts: int, te: int) -> np.ndarray:
+    """`assign_central` for tokens [ts, te) only: the window where each is most central, from the windows over them.
+
+    Window starts and ends both increase, so the windows holding a token of [ts, te) are one run of
+    indices; scanning them in order with the same strict comparison gives what the whole-document
+    `assign_central` gives those tokens.
+    """
+    ka = int(np.searchsorted(bounds[:, 1], ts, "right"))  # first window ending after ts
+    kb = int(np.searchsorted(bounds[:, 0], te, "left"))  # first window starting at or after te
+    best = np.full(te - ts, -1, dtype=np.int64)
+    best_margin = np.full(te - ts, -1, dtype=np.int64)
+    for w in range(ka, kb):
+        s, e = int(bounds[w, 0]), int(bounds[w, 1])
+        a, b = max(s, ts), min(e, te)
+        idx = np.arange(a, b)
+        margin = np.minimum(idx - s, e - 1 - idx)
+        better = margin > best_margin[a - ts : b - ts]
+        best[a - ts : b - ts][better] = w
+        best_margin[a - ts : b - ts][better] = margin[better]
+    return best
 
 
 def embed_in_parts(
@@ -132,6 +222,7 @@ def embed_in_parts(
     pool: int,
     segment_rows: int | None,
     progress: Callable[[int, int], None] | None = None,
+    chunk_chars: int = TOKENIZE_CHARS,
 ) -> Iterator[PartWrite | PartCommit]:
     """Embed `doc` a part at a time, yielding segments to write as they are ready, then the header.
 
@@ -142,6 +233,7 @@ def embed_in_parts(
         pool: the collection's storage pool (adjacent tokens merged into one stored row).
         segment_rows: the store's rows per segment (None: the server limit).
         progress: called with (tokens embedded, tokens in the document) after each part.
+        chunk_chars: about how many characters each tokenizer call gets.
 
     Yields:
         `PartWrite`s in segment order, then one `PartCommit`; the same segments, offsets and vectors
@@ -150,61 +242,71 @@ def embed_in_parts(
     Raises:
         InputError: the text holds no tokens.
     """
-    ids, offsets = tokenize_long(embedder, doc.text)
-    n, dim = len(ids), embedder.dim
+    tokens = TokenStream(embedder, doc.text, chunk_chars)
+    n, dim = tokens.n, embedder.dim
     if n == 0:
         raise InputError(doc.source, "no tokens after tokenizing; the file holds no indexable text")
-    bounds = np.array(
-        [[s, min(s + embedder.content, n)] for s in window_starts(n, embedder.content, embedder.stride)], dtype=np.int64
-    )
+    # the window plan, 16 B a window (a few hundred tokens), is the one per-document array kept whole
+    bounds = window_bounds(n, embedder.content, embedder.stride)
     n_windows = len(bounds)
-    owner = assign_central(n, bounds)
     n_rows = -(-n // pool)
     cap = min(segment_rows or max_segment_tokens(dim), max_segment_tokens(dim))
     count = max(1, -(-n_rows // cap))
     cuts = np.linspace(0, n_rows, count + 1).round().astype(int)  # the balanced cuts split_segments makes
-    char_cuts = [0] + [int(offsets[c * pool, 0]) for c in cuts[1:-1]] + [len(doc.text)]
-    row_starts = np.minimum(-(-bounds[:, 0] // pool), n_rows)
 
-    window_pooled = np.empty((n_windows, dim), dtype=np.float32)
+    # pooled vectors of windows [wp_start, embedded): only those that may still overlap an unwritten segment
+    wp = np.empty((0, dim), dtype=np.float32)
+    wp_start = 0
+    doc_sum = np.zeros(dim, dtype=np.float64)  # the header's length-weighted sum of window pooled vectors
     per_part = max(1, part_tokens // max(embedder.stride, 1))
     buf = np.empty((0, dim), dtype=np.float32)  # token vectors [buf_start, embedded)
     buf_start, next_seg, first = 0, 0, True
     for wa in range(0, n_windows, per_part):
         wb = min(n_windows, wa + per_part)
-        results = embedder.embed_windows([ids[s:e] for s, e in bounds[wa:wb]])
-        lo, hi = int(np.searchsorted(owner, wa, "left")), int(np.searchsorted(owner, wb - 1, "right"))
+        ts, te = int(bounds[wa, 0]), int(bounds[wb - 1, 1])
+        results = embedder.embed_windows([tokens.ids(s, e) for s, e in bounds[wa:wb]])
+        own = owners(bounds, ts, te)
+        lo, hi = ts + int(np.searchsorted(own, wa, "left")), ts + int(np.searchsorted(own, wb - 1, "right"))
         part = np.empty((hi - lo, dim), dtype=np.float32)
-        for j, (hidden, pooled) in enumerate(results):
+        pooled = np.empty((wb - wa, dim), dtype=np.float32)
+        for j, (hidden, p) in enumerate(results):
             s, e = bounds[wa + j]
-            take = np.nonzero(owner[s:e] == wa + j)[0]
+            take = np.nonzero(own[s - ts : e - ts] == wa + j)[0]
             part[s + take - lo] = hidden[take]
-            window_pooled[wa + j] = pooled
+            pooled[j] = p
+        del results
         part /= np.maximum(np.linalg.norm(part, axis=1, keepdims=True), 1e-12)
+        doc_sum += (bounds[wa:wb, 1] - bounds[wa:wb, 0]).astype(np.float64) @ pooled.astype(np.float64)
+        wp = np.concatenate([wp, pooled]) if len(wp) else pooled
         buf = np.concatenate([buf, part]) if len(buf) else part
         ready_rows = n_rows if hi == n else hi // pool
-        done_windows_end = n_rows if wb == n_windows else int(row_starts[wb])
+        done_windows_end = n_rows if wb == n_windows else min(-(-int(bounds[wb, 0]) // pool), n_rows)
         segs = []
         while next_seg < count and cuts[next_seg + 1] <= min(ready_rows, done_windows_end):
             rs, re_ = int(cuts[next_seg]), int(cuts[next_seg + 1])
-            ts, te = rs * pool, min(re_ * pool, n)
-            seg = _segment(doc, buf[ts - buf_start : te - buf_start], offsets[ts:te], ts, bounds, window_pooled, pool)
+            ss, se = rs * pool, min(re_ * pool, n)
+            # windows after wb-1 start at or past this segment's last row: no weight in it (pool_document)
+            seg = _segment(
+                doc, buf[ss - buf_start : se - buf_start], tokens.offsets(ss, se), ss, bounds[wp_start:wb], wp, pool
+            )
+            char_start = 0 if next_seg == 0 else int(tokens.offsets(ss, ss + 1)[0, 0])
+            char_end = len(doc.text) if next_seg + 1 == count else int(tokens.offsets(se, se + 1)[0, 0])
             segs.append(
-                dataclasses.replace(
-                    seg, index=next_seg, tok_start=rs, char_start=char_cuts[next_seg], char_end=char_cuts[next_seg + 1]
-                )
+                dataclasses.replace(seg, index=next_seg, tok_start=rs, char_start=char_start, char_end=char_end)
             )
             next_seg += 1
+        keep_from = int(cuts[next_seg]) * pool if next_seg < count else n
         if segs:
-            keep_from = int(cuts[next_seg]) * pool if next_seg < count else n
             buf, buf_start = buf[keep_from - buf_start :], keep_from
             yield PartWrite(doc, segs, first, n_rows, count)
             first = False
+        # forget windows that end before the next unwritten segment, and tokens neither it nor the next part needs
+        done = int(np.searchsorted(bounds[wp_start:wb, 1], keep_from, "right"))
+        wp, wp_start = wp[done:], wp_start + done
+        tokens.drop_before(min(keep_from, int(bounds[wb, 0]) if wb < n_windows else n))
         if progress is not None:
             progress(hi, n)
-    weights = (bounds[:, 1] - bounds[:, 0]).astype(np.float32)
-    pooled_doc = (window_pooled * weights[:, None]).sum(0)
-    pooled_doc /= max(float(np.linalg.norm(pooled_doc)), 1e-12)
+    pooled_doc = doc_sum / max(float(np.linalg.norm(doc_sum)), 1e-12)
     yield PartCommit(doc, pooled_doc.astype(np.float32), n, n_rows, count)
 
 

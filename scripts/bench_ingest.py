@@ -16,6 +16,7 @@
 random weights, bf16); the last two are meant for a GPU.
 
 Usage: python scripts/bench_ingest.py [--skip store] [--corpus DIR | --docs 12] [--arch qwen3-0.6b --device cuda]
+       python scripts/bench_ingest.py --huge 1 10 100 [--tiny]   (one long file per size: scripts/bench_ingest_huge.py)
 Timings are wall-clock on whatever machine runs it; they are figures to read, not assertions.
 """
 
@@ -299,7 +300,13 @@ def main() -> None:
     ap.add_argument("--window", type=int, help="window tokens (default: the model's; 2048 for --arch)")
     ap.add_argument("--batch-tokens", type=int, help="padded tokens per forward batch (default: the setting's)")
     ap.add_argument("--repeat", type=int, default=2, help="pipeline runs for (b)")
+    ap.add_argument("--huge", type=float, nargs="+", metavar="MB", help="only: one MB-sized file each, peak memory")
+    ap.add_argument("--tiny", action="store_true", help="with --huge: a random 0-layer model (the pipeline's memory)")
     args = ap.parse_args()
+    if args.huge:
+        import bench_ingest_huge  # scripts/ is on sys.path when a script runs
+
+        return bench_ingest_huge.run(args.huge, args.tiny)
     over: dict[str, object] = {"device": args.device}
     if args.model:
         over["model"] = args.model
