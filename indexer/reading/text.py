@@ -28,7 +28,7 @@ def decode_utf8(path: Path) -> str:
         raise InputError(
             str(path), f"not valid UTF-8 (byte {e.start}); re-save the file as UTF-8 and ingest it again"
         ) from e
-    if not text.strip():
+    if not text or text.isspace():  # not text.strip(): that copies a whole (possibly 100 MB) file
         raise InputError(str(path), "file is empty; nothing to index (remove it or add text)")
     return text
 
