@@ -17,6 +17,7 @@ from indexer.store import TokenStore, open_store
 from retriever.fetch import Fetcher
 from retriever.search import Retriever
 from retriever.sentences import doc_sentences
+from schemas.errors import StoreMismatchError
 from schemas.models import LoadedDocument
 from schemas.settings import Settings
 
@@ -115,6 +116,24 @@ def test_collection_records_the_setting(stores: tuple[Settings, Settings]) -> No
     finally:
         s_on.close()
         s_off.close()
+
+
+def test_asking_otherwise_than_the_collection_recorded_is_refused(
+    stores: tuple[Settings, Settings], minilm: HFTokenEmbedder, tmp_path: Path
+) -> None:
+    on, off = stores
+    extra = _corpus(tmp_path / "extra", {"tea.txt": "Green tea is made from leaves that are not oxidised."})
+    for settings, asked in ((off, True), (on, False)):
+        with pytest.raises(StoreMismatchError, match=f"store_sentence_vectors.*={asked}.*new collection"):
+            ingest([extra], settings.updated(store_sentence_vectors=asked), embedder=minilm, id_from=extra)
+    # left unset, an ingest follows what the collection recorded
+    report = ingest([extra], Settings(store_path=on.store.store_path, device="cpu"), embedder=minilm, id_from=extra)
+    assert report.documents == 1 and not report.failures
+    store = open_store(on.store)
+    try:
+        assert any(k[0] == "tea.txt" for k in _all_stored(store))
+    finally:
+        store.close()
 
 
 def test_every_sentence_search_cuts_is_stored_as_embed_texts_gives_it(

@@ -712,7 +712,8 @@ def open_or_create_store(
         The store, writing segments of `store.segment_tokens` rows.
 
     Raises:
-        StoreMismatchError: the collection was built with another model, dimension or layout.
+        StoreMismatchError: the collection was built with another model, dimension or layout, or
+            `store_sentence_vectors` was set to what the collection did not record.
         StoreBusyError: another process holds the embedded store.
         StorageFaultError: not enough free space, read-only store or permission denied.
         ServerError: the server cannot be reached, refused the key or runs an incompatible version.
@@ -735,6 +736,17 @@ def open_or_create_store(
                 model_backend,
                 vector_kind,
             )
+            # asked for explicitly and not what the collection records: storing them for some documents
+            # only, or silently not at all, would leave the user guessing which re-ranking runs
+            asked_sv = "store_sentence_vectors" in store.model_fields_set
+            if asked_sv and store.store_sentence_vectors != meta.sentence_vectors:
+                had = "with" if meta.sentence_vectors else "without"
+                raise StoreMismatchError(
+                    f"{where} was created {had} sentences' alone vectors, and store_sentence_vectors "
+                    f"(CHUNKLESS_STORE_SENTENCE_VECTORS)={store.store_sentence_vectors} asks otherwise; the setting "
+                    "applies when a collection is created: ingest into a new collection (--collection NAME) or "
+                    "leave the setting unset"
+                )
         except StoreMismatchError:
             backend.close()
             raise
