@@ -103,19 +103,23 @@ def _numpy_ok(block: torch.Tensor) -> bool:
     )
 
 
-def gemv_blocks(
+def token_relevance(
     blocks: Sequence[torch.Tensor], q: torch.Tensor, use_numpy: bool = True, min_split_rows: int = MIN_SPLIT_ROWS
 ) -> torch.Tensor:
-    """The concatenation of block_i @ q for (n_i, dim) blocks, on q's device.
+    """Every row's relevance over (n_i, dim) blocks, for a query in either form.
+
+    A pooled vector q (dim,) gives r = block_i @ q (one GEMV per block); query token vectors (m, dim)
+    give each row's best match among them, r_j = max_i q_i . d_j (one product and a row maximum per
+    block). Both share the CPU row-range BLAS path.
 
     Args:
         blocks: row blocks, scored in order (never concatenated).
-        q: (dim,) query vector.
-        use_numpy: allow the CPU row-range BLAS path (False: always torch.mv).
+        q: (dim,) query vector or (m, dim) query token vectors, m >= 1.
+        use_numpy: allow the CPU row-range BLAS path (False: always torch).
         min_split_rows: fewest rows for the BLAS path.
 
     Returns:
-        (sum n_i,) float32.
+        (sum n_i,) float32 on q's device.
     """
     n = sum(int(b.shape[0]) for b in blocks)
     out = torch.empty(n, dtype=torch.float32, device=q.device)  # (N,)
@@ -128,48 +132,26 @@ def gemv_blocks(
     for b in blocks:
         m = int(b.shape[0])
         if m:
-            torch.mv(b.to(torch.float32), q32, out=out[off : off + m])
+            if q32.dim() == 1:
+                torch.mv(b.to(torch.float32), q32, out=out[off : off + m])
+            else:
+                torch.amax(b.to(torch.float32) @ q32.T, dim=1, out=out[off : off + m])
         off += m
     return out
+
+
+def gemv_blocks(
+    blocks: Sequence[torch.Tensor], q: torch.Tensor, use_numpy: bool = True, min_split_rows: int = MIN_SPLIT_ROWS
+) -> torch.Tensor:
+    """The concatenation of block_i @ q for a (dim,) query vector (`token_relevance`'s pooled form)."""
+    return token_relevance(blocks, q, use_numpy, min_split_rows)
 
 
 def maxsim_blocks(
     blocks: Sequence[torch.Tensor], qs: torch.Tensor, use_numpy: bool = True, min_split_rows: int = MIN_SPLIT_ROWS
 ) -> torch.Tensor:
-    """Each row's best match among query token vectors, r_j = max_i qs_i . d_j, over (n_i, dim) blocks.
-
-    Args:
-        blocks: row blocks, scored in order (never concatenated).
-        qs: (m, dim) query token vectors, m >= 1.
-        use_numpy: allow the CPU row-range BLAS path (False: always torch).
-        min_split_rows: fewest rows for the BLAS path.
-
-    Returns:
-        (sum n_i,) float32 on qs' device.
-    """
-    n = sum(int(b.shape[0]) for b in blocks)
-    out = torch.empty(n, dtype=torch.float32, device=qs.device)  # (N,)
-    if use_numpy and _cpu_fast(blocks, qs, n, min_split_rows):
-        src, q_np, out_np = _Rows([b.numpy() for b in blocks if len(b)]), _host_q(qs), out.numpy()
-        _in_ranges(n, lambda lo, hi: src.dot(lo, hi, q_np, out_np[lo:hi]))
-        return out
-    qt = qs.to(torch.float32).T  # (dim, m)
-    off = 0
-    for b in blocks:
-        m = int(b.shape[0])
-        if m:
-            torch.amax(b.to(torch.float32) @ qt, dim=1, out=out[off : off + m])
-        off += m
-    return out
-
-
-def token_relevance(
-    blocks: Sequence[torch.Tensor], q: torch.Tensor, use_numpy: bool = True, min_split_rows: int = MIN_SPLIT_ROWS
-) -> torch.Tensor:
-    """r over all blocks for a query in either form: `gemv_blocks` for q (dim,), `maxsim_blocks` for (m, dim)."""
-    if q.dim() == 1:
-        return gemv_blocks(blocks, q, use_numpy, min_split_rows)
-    return maxsim_blocks(blocks, q, use_numpy, min_split_rows)
+    """Each row's best match among (m, dim) query token vectors, r_j = max_i qs_i . d_j (`token_relevance`)."""
+    return token_relevance(blocks, qs, use_numpy, min_split_rows)
 
 
 def similarities(blocks: Sequence[torch.Tensor], qs: torch.Tensor) -> torch.Tensor:
