@@ -21,10 +21,8 @@ from datetime import UTC, datetime
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
-from pydantic import ValidationError
-
 from schemas.errors import EXIT_FILES_FAILED, ChunklessError, QueryError, SettingsError
-from schemas.layout import StorageLayout
+from schemas.layout import parse_layout
 from schemas.settings import FIELD_GROUP, GROUPS, Settings, env_name
 
 if TYPE_CHECKING:
@@ -90,24 +88,6 @@ def add_setting_flags(p: argparse.ArgumentParser, flags: dict[str, str]) -> None
             metavar=None if choices else field.upper(),
             help=f"{desc}{'; ' if desc else ''}default: {env_name(field)} or {default}".replace("%", "%%"),
         )
-
-
-def parse_layout(name: str, where: str = "--storage") -> StorageLayout:
-    """A layout name (e.g. int8-pca128-pool2) given to flag `where`.
-
-    Raises:
-        SettingsError: names the flag, the field, the value and the allowed range.
-    """
-    try:
-        return StorageLayout.parse(name)
-    except ValidationError as e:
-        parts = []
-        for err in e.errors():
-            field = f"storage_{err['loc'][0]}" if err["loc"] else "storage"
-            parts.append(f"{field} ({env_name(field)})={err.get('input')!r}: {err['msg']}")
-        raise SettingsError(f"{where} {name}: invalid setting " + "; ".join(parts)) from None
-    except ValueError as e:
-        raise SettingsError(f"{where}: {e}") from None
 
 
 def settings_of(args: argparse.Namespace) -> Settings:

@@ -5,7 +5,10 @@ from __future__ import annotations
 import re
 from typing import Literal
 
-from pydantic import BaseModel, Field, model_validator
+from pydantic import BaseModel, Field, ValidationError, model_validator
+
+from schemas.env import env_name
+from schemas.errors import SettingsError
 
 StorageDtype = Literal["float32", "float16", "int8", "int4", "binary"]
 StorageReduce = Literal["none", "pca", "truncate"]
@@ -80,3 +83,21 @@ class StorageLayout(BaseModel, frozen=True):
         """Stored token-vector bytes per *model* token, on paper (int8's payload scales not included)."""
         per_row = self.columns(model_dim) * {"float32": 4, "float16": 2}.get(self.dtype, 1)
         return per_row / self.pool
+
+
+def parse_layout(name: str, where: str = "--storage") -> StorageLayout:
+    """A layout name (e.g. int8-pca128-pool2) given to flag `where`.
+
+    Raises:
+        SettingsError: names the flag, the field, the value and the allowed range.
+    """
+    try:
+        return StorageLayout.parse(name)
+    except ValidationError as e:
+        parts = []
+        for err in e.errors():
+            field = f"storage_{err['loc'][0]}" if err["loc"] else "storage"
+            parts.append(f"{field} ({env_name(field)})={err.get('input')!r}: {err['msg']}")
+        raise SettingsError(f"{where} {name}: invalid setting " + "; ".join(parts)) from None
+    except ValueError as e:
+        raise SettingsError(f"{where}: {e}") from None

@@ -20,6 +20,7 @@ from typing import Any, ClassVar, Literal
 from pydantic import AliasChoices, BaseModel, ConfigDict, Field, SecretStr, ValidationError, model_validator
 from pydantic_settings import BaseSettings, SettingsConfigDict
 
+from schemas.env import ENV_PREFIX, env_name
 from schemas.errors import SettingsError
 from schemas.layout import StorageDtype, StorageLayout, StorageReduce
 
@@ -32,7 +33,6 @@ ThresholdMode = Literal["absolute", "relative"]
 RecallLevel = Literal["doc", "segment"]
 FetchRank = Literal["auto", "pooled", "maxsim"]
 
-ENV_PREFIX = "CHUNKLESS_"
 # a collection is one folder of the embedded store: a plain name, never a path
 COLLECTION_PATTERN = r"^[A-Za-z0-9_][A-Za-z0-9_.-]{0,127}$"
 
@@ -215,11 +215,6 @@ GROUPS: dict[str, type[_Group]] = {
 }
 # flat field name -> group name; names are unique across groups so env vars stay flat
 FIELD_GROUP: dict[str, str] = {f: g for g, cls in GROUPS.items() for f in cls.model_fields}
-
-
-def env_name(field: str) -> str:
-    """The environment variable of a field."""
-    return ENV_PREFIX + field.upper()
 
 
 def describe_error(e: ValidationError, given: dict[str, Any] | None = None) -> str:

@@ -33,12 +33,11 @@ import numpy as np
 from indexer.codec import pool_document
 from indexer.embedders import DelegatingEmbedder, TokenEmbedder, load_embedder
 from indexer.store import POINT_NAMESPACE, EdgeBackend, NewPoint, VectorSpace, open_or_create_store, open_store
-from retriever.cli import parse_layout
 from retriever.evaluation.baselines import query_vectors, token_offsets
 from retriever.evaluation.benchmark import Benchmark, BenchQuery, Hit, load_benchmark, score
 from retriever.evaluation.evaluate import run_chunkless
 from retriever.search import Retriever
-from schemas.layout import StorageLayout
+from schemas.layout import StorageLayout, parse_layout
 from schemas.models import EmbeddedDocument, LoadedDocument
 from schemas.settings import Settings
 
