@@ -8,7 +8,9 @@ from pathlib import Path
 
 import pytest
 
-from retriever.cli import EXIT_BUG, build_parser, main, settings_of, terminal_safe
+from retriever.cli import EXIT_BUG, build_parser, main
+from retriever.cli.flags import settings_of
+from retriever.cli.printing import terminal_safe
 from schemas.errors import EXIT_FILES_FAILED, SettingsError, StoreBusyError, StoreError
 from tests.support import DEMO
 
@@ -162,12 +164,12 @@ def test_exit_codes_follow_the_error_type(tmp_path: Path, capsys: pytest.Capture
 def test_an_unexpected_error_is_one_line_and_exit_70(
     tmp_path: Path, monkeypatch: pytest.MonkeyPatch, capsys: pytest.CaptureFixture[str]
 ) -> None:
-    import retriever.cli as cli
+    from retriever.cli import commands
 
     def broken(args: object) -> int:
         raise RuntimeError("something impossible\nsecond line")
 
-    monkeypatch.setattr(cli, "cmd_list", broken)  # stands in for a bug anywhere below the command
+    monkeypatch.setattr(commands, "cmd_list", broken)  # stands in for a bug anywhere below the command
     assert main(["list"]) == EXIT_BUG == 70
     err = capsys.readouterr().err
     assert err.count("\n") == 1 and "Traceback" not in err

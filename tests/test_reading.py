@@ -228,7 +228,7 @@ def test_spans_on_a_manual_answer_instead_of_restating_headings(manual: Path, tm
 
 
 def test_label_rows_never_overlap() -> None:
-    from retriever.plots import label_rows
+    from retriever.cli.plots import label_rows
 
     xs = [10.0, 12.0, 14.0, 50.0, 11.0, 90.0, 13.0]
     widths = [6.0] * len(xs)
@@ -243,8 +243,8 @@ def test_label_rows_never_overlap() -> None:
 
 
 def test_explain_plot_marks_sections_and_navigation(manual: Path, tmp_path: Path, minilm) -> None:
+    from retriever.cli.plots import plot_explanation, structure_token_marks
     from retriever.evaluation.pdf_manuals import index_documents
-    from retriever.plots import plot_explanation, structure_token_marks
     from retriever.search import Retriever
     from schemas.settings import Settings
 

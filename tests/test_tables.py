@@ -249,7 +249,7 @@ def test_recall_leaves_the_structure_out_and_fetch_reads_it_once_per_version(tmp
 
 
 def test_explain_plot_marks_table_rows(tmp_path: Path, minilm) -> None:
-    from retriever.plots import plot_explanation, structure_token_marks
+    from retriever.cli.plots import plot_explanation, structure_token_marks
     from retriever.search import Retriever
 
     doc = load_file(make_table_pdf(tmp_path / "ports.pdf"), "ports.pdf")
