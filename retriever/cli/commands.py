@@ -205,6 +205,22 @@ def cmd_eval(args: argparse.Namespace) -> int:
 
 
 def cmd_storage_report(args: argparse.Namespace) -> int:
-    from retriever.evaluation.storage import main as storage_main
+    """Bytes per token in the store against span quality, per storage layout (see retriever.evaluation.storage)."""
+    from retriever.evaluation.storage import SWEEP, storage_report
 
-    return storage_main(args.rest)
+    storage_report(
+        args.bench,
+        out=args.out,
+        configs=SWEEP if args.configs is None else args.configs.split(","),
+        sample=args.sample,
+        seed=args.seed,
+        model=args.model,
+        device=args.device,
+        span_method=args.span_method,
+        rerank_k=args.rerank_k,
+        threshold_mode=args.threshold_mode,
+        latency_queries=args.latency_queries,
+        cache_dir=args.cache_dir,
+        chunks=not args.no_chunks,
+    )
+    return 0

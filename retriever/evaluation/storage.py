@@ -11,12 +11,12 @@ evidence F1 on a fixed sample of answerable questions; and warm latency per quer
 precomputed, so it times recall + fetch + score + spans, which is where layouts differ). A 128-token
 chunk index (one pooled vector per chunk, in a real Edge store) is the reference row.
 
-Writes table.md, results.csv, projection.md and quality_vs_bytes.png to --out.
+Writes table.md, results.csv, projection.md and quality_vs_bytes.png to --out. `storage_report` runs it;
+the command's flags are declared with the others in retriever/cli.
 """
 
 from __future__ import annotations
 
-import argparse
 import csv
 import hashlib
 import shutil
@@ -40,8 +40,6 @@ from retriever.search import Retriever
 from schemas.layout import StorageLayout, parse_layout
 from schemas.models import EmbeddedDocument, LoadedDocument
 from schemas.settings import Settings
-
-TITLE = "Storage-cost experiment: bytes per token measured in the store against span quality."
 
 SWEEP = [
     "float32",
@@ -419,77 +417,62 @@ def plot(rows: list[Row], path: Path) -> None:
     plt.close(fig)
 
 
-# --- main -----------------------------------------------------------------------------------------
-def build_parser() -> argparse.ArgumentParser:
-    """The storage-report command line (also scripts/storage_experiment.py's)."""
-    p = argparse.ArgumentParser(prog="chunkless storage-report", description=TITLE)
-    p.add_argument("bench", type=Path, help="benchmark folder (corpus.jsonl + queries.jsonl)")
-    p.add_argument("--model", default=None, help="embedding model (default: CHUNKLESS_MODEL)")
-    p.add_argument("--out", type=Path, default=Path("storage_report"), help="folder for the table, CSV and plot")
-    p.add_argument("--sample", type=int, default=300, help="answerable questions evaluated (fixed seed; 0: all)")
-    p.add_argument("--seed", type=int, default=0)
-    p.add_argument("--configs", default=",".join(SWEEP), help="comma-separated layouts, e.g. int8,binary-pool2")
-    p.add_argument("--latency-queries", type=int, default=100, help="questions re-run warm to time")
-    p.add_argument("--cache-dir", type=Path, default=Path(tempfile.gettempdir()) / "chunkless_storage_cache")
-    p.add_argument("--no-chunks", action="store_true", help="skip the chunk reference row")
-    p.add_argument("--device", default="cpu", choices=["auto", "cpu", "cuda"])
-    p.add_argument(
-        "--span-method",
-        default="sentences",
-        choices=["threshold", "sentences"],
-        help="span method for every layout (default sentences, chunkless' default, with --rerank-k 0: sentences "
-        "ranked by their stored token vectors, so spans keep one length and hit@1 compares storage alone; "
-        "threshold spans grow as a layout flattens r = D @ q, which inflates hit@1)",
-    )
-    p.add_argument(
-        "--rerank-k",
-        type=int,
-        default=0,
-        help="sentences method: candidates re-embedded alone from their text (default 0: none, so every score "
-        "comes from the stored token vectors)",
-    )
-    p.add_argument(
-        "--threshold-mode",
-        default="relative",
-        choices=["absolute", "relative"],
-        help="span threshold for every layout (default relative: scale-free, so a layout that shifts the scale "
-        "of r = D @ q is not scored as losing quality; MiniLM at the absolute 0.39 finds few spans at all)",
-    )
-    return p
+# --- the report -----------------------------------------------------------------------------------
+def storage_report(
+    bench_dir: Path,
+    *,
+    out: Path,
+    configs: Sequence[str],
+    sample: int,
+    seed: int,
+    model: str | None,
+    device: str,
+    span_method: str,
+    rerank_k: int,
+    threshold_mode: str,
+    latency_queries: int,
+    cache_dir: Path,
+    chunks: bool,
+) -> None:
+    """Run the experiment; writes table.md (with the projection), results.csv and quality_vs_bytes.png to `out`.
 
-
-def main(argv: list[str] | None = None) -> int:
-    """Run the experiment; writes table.md, results.csv and quality_vs_bytes.png to --out.
+    What `chunkless storage-report` runs; its flags (and their defaults) are declared with the command.
 
     Args:
-        argv: the command line after `chunkless storage-report` (default: sys.argv[1:]).
-
-    Returns:
-        0 when the report was written.
+        bench_dir: benchmark folder (corpus.jsonl + queries.jsonl).
+        out: folder for the table, CSV and plot (made if missing).
+        configs: storage layout names, e.g. ``["int8", "binary-pool2"]`` (`SWEEP` is every one measured).
+        sample: answerable questions evaluated, drawn with `seed` (0: all).
+        seed: seed of the sample.
+        model: embedding model (None: CHUNKLESS_MODEL or the default).
+        device, span_method, rerank_k, threshold_mode: the settings of every layout's run, identical for
+            all so that the differences come from storage.
+        latency_queries: questions re-run warm to time.
+        cache_dir: where the corpus and query vectors are cached between runs.
+        chunks: also measure the 128-token chunk reference row.
 
     Raises:
         InputError: the benchmark folder is missing a file or holds a bad line.
-        SettingsError: a layout in --configs or another setting is invalid.
+        SettingsError: a layout in `configs` (named as --configs) or another setting is invalid.
     """
-    args = build_parser().parse_args(argv)
     over = {
-        "device": args.device,
-        "span_method": args.span_method,
-        "rerank_k": args.rerank_k,
-        "threshold_mode": args.threshold_mode,
-        **({"model": args.model} if args.model else {}),
+        "device": device,
+        "span_method": span_method,
+        "rerank_k": rerank_k,
+        "threshold_mode": threshold_mode,
+        **({"model": model} if model else {}),
     }
     base = Settings(**over)  # the same span settings for every layout: differences come from storage
-    bench = load_benchmark(args.bench)
-    queries = bench.answerable(args.sample, args.seed)
-    layouts = [parse_layout(c.strip(), "--configs") for c in args.configs.split(",") if c.strip()]
-    args.out.mkdir(parents=True, exist_ok=True)
-    args.cache_dir.mkdir(parents=True, exist_ok=True)
+    bench = load_benchmark(bench_dir)
+    queries = bench.answerable(sample, seed)
+    layouts = [parse_layout(c.strip(), "--configs") for c in configs if c.strip()]
+    out.mkdir(parents=True, exist_ok=True)
+    cache_dir.mkdir(parents=True, exist_ok=True)
     t_start = time.perf_counter()
 
     embedder = load_embedder(base)
-    docs = embed_corpus(bench, embedder, args.cache_dir, base)
-    qe = PrecomputedQueries(embedder, embed_queries(queries, embedder, args.cache_dir))
+    docs = embed_corpus(bench, embedder, cache_dir, base)
+    qe = PrecomputedQueries(embedder, embed_queries(queries, embedder, cache_dir))
     tokens = sum(d.n_tokens for d in docs)
     print(f"{len(docs)} documents, {tokens} tokens, {len(queries)} questions, {embedder.dim}-d", file=sys.stderr)
 
@@ -498,16 +481,14 @@ def main(argv: list[str] | None = None) -> int:
         work = Path(tmp)
         for layout in layouts:
             t0 = time.perf_counter()
-            row = run_layout(layout, docs, queries, qe, base, work, args.latency_queries)
+            row = run_layout(layout, docs, queries, qe, base, work, latency_queries)
             rows.append(row)
             print(
                 f"{row.config:>20}: {row.vectors_bpt:7.1f} B/token vectors, {row.disk_no_wal_bpt:7.1f} on disk, "
                 f"hit@1 {row.hit1:.3f} ({time.perf_counter() - t0:.0f}s)",
                 file=sys.stderr,
             )
-        chunk_row, n_chunks = (
-            (None, 0) if args.no_chunks else chunk_baseline(bench, embedder, queries, qe.vectors, work)
-        )
+        chunk_row, n_chunks = chunk_baseline(bench, embedder, queries, qe.vectors, work) if chunks else (None, 0)
         data, measured, paper = writeup_check(work)
 
     front = pareto(rows, "vectors_bpt")
@@ -521,7 +502,7 @@ def main(argv: list[str] | None = None) -> int:
     md = [
         f"# Storage experiment: {bench.name}, {embedder.name} ({embedder.dim}-d)",
         "",
-        f"{len(docs)} documents, {tokens} model tokens, {len(queries)} answerable questions (seed {args.seed}); "
+        f"{len(docs)} documents, {tokens} model tokens, {len(queries)} answerable questions (seed {seed}); "
         "bytes are allocated blocks of the store's files per model token. RAM is the span engine's decoded "
         "cache (float32 rows at the model's dimension, offsets, text) per token; Qdrant itself memory-maps "
         "the token-vector files, so holding them in RAM costs the token-vector column. Warm ms/query excludes "
@@ -553,13 +534,12 @@ def main(argv: list[str] | None = None) -> int:
         "",
     ]
     text = "\n".join(md)
-    (args.out / "table.md").write_text(text)
-    with (args.out / "results.csv").open("w", newline="") as f:
+    (out / "table.md").write_text(text)
+    with (out / "results.csv").open("w", newline="") as f:
         w = csv.DictWriter(f, fieldnames=[*asdict(all_rows[0]).keys(), "pareto"])
         w.writeheader()
         for r in all_rows:
             w.writerow({**asdict(r), "pareto": r.config in front})
-    plot(all_rows, args.out / "quality_vs_bytes.png")
+    plot(all_rows, out / "quality_vs_bytes.png")
     print(text)
-    print(f"wrote {args.out}/table.md, results.csv, quality_vs_bytes.png in {time.perf_counter() - t_start:.0f}s")
-    return 0
+    print(f"wrote {out}/table.md, results.csv, quality_vs_bytes.png in {time.perf_counter() - t_start:.0f}s")
