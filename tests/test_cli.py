@@ -2,8 +2,11 @@
 
 from __future__ import annotations
 
+import ast
 import json
 import shutil
+import subprocess
+import sys
 from pathlib import Path
 
 import pytest
@@ -12,7 +15,7 @@ from retriever.cli import EXIT_BUG, build_parser, main
 from retriever.cli.flags import settings_of
 from retriever.cli.printing import terminal_safe
 from schemas.errors import EXIT_FILES_FAILED, SettingsError, StoreBusyError, StoreError
-from tests.support import DEMO
+from tests.support import DEMO, REPO
 
 
 @pytest.fixture(scope="module")
@@ -226,3 +229,57 @@ def test_a_busy_store_exits_4(demo_store: Path, capsys: pytest.CaptureFixture[st
         holder.close()
     err = capsys.readouterr().err
     assert err.startswith("chunkless: error: ") and "Traceback" not in err
+
+
+def test_storage_report_flags_are_in_the_one_parser(capsys: pytest.CaptureFixture[str]) -> None:
+    with pytest.raises(SystemExit) as e:
+        main(["storage-report", "--help"])
+    assert e.value.code == 0
+    out = capsys.readouterr().out
+    assert out.startswith("usage: chunkless storage-report")
+    for flag in ("--model", "--out", "--sample", "--seed", "--configs", "--latency-queries", "--cache-dir"):
+        assert flag in out
+    for flag in ("--no-chunks", "--device", "--span-method", "--rerank-k", "--threshold-mode"):
+        assert flag in out
+    args = build_parser().parse_args(["storage-report", "bench", "--configs", "int8,binary-pool2", "--no-chunks"])
+    assert (args.bench, args.configs, args.no_chunks, args.sample, args.device) == (
+        Path("bench"),
+        "int8,binary-pool2",
+        True,
+        300,
+        "cpu",
+    )
+
+
+def test_help_imports_nothing_heavy() -> None:
+    """Building the whole parser loads neither torch, the search engine, the ingest pipeline nor the service."""
+    code = (
+        "import sys; from retriever.cli import build_parser; build_parser(); "
+        "print(' '.join(m for m in ('torch', 'retriever.search', 'indexer.pipeline', 'retriever.serve.app', "
+        "'retriever.evaluation', 'uvicorn') if m in sys.modules))"
+    )
+    out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, check=True, cwd=REPO)
+    assert out.stdout.strip() == ""
+
+
+def imported_modules(path: Path) -> list[str]:
+    """Every module an `import` or `from ... import` in this file names (relative imports as written)."""
+    found: list[str] = []
+    for node in ast.walk(ast.parse(path.read_text())):
+        if isinstance(node, ast.Import):
+            found += [a.name for a in node.names]
+        elif isinstance(node, ast.ImportFrom):  # `from retriever import cli` names retriever.cli
+            found += [node.module or ""] + [f"{node.module}.{a.name}" for a in node.names]
+    return found
+
+
+def test_the_service_and_evaluation_never_import_the_cli() -> None:
+    """The CLI imports them; an import back would make a cycle (and load the CLI into the service)."""
+    offenders = [
+        f"{path.relative_to(REPO)}: {name}"
+        for folder in ("retriever/serve", "retriever/evaluation")
+        for path in sorted((REPO / folder).rglob("*.py"))
+        for name in imported_modules(path)
+        if name == "retriever.cli" or name.startswith("retriever.cli.")
+    ]
+    assert offenders == []
