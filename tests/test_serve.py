@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import asyncio
 import io
 import json
 import os
@@ -29,9 +30,10 @@ from indexer.store import Match, Where, open_store
 from retriever import cli
 from retriever.search import Retriever
 from retriever.serve.app import create_app
+from retriever.serve.batcher import MicroBatcher
 from retriever.serve.client import RemoteRetriever
 from retriever.serve.service import Service
-from schemas.errors import QueryError, ServerError
+from schemas.errors import QueryError, ServerError, ShuttingDownError
 from schemas.settings import Settings
 
 REPO = Path(__file__).resolve().parent.parent
@@ -272,13 +274,35 @@ def test_server_side_ingest_only_under_the_configured_roots(tmp_path: Path, mini
     outside = tmp_path / "private.txt"
     outside.write_text("secret")
     settings = Settings(store_path=tmp_path / "store", device="cpu", ingest_roots=[root])
-    with live(settings, minilm) as (url, _), RemoteRetriever(url) as remote:
+    with live(settings, minilm) as (url, service), RemoteRetriever(url) as remote:
         for bad in (str(outside), str(root / ".." / "private.txt")):
             with pytest.raises(QueryError, match="INGEST_ROOTS"):
                 remote.ingest_paths([bad])
         job = remote.wait(remote.ingest_paths([str(root / "docs")])["id"], timeout=120)
         assert job["state"] == "done" and job["report"]["documents"] == 1
         assert [d["doc_id"] for d in remote.documents()["documents"]] == ["docs/a.md"]
+
+        # a stopping service refuses new jobs with 503 (ShuttingDownError), which the client reads as a ServerError
+        service.jobs.stop()
+        with httpx.Client(base_url=url, timeout=60) as http:
+            r = http.post("/v1/documents", files=[("path", (None, str(root / "docs")))])
+            assert (r.status_code, r.json()["field"]) == (503, None) and "shutting down" in r.json()["detail"]
+            assert http.get("/readyz").status_code == 503
+        with pytest.raises(ServerError, match="503"):
+            remote.ingest_paths([str(root / "docs")])
+
+
+def test_searches_still_queued_when_the_service_stops_are_refused_as_shutting_down() -> None:
+    async def run() -> None:
+        batcher = MicroBatcher(lambda queries, top, flt: [], wait_ms=0, max_batch=4)  # never started
+        pending = asyncio.ensure_future(batcher.search("steam", None, None))
+        await asyncio.sleep(0)  # one turn of the loop: the query is queued
+        await batcher.stop()
+        with pytest.raises(ShuttingDownError, match="shutting down") as e:
+            await pending
+        assert e.value.http_status == 503
+
+    asyncio.run(run())
 
 
 def test_a_corrupt_pdf_fails_inside_the_job_and_the_rest_goes_on(tmp_path: Path, minilm: HFTokenEmbedder) -> None:

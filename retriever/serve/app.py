@@ -28,7 +28,7 @@ from indexer.loaders import SUPPORTED_SUFFIXES
 from retriever.serve.auth import OPEN_PATHS, authorized
 from retriever.serve.batcher import Filter, MicroBatcher
 from retriever.serve.service import Service
-from schemas.errors import ChunklessError, StorageFaultError, StoreBusyError
+from schemas.errors import ChunklessError
 from schemas.models import SearchResponse
 
 API_VERSION = "v1"
@@ -173,10 +173,7 @@ def create_app(service: Service, owns_service: bool = True) -> FastAPI:
 
     @app.exception_handler(ChunklessError)
     async def chunkless_error(request: Request, e: ChunklessError) -> Response:
-        status = 503 if isinstance(e, StoreBusyError) else 507 if isinstance(e, StorageFaultError) else 400
-        if status == 400 and "shutting down" in str(e):
-            status = 503
-        return _error(status, None, str(e))
+        return _error(e.http_status, None, str(e))
 
     # --- search ------------------------------------------------------------------------------------
     def check_query(q: str, field: str) -> None:

@@ -18,7 +18,7 @@ from pydantic import BaseModel, Field
 from indexer.embedders import TokenEmbedder
 from indexer.pipeline import ingest
 from indexer.store import TokenStore
-from schemas.errors import ChunklessError
+from schemas.errors import ChunklessError, ShuttingDownError
 from schemas.models import IngestReport
 from schemas.settings import Settings
 
@@ -113,6 +113,9 @@ class JobQueue:
 
         Returns:
             The queued job.
+
+        Raises:
+            ShuttingDownError: the service is stopping.
         """
         budget = self.settings.model.batch_tokens * 4  # bytes of text per group: about one embedding batch
         groups: list[list[Path]] = []
@@ -132,6 +135,9 @@ class JobQueue:
 
         Doc ids are relative to the ingest root each path lies under (one group per root), so they do not
         depend on where the roots are mounted.
+
+        Raises:
+            ShuttingDownError: the service is stopping.
         """
         by_root: dict[Path, list[Path]] = {}
         for p in paths:
@@ -142,7 +148,7 @@ class JobQueue:
 
     def _submit(self, job: Job, groups: list[list[Path]], spool: Path | None, id_from: list[Path]) -> Job:
         if self._stopping.is_set():
-            raise ChunklessError("the service is shutting down and takes no new jobs; retry on the next one")
+            raise ShuttingDownError("the service is shutting down and takes no new jobs; retry on the next one")
         with self._lock:
             self._jobs[job.id] = job
             while len(self._jobs) > KEEP_JOBS:
