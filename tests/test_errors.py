@@ -24,4 +24,3 @@ def test_every_error_class_is_in_the_table_with_its_exit_code_and_http_status() 
         if issubclass(cls, errors.ChunklessError) and cls.__module__ == errors.__name__
     }
     assert documented_rows() == {name: (cls.exit_code, cls.http_status) for name, cls in classes.items()}
-

@@ -5,6 +5,7 @@ from __future__ import annotations
 import asyncio
 import io
 import json
+import logging
 import os
 import queue
 import signal
@@ -34,7 +35,7 @@ from retriever.serve.batcher import MicroBatcher
 from retriever.serve.client import RemoteRetriever
 from retriever.serve.service import Service
 from schemas.errors import QueryError, ServerError, ShuttingDownError
-from schemas.settings import Settings
+from schemas.settings import Settings, _warn_deprecated_key_name
 
 REPO = Path(__file__).resolve().parent.parent
 DEMO = REPO / "demo" / "corpus"
@@ -158,8 +159,8 @@ def test_search_matches_cli_and_is_answered_during_an_ingest_job(tmp_path: Path,
         assert "chunkless_ingested_tokens_total" in metrics and "chunkless_cache_bytes" in metrics
 
 
-def test_auth_on_and_off(tmp_path: Path, minilm: HFTokenEmbedder) -> None:
-    settings = Settings(store_path=tmp_path / "store", device="cpu", api_key="s3cret")
+def test_auth_on_and_off(tmp_path: Path, minilm: HFTokenEmbedder, monkeypatch: pytest.MonkeyPatch) -> None:
+    settings = Settings(store_path=tmp_path / "store", device="cpu", service_api_key="s3cret")
     ingest([DEMO], settings, embedder=minilm)
     with live(settings, minilm) as (url, _), httpx.Client(base_url=url, timeout=60) as http:
         assert http.get("/healthz").status_code == 200  # open: a liveness probe has no key
@@ -178,10 +179,53 @@ def test_auth_on_and_off(tmp_path: Path, minilm: HFTokenEmbedder) -> None:
             anonymous.search(QUERY)
         with RemoteRetriever(url, api_key="s3cret") as keyed:
             assert keyed.search(QUERY).spans
-    open_settings = settings.updated(api_key=None)
+
+        # the CLI's --server calls send the service's key, from the new variable or the deprecated one
+        for variable in ("CHUNKLESS_SERVICE_API_KEY", "CHUNKLESS_API_KEY"):
+            with monkeypatch.context() as env:
+                env.setenv(variable, "s3cret")
+                buf = io.StringIO()
+                with redirect_stdout(buf):
+                    assert cli.main(["stats", "--json", "--server", url]) == 0
+                assert json.loads(buf.getvalue())["documents"] == 3
+    open_settings = settings.updated(service_api_key=None)
     with live(open_settings, minilm) as (url, _), httpx.Client(base_url=url, timeout=60) as http:
         assert http.get("/v1/stats").status_code == 200
         assert http.post("/v1/search", json={"query": QUERY}).status_code == 200
+
+
+def test_the_service_key_and_the_qdrant_key_are_separate_variables(monkeypatch: pytest.MonkeyPatch) -> None:
+    monkeypatch.setenv("CHUNKLESS_SERVICE_API_KEY", "service")
+    monkeypatch.setenv("CHUNKLESS_QDRANT_API_KEY", "qdrant")
+    s = Settings()
+    assert s.serve.service_api_key is not None and s.serve.service_api_key.get_secret_value() == "service"
+    assert s.store.qdrant_api_key is not None and s.store.qdrant_api_key.get_secret_value() == "qdrant"
+    monkeypatch.delenv("CHUNKLESS_QDRANT_API_KEY")
+    assert Settings().store.qdrant_api_key is None, "the service's key is never sent to Qdrant"
+
+
+def test_the_deprecated_key_variable_is_read_as_the_service_key_with_one_warning(
+    monkeypatch: pytest.MonkeyPatch, caplog: pytest.LogCaptureFixture
+) -> None:
+    _warn_deprecated_key_name.cache_clear()
+    monkeypatch.setenv("CHUNKLESS_API_KEY", "old")
+    with caplog.at_level(logging.WARNING, logger="schemas.settings"):
+        s = Settings()
+        assert s.serve.service_api_key is not None and s.serve.service_api_key.get_secret_value() == "old"
+        assert s.store.qdrant_api_key is None, "no longer the Qdrant key's fallback"
+        assert s.updated(top=3).serve.service_api_key == s.serve.service_api_key
+        Settings()
+    [line] = [r.getMessage() for r in caplog.records]
+    assert "CHUNKLESS_API_KEY is deprecated" in line and "CHUNKLESS_SERVICE_API_KEY" in line and "\n" not in line
+
+    # the new variable wins, and the old one is then not used (nothing to warn about)
+    _warn_deprecated_key_name.cache_clear()
+    caplog.clear()
+    monkeypatch.setenv("CHUNKLESS_SERVICE_API_KEY", "new")
+    s = Settings()
+    assert s.serve.service_api_key is not None and s.serve.service_api_key.get_secret_value() == "new"
+    assert Settings(service_api_key=None).serve.service_api_key is None, "an explicit value beats both variables"
+    assert not caplog.records
 
 
 BAD_REQUESTS: list[tuple[str, str, dict[str, Any], int, str]] = [

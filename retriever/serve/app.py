@@ -101,7 +101,7 @@ def create_app(service: Service, owns_service: bool = True) -> FastAPI:
         The app; OpenAPI docs at /docs.
     """
     cfg = service.settings.serve
-    key = (cfg.api_key.get_secret_value() if cfg.api_key is not None else "") or None  # empty: no key set
+    key = (cfg.service_api_key.get_secret_value() if cfg.service_api_key is not None else "") or None  # empty: none
     max_upload = cfg.max_upload_mb << 20
     batcher = MicroBatcher(
         service.retriever.search_batch, cfg.batch_wait_ms, cfg.max_batch, service.metrics.batch_size.observe

@@ -90,7 +90,7 @@ def cmd_serve(args: argparse.Namespace, settings: Settings) -> int:
 def _client(args: argparse.Namespace) -> Any:
     from retriever.serve.client import RemoteRetriever
 
-    key = ServeSettings().api_key
+    key = ServeSettings().service_api_key
     return RemoteRetriever(args.server, (key.get_secret_value() if key is not None else "") or None)
 
 
