@@ -159,6 +159,21 @@ def test_search_matches_cli_and_is_answered_during_an_ingest_job(tmp_path: Path,
         assert "chunkless_ingested_tokens_total" in metrics and "chunkless_cache_bytes" in metrics
 
 
+# the service's API: every route the routers mount, and nothing else
+ROUTES = {
+    ("POST", "/v1/search"),
+    ("POST", "/v1/search/batch"),
+    ("POST", "/v1/documents"),
+    ("GET", "/v1/documents"),
+    ("DELETE", "/v1/documents/{doc_id}"),
+    ("GET", "/v1/stats"),
+    ("GET", "/v1/jobs/{job_id}"),
+    ("GET", "/healthz"),
+    ("GET", "/readyz"),
+    ("GET", "/metrics"),
+}
+
+
 def test_auth_on_and_off(tmp_path: Path, minilm: HFTokenEmbedder, monkeypatch: pytest.MonkeyPatch) -> None:
     settings = Settings(store_path=tmp_path / "store", device="cpu", service_api_key="s3cret")
     ingest([DEMO], settings, embedder=minilm)
@@ -175,6 +190,8 @@ def test_auth_on_and_off(tmp_path: Path, minilm: HFTokenEmbedder, monkeypatch: p
         assert http.get("/v1/stats", headers=good).json()["documents"] == 3
         assert http.post("/v1/search", json={"query": QUERY}, headers={"api-key": "s3cret"}).json()["spans"]
         assert 'route="unmatched",status="401"' in http.get("/metrics", headers=good).text
+        paths = http.get("/openapi.json", headers=good).json()["paths"]
+        assert {(m.upper(), p) for p, ms in paths.items() for m in ms} == ROUTES
         with RemoteRetriever(url) as anonymous, pytest.raises(ServerError, match="API key"):
             anonymous.search(QUERY)
         with RemoteRetriever(url, api_key="s3cret") as keyed:
@@ -295,6 +312,15 @@ def test_each_bad_request_is_a_4xx_naming_the_field_and_the_store_is_untouched(
             if (r.status_code, body.get("field")) != (status, field) or not body.get("detail"):
                 wrong.append((method, path, str(kw)[:80], r.status_code, body))
         assert not wrong, "\n".join(map(str, wrong))
+        # an upload without Content-Length (chunked) is refused before its body is read
+        r = http.post(
+            "/v1/documents", content=iter([b"--x--\r\n"]), headers={"content-type": "multipart/form-data; boundary=x"}
+        )
+        assert (r.status_code, r.json()["field"]) == (411, "content-length")
+        # refusals are counted under their route, the upload limit's included (it is the upload's dependency)
+        metrics = http.get("/metrics").text
+        assert 'route="/v1/documents",status="413"' in metrics
+        assert 'route="/v1/documents/{doc_id:path}",status="404"' in metrics
         assert http.get("/v1/documents").json() == before
         assert service.jobs.depth() == 0
         assert not list(service.spool.iterdir()), "refused uploads leave nothing in the spool"
@@ -334,6 +360,17 @@ def test_server_side_ingest_only_under_the_configured_roots(tmp_path: Path, mini
             assert http.get("/readyz").status_code == 503
         with pytest.raises(ServerError, match="503"):
             remote.ingest_paths([str(root / "docs")])
+
+
+def test_the_service_never_imports_the_cli() -> None:
+    # arrows go one way: the CLI's `serve` imports the service, never the reverse (no import cycle)
+    code = (
+        "import sys, retriever.serve.app, retriever.serve.client; "
+        "print(sorted(m for m in sys.modules if m in ('retriever.cli', 'retriever.serve.cli') "
+        "or m.startswith('retriever.cli.')))"
+    )
+    out = subprocess.run([sys.executable, "-c", code], cwd=REPO, capture_output=True, text=True, check=True).stdout
+    assert out.strip() == "[]"
 
 
 def test_searches_still_queued_when_the_service_stops_are_refused_as_shutting_down() -> None:

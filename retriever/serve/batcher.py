@@ -9,10 +9,10 @@ import time
 from collections.abc import Callable
 from dataclasses import dataclass, field
 
+from retriever.serve.models import Filter
 from schemas.errors import ChunklessError, ShuttingDownError
 from schemas.models import SearchResponse
 
-Filter = dict[str, str | list[str]]
 SearchBatch = Callable[[list[str], int | None, Filter | None], list[SearchResponse]]
 
 

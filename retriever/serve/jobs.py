@@ -11,37 +11,20 @@ import uuid
 from collections import OrderedDict
 from collections.abc import Callable
 from pathlib import Path
-from typing import Any, Literal
-
-from pydantic import BaseModel, Field
+from typing import Any
 
 from indexer.embedders import TokenEmbedder
 from indexer.pipeline import ingest
 from indexer.store import TokenStore
+from retriever.serve.models import Job
 from schemas.errors import ChunklessError, ShuttingDownError
 from schemas.models import IngestReport
 from schemas.settings import Settings
 
 log = logging.getLogger(__name__)
 
-JobStateName = Literal["queued", "running", "done", "failed", "interrupted", "cancelled"]
 KEEP_JOBS = 1000  # finished jobs remembered for GET /v1/jobs/{id}
 _STOP = object()
-
-
-class Job(BaseModel):
-    """What GET /v1/jobs/{id} answers: state, progress and the same report as `chunkless ingest --report`."""
-
-    id: str
-    state: JobStateName = "queued"
-    inputs: list[str] = Field(description="Doc ids of uploaded files, or the server-side paths to ingest.")
-    documents_done: int = Field(0, description="Files finished so far: stored, unchanged or failed.")
-    tokens_done: int = 0
-    report: dict[str, Any] = Field(default_factory=lambda: IngestReport().to_json_dict())
-    error: str | None = Field(None, description="Why the job stopped early (state failed/interrupted).")
-    created_at: float = Field(default_factory=time.time)
-    started_at: float | None = None
-    finished_at: float | None = None
 
 
 class _Work:
