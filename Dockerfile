@@ -1,6 +1,6 @@
 # chunkless serve: the HTTP service (embedded Edge store in /data, or a Qdrant server via CHUNKLESS_URL).
 #   docker build -t chunkless .
-#   docker run -p 8000:8000 -v chunkless_data:/data -e CHUNKLESS_API_KEY=... chunkless
+#   docker run -p 8000:8000 -v chunkless_data:/data -e CHUNKLESS_SERVICE_API_KEY=... chunkless
 FROM python:3.11-slim
 
 ENV PYTHONDONTWRITEBYTECODE=1 PYTHONUNBUFFERED=1 PIP_NO_CACHE_DIR=1 PIP_DISABLE_PIP_VERSION_CHECK=1 \

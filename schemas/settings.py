@@ -14,10 +14,13 @@ An invalid value raises `SettingsError` naming the environment variable, the val
 
 from __future__ import annotations
 
+import functools
+import logging
+import os
 from pathlib import Path
 from typing import Any, ClassVar, Literal
 
-from pydantic import AliasChoices, BaseModel, ConfigDict, Field, SecretStr, ValidationError, model_validator
+from pydantic import BaseModel, ConfigDict, Field, SecretStr, ValidationError, model_validator
 from pydantic_settings import BaseSettings, SettingsConfigDict
 
 from schemas.env import ENV_PREFIX, env_name
@@ -32,6 +35,8 @@ SpanMethod = Literal["threshold", "sentences"]
 ThresholdMode = Literal["absolute", "relative"]
 RecallLevel = Literal["doc", "segment"]
 FetchRank = Literal["auto", "pooled", "maxsim"]
+
+log = logging.getLogger(__name__)
 
 # a collection is one folder of the embedded store: a plain name, never a path
 COLLECTION_PATTERN = r"^[A-Za-z0-9_][A-Za-z0-9_.-]{0,127}$"
@@ -50,14 +55,22 @@ class StoreSettings(_Group):
     )
     qdrant_api_key: SecretStr | None = Field(
         None,
-        validation_alias=AliasChoices("qdrant_api_key", "CHUNKLESS_QDRANT_API_KEY", "CHUNKLESS_API_KEY"),
-        description="API key of the Qdrant server (CHUNKLESS_QDRANT_API_KEY; CHUNKLESS_API_KEY when unset).",
+        description="API key of the Qdrant server (its QDRANT__SERVICE__API_KEY); not the chunkless service's "
+        "own key, which is service_api_key.",
     )
     grpc_port: int | None = Field(
         None, ge=1, le=65535, description="Qdrant gRPC port (default: the URL's port + 1 when it names one, else 6334)."
     )
-    prefer_grpc: bool = True
-    https: bool | None = None
+    prefer_grpc: bool = Field(
+        True,
+        description="Talk to the Qdrant server over gRPC (token matrices are about 5x smaller than as JSON); "
+        "False: REST (JSON) only, e.g. when only the REST port is reachable.",
+    )
+    https: bool | None = Field(
+        None,
+        description="TLS to a Qdrant server whose URL has no scheme (host:port); None: TLS when qdrant_api_key is "
+        "set. A URL that starts with http:// or https:// decides by itself.",
+    )
     collection: str = Field("chunkless", pattern=COLLECTION_PATTERN, description="Collection name (no path parts).")
     storage_dtype: StorageDtype = Field(
         "float16",
@@ -78,9 +91,17 @@ class StoreSettings(_Group):
         description="A new collection also stores every sentence's vector embedded alone (computed at ingest), so "
         "the sentence method's re-ranking reads them instead of running the model at query time.",
     )
-    shard_number: int = Field(1, ge=1)
-    replication_factor: int = Field(1, ge=1)
-    on_disk: bool = True
+    shard_number: int = Field(
+        1, ge=1, description="Shards of a new collection on a Qdrant server (spread over a cluster's nodes)."
+    )
+    replication_factor: int = Field(
+        1, ge=1, description="Copies of each shard of a new collection on a Qdrant cluster (1: no replica)."
+    )
+    on_disk: bool = Field(
+        True,
+        description="A new collection on a Qdrant server keeps its vectors and payloads on disk, memory-mapped "
+        "(False: in RAM, which must then hold every stored token row).",
+    )
 
     model_config = SettingsConfigDict(populate_by_name=True)
 
@@ -195,7 +216,12 @@ class ServeSettings(_Group):
 
     host: str = Field("127.0.0.1", description="Address the service binds to.")
     port: int = Field(8000, ge=0, le=65535)
-    api_key: SecretStr | None = Field(None, description="Required of every request but /healthz when set.")
+    service_api_key: SecretStr | None = Field(
+        None,
+        description="The service's key: every request but /healthz must carry it ('Authorization: Bearer KEY' or "
+        "'api-key: KEY'), and the CLI's --server calls send it; unset: the service is open. The deprecated "
+        "CHUNKLESS_API_KEY is read when this is unset.",
+    )
     server: str | None = Field(None, description="URL of a running chunkless service the CLI goes through.")
     batch_wait_ms: float = Field(3.0, ge=0.0, le=1000.0, description="Longest wait to gather a search micro-batch.")
     max_batch: int = Field(16, ge=1, le=1024, description="Most queries in one search micro-batch.")
@@ -203,6 +229,28 @@ class ServeSettings(_Group):
     max_query_chars: int = Field(4096, ge=1, description="Longest query accepted.")
     ingest_roots: list[Path] = Field(
         default_factory=list, description="Server-side folders POST /v1/documents may ingest from (none by default)."
+    )
+
+    @model_validator(mode="before")
+    @classmethod
+    def _deprecated_key_name(cls, data: Any) -> Any:
+        # CHUNKLESS_API_KEY once named both the service's key and (as a fallback) the Qdrant server's; it is
+        # still read, as the service's key, which is what the README documented it as
+        if isinstance(data, dict) and "service_api_key" not in data and (old := os.environ.get(DEPRECATED_KEY_ENV)):
+            _warn_deprecated_key_name()
+            return {**data, "service_api_key": old}
+        return data
+
+
+DEPRECATED_KEY_ENV = "CHUNKLESS_API_KEY"
+
+
+@functools.cache  # once per process: Settings are built several times per command
+def _warn_deprecated_key_name() -> None:
+    log.warning(
+        "%s is deprecated: it is read as CHUNKLESS_SERVICE_API_KEY (the service's key); set that instead, "
+        "and CHUNKLESS_QDRANT_API_KEY for a Qdrant server's key",
+        DEPRECATED_KEY_ENV,
     )
 
 
@@ -257,7 +305,7 @@ class Settings(BaseModel):
         # a group is given as its instance; `model` is also a flat field (the model's name)
         groups_given = {g: v for g, v in flat.items() if g in GROUPS and isinstance(v, GROUPS[g])}
         flat = {k: v for k, v in flat.items() if k not in groups_given}
-        unknown = [k for k in flat if k not in FIELD_GROUP and k != "api_key"]
+        unknown = [k for k in flat if k not in FIELD_GROUP]
         if unknown:
             raise SettingsError(f"unknown setting(s) {sorted(unknown)}; see the README's Settings table")
         groups: dict[str, Any] = {}
@@ -266,8 +314,6 @@ class Settings(BaseModel):
                 groups[gname] = groups_given[gname]
                 continue
             mine = {k: v for k, v in flat.items() if FIELD_GROUP.get(k) == gname}
-            if gname == "store" and "api_key" in flat:  # the Qdrant key's older name
-                mine.setdefault("qdrant_api_key", flat["api_key"])
             try:
                 groups[gname] = cls(**mine)
             except ValidationError as e:

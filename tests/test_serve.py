@@ -2,8 +2,10 @@
 
 from __future__ import annotations
 
+import asyncio
 import io
 import json
+import logging
 import os
 import queue
 import signal
@@ -29,10 +31,11 @@ from indexer.store import Match, Where, open_store
 from retriever import cli
 from retriever.search import Retriever
 from retriever.serve.app import create_app
+from retriever.serve.batcher import MicroBatcher
 from retriever.serve.client import RemoteRetriever
 from retriever.serve.service import Service
-from schemas.errors import QueryError, ServerError
-from schemas.settings import Settings
+from schemas.errors import QueryError, ServerError, ShuttingDownError
+from schemas.settings import Settings, _warn_deprecated_key_name
 
 REPO = Path(__file__).resolve().parent.parent
 DEMO = REPO / "demo" / "corpus"
@@ -156,8 +159,23 @@ def test_search_matches_cli_and_is_answered_during_an_ingest_job(tmp_path: Path,
         assert "chunkless_ingested_tokens_total" in metrics and "chunkless_cache_bytes" in metrics
 
 
-def test_auth_on_and_off(tmp_path: Path, minilm: HFTokenEmbedder) -> None:
-    settings = Settings(store_path=tmp_path / "store", device="cpu", api_key="s3cret")
+# the service's API: every route the routers mount, and nothing else
+ROUTES = {
+    ("POST", "/v1/search"),
+    ("POST", "/v1/search/batch"),
+    ("POST", "/v1/documents"),
+    ("GET", "/v1/documents"),
+    ("DELETE", "/v1/documents/{doc_id}"),
+    ("GET", "/v1/stats"),
+    ("GET", "/v1/jobs/{job_id}"),
+    ("GET", "/healthz"),
+    ("GET", "/readyz"),
+    ("GET", "/metrics"),
+}
+
+
+def test_auth_on_and_off(tmp_path: Path, minilm: HFTokenEmbedder, monkeypatch: pytest.MonkeyPatch) -> None:
+    settings = Settings(store_path=tmp_path / "store", device="cpu", service_api_key="s3cret")
     ingest([DEMO], settings, embedder=minilm)
     with live(settings, minilm) as (url, _), httpx.Client(base_url=url, timeout=60) as http:
         assert http.get("/healthz").status_code == 200  # open: a liveness probe has no key
@@ -172,14 +190,59 @@ def test_auth_on_and_off(tmp_path: Path, minilm: HFTokenEmbedder) -> None:
         assert http.get("/v1/stats", headers=good).json()["documents"] == 3
         assert http.post("/v1/search", json={"query": QUERY}, headers={"api-key": "s3cret"}).json()["spans"]
         assert 'route="unmatched",status="401"' in http.get("/metrics", headers=good).text
+        paths = http.get("/openapi.json", headers=good).json()["paths"]
+        assert {(m.upper(), p) for p, ms in paths.items() for m in ms} == ROUTES
         with RemoteRetriever(url) as anonymous, pytest.raises(ServerError, match="API key"):
             anonymous.search(QUERY)
         with RemoteRetriever(url, api_key="s3cret") as keyed:
             assert keyed.search(QUERY).spans
-    open_settings = settings.updated(api_key=None)
+
+        # the CLI's --server calls send the service's key, from the new variable or the deprecated one
+        for variable in ("CHUNKLESS_SERVICE_API_KEY", "CHUNKLESS_API_KEY"):
+            with monkeypatch.context() as env:
+                env.setenv(variable, "s3cret")
+                buf = io.StringIO()
+                with redirect_stdout(buf):
+                    assert cli.main(["stats", "--json", "--server", url]) == 0
+                assert json.loads(buf.getvalue())["documents"] == 3
+    open_settings = settings.updated(service_api_key=None)
     with live(open_settings, minilm) as (url, _), httpx.Client(base_url=url, timeout=60) as http:
         assert http.get("/v1/stats").status_code == 200
         assert http.post("/v1/search", json={"query": QUERY}).status_code == 200
+
+
+def test_the_service_key_and_the_qdrant_key_are_separate_variables(monkeypatch: pytest.MonkeyPatch) -> None:
+    monkeypatch.setenv("CHUNKLESS_SERVICE_API_KEY", "service")
+    monkeypatch.setenv("CHUNKLESS_QDRANT_API_KEY", "qdrant")
+    s = Settings()
+    assert s.serve.service_api_key is not None and s.serve.service_api_key.get_secret_value() == "service"
+    assert s.store.qdrant_api_key is not None and s.store.qdrant_api_key.get_secret_value() == "qdrant"
+    monkeypatch.delenv("CHUNKLESS_QDRANT_API_KEY")
+    assert Settings().store.qdrant_api_key is None, "the service's key is never sent to Qdrant"
+
+
+def test_the_deprecated_key_variable_is_read_as_the_service_key_with_one_warning(
+    monkeypatch: pytest.MonkeyPatch, caplog: pytest.LogCaptureFixture
+) -> None:
+    _warn_deprecated_key_name.cache_clear()
+    monkeypatch.setenv("CHUNKLESS_API_KEY", "old")
+    with caplog.at_level(logging.WARNING, logger="schemas.settings"):
+        s = Settings()
+        assert s.serve.service_api_key is not None and s.serve.service_api_key.get_secret_value() == "old"
+        assert s.store.qdrant_api_key is None, "no longer the Qdrant key's fallback"
+        assert s.updated(top=3).serve.service_api_key == s.serve.service_api_key
+        Settings()
+    [line] = [r.getMessage() for r in caplog.records]
+    assert "CHUNKLESS_API_KEY is deprecated" in line and "CHUNKLESS_SERVICE_API_KEY" in line and "\n" not in line
+
+    # the new variable wins, and the old one is then not used (nothing to warn about)
+    _warn_deprecated_key_name.cache_clear()
+    caplog.clear()
+    monkeypatch.setenv("CHUNKLESS_SERVICE_API_KEY", "new")
+    s = Settings()
+    assert s.serve.service_api_key is not None and s.serve.service_api_key.get_secret_value() == "new"
+    assert Settings(service_api_key=None).serve.service_api_key is None, "an explicit value beats both variables"
+    assert not caplog.records
 
 
 BAD_REQUESTS: list[tuple[str, str, dict[str, Any], int, str]] = [
@@ -249,6 +312,15 @@ def test_each_bad_request_is_a_4xx_naming_the_field_and_the_store_is_untouched(
             if (r.status_code, body.get("field")) != (status, field) or not body.get("detail"):
                 wrong.append((method, path, str(kw)[:80], r.status_code, body))
         assert not wrong, "\n".join(map(str, wrong))
+        # an upload without Content-Length (chunked) is refused before its body is read
+        r = http.post(
+            "/v1/documents", content=iter([b"--x--\r\n"]), headers={"content-type": "multipart/form-data; boundary=x"}
+        )
+        assert (r.status_code, r.json()["field"]) == (411, "content-length")
+        # refusals are counted under their route, the upload limit's included (it is the upload's dependency)
+        metrics = http.get("/metrics").text
+        assert 'route="/v1/documents",status="413"' in metrics
+        assert 'route="/v1/documents/{doc_id:path}",status="404"' in metrics
         assert http.get("/v1/documents").json() == before
         assert service.jobs.depth() == 0
         assert not list(service.spool.iterdir()), "refused uploads leave nothing in the spool"
@@ -272,13 +344,46 @@ def test_server_side_ingest_only_under_the_configured_roots(tmp_path: Path, mini
     outside = tmp_path / "private.txt"
     outside.write_text("secret")
     settings = Settings(store_path=tmp_path / "store", device="cpu", ingest_roots=[root])
-    with live(settings, minilm) as (url, _), RemoteRetriever(url) as remote:
+    with live(settings, minilm) as (url, service), RemoteRetriever(url) as remote:
         for bad in (str(outside), str(root / ".." / "private.txt")):
             with pytest.raises(QueryError, match="INGEST_ROOTS"):
                 remote.ingest_paths([bad])
         job = remote.wait(remote.ingest_paths([str(root / "docs")])["id"], timeout=120)
         assert job["state"] == "done" and job["report"]["documents"] == 1
         assert [d["doc_id"] for d in remote.documents()["documents"]] == ["docs/a.md"]
+
+        # a stopping service refuses new jobs with 503 (ShuttingDownError), which the client reads as a ServerError
+        service.jobs.stop()
+        with httpx.Client(base_url=url, timeout=60) as http:
+            r = http.post("/v1/documents", files=[("path", (None, str(root / "docs")))])
+            assert (r.status_code, r.json()["field"]) == (503, None) and "shutting down" in r.json()["detail"]
+            assert http.get("/readyz").status_code == 503
+        with pytest.raises(ServerError, match="503"):
+            remote.ingest_paths([str(root / "docs")])
+
+
+def test_the_service_never_imports_the_cli() -> None:
+    # arrows go one way: the CLI's `serve` imports the service, never the reverse (no import cycle)
+    code = (
+        "import sys, retriever.serve.app, retriever.serve.client; "
+        "print(sorted(m for m in sys.modules if m in ('retriever.cli', 'retriever.serve.cli') "
+        "or m.startswith('retriever.cli.')))"
+    )
+    out = subprocess.run([sys.executable, "-c", code], cwd=REPO, capture_output=True, text=True, check=True).stdout
+    assert out.strip() == "[]"
+
+
+def test_searches_still_queued_when_the_service_stops_are_refused_as_shutting_down() -> None:
+    async def run() -> None:
+        batcher = MicroBatcher(lambda queries, top, flt: [], wait_ms=0, max_batch=4)  # never started
+        pending = asyncio.ensure_future(batcher.search("steam", None, None))
+        await asyncio.sleep(0)  # one turn of the loop: the query is queued
+        await batcher.stop()
+        with pytest.raises(ShuttingDownError, match="shutting down") as e:
+            await pending
+        assert e.value.http_status == 503
+
+    asyncio.run(run())
 
 
 def test_a_corrupt_pdf_fails_inside_the_job_and_the_rest_goes_on(tmp_path: Path, minilm: HFTokenEmbedder) -> None:

@@ -39,7 +39,7 @@ def routable(p: argparse.ArgumentParser, local: Command, remote: Command) -> Non
 def _client(args: argparse.Namespace) -> RemoteRetriever:
     from retriever.serve.client import RemoteRetriever
 
-    key = ServeSettings().api_key
+    key = ServeSettings().service_api_key
     return RemoteRetriever(args.server, (key.get_secret_value() if key is not None else "") or None)
 
 

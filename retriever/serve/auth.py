@@ -14,7 +14,7 @@ def authorized(headers: Headers, key: str | None) -> bool:
 
     Args:
         headers: the request's headers.
-        key: the configured key (`CHUNKLESS_API_KEY`), None for an open service.
+        key: the configured key (`CHUNKLESS_SERVICE_API_KEY`), None for an open service.
 
     Returns:
         Whether the request may proceed.

@@ -9,10 +9,10 @@ import time
 from collections.abc import Callable
 from dataclasses import dataclass, field
 
-from schemas.errors import ChunklessError
+from retriever.serve.models import Filter
+from schemas.errors import ChunklessError, ShuttingDownError
 from schemas.models import SearchResponse
 
-Filter = dict[str, str | list[str]]
 SearchBatch = Callable[[list[str], int | None, Filter | None], list[SearchResponse]]
 
 
@@ -60,7 +60,7 @@ class MicroBatcher:
         self._task = asyncio.get_running_loop().create_task(self._run(), name="chunkless-batcher")
 
     async def stop(self) -> None:
-        """Stop gathering; queries still queued are failed with a ChunklessError."""
+        """Stop gathering; queries still queued are failed with a ShuttingDownError (503)."""
         if self._task is not None:
             self._task.cancel()
             with contextlib.suppress(asyncio.CancelledError):
@@ -68,7 +68,7 @@ class MicroBatcher:
         while not self._queue.empty():
             p = self._queue.get_nowait()
             if not p.future.done():
-                p.future.set_exception(ChunklessError("the service is shutting down; retry on the next one"))
+                p.future.set_exception(ShuttingDownError("the service is shutting down; retry on the next one"))
 
     async def search(self, query: str, top: int | None, filter: Filter | None) -> SearchResponse:
         """One query's response, answered as part of a batch.
@@ -77,7 +77,8 @@ class MicroBatcher:
             The `SearchResponse`; `timings_ms["queue"]` is the time it waited for its batch.
 
         Raises:
-            ChunklessError: the query was rejected (e.g. too many tokens) or the service is stopping.
+            ChunklessError: the query was rejected (e.g. too many tokens).
+            ShuttingDownError: the service stopped before the query's batch ran.
         """
         fut: asyncio.Future[SearchResponse] = asyncio.get_running_loop().create_future()
         await self._queue.put(_Pending(query, top, filter, fut))

@@ -25,7 +25,7 @@ class RemoteRetriever:
 
     Args:
         url: the service's base URL, e.g. ``http://127.0.0.1:8000``.
-        api_key: the service's CHUNKLESS_API_KEY, sent as a Bearer token.
+        api_key: the service's key (its CHUNKLESS_SERVICE_API_KEY), sent as a Bearer token.
         timeout: seconds per request.
 
     Raises (from every method):
@@ -134,8 +134,12 @@ class RemoteRetriever:
         except ValueError:
             detail = r.text[:300]
         if r.status_code == 401:
-            raise ServerError(f"chunkless service at {self.url} refused the API key: {detail}; set CHUNKLESS_API_KEY")
-        if r.status_code < 500 and r.status_code not in (503, 507):
+            raise ServerError(
+                f"chunkless service at {self.url} refused the API key: {detail}; set CHUNKLESS_SERVICE_API_KEY"
+            )
+        # the service's statuses come from schemas.errors' table: 4xx is the request's fault (bad input, a
+        # missing document); 5xx (503 busy or shutting down, 507 storage fault) is the service's
+        if r.status_code < 500:
             raise RemoteQueryError(r.status_code, detail)
         raise ServerError(f"chunkless service at {self.url} answered {r.status_code}: {detail}")
 

@@ -11,37 +11,20 @@ import uuid
 from collections import OrderedDict
 from collections.abc import Callable
 from pathlib import Path
-from typing import Any, Literal
-
-from pydantic import BaseModel, Field
+from typing import Any
 
 from indexer.embedders import TokenEmbedder
 from indexer.pipeline import ingest
 from indexer.store import TokenStore
-from schemas.errors import ChunklessError
+from retriever.serve.models import Job
+from schemas.errors import ChunklessError, ShuttingDownError
 from schemas.models import IngestReport
 from schemas.settings import Settings
 
 log = logging.getLogger(__name__)
 
-JobStateName = Literal["queued", "running", "done", "failed", "interrupted", "cancelled"]
 KEEP_JOBS = 1000  # finished jobs remembered for GET /v1/jobs/{id}
 _STOP = object()
-
-
-class Job(BaseModel):
-    """What GET /v1/jobs/{id} answers: state, progress and the same report as `chunkless ingest --report`."""
-
-    id: str
-    state: JobStateName = "queued"
-    inputs: list[str] = Field(description="Doc ids of uploaded files, or the server-side paths to ingest.")
-    documents_done: int = Field(0, description="Files finished so far: stored, unchanged or failed.")
-    tokens_done: int = 0
-    report: dict[str, Any] = Field(default_factory=lambda: IngestReport().to_json_dict())
-    error: str | None = Field(None, description="Why the job stopped early (state failed/interrupted).")
-    created_at: float = Field(default_factory=time.time)
-    started_at: float | None = None
-    finished_at: float | None = None
 
 
 class _Work:
@@ -113,6 +96,9 @@ class JobQueue:
 
         Returns:
             The queued job.
+
+        Raises:
+            ShuttingDownError: the service is stopping.
         """
         budget = self.settings.model.batch_tokens * 4  # bytes of text per group: about one embedding batch
         groups: list[list[Path]] = []
@@ -132,6 +118,9 @@ class JobQueue:
 
         Doc ids are relative to the ingest root each path lies under (one group per root), so they do not
         depend on where the roots are mounted.
+
+        Raises:
+            ShuttingDownError: the service is stopping.
         """
         by_root: dict[Path, list[Path]] = {}
         for p in paths:
@@ -142,7 +131,7 @@ class JobQueue:
 
     def _submit(self, job: Job, groups: list[list[Path]], spool: Path | None, id_from: list[Path]) -> Job:
         if self._stopping.is_set():
-            raise ChunklessError("the service is shutting down and takes no new jobs; retry on the next one")
+            raise ShuttingDownError("the service is shutting down and takes no new jobs; retry on the next one")
         with self._lock:
             self._jobs[job.id] = job
             while len(self._jobs) > KEEP_JOBS:

@@ -1,0 +1,49 @@
+"""POST /v1/search and /v1/search/batch: spans for queries, as `chunkless search --json` prints them."""
+
+from __future__ import annotations
+
+import time
+
+from fastapi import APIRouter
+from fastapi.concurrency import run_in_threadpool
+
+from retriever.serve.deps import BatcherDep, ServiceDep
+from retriever.serve.errors import ApiError
+from retriever.serve.models import API_VERSION, SearchBatchRequest, SearchRequest, SearchResult
+from schemas.settings import ServeSettings
+
+router = APIRouter(prefix=f"/{API_VERSION}", tags=["search"])
+
+
+@router.post("/search")
+async def search(body: SearchRequest, service: ServiceDep, batcher: BatcherDep) -> SearchResult:
+    """Spans for one query: what `chunkless search --json` prints, plus `timings_ms`."""
+    cfg = service.settings.serve
+    check_query(body.query, "query", cfg)
+    t0 = time.perf_counter()
+    if cfg.max_batch > 1:
+        r = await batcher.search(body.query, body.top, body.filter_dict())
+    else:
+        r = await run_in_threadpool(service.retriever.search, body.query, body.top, body.filter_dict())
+    r.timings_ms["total"] = (time.perf_counter() - t0) * 1e3
+    return SearchResult.of(r)
+
+
+@router.post("/search/batch")
+async def search_batch(body: SearchBatchRequest, service: ServiceDep) -> list[SearchResult]:
+    """One response per query, in order, from one `search_batch` call."""
+    for i, q in enumerate(body.queries):
+        check_query(q, f"queries.{i}", service.settings.serve)
+    service.metrics.batch_size.observe(len(body.queries))
+    rs = await run_in_threadpool(service.retriever.search_batch, body.queries, body.top, body.filter_dict())
+    return [SearchResult.of(r) for r in rs]
+
+
+def check_query(q: str, field: str, cfg: ServeSettings) -> None:
+    """An ApiError naming `field` for an empty query or one over `max_query_chars`."""
+    if not q.strip():
+        raise ApiError(422, field, f"{field} is empty; send the question to search for")
+    if len(q) > cfg.max_query_chars:
+        raise ApiError(
+            422, field, f"{field} is {len(q)} characters, over max_query_chars={cfg.max_query_chars}; shorten it"
+        )
