@@ -11,7 +11,8 @@ import pytest
 from indexer.discover import discover
 from indexer.loaders import load_file
 from indexer.reading import read_document
-from retriever.methods.structured import Layout, answer_range
+from retriever.fetch import Layout
+from retriever.methods.structured import answer_range
 from schemas.structure import DocStructure, check_offsets
 
 TITLE = "ACME Widget Manual"

@@ -10,7 +10,8 @@ import pytest
 
 from indexer.loaders import load_file
 from indexer.reading import read_document
-from retriever.methods.structured import Layout, answer_range
+from retriever.fetch import Layout
+from retriever.methods.structured import answer_range
 from schemas.models import LoadedDocument
 from schemas.structure import check_offsets
 from tests.test_reading import make_manual
@@ -241,10 +242,16 @@ def test_recall_leaves_the_structure_out_and_fetch_reads_it_once_per_version(tmp
             assert top.page_labels is not None
         assert r.fetcher.structures.misses == 1, "read from the store once for this version"
         docs = r.fetcher.fetch({c.doc_id: c.header for c in cands})
-        assert docs and all(d.header.structure == payload for d in docs)
+        assert docs and all(d.layout is not None and d.layout.structure == doc.structure for d in docs)
+        again = r.fetcher.fetch({c.doc_id: c.header for c in cands})
+        assert again[0].layout is docs[0].layout, "parsed once for this version"
         assert r.fetcher.structures.misses == 1
         r.clear_caches()
         r.search("Where are the log files kept?", top=1)
+        assert r.fetcher.structures.misses == 2
+        # a whole header carries its structure: parsed from it, not read from the store again
+        r.clear_caches()
+        assert r.fetcher.fetch({"manual.pdf": full})[0].layout is not None
         assert r.fetcher.structures.misses == 2
 
 

@@ -364,9 +364,7 @@ def span_result(d: DocTokens, start: int, end: int, score: float, text: str | No
     Returns:
         The `SpanResult`, with its section path and printed page labels when the document has a structure.
     """
-    from retriever.methods.structured import LAYOUTS
-
-    layout = LAYOUTS.get(d.doc_id, d.header)
+    layout = d.layout
     pages = pages_of(d.header.page_starts, start, end)
     return SpanResult(
         doc_id=d.doc_id,

@@ -31,7 +31,7 @@ from retriever.calibration import answer_features
 from retriever.fetch import DocTokens
 from retriever.lexical import LexicalStats, LexicalUnits, bm25
 from retriever.methods.base import MethodContext, QueryDocs, SpanMethod, span_result
-from retriever.methods.structured import LAYOUTS, answer_range, structure_masks
+from retriever.methods.structured import answer_range, structure_masks
 from retriever.sentences import SentenceCandidates, SentenceTable, SentenceTables, complete_cut, cut_sentences
 from schemas.models import SpanResult
 
@@ -253,9 +253,8 @@ class SentenceMethod(SpanMethod[SentenceCandidates]):
                 continue
             cs, ce = c.chars[i]
             d, text = docs[int(c.doc[i])], c.texts[i]
-            layout = LAYOUTS.get(d.doc_id, d.header)
-            if layout is not None:  # a heading becomes its section's answer; navigation is never returned
-                answer = answer_range(layout, int(cs), int(ce), d.text, d.char_base)
+            if d.layout is not None:  # a heading becomes its section's answer; navigation is never returned
+                answer = answer_range(d.layout, int(cs), int(ce), d.text, d.char_base)
                 if answer is None:
                     continue
                 if answer != (cs, ce):

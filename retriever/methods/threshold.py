@@ -15,7 +15,7 @@ import torch
 
 from retriever.fetch import DocTokens
 from retriever.methods.base import MethodContext, QueryDocs, SpanMethod, span_result
-from retriever.methods.structured import LAYOUTS, answer_range
+from retriever.methods.structured import answer_range
 from retriever.spans import SpanParams, TokenSpans, extract_spans
 from schemas.models import SpanResult
 
@@ -80,9 +80,8 @@ class ThresholdMethod(SpanMethod[TokenSignal]):
             d = docs[int(dsel[i])]
             a, b = int(s0[i] - offsets[dsel[i]]), int(s1[i] - offsets[dsel[i]])
             cs, ce = int(d.starts[a]), int(d.ends[b])
-            layout = LAYOUTS.get(d.doc_id, d.header)
-            if layout is not None:  # never a heading or navigation alone (see retriever.methods.structured)
-                answer = answer_range(layout, cs, ce, d.text, d.char_base)
+            if d.layout is not None:  # never a heading or navigation alone (see retriever.methods.structured)
+                answer = answer_range(d.layout, cs, ce, d.text, d.char_base)
                 if answer is None:
                     continue
                 cs, ce = answer
