@@ -28,7 +28,6 @@ Device = Literal["auto", "cpu", "cuda"]
 ModelDtype = Literal["auto", "float32", "bfloat16", "float16"]
 Boundary = Literal["separators", "sentences"]
 SpanMethod = Literal["threshold", "sentences"]
-ThresholdMode = Literal["absolute", "relative"]
 RecallLevel = Literal["doc", "segment"]
 FetchRank = Literal["auto", "pooled", "maxsim"]
 
@@ -158,12 +157,6 @@ class SpanSettings(_Group):
     )
     sigma: float = Field(4.0, ge=0.0, description="Gaussian smoothing of token relevance, in tokens.")
     threshold: float = Field(0.39, description="threshold method: smoothed relevance a span must reach.")
-    threshold_mode: ThresholdMode = Field(
-        "absolute",
-        description="EXPERIMENTAL (threshold method; lost to sentences, kept for the storage experiment): "
-        "relative keeps tokens within relative_margin of the best.",
-    )
-    relative_margin: float = Field(0.05, ge=0.0, description="EXPERIMENTAL: see threshold_mode.")
     delta: int = Field(170, ge=0, description="threshold method: tokens between two clusters that merge them.")
     min_span_size: int = Field(15, ge=1)
     max_extension: int = Field(32, ge=0)

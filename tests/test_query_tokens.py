@@ -17,10 +17,11 @@ import pytest
 import torch
 
 from indexer.embedders import HFTokenEmbedder, TokenEmbedder, load_embedder, resolve_model_path
+from retriever import Retriever
 from retriever.evaluation.benchmark import load_benchmark
 from retriever.evaluation.evaluate import index_benchmark
 from retriever.fetch import DocTokens
-from retriever.methods import Scorer
+from retriever.methods import Scorer, ThresholdMethod, ThresholdOptions
 from retriever.relevance import (
     gemv_blocks,
     maxsim_blocks,
@@ -30,7 +31,6 @@ from retriever.relevance import (
     similarities,
     token_relevance,
 )
-from retriever.search import Retriever
 from retriever.sentences import SentenceTables
 from retriever.spans import smooth
 from schemas.errors import QueryError
@@ -252,8 +252,9 @@ def test_threshold_signal_is_each_tokens_best_query_token(
     multivector: dict[str, tuple[TokenEmbedder, Path]], kind: str
 ) -> None:
     e, store = multivector[kind]
-    s = Settings(model=e.name, store_path=store, device="cpu", span_method="threshold", threshold_mode="relative")
-    with Retriever(s, embedder=e) as r:
+    s = Settings(model=e.name, store_path=store, device="cpu", span_method="threshold")
+    relative = ThresholdMethod.with_options(ThresholdOptions(mode="relative"))  # random models' scale is arbitrary
+    with Retriever(s, embedder=e, span_method=relative) as r:
         ex = r.explain(QUERY, "bread")
         d = fetched(r, "bread")
         qs = e.embed_query_tokens(QUERY)

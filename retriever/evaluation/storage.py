@@ -37,6 +37,7 @@ from retriever.cli import parse_layout
 from retriever.evaluation.baselines import query_vectors, token_offsets
 from retriever.evaluation.benchmark import Benchmark, BenchQuery, Hit, load_benchmark, score
 from retriever.evaluation.evaluate import run_chunkless
+from retriever.methods import MethodFactory, ThresholdMethod, ThresholdOptions
 from retriever.search import Retriever
 from schemas.layout import StorageLayout
 from schemas.models import EmbeddedDocument, LoadedDocument
@@ -70,7 +71,7 @@ SWEEP = [
     "int8-pca128-pool2",
 ]
 CHUNK_TOKENS = 128
-SPAN_FIELDS = ["span_method", "recall_k", "sigma", "threshold_mode", "relative_margin", "threshold", "delta"]
+SPAN_FIELDS = ["span_method", "recall_k", "sigma", "threshold", "delta"]
 SPAN_FIELDS += ["min_span_size", "max_extension", "boundary", "rerank_k", "min_sentence_tokens"]
 PROJECT_MODELS = [("Qwen3-Embedding-0.6B", 1024), ("Jina v4 multivector", 128)]
 PROJECT_TOKENS = [1_000_000, 100_000_000, 1_000_000_000]
@@ -195,8 +196,10 @@ def run_layout(
     base: Settings,
     work: Path,
     latency_n: int,
+    span_method: MethodFactory | None = None,
 ) -> Row:
-    """Write the corpus in this layout into a fresh Edge store, measure its files, evaluate it."""
+    """Write the corpus in this layout into a fresh Edge store, measure its files, evaluate it (with the
+    `span_method` factory when given, else the one `base` names)."""
     settings = base.updated(
         store_path=work / layout.name,
         storage_dtype=layout.dtype,
@@ -213,7 +216,7 @@ def run_layout(
         store.write_document(d)
     store.close()  # flushed and closed: what a finished ingest leaves on disk
     fb = file_bytes(settings.store.collection_path)
-    with Retriever(settings, embedder=embedder, store=open_store(settings.store)) as r:
+    with Retriever(settings, embedder=embedder, store=open_store(settings.store), span_method=span_method) as r:
         results, warm_ms = timed_hits(r, queries, latency_n)
         cached, cached_tokens = decoded_bytes(r, layout.pool)
     shutil.rmtree(settings.store.store_path, ignore_errors=True)
@@ -477,10 +480,11 @@ def main(argv: list[str] | None = None) -> int:
         "device": args.device,
         "span_method": args.span_method,
         "rerank_k": args.rerank_k,
-        "threshold_mode": args.threshold_mode,
         **({"model": args.model} if args.model else {}),
     }
     base = Settings(**over)  # the same span settings for every layout: differences come from storage
+    options = ThresholdOptions(mode=args.threshold_mode)  # an experiment's option, not a setting
+    method = ThresholdMethod.with_options(options) if args.span_method == "threshold" else None
     bench = load_benchmark(args.bench)
     queries = bench.answerable(args.sample, args.seed)
     layouts = [parse_layout(c.strip(), "--configs") for c in args.configs.split(",") if c.strip()]
@@ -499,7 +503,7 @@ def main(argv: list[str] | None = None) -> int:
         work = Path(tmp)
         for layout in layouts:
             t0 = time.perf_counter()
-            row = run_layout(layout, docs, queries, qe, base, work, args.latency_queries)
+            row = run_layout(layout, docs, queries, qe, base, work, args.latency_queries, method)
             rows.append(row)
             print(
                 f"{row.config:>20}: {row.vectors_bpt:7.1f} B/token vectors, {row.disk_no_wal_bpt:7.1f} on disk, "
@@ -533,6 +537,7 @@ def main(argv: list[str] | None = None) -> int:
         "Span settings (identical for every layout; sigma, delta, min_span_size, max_extension and "
         "min_sentence_tokens are divided by k for poolk by the Retriever, so they keep their length in model tokens): "
         + ", ".join(f"{k}={base.flat()[k]}" for k in SPAN_FIELDS)
+        + f", threshold_mode={options.mode}, relative_margin={options.relative_margin}"
         + ".",
         "",
     ]

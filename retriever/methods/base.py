@@ -11,7 +11,9 @@ order over a batch of queries and times them:
 A method is built by a factory from a `MethodContext`, which carries everything it may use: the span
 settings, a `Scorer` for per-token relevance, the embedder's `embed_texts` for re-ranking and the
 store's neighbour-segment text. Register a factory in `retriever.methods.SPAN_METHODS` to make it
-selectable by `span_method`, or pass it to `Retriever(span_method=...)`.
+selectable by `span_method`, or pass it to `Retriever(span_method=...)`. That factory is also the hook
+for experiments, which stay out of the settings: a method's own options (`ThresholdOptions`), or a
+correction of raw token relevance (`retriever.methods.with_correction`, a `Scorer` with a correction).
 """
 
 from __future__ import annotations
@@ -37,7 +39,7 @@ from retriever.relevance import (
     token_relevance,
 )
 from retriever.sentences import SentenceTable
-from retriever.spans import smooth
+from retriever.spans import TokenSpans, smooth
 from schemas.errors import QueryError
 from schemas.models import SpanResult
 from schemas.settings import SpanSettings
@@ -80,6 +82,10 @@ class Scorer:
         self.device = device
         self.correction = correction
         self.vector_kind = vector_kind
+
+    def corrected(self, correction: RelevanceCorrection) -> Scorer:
+        """This scorer with `correction` applied to raw relevance (experiments; see `with_correction`)."""
+        return Scorer(self.device, correction, self.vector_kind)
 
     @property
     def needs_query_tokens(self) -> bool:
@@ -232,6 +238,16 @@ class QueryDocs:
 
 
 @dataclass
+class TokenSignal:
+    """One query's token spans over its documents laid end to end, with the signal they came from."""
+
+    spans: TokenSpans
+    raw: torch.Tensor  # (N,) token relevance (`Scorer.relevance`)
+    smoothed: torch.Tensor  # (N,)
+    threshold: float
+
+
+@dataclass
 class MethodOutput:
     """One query's spans, best first, and the milliseconds of each stage (score, rerank, results)."""
 
@@ -299,6 +315,17 @@ class SpanMethod(ABC, Generic[State]):
 
     def clear_caches(self) -> None:
         """Hook: forget what the method caches across queries (a cold start); default: nothing."""
+        return None
+
+    def signal(self, q: np.ndarray, docs: list[DocTokens], tokens: np.ndarray | None = None) -> TokenSignal | None:
+        """Hook: the smoothed token signal and threshold this method cuts spans from, which
+        `Retriever.explain` shows; default None: the method cuts none (explain shows the threshold method's).
+
+        Args:
+            q: (dim,) float32 pooled query vector.
+            docs: candidate documents (at least one).
+            tokens: (m, dim) query token vectors, which a multivector model's relevance needs.
+        """
         return None
 
     @abstractmethod
