@@ -120,7 +120,7 @@ class Retriever:
             scorer=self.scorer,
             embed_texts=self._embed_texts,
             segment_texts=self._segment_texts,
-            alone_vectors=self._alone_vectors if self.store.meta.sentence_vectors else None,
+            sentence_vectors=self._sentence_vectors if self.store.meta.sentence_vectors else None,
         )
         self.method: SpanMethod = span_method(ctx) if span_method else make_span_method(settings.spans.span_method, ctx)
         self._signal = ThresholdMethod(ctx)  # explain's signal and threshold where the method has none
@@ -357,7 +357,7 @@ class Retriever:
         with self._store_lock:
             return self.store.segment_texts(need)
 
-    def _alone_vectors(self, need: dict[tuple[str, str], list[int]]) -> dict[tuple[str, str, int, int], np.ndarray]:
+    def _sentence_vectors(self, need: dict[tuple[str, str], list[int]]) -> dict[tuple[str, str, int, int], np.ndarray]:
         with self._store_lock:
             return self.store.sentence_vectors(need)
 

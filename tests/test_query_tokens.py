@@ -41,7 +41,7 @@ from tests.support import DOCS, write_bench
 
 MINILM_HUB = "sentence-transformers/all-MiniLM-L6-v2"
 QUERY = "What makes the dough rise?"
-# the in-context score alone: no alone re-ranking, no BM25, no length penalty
+# the in-context score only: no re-ranking by sentence vectors, no BM25, no length penalty
 IN_CONTEXT = {"rerank_k": 0, "lexical_first": 0.0, "lexical_weight": 0.0, "length_penalty": 0.0}
 
 

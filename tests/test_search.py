@@ -17,12 +17,12 @@ from retriever.evaluation.benchmark import load_benchmark
 from retriever.evaluation.evaluate import index_benchmark
 from retriever.fetch import DocTokens
 from retriever.methods import (
-    AloneCache,
     MethodContext,
     MethodFactory,
     QueryDocs,
     SentenceCaches,
     SentenceMethod,
+    SentenceVectorCache,
     SpanMethod,
     ThresholdMethod,
     ThresholdOptions,
@@ -197,14 +197,14 @@ def test_original_method_stays_reachable(store: Path, minilm: HFTokenEmbedder) -
         assert r.explain("What makes the dough rise?", "bread").threshold == pytest.approx(0.39)
 
 
-def test_alone_cache_embeds_each_text_once() -> None:
+def test_sentence_vector_cache_embeds_each_text_once() -> None:
     calls: list[list[str]] = []
 
     def embed(texts: list[str]) -> np.ndarray:
         calls.append(texts)
         return np.array([[float(len(t)), 1.0] for t in texts])
 
-    cache = AloneCache(max_entries=2)
+    cache = SentenceVectorCache(max_entries=2)
     first = cache.embed(["ab", "c", "ab"], embed)
     assert calls == [["ab", "c"]] and first[:, 0].tolist() == [2.0, 1.0, 2.0]
     cache.embed(["c", "dddd"], embed)  # "c" cached; "dddd" evicts the least recently used "ab"
@@ -305,9 +305,9 @@ def test_shared_sentence_caches_embed_each_sentence_once(store: Path, minilm: HF
     settings = Settings(store_path=store, device="cpu", rerank_k=4)
     with Retriever(settings, embedder=minilm, span_method=shared) as r:
         first = r.search_batch(QUERIES)
-    n = len(caches.alone)
+    n = len(caches.vectors)
     assert n >= len(QUERIES)
     with Retriever(settings.updated(rerank_weight=0.5), embedder=minilm, span_method=shared) as r:
         again = r.search_batch(QUERIES)
-    assert len(caches.alone) == n  # the second retriever re-embedded nothing
+    assert len(caches.vectors) == n  # the second retriever re-embedded nothing
     assert [[s.text for s in a.spans] for a in first] and all(a.spans for a in again)

@@ -449,7 +449,7 @@ def build_parser() -> argparse.ArgumentParser:
         "--rerank-k",
         type=int,
         default=0,
-        help="sentences method: candidates re-embedded alone from their text (default 0: none, so every score "
+        help="sentences method: candidates re-ranked by their sentence vectors (default 0: none, so every score "
         "comes from the stored token vectors)",
     )
     p.add_argument(

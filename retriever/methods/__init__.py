@@ -21,7 +21,7 @@ from retriever.methods.base import (
     pages_of,
     span_result,
 )
-from retriever.methods.sentences import AloneCache, SentenceCaches, SentenceMethod
+from retriever.methods.sentences import SentenceCaches, SentenceMethod, SentenceVectorCache
 from retriever.methods.threshold import ThresholdMethod, ThresholdOptions
 from schemas.errors import SettingsError
 
@@ -74,7 +74,6 @@ def with_correction(correction: RelevanceCorrection, factory: MethodFactory | No
 
 __all__ = [
     "SPAN_METHODS",
-    "AloneCache",
     "MethodContext",
     "MethodFactory",
     "MethodOutput",
@@ -83,6 +82,7 @@ __all__ = [
     "Scorer",
     "SentenceCaches",
     "SentenceMethod",
+    "SentenceVectorCache",
     "SpanMethod",
     "ThresholdMethod",
     "ThresholdOptions",

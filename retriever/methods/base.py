@@ -50,8 +50,8 @@ RelevanceCorrection = Callable[[torch.Tensor, torch.Tensor, list[DocTokens]], to
 # {(doc_id, version): [segment index, ...]} -> {(doc_id, segment): (char_start, text)}
 SegmentTexts = Callable[[dict[tuple[str, str], list[int]]], dict[tuple[str, int], tuple[int, str]]]
 EmbedTexts = Callable[[list[str]], np.ndarray]
-# {(doc_id, version): [segment index, ...]} -> {(doc_id, version, char start, char end): (dim,) alone vector}
-AloneVectors = Callable[[dict[tuple[str, str], list[int]]], dict[tuple[str, str, int, int], np.ndarray]]
+# {(doc_id, version): [segment index, ...]} -> {(doc_id, version, char start, char end): (dim,) sentence vector}
+StoredSentenceVectors = Callable[[dict[tuple[str, str], list[int]]], dict[tuple[str, str, int, int], np.ndarray]]
 
 
 class Scorer:
@@ -211,10 +211,11 @@ class MethodContext:
         settings: the span settings (lengths in model tokens).
         pool: model tokens per stored row (the collection's storage_pool); lengths scale by it.
         scorer: per-token relevance of candidate documents.
-        embed_texts: embeds short texts alone, (n, dim) unit vectors (serialised with other model calls).
+        embed_texts: embeds short texts each on its own, (n, dim) unit vectors: sentence vectors computed at
+            query time (serialised with other model calls).
         segment_texts: reads stored segments' text, for sentences a fetched run cut.
-        alone_vectors: reads the alone vectors of the sentences starting in stored segments, when the
-            collection stores them (`store_sentence_vectors`); None: it does not.
+        sentence_vectors: reads the stored sentence vectors of the sentences starting in stored segments,
+            when the collection stores them (`store_sentence_vectors`); None: it does not.
     """
 
     settings: SpanSettings
@@ -222,7 +223,7 @@ class MethodContext:
     scorer: Scorer
     embed_texts: EmbedTexts
     segment_texts: SegmentTexts
-    alone_vectors: AloneVectors | None = None
+    sentence_vectors: StoredSentenceVectors | None = None
 
 
 @dataclass
