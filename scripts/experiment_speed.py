@@ -33,12 +33,12 @@ import numpy as np
 
 from indexer.boundaries import boundary_chars
 from indexer.embedders import HFTokenEmbedder, load_embedder
+from retriever import Retriever
 from retriever.calibration import FEATURES, PARAMS, fit, lexical_features
 from retriever.evaluation.benchmark import BenchQuery, Hit, evidence_f1, hit_at, load_benchmark, words
 from retriever.evaluation.evaluate import auc, index_benchmark
 from retriever.lexical import coverage
 from retriever.query_encoder import QueryEncoder
-from retriever.search import Retriever
 from schemas.settings import Settings
 
 ALL = 400  # more than the sentences of any query's fetched runs

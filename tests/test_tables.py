@@ -135,7 +135,7 @@ def _index(doc: LoadedDocument, tmp_path: Path, minilm, name: str, **kw: object)
 
 @pytest.mark.parametrize("fmt", ["pdf", "md", "html"])
 def test_a_query_matching_a_row_gets_the_whole_row(fmt: str, tmp_path: Path, minilm) -> None:
-    from retriever.search import Retriever
+    from retriever import Retriever
 
     if fmt == "pdf":
         path = make_table_pdf(tmp_path / "ports.pdf")
@@ -170,8 +170,8 @@ def test_threshold_method_never_returns_a_heading_or_navigation_alone(tmp_path: 
     import numpy as np
     import torch
 
+    from retriever import Retriever
     from retriever.methods import QueryDocs, ThresholdMethod, TokenSignal
-    from retriever.search import Retriever
     from retriever.spans import TokenSpans
 
     md = tmp_path / "faq.md"
@@ -218,7 +218,7 @@ def test_threshold_method_never_returns_a_heading_or_navigation_alone(tmp_path: 
 
 
 def test_recall_leaves_the_structure_out_and_fetch_reads_it_once_per_version(tmp_path: Path, minilm) -> None:
-    from retriever.search import Retriever
+    from retriever import Retriever
 
     doc = load_file(make_manual(tmp_path / "manual.pdf"), "manual.pdf")
     assert doc.structure is not None
@@ -256,8 +256,8 @@ def test_recall_leaves_the_structure_out_and_fetch_reads_it_once_per_version(tmp
 
 
 def test_explain_plot_marks_table_rows(tmp_path: Path, minilm) -> None:
+    from retriever import Retriever
     from retriever.plots import plot_explanation, structure_token_marks
-    from retriever.search import Retriever
 
     doc = load_file(make_table_pdf(tmp_path / "ports.pdf"), "ports.pdf")
     s = _index(doc, tmp_path, minilm, "store")
