@@ -205,16 +205,6 @@ class DocCache:
         """Bytes held now; never above max_bytes."""
         return self._bytes
 
-    def segment_keys(self) -> list[SegKey]:
-        """(doc_id, version, segment) of every cached segment, least recently used first (a snapshot)."""
-        with self._lock:
-            return list(self._items)
-
-    def segments(self) -> list[SegmentTokens]:
-        """Every cached segment, least recently used first (a snapshot; the tensors are shared, not copied)."""
-        with self._lock:
-            return list(self._items.values())
-
     def get(self, key: SegKey) -> SegmentTokens | None:
         """The cached segment, made most recent; counts a hit or a miss.
 

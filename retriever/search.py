@@ -73,7 +73,8 @@ class Retriever:
         SettingsError: an unknown span method.
 
     Example:
-        >>> from schemas.settings import Settings
+        >>> from retriever import Retriever
+        >>> from schemas import Settings
         >>> with Retriever(Settings(store_path="./store", device="cpu")) as r:  # doctest: +SKIP
         ...     for span in r.search("How does a steam engine work?", top=3).spans:
         ...         print(span.score, span.source, span.pages, span.text)

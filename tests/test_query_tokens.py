@@ -24,7 +24,6 @@ from retriever.fetch import DocTokens
 from retriever.methods import Scorer, ThresholdMethod, ThresholdOptions
 from retriever.relevance import (
     gemv_blocks,
-    maxsim_blocks,
     relevance_smoothed,
     segment_max,
     sentence_maxsim,
@@ -66,9 +65,9 @@ def ref_maxsim(blocks: list[torch.Tensor], qs: np.ndarray) -> np.ndarray:
 @pytest.mark.parametrize("floor", [0, 10**9])  # the split BLAS row-range path, and torch
 def test_token_relevance_is_each_rows_best_query_token(floor: int) -> None:
     blocks, qs = blocks_and_queries(1)
-    got = maxsim_blocks(blocks, torch.from_numpy(qs), min_split_rows=floor).numpy()
+    got = token_relevance(blocks, torch.from_numpy(qs), min_split_rows=floor).numpy()
     np.testing.assert_allclose(got, ref_maxsim(blocks, qs), rtol=1e-5, atol=1e-5)
-    torch_only = maxsim_blocks(blocks, torch.from_numpy(qs), use_numpy=False).numpy()
+    torch_only = token_relevance(blocks, torch.from_numpy(qs), use_numpy=False).numpy()
     np.testing.assert_allclose(got, torch_only, rtol=1e-5, atol=1e-5)
     # one query vector is the pooled formula
     one = token_relevance(blocks, torch.from_numpy(qs[:1]), min_split_rows=floor).numpy()
@@ -80,8 +79,8 @@ def test_token_relevance_of_half_precision_and_strided_rows() -> None:
     half = [b.half() for b in blocks]  # the default float16 storage: the torch path
     strided = [torch.cat([b, b], 1)[:, : b.shape[1]] for b in blocks]  # non-contiguous views: the torch path
     want = ref_maxsim([b.float() for b in half], qs)
-    np.testing.assert_allclose(maxsim_blocks(half, torch.from_numpy(qs)).numpy(), want, rtol=1e-4, atol=1e-4)
-    got = maxsim_blocks(strided, torch.from_numpy(qs), min_split_rows=0).numpy()
+    np.testing.assert_allclose(token_relevance(half, torch.from_numpy(qs)).numpy(), want, rtol=1e-4, atol=1e-4)
+    got = token_relevance(strided, torch.from_numpy(qs), min_split_rows=0).numpy()
     np.testing.assert_allclose(got, ref_maxsim(blocks, qs), rtol=1e-5, atol=1e-5)
 
 
