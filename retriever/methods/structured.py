@@ -19,7 +19,7 @@ answer; `retriever.fetch.SHORT_KINDS`). Every span gets its section path and the
 its pages.
 
 A document's structure reaches the methods parsed, as `DocTokens.layout` (the fetcher parses each
-document version's once). Documents without a structure (benchmark text, old headers) are untouched.
+document version's structure once). Documents without a structure (benchmark text, old headers) are untouched.
 """
 
 from __future__ import annotations
