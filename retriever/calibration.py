@@ -1,7 +1,7 @@
 """Answerability: the probability that a query's top span answers it, from a few features of the ranking.
 
 `confidence` is a logistic model over the features `answer_features` computes for the top span
-(its final score, its margin over the next span, its alone and in-context cosines, its BM25 and
+(its final score, its margin over the next span, its sentence-vector and in-context cosines, its BM25 and
 query-term coverage, the best segment's MaxSim per query token). The parameters were fitted by
 `scripts/experiment_speed.py --fit-calibration` on squad2-dev (answerable questions whose top span
 holds a gold answer = 1; unanswerable questions and wrong top spans = 0; half the questions held out
@@ -27,7 +27,7 @@ PARAMS = Path(__file__).with_name("calibration.json")
 FEATURES = (
     "score",
     "margin",
-    "alone",
+    "sentence_cos",
     "context",
     "lexical",
     "coverage",
@@ -71,7 +71,9 @@ def answer_features(c: SentenceCandidates, spans: Sequence[SpanResult], query: s
     return {
         "score": float(c.score[i0]),
         "margin": float(c.score[i0] - second),
-        "alone": float(c.alone[i0]) if c.alone is not None and i0 < len(c.alone) else float(c.score[i0]),
+        "sentence_cos": (
+            float(c.sentence_cos[i0]) if c.sentence_cos is not None and i0 < len(c.sentence_cos) else float(c.score[i0])
+        ),
         "context": float(c.context[i0]) if c.context is not None else float(c.score[i0]),
         "lexical": float(c.lexical[i0]) if c.lexical is not None else 0.0,
         "coverage": coverage(query, text),

@@ -8,8 +8,10 @@ served, only evicted. It is bounded by bytes and evicts least recently used. Wha
 assembled without copying the token rows.
 
 A document's structure (its header's largest field: 123 kB of the Valgrind manual's 128 kB) is not
-in the headers recall returns; `fetch` adds it to the headers of the documents it returns, read from
-the store once per document version (`StructureCache`).
+in the headers recall returns. The fetcher owns the one cache of structures (`StructureCache`): a
+document version's structure is read from the store once (or taken from a header that carries it),
+parsed once into a `Layout`, and handed to every `DocTokens` of that version (`DocTokens.layout`),
+which is what the span methods read.
 """
 
 from __future__ import annotations
@@ -27,8 +29,61 @@ from indexer.boundaries import token_ends_sentence
 from indexer.store import DocHeader, StoredSegment, TokenStore
 from retriever.relevance import gemv_blocks
 from schemas.settings import Boundary
+from schemas.structure import NON_ANSWER_KINDS, DocStructure
 
 SegKey = tuple[str, str, int]  # (doc_id, version, segment index)
+SHORT_KINDS = frozenset({"heading", "table_row"})  # compete in the sentence method however short
+
+
+@dataclass
+class Layout:
+    """One document version's structure, with arrays for per-token lookups."""
+
+    structure: DocStructure
+    starts: np.ndarray  # (B,) block starts
+    ends: np.ndarray  # (B,)
+    skip: np.ndarray  # (B,) bool: block never answers
+    short_ok: np.ndarray  # (B,) bool: block competes however short (headings, table rows)
+
+    @classmethod
+    def of(cls, s: DocStructure) -> Layout:
+        """The arrays of a parsed structure."""
+        kinds = [b.kind for b in s.blocks]
+        return cls(
+            s,
+            np.array([b.start for b in s.blocks], dtype=np.int64),
+            np.array([b.end for b in s.blocks], dtype=np.int64),
+            np.array([k in NON_ANSWER_KINDS for k in kinds], dtype=bool),
+            np.array([k in SHORT_KINDS for k in kinds], dtype=bool),
+        )
+
+    @classmethod
+    def of_payload(cls, payload: dict[str, Any] | None) -> Layout | None:
+        """The layout of a stored structure payload; None when there is none or it has no blocks."""
+        s = DocStructure.from_payload(payload)
+        return cls.of(s) if s is not None and s.blocks else None
+
+    def blocks_of(self, chars: np.ndarray) -> np.ndarray:
+        """(n,) block index of each character position, -1 between blocks."""
+        i = np.searchsorted(self.starts, chars, side="right") - 1
+        inside = (i >= 0) & (chars < self.ends[np.maximum(i, 0)])
+        return np.where(inside, i, -1)
+
+    def overlapping(self, c0: int, c1: int) -> range:
+        """Indices of the blocks that characters [c0, c1) touch, in order."""
+        first = int(np.searchsorted(self.ends, c0, side="right"))  # the first block ending after c0
+        last = int(np.searchsorted(self.starts, max(c1, c0 + 1), side="left"))  # blocks starting before c1
+        return range(first, max(first, last))
+
+    def token_masks(self, token_starts: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
+        """(skip, short_ok) bool masks of tokens by the block their first character is in."""
+        if not len(self.starts):
+            z = np.zeros(len(token_starts), dtype=bool)
+            return z, z
+        b = self.blocks_of(np.asarray(token_starts, dtype=np.int64))
+        ok = b >= 0
+        bb = np.maximum(b, 0)
+        return ok & self.skip[bb], ok & self.short_ok[bb]
 
 
 @dataclass
@@ -72,6 +127,7 @@ class DocTokens:
     char_base: int = 0
     first_segment: int = 0
     n_segments: int = 1
+    layout: Layout | None = None  # the document's parsed structure; None: it has none
 
     @property
     def key(self) -> tuple[str, str, int, int]:
@@ -103,7 +159,7 @@ class DocTokens:
         return self.text[start - self.char_base : end - self.char_base]
 
     @classmethod
-    def of_segments(cls, header: DocHeader, segs: Sequence[SegmentTokens]) -> DocTokens:
+    def of_segments(cls, header: DocHeader, segs: Sequence[SegmentTokens], layout: Layout | None = None) -> DocTokens:
         """A run of consecutive segments; one segment is used as is, no copies."""
         s0 = segs[0]
         if len(segs) == 1:
@@ -114,7 +170,9 @@ class DocTokens:
             es = torch.cat([s.ends_sentence for s in segs])
             text = "".join(s.text for s in segs)
         parts = _merge_contiguous([s.vectors for s in segs])
-        return cls(s0.doc_id, s0.version, header, parts, starts, ends, es, text, s0.char_start, s0.index, len(segs))
+        return cls(
+            s0.doc_id, s0.version, header, parts, starts, ends, es, text, s0.char_start, s0.index, len(segs), layout
+        )
 
 
 class DocCache:
@@ -146,16 +204,6 @@ class DocCache:
     def nbytes(self) -> int:
         """Bytes held now; never above max_bytes."""
         return self._bytes
-
-    def segment_keys(self) -> list[SegKey]:
-        """(doc_id, version, segment) of every cached segment, least recently used first (a snapshot)."""
-        with self._lock:
-            return list(self._items)
-
-    def segments(self) -> list[SegmentTokens]:
-        """Every cached segment, least recently used first (a snapshot; the tensors are shared, not copied)."""
-        with self._lock:
-            return list(self._items.values())
 
     def get(self, key: SegKey) -> SegmentTokens | None:
         """The cached segment, made most recent; counts a hit or a miss.
@@ -211,38 +259,50 @@ class DocCache:
 
 
 class StructureCache:
-    """Structure payloads by (doc_id, version), bounded LRU; thread-safe. A version without one holds None.
+    """Parsed structures (`Layout`) by (doc_id, version), bounded LRU; thread-safe. A version without a
+    structure holds None, so it is not read again either.
 
     Args:
         max_docs: most document versions kept; the least recently used go first.
+
+    Attributes:
+        misses: document versions whose structure was read from the store.
     """
 
-    def __init__(self, max_docs: int = 256) -> None:
+    def __init__(self, max_docs: int = 1024) -> None:
         self.max_docs = max_docs
-        self._items: OrderedDict[tuple[str, str], dict[str, Any] | None] = OrderedDict()
+        self._items: OrderedDict[tuple[str, str], Layout | None] = OrderedDict()
         self._lock = threading.Lock()
-        self.misses = 0  # versions read from the store
+        self.misses = 0
 
     def __len__(self) -> int:
         return len(self._items)
 
-    def lookup(self, keys: list[tuple[str, str]]) -> dict[tuple[str, str], dict[str, Any] | None]:
-        """The cached payloads among `keys` (absent keys are not in the result)."""
+    def lookup(self, keys: list[tuple[str, str]]) -> dict[tuple[str, str], Layout | None]:
+        """The cached layouts among `keys` (absent keys are not in the result)."""
         with self._lock:
             found = {k: self._items[k] for k in keys if k in self._items}
             for k in found:
                 self._items.move_to_end(k)
         return found
 
-    def put(self, key: tuple[str, str], payload: dict[str, Any] | None) -> None:
+    def put(self, key: tuple[str, str], layout: Layout | None, read: bool = False) -> None:
+        """Keep one version's layout as most recent, evicting the least recent past `max_docs`.
+
+        Args:
+            key: (doc_id, version).
+            layout: its parsed structure, or None when it has none.
+            read: its payload was read from the store (counted in `misses`).
+        """
         with self._lock:
-            self._items[key] = payload
+            self.misses += read
+            self._items[key] = layout
             self._items.move_to_end(key)
             while len(self._items) > self.max_docs:
                 self._items.popitem(last=False)
-            self.misses += 1
 
     def clear(self) -> None:
+        """Drop everything (a cold start); the miss count is kept."""
         with self._lock:
             self._items.clear()
 
@@ -255,6 +315,10 @@ class Fetcher:
         device: where token matrices are decoded to and scored.
         boundary: the sentence-end rule marking which tokens end a sentence.
         cache_bytes: bound of the segment cache (`cache`).
+
+    Attributes:
+        cache: decoded segments.
+        structures: the parsed structures of document versions, handed to each `DocTokens` as its `layout`.
     """
 
     def __init__(self, store: TokenStore, device: torch.device, boundary: Boundary, cache_bytes: int) -> None:
@@ -304,33 +368,49 @@ class Fetcher:
                     self.cache.put(seg)
                     have[seg.key] = seg
         complete = [d for d, idx in wanted.items() if all((d, headers[d].version, i) in have for i in idx)]
-        full = self._with_structures({d: headers[d] for d in complete})
+        layouts = self.layouts({d: headers[d] for d in complete})
         out = []
         for doc_id in complete:
             version = headers[doc_id].version
             for run in _runs(wanted[doc_id]):
-                out.append(DocTokens.of_segments(full[doc_id], [have[(doc_id, version, i)] for i in run]))
+                parts = [have[(doc_id, version, i)] for i in run]
+                out.append(DocTokens.of_segments(headers[doc_id], parts, layouts[doc_id]))
         return out
 
-    def _with_structures(self, headers: dict[str, DocHeader]) -> dict[str, DocHeader]:
-        """`headers` with their structure payloads, read from the store for versions not cached yet."""
-        need = {d: h for d, h in headers.items() if h.structure is None}
-        if not need:
-            return headers
-        keys = [(d, h.version) for d, h in need.items()]
-        found = self.structures.lookup(keys)
-        missing = {d: v for d, v in keys if (d, v) not in found}
-        if missing:
-            read = self.store.structures(missing)
-            for d, v in missing.items():
-                found[(d, v)] = read.get(d)
+    def layouts(self, headers: dict[str, DocHeader]) -> dict[str, Layout | None]:
+        """The parsed structure of each document version, through `structures`.
+
+        A version not cached yet is parsed from its header's payload when the header carries one (a
+        whole header), else from the payload read from the store (recall's headers leave it out), all
+        such versions in one read.
+
+        Args:
+            headers: doc_id -> its header.
+
+        Returns:
+            doc_id -> its layout, or None when it has no structure (or was replaced meanwhile).
+
+        Raises:
+            StoreError: the store cannot be read.
+        """
+        keys = {d: (d, h.version) for d, h in headers.items()}
+        found = self.structures.lookup(list(keys.values()))
+        out: dict[str, Layout | None] = {}
+        unread: dict[str, str] = {}
+        for d, h in headers.items():
+            if keys[d] in found:
+                out[d] = found[keys[d]]
+            elif h.structure is not None:
+                out[d] = Layout.of_payload(h.structure)
+                self.structures.put(keys[d], out[d])
+            else:
+                unread[d] = h.version
+        if unread:
+            read = self.store.structures(unread)
+            for d, v in unread.items():
+                out[d] = Layout.of_payload(read.get(d))
                 if d in read:  # a document replaced meanwhile is not cached under the old version
-                    self.structures.put((d, v), read[d])
-        out = dict(headers)
-        for d, h in need.items():
-            payload = found.get((d, h.version))
-            if payload is not None:
-                out[d] = h.model_copy(update={"structure": payload})
+                    self.structures.put((d, v), out[d], read=True)
         return out
 
     def _decode(self, segs: list[StoredSegment]) -> list[SegmentTokens]:

@@ -84,16 +84,6 @@ class _CpuPool:
                     cls._limiter = None
 
 
-@contextmanager
-def single_threaded_blas() -> Iterator[None]:
-    """numpy's BLAS single-threaded while any caller is inside; the last one out restores the process' limits.
-
-    The CPU GEMV path runs inside it; other code that splits BLAS work across its own threads may too.
-    """
-    with _CpuPool.single_blas():
-        yield
-
-
 def _numpy_ok(block: torch.Tensor) -> bool:
     return (
         block.device.type == "cpu"
@@ -147,17 +137,10 @@ def gemv_blocks(
     return token_relevance(blocks, q, use_numpy, min_split_rows)
 
 
-def maxsim_blocks(
-    blocks: Sequence[torch.Tensor], qs: torch.Tensor, use_numpy: bool = True, min_split_rows: int = MIN_SPLIT_ROWS
-) -> torch.Tensor:
-    """Each row's best match among (m, dim) query token vectors, r_j = max_i qs_i . d_j (`token_relevance`)."""
-    return token_relevance(blocks, qs, use_numpy, min_split_rows)
-
-
 def similarities(blocks: Sequence[torch.Tensor], qs: torch.Tensor) -> torch.Tensor:
     """(N, m) every row's cosine with every query token vector: what MaxSim maximises, kept whole.
 
-    For callers that change it before maximising (a relevance correction); `maxsim_blocks` and
+    For callers that change it before maximising (a relevance correction); `token_relevance` and
     `sentence_maxsim` never hold more than one block's worth.
     """
     qt = qs.to(torch.float32).T  # (dim, m)

@@ -22,7 +22,6 @@ from retriever.methods import (
     MethodContext,
     MethodFactory,
     QueryDocs,
-    RelevanceCorrection,
     Scorer,
     SpanMethod,
     ThresholdMethod,
@@ -64,11 +63,9 @@ class Retriever:
         settings: all settings; the store, model, recall and span groups are used.
         embedder: the model (default: loaded from `settings.model`); must match the collection's.
         store: an open store (default: opened from `settings.store`); closed by `close`.
-        relevance_correction: applied to every query's raw token relevance r before the span method
-            sees it: f(r (N,), q (dim,), docs) -> r (N,), with r = D @ q (for a multivector model, each
-            query token vector's column in turn, before the maximum). For experiments; None: r as is.
         span_method: a factory building the span method from a `MethodContext`; None: the method
-            registered under `settings.spans.span_method`.
+            registered under `settings.spans.span_method`. Experiments go through it, not through
+            settings: `ThresholdMethod.with_options(...)`, `retriever.methods.with_correction(...)`.
 
     Raises:
         StoreNotFoundError, StoreMismatchError: no such collection, or one made with another model.
@@ -76,7 +73,8 @@ class Retriever:
         SettingsError: an unknown span method.
 
     Example:
-        >>> from schemas.settings import Settings
+        >>> from retriever import Retriever
+        >>> from schemas import Settings
         >>> with Retriever(Settings(store_path="./store", device="cpu")) as r:  # doctest: +SKIP
         ...     for span in r.search("How does a steam engine work?", top=3).spans:
         ...         print(span.score, span.source, span.pages, span.text)
@@ -96,7 +94,6 @@ class Retriever:
         embedder: TokenEmbedder | None = None,
         store: TokenStore | None = None,
         *,
-        relevance_correction: RelevanceCorrection | None = None,
         span_method: MethodFactory | None = None,
     ) -> None:
         self.settings = settings
@@ -117,17 +114,17 @@ class Retriever:
         # whole documents), so `auto` scores whole documents where MaxSim cannot rank segments
         self._whole_documents = rank == "auto" and not can_maxsim
         # token relevance in the form the model's token vectors were trained for (its declared vector kind)
-        self.scorer = Scorer(self.device, relevance_correction, self.embedder.vector_kind)
+        self.scorer = Scorer(self.device, vector_kind=self.embedder.vector_kind)
         ctx = MethodContext(
             settings=settings.spans,
             pool=self.store.meta.layout.pool,
             scorer=self.scorer,
             embed_texts=self._embed_texts,
             segment_texts=self._segment_texts,
-            alone_vectors=self._alone_vectors if self.store.meta.sentence_vectors else None,
+            sentence_vectors=self._sentence_vectors if self.store.meta.sentence_vectors else None,
         )
         self.method: SpanMethod = span_method(ctx) if span_method else make_span_method(settings.spans.span_method, ctx)
-        self._signal = ThresholdMethod(ctx)  # explain's smoothed signal and threshold, whatever the method
+        self._signal = ThresholdMethod(ctx)  # explain's signal and threshold where the method has none
         # one forward pass gives a query's pooled and token vectors (MaxSim needs both)
         self._encoder = (
             QueryEncoder(self.embedder, settings.model.query_int8)
@@ -361,13 +358,16 @@ class Retriever:
         with self._store_lock:
             return self.store.segment_texts(need)
 
-    def _alone_vectors(self, need: dict[tuple[str, str], list[int]]) -> dict[tuple[str, str, int, int], np.ndarray]:
+    def _sentence_vectors(self, need: dict[tuple[str, str], list[int]]) -> dict[tuple[str, str, int, int], np.ndarray]:
         with self._store_lock:
             return self.store.sentence_vectors(need)
 
     # ---------------------------------------------------------------------------------------------
     def explain(self, query: str, doc_id: str) -> Explanation:
         """Raw and smoothed relevance of every token of one document, the threshold, and the method's spans.
+
+        The signal and threshold are the method's own when it cuts spans from a token signal (the
+        threshold method, with its options), else the threshold method's with the span settings.
 
         Args:
             query: the question.
@@ -390,7 +390,9 @@ class Retriever:
         qtok = self._query_tokens(query) if self.scorer.needs_query_tokens else None
         with self._store_lock:
             docs = self.fetcher.fetch({doc_id: header})
-        sig = self._signal.signal(q, docs, qtok)
+        sig = self.method.signal(q, docs, qtok)
+        if sig is None:  # the method cuts no token signal: the threshold method's shows the relevance
+            sig = self._signal.signal(q, docs, qtok)
         d = docs[0]
         return Explanation(
             doc_id=doc_id,

@@ -117,10 +117,10 @@ class SentenceCandidates:
     q: np.ndarray  # (dim,) the query vector
     context: np.ndarray | None = None  # (k,) in-context cosine (the first stage)
     lexical: np.ndarray | None = None  # (k,) BM25 scaled to [0, 1] over the query's fetched sentences
-    alone: np.ndarray | None = None  # (m <= k,) cosine of the re-embedded candidates
+    sentence_cos: np.ndarray | None = None  # (m <= k,) cosine of the re-ranked candidates' sentence vectors
     segment_score: float | None = None  # best segment's MaxSim per query token
-    # with stored alone vectors: each candidate's (doc_id, version, char start, char end) and the
-    # segments it may start in (where the store keeps its alone vector)
+    # with stored sentence vectors: each candidate's (doc_id, version, char start, char end) and the
+    # segments it may start in (where the store keeps its sentence vector)
     keys: list[tuple[str, str, int, int]] | None = None
     segments: list[list[int]] | None = None
 

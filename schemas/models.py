@@ -31,7 +31,8 @@ class LoadedDocument(BaseModel):
 
 
 class SentenceVectors(BaseModel):
-    """A document's sentences embedded alone: row i is the unit vector of text[chars[i, 0]:chars[i, 1]]."""
+    """A document's sentence vectors (each sentence embedded on its own): row i is the unit vector of
+    text[chars[i, 0]:chars[i, 1]]."""
 
     model_config = ConfigDict(arbitrary_types_allowed=True)
 
@@ -50,7 +51,7 @@ class EmbeddedDocument(BaseModel):
     pooled: np.ndarray  # (dim,) float32, unit
     window_pooled: np.ndarray  # (n_windows, dim) float32, unit: one pooled vector per embedding window
     window_bounds: np.ndarray  # (n_windows, 2) int64 token [start, end) of each window
-    sentences: SentenceVectors | None = None  # sentences embedded alone, when the collection stores them
+    sentences: SentenceVectors | None = None  # its sentence vectors, when the collection stores them
 
     @model_validator(mode="after")
     def _shapes(self) -> EmbeddedDocument:

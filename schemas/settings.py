@@ -32,7 +32,6 @@ Device = Literal["auto", "cpu", "cuda"]
 ModelDtype = Literal["auto", "float32", "bfloat16", "float16"]
 Boundary = Literal["separators", "sentences"]
 SpanMethod = Literal["threshold", "sentences"]
-ThresholdMode = Literal["absolute", "relative"]
 RecallLevel = Literal["doc", "segment"]
 FetchRank = Literal["auto", "pooled", "maxsim"]
 
@@ -88,8 +87,8 @@ class StoreSettings(_Group):
     )
     store_sentence_vectors: bool = Field(
         False,
-        description="A new collection also stores every sentence's vector embedded alone (computed at ingest), so "
-        "the sentence method's re-ranking reads them instead of running the model at query time.",
+        description="A new collection also stores its sentence vectors (each sentence embedded on its own, at "
+        "ingest), so the sentence method's re-ranking reads them instead of running the model at query time.",
     )
     shard_number: int = Field(
         1, ge=1, description="Shards of a new collection on a Qdrant server (spread over a cluster's nodes)."
@@ -138,15 +137,19 @@ class ModelSettings(_Group):
         description="Hugging Face name or local folder; the MiniLM name resolves to the packaged copy.",
     )
     pooling: Pooling = Field("auto", description="auto: what the model folder says.")
-    device: Device = "auto"
+    device: Device = Field("auto", description="Where the model runs and tokens are scored (auto: CUDA when present).")
     dtype: ModelDtype = Field("auto", description="Model weights' dtype (auto: bf16 on CUDA, float32 on CPU).")
     window_tokens: int | None = Field(None, ge=16, description="Tokens per embedding window (None: trained length).")
-    window_overlap: float = Field(0.5, ge=0.0, lt=1.0)
+    window_overlap: float = Field(
+        0.5, ge=0.0, lt=1.0, description="Share of a window shared with the next (each token keeps its most central)."
+    )
     batch_tokens: int = Field(16384, ge=256, description="Upper bound on padded tokens per forward pass.")
     query_instruction: str | None = Field(
         None, description="Task for instruction-tuned embedders: 'Instruct: {task}\\nQuery:{query}'."
     )
-    max_query_tokens: int = Field(512, ge=1)
+    max_query_tokens: int = Field(
+        512, ge=1, description="Longest query in model tokens (at most the model window); longer ones are refused."
+    )
     query_int8: bool = Field(False, description="Encode queries with an int8 copy of the model (CPU only).")
 
 
@@ -154,7 +157,9 @@ class RecallSettings(_Group):
     """Which documents and segments a query scores."""
 
     recall_k: int = Field(10, ge=1, description="Candidate documents per query.")
-    recall_level: RecallLevel = "doc"
+    recall_level: RecallLevel = Field(
+        "doc", description="What recall compares the query with: a document's pooled vector, or its best segment's."
+    )
     recall_maxsim: bool = Field(False, description="Re-rank recalled documents by Qdrant MaxSim over `tokens`.")
     fetch_segments: int = Field(
         4, ge=0, description="Fetch and score only the best N segments of the recalled documents (0: whole documents)."
@@ -175,36 +180,36 @@ class SpanSettings(_Group):
     span_method: SpanMethod = Field(
         "sentences",
         description="sentences: rank the sentences of candidate documents by their pooled in-context token "
-        "vectors, re-embed the best alone; threshold: smooth, threshold, cluster, extend.",
+        "vectors, re-rank the best by their sentence vectors; threshold: smooth, threshold, cluster, extend.",
     )
     sigma: float = Field(4.0, ge=0.0, description="Gaussian smoothing of token relevance, in tokens.")
     threshold: float = Field(0.39, description="threshold method: smoothed relevance a span must reach.")
-    threshold_mode: ThresholdMode = Field(
-        "absolute",
-        description="EXPERIMENTAL (threshold method; lost to sentences, kept for the storage experiment): "
-        "relative keeps tokens within relative_margin of the best.",
-    )
-    relative_margin: float = Field(0.05, ge=0.0, description="EXPERIMENTAL: see threshold_mode.")
     delta: int = Field(170, ge=0, description="threshold method: tokens between two clusters that merge them.")
-    min_span_size: int = Field(15, ge=1)
-    max_extension: int = Field(32, ge=0)
+    min_span_size: int = Field(15, ge=1, description="threshold method: shorter clusters (in tokens) are dropped.")
+    max_extension: int = Field(
+        32, ge=0, description="threshold method: most tokens a span is extended by to reach a sentence end."
+    )
     boundary: Boundary = Field(
         "sentences", description='Span ends: "sentences" (real boundaries) or "separators" (original: \\n \\t .).'
     )
-    rerank_k: int = Field(8, ge=0, description="sentences: best candidates re-embedded alone per query (0: none).")
-    rerank_weight: float = Field(0.7, ge=0.0, le=1.0, description="sentences: weight of the alone cosine.")
+    rerank_k: int = Field(
+        8, ge=0, description="sentences: best candidates re-ranked by their sentence vectors per query (0: none)."
+    )
+    rerank_weight: float = Field(
+        0.7, ge=0.0, le=1.0, description="sentences: weight of the sentence vector's cosine in the re-ranked score."
+    )
     length_penalty: float = Field(
         0.08, ge=0.0, description="sentences: subtract this x ln(words) from every candidate's final score."
     )
     min_sentence_tokens: int = Field(4, ge=1, description="sentences: shorter sentences (headings) are skipped.")
-    rerank_cache: int = Field(16384, ge=0, description="sentences: alone embeddings kept (LRU by text).")
+    rerank_cache: int = Field(16384, ge=0, description="sentences: sentence vectors kept across queries (LRU by text).")
     lexical_weight: float = Field(
         0.3,
         ge=0.0,
         description="sentences: weight of BM25 (over the fetched sentences, scaled to [0, 1]) in the final score.",
     )
     lexical_first: float = Field(
-        0.3, ge=0.0, description="sentences: weight of BM25 when choosing the candidates re-embedded alone."
+        0.3, ge=0.0, description="sentences: weight of BM25 when choosing the candidates to re-rank."
     )
     abstain: float | None = Field(
         None, ge=0.0, le=1.0, description="Return no spans when the top span's confidence (see Quality) is below this."
@@ -215,7 +220,7 @@ class ServeSettings(_Group):
     """`chunkless serve` and the clients that call it."""
 
     host: str = Field("127.0.0.1", description="Address the service binds to.")
-    port: int = Field(8000, ge=0, le=65535)
+    port: int = Field(8000, ge=0, le=65535, description="Port the service listens on (0: any free one).")
     service_api_key: SecretStr | None = Field(
         None,
         description="The service's key: every request but /healthz must carry it ('Authorization: Bearer KEY' or "

@@ -25,7 +25,7 @@ import torch
 
 from indexer.embedders import Capabilities, TokenEmbedder
 from indexer.store import TokenStore, open_or_create_store, to_array
-from retriever.search import Retriever
+from retriever import Retriever
 from schemas.models import EmbeddedDocument, LoadedDocument
 from schemas.settings import Settings
 

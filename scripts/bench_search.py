@@ -22,9 +22,9 @@ from pathlib import Path
 import numpy as np
 import torch
 
+from retriever import Retriever
 from retriever.evaluation.benchmark import load_benchmark
 from retriever.evaluation.evaluate import index_benchmark
-from retriever.search import Retriever
 from schemas.models import SearchResponse
 from schemas.settings import Settings
 

@@ -8,7 +8,8 @@ cheap query-level features for telling answerable from unanswerable questions.
    answer tokens, the cosine of token vectors with their document's mean vector, the break between adjacent
    tokens taken from different windows, and (the causal test) the change of each token's r when the
    document is re-embedded with windows shifted by half a stride, which moves edge tokens to the centre.
-   Corrections, applied to r through the Retriever's `relevance_correction` hook, measured with both span methods:
+   Corrections, applied to r by a span-method factory (`retriever.methods.with_correction`), measured with
+   both span methods:
      doc-mean    r - (mean r of the token's class in its document - mean r of the document)
      doc-z       r standardised per class within its document, mapped back to the document's mean and sd
      corpus-mean r - q . (mean token vector of the class over the corpus - mean token vector overall)
@@ -42,12 +43,20 @@ import torch
 
 from indexer.embedders import HFTokenEmbedder, assign_central, load_embedder, window_starts
 from indexer.store import Candidate, Where
+from retriever import Retriever
 from retriever.evaluation.benchmark import Benchmark, BenchQuery, Hit, Scores, hit_at, load_benchmark, score
 from retriever.evaluation.evaluate import auc, index_benchmark, run_chunkless
 from retriever.fetch import DocTokens
-from retriever.methods import MethodContext, MethodFactory, SentenceCaches, SentenceMethod
-from retriever.search import Retriever
-from schemas.settings import Settings
+from retriever.methods import (
+    MethodContext,
+    MethodFactory,
+    SentenceCaches,
+    SentenceMethod,
+    ThresholdMethod,
+    ThresholdOptions,
+    with_correction,
+)
+from schemas import Settings
 
 TOP = 40  # every re-ranked candidate comes back, so position re-ranking can reorder them; hit@1/5 unchanged
 BIN = 8  # tokens per distance-to-centre class
@@ -141,7 +150,7 @@ class Probe(Retriever):
         correction: Correction | None,
         span_method: MethodFactory | None,
     ) -> None:
-        super().__init__(settings, embedder=embedder, relevance_correction=self.corrected, span_method=span_method)
+        super().__init__(settings, embedder=embedder, span_method=with_correction(self.corrected, span_method))
         self.classes = classes
         self.correction = correction
         self.max_r: list[float] = []
@@ -242,10 +251,17 @@ class Context:
         """The sentence method with caches shared by every run: re-ranking embeds each sentence once."""
         return SentenceMethod(ctx, self.caches)
 
-    def run(self, queries: list[BenchQuery], correction: Correction | None = None, **update: object) -> Run:
+    def run(
+        self,
+        queries: list[BenchQuery],
+        correction: Correction | None = None,
+        method: MethodFactory | None = None,
+        **update: object,
+    ) -> Run:
         s = self.settings.updated(**update)
-        shared = self.sentence_method if s.spans.span_method == "sentences" else None
-        r = Probe(s, self.emb, self.classes, correction, shared)
+        if method is None and s.spans.span_method == "sentences":
+            method = self.sentence_method
+        r = Probe(s, self.emb, self.classes, correction, method)
         try:
             hits, secs = run_chunkless(r, queries, top=TOP)
             assert len(r.max_r) == len(r.doc_cos) == len(queries)
@@ -535,16 +551,17 @@ def main() -> None:
         "corpus-mean": corpus_mean(torch.from_numpy(offsets).to(device)),
         "two layouts": two_layouts(avg),
     }
-    methods: dict[str, dict[str, object]] = {
-        "sentences": {},
-        "threshold (relative)": {"span_method": "threshold", "threshold_mode": "relative"},
+    relative = ThresholdMethod.with_options(ThresholdOptions(mode="relative"))
+    methods: dict[str, tuple[MethodFactory | None, dict[str, object]]] = {
+        "sentences": (None, {}),
+        "threshold (relative)": (relative, {"span_method": "threshold"}),
     }
     held = [i for i, q in enumerate(queries) if not is_fit(q)]
     runs: dict[tuple[str, str], Run] = {}
     rows, dump = [], {}
-    for mname, upd in methods.items():
+    for mname, (factory, upd) in methods.items():
         for cname, corr in corrections.items():
-            run = ctx.run(queries, corr, **upd)
+            run = ctx.run(queries, corr, factory, **upd)
             runs[(mname, cname)] = run
             sc: Scores = score(queries, [h[:5] for h in run.hits], run.secs)
             h1_held = hit1([queries[i] for i in held], [run.hits[i] for i in held])

@@ -15,9 +15,9 @@ import time
 from pathlib import Path
 
 from indexer.embedders import load_embedder
+from retriever import Retriever
 from retriever.evaluation.benchmark import BenchQuery, Hit, load_benchmark, score
 from retriever.evaluation.evaluate import index_benchmark
-from retriever.search import Retriever
 from schemas.settings import Settings
 
 

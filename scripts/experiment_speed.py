@@ -3,12 +3,12 @@
 Every sentence of each query's fetched runs is collected once per query encoder with its three
 signals, through the public search path (top = rerank_k = every candidate):
 
-- alone: `rerank_weight=1` (each candidate re-embedded alone),
+- sentence_cos: `rerank_weight=1` (each candidate's sentence vector, its cosine with the query),
 - context: `rerank_k=0` (the pooled in-context cosine, nothing re-embedded),
 - lexical: `rerank_k=0, lexical_first=1` minus context (BM25 over the fetched sentences, scaled to [0, 1]).
 
 Any first stage (context + a * lexical, keep the best k to re-embed) and final blend
-(w * alone + (1 - w) * context + b * lexical) is then scored offline: hit@1, evidence F1, words.
+(w * sentence_cos + (1 - w) * context + b * lexical) is then scored offline: hit@1, evidence F1, words.
 `--fit-calibration` fits the answerability model on the chosen configuration (half the questions,
 answerable and unanswerable, seed 0) and reports AUC on the other half; `--write-calibration`
 stores it as retriever/calibration.json.
@@ -33,12 +33,12 @@ import numpy as np
 
 from indexer.boundaries import boundary_chars
 from indexer.embedders import HFTokenEmbedder, load_embedder
+from retriever import Retriever
 from retriever.calibration import FEATURES, PARAMS, fit, lexical_features
 from retriever.evaluation.benchmark import BenchQuery, Hit, evidence_f1, hit_at, load_benchmark, words
 from retriever.evaluation.evaluate import auc, index_benchmark
 from retriever.lexical import coverage
 from retriever.query_encoder import QueryEncoder
-from retriever.search import Retriever
 from schemas.settings import Settings
 
 ALL = 400  # more than the sentences of any query's fetched runs
@@ -57,7 +57,7 @@ class Pool:
     """Every candidate of one query: spans and their three signals (aligned)."""
 
     hits: list[Hit]
-    alone: np.ndarray
+    sentence_cos: np.ndarray
     context: np.ndarray
     lexical: np.ndarray
     segment: float
@@ -90,7 +90,7 @@ def collect(
         return pools
     runs = {}
     for name, s in {
-        "alone": base.updated(rerank_k=ALL, rerank_weight=1.0),
+        "sentence_cos": base.updated(rerank_k=ALL, rerank_weight=1.0),
         "context": base.updated(rerank_k=0),
         "both": base.updated(rerank_k=0, lexical_first=1.0),
     }.items():
@@ -99,7 +99,7 @@ def collect(
             runs[name] = [resp for i in range(0, len(texts), 32) for resp in r.search_batch(texts[i : i + 32])]
         print(f"  {name}: {time.perf_counter() - t0:.1f}s", flush=True)
     pools = []
-    for a, c, b in zip(runs["alone"], runs["context"], runs["both"], strict=True):
+    for a, c, b in zip(runs["sentence_cos"], runs["context"], runs["both"], strict=True):
         key = [(s.doc_id, s.start, s.end) for s in c.spans]
         ctx = {k: s.score for k, s in zip(key, c.spans, strict=True)}
         al = {(s.doc_id, s.start, s.end): s.score for s in a.spans}
@@ -118,7 +118,7 @@ def collect(
     return pools
 
 
-Config = tuple[int, float, float, float, float]  # re-embedded k, BM25 first, alone weight, BM25 final, length
+Config = tuple[int, float, float, float, float]  # re-ranked k, BM25 first, sentence weight, BM25 final, length
 
 
 def rank(p: Pool, k: int, first_lex: float, w: float, lex: float, lp: float = 0.0) -> np.ndarray:
@@ -130,7 +130,7 @@ def rank(p: Pool, k: int, first_lex: float, w: float, lex: float, lp: float = 0.
     keep = np.argsort(-first, kind="stable")[: max(k, 1)]
     if k == 0:
         return first - lp * p.log_words
-    score[keep] = w * p.alone[keep] + (1 - w) * p.context[keep] + lex * p.lexical[keep] - lp * p.log_words[keep]
+    score[keep] = w * p.sentence_cos[keep] + (1 - w) * p.context[keep] + lex * p.lexical[keep] - lp * p.log_words[keep]
     return score
 
 
@@ -163,7 +163,7 @@ def features(p: Pool, query: str, cfg: Config) -> dict[str, float] | None:
     return {
         "score": float(s[i0]),
         "margin": float(s[i0] - second),
-        "alone": float(p.alone[i0]),
+        "sentence_cos": float(p.sentence_cos[i0]),
         "context": float(p.context[i0]),
         "lexical": float(p.lexical[i0]),
         "coverage": coverage(query, t),
@@ -226,7 +226,7 @@ def timing(store: Path, work: Path, queries: list[str], configs: dict[str, dict[
 
 
 def precompute_cost(bench_dir: Path) -> None:
-    """What storing every sentence's alone vector at ingest would cost: embedding time and bytes per token."""
+    """What storing every sentence vector at ingest would cost: embedding time and bytes per token."""
     bench = load_benchmark(bench_dir)
     embedder = HFTokenEmbedder(Settings(device="cpu"))
     sentences = []
@@ -243,7 +243,7 @@ def precompute_cost(bench_dir: Path) -> None:
     secs = time.perf_counter() - t0
     dim = embedder.dim
     print(
-        f"\nalone vectors at ingest: {len(sentences)} sentences, {tokens} tokens, {secs:.1f}s to embed "
+        f"\nsentence vectors at ingest: {len(sentences)} sentences, {tokens} tokens, {secs:.1f}s to embed "
         f"({tokens / secs:.0f} tokens/s), float32 {len(sentences) * dim * 4 / tokens:.1f} bytes/token "
         f"(token rows: {dim * 4} bytes/token)"
     )
@@ -293,11 +293,11 @@ def main() -> None:
     encoders = [False, True] if args.int8 else [False]
     for int8 in encoders:
         tag = "int8" if int8 else "fp32"
-        cache = args.work / f"pools-{tag}-{args.sample}.pkl"
+        cache = args.work / f"pools-v2-{tag}-{args.sample}.pkl"  # v2: Pool.alone became sentence_cos
         pools = collect(args.bench, args.store, qs, int8, cache, args.lexical_again and not int8)
         pa = pools[: len(ans)]
         print(f"\n{tag} query encoder, {len(ans)} answerable questions")
-        print("| re-embedded k | BM25 first | alone weight | BM25 final | length penalty | hit@1 | F1 | words |")
+        print("| re-ranked k | BM25 first | sentence weight | BM25 final | length penalty | hit@1 | F1 | words |")
         print("|---|---|---|---|---|---|---|---|")
         grid: list[Config] = [(40, 0, 0.7, 0, 0), (0, 0, 0, 0, 0), (0, 0.3, 0, 0, 0), (ALL, 0, 0.7, 0, 0)]
         grid += [(ALL, 0.0, 1.0, 0.0, 0.0), (40, 0, 0.7, 0, 0.02)]

@@ -9,11 +9,11 @@ import numpy as np
 import pytest
 
 from indexer.embedders import HFTokenEmbedder
+from retriever import Retriever
 from retriever.calibration import FEATURES, Calibration, abstention, fit
 from retriever.evaluation.benchmark import load_benchmark
 from retriever.evaluation.evaluate import auc, evaluate, index_benchmark
 from retriever.query_encoder import QueryEncoder
-from retriever.search import Retriever
 from schemas.settings import Settings
 from tests.support import write_bench
 

@@ -10,7 +10,7 @@ import pytest
 from indexer.embedders import HFTokenEmbedder
 from indexer.pipeline import ingest
 from indexer.store import open_store
-from retriever.search import Retriever
+from retriever import Retriever
 from schemas.settings import Settings
 from tests.support import DEMO
 

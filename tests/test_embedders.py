@@ -26,7 +26,7 @@ from indexer.embedders import (
 )
 from indexer.pipeline import ingest
 from indexer.store import CollectionMeta, open_store
-from retriever.search import Retriever
+from retriever import Retriever
 from schemas.errors import ModelLoadError, QueryError, StoreMismatchError
 from schemas.models import LoadedDocument
 from schemas.settings import Settings

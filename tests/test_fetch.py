@@ -30,6 +30,12 @@ def doc(doc_id: str, n: int, version: str = "v1", index: int = 0) -> SegmentToke
     )
 
 
+def held(cache: DocCache) -> list[SegmentTokens]:
+    """Every segment the cache holds, least recently used first: its insides, which these tests check."""
+    with cache._lock:
+        return list(cache._items.values())
+
+
 def test_cache_evicts_least_recently_used_within_bytes() -> None:
     size = doc("a", 10).nbytes
     cache = DocCache(3 * size)
@@ -37,7 +43,9 @@ def test_cache_evicts_least_recently_used_within_bytes() -> None:
         cache.put(doc(d, 10))
     assert cache.get(("a", "v1", 0)) is not None  # a is now the most recent: b goes first
     cache.put(doc("d", 10))
-    assert ("b", "v1", 0) not in cache and {("a", "v1", 0), ("c", "v1", 0), ("d", "v1", 0)} <= set(cache.segment_keys())
+    assert ("b", "v1", 0) not in cache and {("a", "v1", 0), ("c", "v1", 0), ("d", "v1", 0)} <= {
+        s.key for s in held(cache)
+    }
     assert cache.nbytes == 3 * size <= cache.max_bytes
     cache.put(doc("huge", 100))  # larger than the whole cache: not kept, nothing evicted for it
     assert ("huge", "v1", 0) not in cache and len(cache) == 3
@@ -72,8 +80,8 @@ def test_cache_stays_consistent_under_threads() -> None:
         th.start()
     for th in threads:
         th.join()
-    assert cache.nbytes == sum(d.nbytes for d in cache.segments()) <= cache.max_bytes
-    keys = cache.segment_keys()
+    assert cache.nbytes == sum(d.nbytes for d in held(cache)) <= cache.max_bytes
+    keys = [s.key for s in held(cache)]
     assert len({k[:2] for k in keys}) == len({k[0] for k in keys})  # one version per document
     assert cache.hits + cache.misses == 4 * 300
 

@@ -10,8 +10,8 @@ import pytest
 
 from indexer.embedders import HFTokenEmbedder
 from indexer.store import open_or_create_store
+from retriever import Retriever
 from retriever.lexical import LexicalStats, UnitStats, bm25, coverage, terms
-from retriever.search import Retriever
 from schemas.models import LoadedDocument
 from schemas.settings import Settings
 

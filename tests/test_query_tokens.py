@@ -17,20 +17,19 @@ import pytest
 import torch
 
 from indexer.embedders import HFTokenEmbedder, TokenEmbedder, load_embedder, resolve_model_path
+from retriever import Retriever
 from retriever.evaluation.benchmark import load_benchmark
 from retriever.evaluation.evaluate import index_benchmark
 from retriever.fetch import DocTokens
-from retriever.methods import Scorer
+from retriever.methods import Scorer, ThresholdMethod, ThresholdOptions
 from retriever.relevance import (
     gemv_blocks,
-    maxsim_blocks,
     relevance_smoothed,
     segment_max,
     sentence_maxsim,
     similarities,
     token_relevance,
 )
-from retriever.search import Retriever
 from retriever.sentences import SentenceTables
 from retriever.spans import smooth
 from schemas.errors import QueryError
@@ -41,7 +40,7 @@ from tests.support import DOCS, write_bench
 
 MINILM_HUB = "sentence-transformers/all-MiniLM-L6-v2"
 QUERY = "What makes the dough rise?"
-# the in-context score alone: no alone re-ranking, no BM25, no length penalty
+# the in-context score only: no re-ranking by sentence vectors, no BM25, no length penalty
 IN_CONTEXT = {"rerank_k": 0, "lexical_first": 0.0, "lexical_weight": 0.0, "length_penalty": 0.0}
 
 
@@ -66,9 +65,9 @@ def ref_maxsim(blocks: list[torch.Tensor], qs: np.ndarray) -> np.ndarray:
 @pytest.mark.parametrize("floor", [0, 10**9])  # the split BLAS row-range path, and torch
 def test_token_relevance_is_each_rows_best_query_token(floor: int) -> None:
     blocks, qs = blocks_and_queries(1)
-    got = maxsim_blocks(blocks, torch.from_numpy(qs), min_split_rows=floor).numpy()
+    got = token_relevance(blocks, torch.from_numpy(qs), min_split_rows=floor).numpy()
     np.testing.assert_allclose(got, ref_maxsim(blocks, qs), rtol=1e-5, atol=1e-5)
-    torch_only = maxsim_blocks(blocks, torch.from_numpy(qs), use_numpy=False).numpy()
+    torch_only = token_relevance(blocks, torch.from_numpy(qs), use_numpy=False).numpy()
     np.testing.assert_allclose(got, torch_only, rtol=1e-5, atol=1e-5)
     # one query vector is the pooled formula
     one = token_relevance(blocks, torch.from_numpy(qs[:1]), min_split_rows=floor).numpy()
@@ -80,8 +79,8 @@ def test_token_relevance_of_half_precision_and_strided_rows() -> None:
     half = [b.half() for b in blocks]  # the default float16 storage: the torch path
     strided = [torch.cat([b, b], 1)[:, : b.shape[1]] for b in blocks]  # non-contiguous views: the torch path
     want = ref_maxsim([b.float() for b in half], qs)
-    np.testing.assert_allclose(maxsim_blocks(half, torch.from_numpy(qs)).numpy(), want, rtol=1e-4, atol=1e-4)
-    got = maxsim_blocks(strided, torch.from_numpy(qs), min_split_rows=0).numpy()
+    np.testing.assert_allclose(token_relevance(half, torch.from_numpy(qs)).numpy(), want, rtol=1e-4, atol=1e-4)
+    got = token_relevance(strided, torch.from_numpy(qs), min_split_rows=0).numpy()
     np.testing.assert_allclose(got, ref_maxsim(blocks, qs), rtol=1e-5, atol=1e-5)
 
 
@@ -252,8 +251,9 @@ def test_threshold_signal_is_each_tokens_best_query_token(
     multivector: dict[str, tuple[TokenEmbedder, Path]], kind: str
 ) -> None:
     e, store = multivector[kind]
-    s = Settings(model=e.name, store_path=store, device="cpu", span_method="threshold", threshold_mode="relative")
-    with Retriever(s, embedder=e) as r:
+    s = Settings(model=e.name, store_path=store, device="cpu", span_method="threshold")
+    relative = ThresholdMethod.with_options(ThresholdOptions(mode="relative"))  # random models' scale is arbitrary
+    with Retriever(s, embedder=e, span_method=relative) as r:
         ex = r.explain(QUERY, "bread")
         d = fetched(r, "bread")
         qs = e.embed_query_tokens(QUERY)

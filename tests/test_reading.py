@@ -11,7 +11,8 @@ import pytest
 from indexer.discover import discover
 from indexer.loaders import load_file
 from indexer.reading import read_document
-from retriever.methods.structured import Layout, answer_range
+from retriever.fetch import Layout
+from retriever.methods.structured import answer_range
 from schemas.structure import DocStructure, check_offsets
 
 TITLE = "ACME Widget Manual"
@@ -204,8 +205,8 @@ def test_text_stays_verbatim_with_paragraph_blocks(tmp_path: Path) -> None:
 
 
 def test_spans_on_a_manual_answer_instead_of_restating_headings(manual: Path, tmp_path: Path, minilm) -> None:
+    from retriever import Retriever
     from retriever.evaluation.pdf_manuals import index_documents
-    from retriever.search import Retriever
     from schemas.settings import Settings
 
     s = Settings(store_path=tmp_path / "store", device="cpu")
@@ -243,9 +244,9 @@ def test_label_rows_never_overlap() -> None:
 
 
 def test_explain_plot_marks_sections_and_navigation(manual: Path, tmp_path: Path, minilm) -> None:
+    from retriever import Retriever
     from retriever.cli.plots import plot_explanation, structure_token_marks
     from retriever.evaluation.pdf_manuals import index_documents
-    from retriever.search import Retriever
     from schemas.settings import Settings
 
     s = Settings(store_path=tmp_path / "store", device="cpu")
@@ -287,8 +288,8 @@ def test_eval_reads_the_pdf_benchmark_format(manual: Path, tmp_path: Path, capsy
 
 def test_text_without_headings_gets_the_same_spans_as_without_structure(tmp_path: Path, minilm) -> None:
     """squad-like documents (no headings, no navigation) must be scored exactly as before structure existed."""
+    from retriever import Retriever
     from retriever.evaluation.pdf_manuals import index_documents
-    from retriever.search import Retriever
     from schemas.settings import Settings
 
     p = tmp_path / "rivers.txt"

@@ -2,13 +2,19 @@
 
 from __future__ import annotations
 
+import contextlib
 import threading
 
 import numpy as np
 import torch
 from threadpoolctl import ThreadpoolController, threadpool_limits
 
-from retriever.relevance import gemv_blocks, single_threaded_blas
+from retriever.relevance import _CpuPool, gemv_blocks
+
+
+def single_threaded_blas() -> contextlib.AbstractContextManager[None]:
+    """The section every CPU GEMV runs inside: numpy's BLAS single-threaded while any caller is in it."""
+    return _CpuPool.single_blas()
 
 
 def blas_threads() -> list[int]:

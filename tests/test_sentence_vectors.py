@@ -14,8 +14,8 @@ from indexer.embedders import DelegatingEmbedder, HFTokenEmbedder
 from indexer.pipeline import ingest
 from indexer.sentence_vectors import sentence_chars
 from indexer.store import TokenStore, open_store
+from retriever import Retriever
 from retriever.fetch import Fetcher
-from retriever.search import Retriever
 from retriever.sentences import doc_sentences
 from schemas.errors import StoreMismatchError
 from schemas.models import LoadedDocument

@@ -28,11 +28,9 @@ import uvicorn
 from indexer.embedders import HFTokenEmbedder
 from indexer.pipeline import ingest
 from indexer.store import Match, Where, open_store
-from retriever import cli
-from retriever.search import Retriever
+from retriever import RemoteRetriever, Retriever, cli
 from retriever.serve.app import create_app
 from retriever.serve.batcher import MicroBatcher
-from retriever.serve.client import RemoteRetriever
 from retriever.serve.service import Service
 from schemas.errors import QueryError, ServerError, ShuttingDownError
 from schemas.settings import Settings, _warn_deprecated_key_name

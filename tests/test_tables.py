@@ -10,7 +10,8 @@ import pytest
 
 from indexer.loaders import load_file
 from indexer.reading import read_document
-from retriever.methods.structured import Layout, answer_range
+from retriever.fetch import Layout
+from retriever.methods.structured import answer_range
 from schemas.models import LoadedDocument
 from schemas.structure import check_offsets
 from tests.test_reading import make_manual
@@ -134,7 +135,7 @@ def _index(doc: LoadedDocument, tmp_path: Path, minilm, name: str, **kw: object)
 
 @pytest.mark.parametrize("fmt", ["pdf", "md", "html"])
 def test_a_query_matching_a_row_gets_the_whole_row(fmt: str, tmp_path: Path, minilm) -> None:
-    from retriever.search import Retriever
+    from retriever import Retriever
 
     if fmt == "pdf":
         path = make_table_pdf(tmp_path / "ports.pdf")
@@ -169,8 +170,8 @@ def test_threshold_method_never_returns_a_heading_or_navigation_alone(tmp_path: 
     import numpy as np
     import torch
 
+    from retriever import Retriever
     from retriever.methods import QueryDocs, ThresholdMethod, TokenSignal
-    from retriever.search import Retriever
     from retriever.spans import TokenSpans
 
     md = tmp_path / "faq.md"
@@ -217,7 +218,7 @@ def test_threshold_method_never_returns_a_heading_or_navigation_alone(tmp_path: 
 
 
 def test_recall_leaves_the_structure_out_and_fetch_reads_it_once_per_version(tmp_path: Path, minilm) -> None:
-    from retriever.search import Retriever
+    from retriever import Retriever
 
     doc = load_file(make_manual(tmp_path / "manual.pdf"), "manual.pdf")
     assert doc.structure is not None
@@ -241,16 +242,22 @@ def test_recall_leaves_the_structure_out_and_fetch_reads_it_once_per_version(tmp
             assert top.page_labels is not None
         assert r.fetcher.structures.misses == 1, "read from the store once for this version"
         docs = r.fetcher.fetch({c.doc_id: c.header for c in cands})
-        assert docs and all(d.header.structure == payload for d in docs)
+        assert docs and all(d.layout is not None and d.layout.structure == doc.structure for d in docs)
+        again = r.fetcher.fetch({c.doc_id: c.header for c in cands})
+        assert again[0].layout is docs[0].layout, "parsed once for this version"
         assert r.fetcher.structures.misses == 1
         r.clear_caches()
         r.search("Where are the log files kept?", top=1)
         assert r.fetcher.structures.misses == 2
+        # a whole header carries its structure: parsed from it, not read from the store again
+        r.clear_caches()
+        assert r.fetcher.fetch({"manual.pdf": full})[0].layout is not None
+        assert r.fetcher.structures.misses == 2
 
 
 def test_explain_plot_marks_table_rows(tmp_path: Path, minilm) -> None:
+    from retriever import Retriever
     from retriever.cli.plots import plot_explanation, structure_token_marks
-    from retriever.search import Retriever
 
     doc = load_file(make_table_pdf(tmp_path / "ports.pdf"), "ports.pdf")
     s = _index(doc, tmp_path, minilm, "store")

@@ -36,6 +36,8 @@ from indexer.store import POINT_NAMESPACE, EdgeBackend, NewPoint, VectorSpace, o
 from retriever.evaluation.baselines import query_vectors, token_offsets
 from retriever.evaluation.benchmark import Benchmark, BenchQuery, Hit, load_benchmark, score
 from retriever.evaluation.evaluate import run_chunkless
+from retriever.methods import MethodFactory, ThresholdMethod, ThresholdOptions
+from retriever.methods.threshold import ThresholdMode
 from retriever.search import Retriever
 from schemas.layout import StorageLayout, parse_layout
 from schemas.models import EmbeddedDocument, LoadedDocument
@@ -67,7 +69,7 @@ SWEEP = [
     "int8-pca128-pool2",
 ]
 CHUNK_TOKENS = 128
-SPAN_FIELDS = ["span_method", "recall_k", "sigma", "threshold_mode", "relative_margin", "threshold", "delta"]
+SPAN_FIELDS = ["span_method", "recall_k", "sigma", "threshold", "delta"]
 SPAN_FIELDS += ["min_span_size", "max_extension", "boundary", "rerank_k", "min_sentence_tokens"]
 PROJECT_MODELS = [("Qwen3-Embedding-0.6B", 1024), ("Jina v4 multivector", 128)]
 PROJECT_TOKENS = [1_000_000, 100_000_000, 1_000_000_000]
@@ -192,8 +194,10 @@ def run_layout(
     base: Settings,
     work: Path,
     latency_n: int,
+    span_method: MethodFactory | None = None,
 ) -> Row:
-    """Write the corpus in this layout into a fresh Edge store, measure its files, evaluate it."""
+    """Write the corpus in this layout into a fresh Edge store, measure its files, evaluate it (with the
+    `span_method` factory when given, else the one `base` names)."""
     settings = base.updated(
         store_path=work / layout.name,
         storage_dtype=layout.dtype,
@@ -210,7 +214,7 @@ def run_layout(
         store.write_document(d)
     store.close()  # flushed and closed: what a finished ingest leaves on disk
     fb = file_bytes(settings.store.collection_path)
-    with Retriever(settings, embedder=embedder, store=open_store(settings.store)) as r:
+    with Retriever(settings, embedder=embedder, store=open_store(settings.store), span_method=span_method) as r:
         results, warm_ms = timed_hits(r, queries, latency_n)
         cached, cached_tokens = decoded_bytes(r, layout.pool)
     shutil.rmtree(settings.store.store_path, ignore_errors=True)
@@ -429,7 +433,7 @@ def storage_report(
     device: str,
     span_method: str,
     rerank_k: int,
-    threshold_mode: str,
+    threshold_mode: ThresholdMode,
     latency_queries: int,
     cache_dir: Path,
     chunks: bool,
@@ -459,10 +463,11 @@ def storage_report(
         "device": device,
         "span_method": span_method,
         "rerank_k": rerank_k,
-        "threshold_mode": threshold_mode,
         **({"model": model} if model else {}),
     }
     base = Settings(**over)  # the same span settings for every layout: differences come from storage
+    options = ThresholdOptions(mode=threshold_mode)  # an experiment's option, not a setting
+    method = ThresholdMethod.with_options(options) if span_method == "threshold" else None
     bench = load_benchmark(bench_dir)
     queries = bench.answerable(sample, seed)
     layouts = [parse_layout(c.strip(), "--configs") for c in configs if c.strip()]
@@ -481,7 +486,7 @@ def storage_report(
         work = Path(tmp)
         for layout in layouts:
             t0 = time.perf_counter()
-            row = run_layout(layout, docs, queries, qe, base, work, latency_queries)
+            row = run_layout(layout, docs, queries, qe, base, work, latency_queries, method)
             rows.append(row)
             print(
                 f"{row.config:>20}: {row.vectors_bpt:7.1f} B/token vectors, {row.disk_no_wal_bpt:7.1f} on disk, "
@@ -513,6 +518,7 @@ def storage_report(
         "Span settings (identical for every layout; sigma, delta, min_span_size, max_extension and "
         "min_sentence_tokens are divided by k for poolk by the Retriever, so they keep their length in model tokens): "
         + ", ".join(f"{k}={base.flat()[k]}" for k in SPAN_FIELDS)
+        + f", threshold_mode={options.mode}, relative_margin={options.relative_margin}"
         + ".",
         "",
     ]

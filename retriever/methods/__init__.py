@@ -1,11 +1,14 @@
 """Span methods: strategies that turn a query's candidate documents into spans (see `base`).
 
 `SPAN_METHODS` maps each `span_method` setting to the factory that builds it from a `MethodContext`.
+A factory is also what `Retriever(span_method=...)` takes: the hook for experiments, e.g. a method
+with its own options (`ThresholdMethod.with_options`) or a correction of raw relevance (`with_correction`).
 """
 
 from __future__ import annotations
 
 from collections.abc import Callable
+from dataclasses import replace
 
 from retriever.methods.base import (
     MethodContext,
@@ -14,11 +17,12 @@ from retriever.methods.base import (
     RelevanceCorrection,
     Scorer,
     SpanMethod,
+    TokenSignal,
     pages_of,
     span_result,
 )
-from retriever.methods.sentences import AloneCache, SentenceCaches, SentenceMethod
-from retriever.methods.threshold import ThresholdMethod, TokenSignal
+from retriever.methods.sentences import SentenceCaches, SentenceMethod, SentenceVectorCache
+from retriever.methods.threshold import ThresholdMethod, ThresholdOptions
 from schemas.errors import SettingsError
 
 MethodFactory = Callable[[MethodContext], SpanMethod]
@@ -48,9 +52,28 @@ def make_span_method(name: str, ctx: MethodContext) -> SpanMethod:
     return factory(ctx)
 
 
+def with_correction(correction: RelevanceCorrection, factory: MethodFactory | None = None) -> MethodFactory:
+    """A span-method factory whose method scores through a `Scorer` that applies `correction` to raw token
+    relevance before the method sees it (experiments on r; the product applies none).
+
+    Args:
+        correction: f(r (N,), q (dim,), docs) -> r (N,), with r = D @ q (for a multivector model, each
+            query token vector's column in turn, before the maximum); see `Scorer`.
+        factory: the method to build; None: the one registered under the `span_method` setting.
+
+    Returns:
+        The factory, for `Retriever(span_method=...)`.
+    """
+
+    def build(ctx: MethodContext) -> SpanMethod:
+        ctx = replace(ctx, scorer=ctx.scorer.corrected(correction))
+        return factory(ctx) if factory is not None else make_span_method(ctx.settings.span_method, ctx)
+
+    return build
+
+
 __all__ = [
     "SPAN_METHODS",
-    "AloneCache",
     "MethodContext",
     "MethodFactory",
     "MethodOutput",
@@ -59,10 +82,13 @@ __all__ = [
     "Scorer",
     "SentenceCaches",
     "SentenceMethod",
+    "SentenceVectorCache",
     "SpanMethod",
     "ThresholdMethod",
+    "ThresholdOptions",
     "TokenSignal",
     "make_span_method",
     "pages_of",
     "span_result",
+    "with_correction",
 ]

@@ -11,7 +11,9 @@ order over a batch of queries and times them:
 A method is built by a factory from a `MethodContext`, which carries everything it may use: the span
 settings, a `Scorer` for per-token relevance, the embedder's `embed_texts` for re-ranking and the
 store's neighbour-segment text. Register a factory in `retriever.methods.SPAN_METHODS` to make it
-selectable by `span_method`, or pass it to `Retriever(span_method=...)`.
+selectable by `span_method`, or pass it to `Retriever(span_method=...)`. That factory is also the hook
+for experiments, which stay out of the settings: a method's own options (`ThresholdOptions`), or a
+correction of raw token relevance (`retriever.methods.with_correction`, a `Scorer` with a correction).
 """
 
 from __future__ import annotations
@@ -37,7 +39,7 @@ from retriever.relevance import (
     token_relevance,
 )
 from retriever.sentences import SentenceTable
-from retriever.spans import smooth
+from retriever.spans import TokenSpans, smooth
 from schemas.errors import QueryError
 from schemas.models import SpanResult
 from schemas.settings import SpanSettings
@@ -48,8 +50,8 @@ RelevanceCorrection = Callable[[torch.Tensor, torch.Tensor, list[DocTokens]], to
 # {(doc_id, version): [segment index, ...]} -> {(doc_id, segment): (char_start, text)}
 SegmentTexts = Callable[[dict[tuple[str, str], list[int]]], dict[tuple[str, int], tuple[int, str]]]
 EmbedTexts = Callable[[list[str]], np.ndarray]
-# {(doc_id, version): [segment index, ...]} -> {(doc_id, version, char start, char end): (dim,) alone vector}
-AloneVectors = Callable[[dict[tuple[str, str], list[int]]], dict[tuple[str, str, int, int], np.ndarray]]
+# {(doc_id, version): [segment index, ...]} -> {(doc_id, version, char start, char end): (dim,) sentence vector}
+StoredSentenceVectors = Callable[[dict[tuple[str, str], list[int]]], dict[tuple[str, str, int, int], np.ndarray]]
 
 
 class Scorer:
@@ -80,6 +82,10 @@ class Scorer:
         self.device = device
         self.correction = correction
         self.vector_kind = vector_kind
+
+    def corrected(self, correction: RelevanceCorrection) -> Scorer:
+        """This scorer with `correction` applied to raw relevance (experiments; see `with_correction`)."""
+        return Scorer(self.device, correction, self.vector_kind)
 
     @property
     def needs_query_tokens(self) -> bool:
@@ -205,10 +211,11 @@ class MethodContext:
         settings: the span settings (lengths in model tokens).
         pool: model tokens per stored row (the collection's storage_pool); lengths scale by it.
         scorer: per-token relevance of candidate documents.
-        embed_texts: embeds short texts alone, (n, dim) unit vectors (serialised with other model calls).
+        embed_texts: embeds short texts each on its own, (n, dim) unit vectors: sentence vectors computed at
+            query time (serialised with other model calls).
         segment_texts: reads stored segments' text, for sentences a fetched run cut.
-        alone_vectors: reads the alone vectors of the sentences starting in stored segments, when the
-            collection stores them (`store_sentence_vectors`); None: it does not.
+        sentence_vectors: reads the stored sentence vectors of the sentences starting in stored segments,
+            when the collection stores them (`store_sentence_vectors`); None: it does not.
     """
 
     settings: SpanSettings
@@ -216,7 +223,7 @@ class MethodContext:
     scorer: Scorer
     embed_texts: EmbedTexts
     segment_texts: SegmentTexts
-    alone_vectors: AloneVectors | None = None
+    sentence_vectors: StoredSentenceVectors | None = None
 
 
 @dataclass
@@ -229,6 +236,16 @@ class QueryDocs:
     segment_score: float | None = None  # best segment's MaxSim per query token; None: not ranked by MaxSim
     tokens: np.ndarray | None = None  # (m, dim) float32 token vectors in the model's query form; None: not
     # computed (the Retriever always gives them where `Scorer.needs_query_tokens`)
+
+
+@dataclass
+class TokenSignal:
+    """One query's token spans over its documents laid end to end, with the signal they came from."""
+
+    spans: TokenSpans
+    raw: torch.Tensor  # (N,) token relevance (`Scorer.relevance`)
+    smoothed: torch.Tensor  # (N,)
+    threshold: float
 
 
 @dataclass
@@ -301,6 +318,17 @@ class SpanMethod(ABC, Generic[State]):
         """Hook: forget what the method caches across queries (a cold start); default: nothing."""
         return None
 
+    def signal(self, q: np.ndarray, docs: list[DocTokens], tokens: np.ndarray | None = None) -> TokenSignal | None:
+        """Hook: the smoothed token signal and threshold this method cuts spans from, which
+        `Retriever.explain` shows; default None: the method cuts none (explain shows the threshold method's).
+
+        Args:
+            q: (dim,) float32 pooled query vector.
+            docs: candidate documents (at least one).
+            tokens: (m, dim) query token vectors, which a multivector model's relevance needs.
+        """
+        return None
+
     @abstractmethod
     def score(self, query: QueryDocs, top: int | None) -> State:
         """Hook: candidate spans of one query (with at least one document) and their scores.
@@ -364,9 +392,7 @@ def span_result(d: DocTokens, start: int, end: int, score: float, text: str | No
     Returns:
         The `SpanResult`, with its section path and printed page labels when the document has a structure.
     """
-    from retriever.methods.structured import LAYOUTS
-
-    layout = LAYOUTS.get(d.doc_id, d.header)
+    layout = d.layout
     pages = pages_of(d.header.page_starts, start, end)
     return SpanResult(
         doc_id=d.doc_id,

@@ -1,15 +1,16 @@
-"""The sentence method (the default): rank whole sentences, then re-rank the best by embedding them alone.
+"""The sentence method (the default): rank whole sentences, then re-rank the best by their sentence vectors.
 
 1. Candidates: every sentence of the candidate documents scored by the cosine of its pooled in-context
    token vectors with the query (`retriever.sentences`), or for multivector models by MaxSim restricted
    to its in-context tokens (`Scorer.sentence_scores`); sentences shorter than `min_sentence_tokens`
    (headings) are skipped; the best max(rerank_k, top) are kept.
 2. Sentences a fetched run of segments cut are finished from the neighbour segments' text.
-3. Re-ranking, batched over all queries of a batch: the best `rerank_k` candidates are embedded alone
-   (through an LRU of embeddings by text; read from the store instead when the collection stores
-   sentences' alone vectors, `store_sentence_vectors`, and embedded only when it has none for the
-   exact characters, e.g. a sentence cut differently at a segment edge) and their score becomes
-   rerank_weight * alone cosine + (1 - rerank_weight) * pooled cosine; the rest fall below them.
+3. Re-ranking, batched over all queries of a batch: the best `rerank_k` candidates get their sentence
+   vectors, each sentence embedded on its own (through an LRU of them by text; read from the store
+   when the collection stores sentence vectors, `store_sentence_vectors`, and embedded at query time
+   only when it has none for the exact characters, e.g. a sentence cut differently at a segment edge),
+   and their score becomes rerank_weight * sentence-vector cosine + (1 - rerank_weight) * pooled cosine;
+   the rest fall below them.
    BM25 over the fetched sentences (`retriever.lexical`, scaled to [0, 1]) joins the pooled cosine with
    weight `lexical_first` in choosing the candidates, and the blend with weight `lexical_weight`.
 4. Length penalty: length_penalty * ln(words) is subtracted from every score.
@@ -31,13 +32,13 @@ from retriever.calibration import answer_features
 from retriever.fetch import DocTokens
 from retriever.lexical import LexicalStats, LexicalUnits, bm25
 from retriever.methods.base import MethodContext, QueryDocs, SpanMethod, span_result
-from retriever.methods.structured import LAYOUTS, answer_range, structure_masks
+from retriever.methods.structured import answer_range, structure_masks
 from retriever.sentences import SentenceCandidates, SentenceTable, SentenceTables, complete_cut, cut_sentences
 from schemas.models import SpanResult
 
 
-class AloneCache:
-    """Bounded LRU of sentences' alone embeddings by text: popular sentences are embedded once. Thread-safe.
+class SentenceVectorCache:
+    """Bounded LRU of sentence vectors by text: popular sentences are embedded once. Thread-safe.
 
     Args:
         max_entries: most texts kept; the least recently used go first.
@@ -87,20 +88,22 @@ class SentenceCaches:
     collection and model (e.g. several settings in an experiment) so each sentence is embedded once.
 
     Attributes:
-        alone: alone embeddings by text.
+        vectors: sentence vectors by text.
         tables: per-document sentence tables by document run.
+        lexical: per-run BM25 units.
     """
 
-    alone: AloneCache = field(default_factory=lambda: AloneCache(16384))
+    vectors: SentenceVectorCache = field(default_factory=lambda: SentenceVectorCache(16384))
     tables: SentenceTables = field(default_factory=SentenceTables)
     lexical: LexicalUnits = field(default_factory=LexicalUnits)
 
 
 class SentenceMethod(SpanMethod[SentenceCandidates]):
-    """Whole sentences ranked by pooled in-context vectors, the best re-ranked by alone embeddings.
+    """Whole sentences ranked by pooled in-context vectors, the best re-ranked by their sentence vectors.
 
     Args:
-        ctx: span settings, scorer, `embed_texts` (re-ranking) and `segment_texts` (cut sentences).
+        ctx: span settings, scorer, `embed_texts` (sentence vectors at query time), `sentence_vectors`
+            (stored ones) and `segment_texts` (cut sentences).
         caches: caches to use, e.g. shared with another retriever; None: fresh ones sized by
             `rerank_cache`.
     """
@@ -110,12 +113,12 @@ class SentenceMethod(SpanMethod[SentenceCandidates]):
         self.scorer = ctx.scorer
         self.embed_texts = ctx.embed_texts
         self.segment_texts = ctx.segment_texts
-        self.alone_vectors = ctx.alone_vectors
-        self.caches = caches or SentenceCaches(AloneCache(ctx.settings.rerank_cache))
+        self.stored_vectors = ctx.sentence_vectors
+        self.caches = caches or SentenceCaches(SentenceVectorCache(ctx.settings.rerank_cache))
         self.min_sentence_rows = max(1, math.ceil(ctx.settings.min_sentence_tokens / ctx.pool))
 
     def score(self, query: QueryDocs, top: int | None) -> SentenceCandidates:
-        """Score every sentence of the candidate documents from the token signal alone; keep the best few."""
+        """Score every sentence of the candidate documents from the token signal only; keep the best few."""
         st = self.settings
         q, docs = query.q, query.docs
         top = top or st.top
@@ -149,13 +152,13 @@ class SentenceMethod(SpanMethod[SentenceCandidates]):
         need = cut_sentences(cands, docs)
         if need:  # a fetched run cut some sentences: finish them from the neighbour segments' text
             complete_cut(cands, docs, self.segment_texts(need), st.boundary)
-        if self.alone_vectors is not None:
+        if self.stored_vectors is not None:
             self._locate(cands, docs)
         return cands
 
     @staticmethod
     def _locate(c: SentenceCandidates, docs: list[DocTokens]) -> None:
-        """Where the store keeps each candidate's alone vector: the segment it starts in (one the run
+        """Where the store keeps each candidate's sentence vector: the segment it starts in (one the run
         holds, or the one before when a cut sentence was finished from it)."""
         c.keys, c.segments = [], []
         for i, (c0, c1) in enumerate(c.chars):
@@ -167,15 +170,15 @@ class SentenceMethod(SpanMethod[SentenceCandidates]):
             )
 
     def rerank(self, batch: list[SentenceCandidates]) -> None:
-        """Final scores: the alone re-ranking, then the length penalty."""
-        self._rerank_alone(batch)
+        """Final scores: the re-ranking by sentence vectors, then the length penalty."""
+        self._rerank_by_sentence_vectors(batch)
         if self.settings.length_penalty > 0:
             for c in batch:
                 words = np.array([len(t.split()) for t in c.texts], dtype=np.float64)
                 c.score -= self.settings.length_penalty * np.log(np.maximum(words, 1.0))
 
-    def _rerank_alone(self, batch: list[SentenceCandidates]) -> None:
-        """Embed the best `rerank_k` candidates of every query alone, in one batched call; blend cosines."""
+    def _rerank_by_sentence_vectors(self, batch: list[SentenceCandidates]) -> None:
+        """The sentence vectors of every query's best `rerank_k` candidates, in one batched call; blend cosines."""
         st = self.settings
         if st.rerank_k == 0:
             return
@@ -183,36 +186,36 @@ class SentenceMethod(SpanMethod[SentenceCandidates]):
         if not texts:
             return
         embed = self.embed_texts
-        if self.alone_vectors is not None:
+        if self.stored_vectors is not None:
             where: dict[str, tuple[tuple[str, str, int, int], list[int]]] = {}
             for c in batch:
                 assert c.keys is not None and c.segments is not None  # `_locate` ran in `score`
                 for i in range(min(st.rerank_k, len(c.texts))):
                     where.setdefault(c.texts[i], (c.keys[i], c.segments[i]))
             embed = partial(self._stored_or_embedded, where)
-        vecs = self.caches.alone.embed(texts, embed)
+        vecs = self.caches.vectors.embed(texts, embed)
         i = 0
         for c in batch:
             m = min(st.rerank_k, len(c.texts))
-            alone = vecs[i : i + m] @ c.q
+            cos = vecs[i : i + m] @ c.q
             i += m
             context = c.score[:m] if c.context is None else c.context[:m]
-            c.alone = alone.astype(np.float64)
-            c.score[:m] = st.rerank_weight * alone + (1 - st.rerank_weight) * context
+            c.sentence_cos = cos.astype(np.float64)
+            c.score[:m] = st.rerank_weight * cos + (1 - st.rerank_weight) * context
             if c.lexical is not None and st.lexical_weight > 0:
                 c.score[:m] += st.lexical_weight * c.lexical[:m]
-            c.score[m:] = -math.inf if m else c.score[m:]  # not re-embedded: below every re-ranked one
+            c.score[m:] = -math.inf if m else c.score[m:]  # not re-ranked: below every re-ranked one
 
     def _stored_or_embedded(
         self, where: dict[str, tuple[tuple[str, str, int, int], list[int]]], texts: list[str]
     ) -> np.ndarray:
-        """Alone vectors of `texts` read from the store in one call; only those it lacks go to the model."""
-        assert self.alone_vectors is not None
+        """Sentence vectors of `texts` read from the store in one call; only those it lacks go to the model."""
+        assert self.stored_vectors is not None
         need: dict[tuple[str, str], set[int]] = {}
         for t in texts:
             (doc_id, version, _, _), segs = where[t]
             need.setdefault((doc_id, version), set()).update(segs)
-        stored = self.alone_vectors({k: sorted(v) for k, v in need.items()})
+        stored = self.stored_vectors({k: sorted(v) for k, v in need.items()})
         missing = [t for t in texts if where[t][0] not in stored]
         fresh = dict(zip(missing, self.embed_texts(missing), strict=True)) if missing else {}
         return np.stack([stored[where[t][0]] if t not in fresh else fresh[t] for t in texts])
@@ -235,8 +238,8 @@ class SentenceMethod(SpanMethod[SentenceCandidates]):
         return answer_features(state, spans, query.text)
 
     def clear_caches(self) -> None:
-        """Forget alone embeddings, sentence tables and BM25 statistics."""
-        self.caches.alone.clear()
+        """Forget sentence vectors, sentence tables and BM25 statistics."""
+        self.caches.vectors.clear()
         self.caches.tables.clear()
         self.caches.lexical.clear()
 
@@ -253,9 +256,8 @@ class SentenceMethod(SpanMethod[SentenceCandidates]):
                 continue
             cs, ce = c.chars[i]
             d, text = docs[int(c.doc[i])], c.texts[i]
-            layout = LAYOUTS.get(d.doc_id, d.header)
-            if layout is not None:  # a heading becomes its section's answer; navigation is never returned
-                answer = answer_range(layout, int(cs), int(ce), d.text, d.char_base)
+            if d.layout is not None:  # a heading becomes its section's answer; navigation is never returned
+                answer = answer_range(d.layout, int(cs), int(ce), d.text, d.char_base)
                 if answer is None:
                     continue
                 if answer != (cs, ce):

@@ -15,100 +15,26 @@ structure (schemas.structure, stored in the header) makes:
 
 A heading or a table row may compete in the sentence method even when shorter than
 `min_sentence_tokens` (a heading is what a heading-like query matches best; "Port; 8080" is a whole
-answer). Every span gets its section path and the printed page labels of its pages.
+answer; `retriever.fetch.SHORT_KINDS`). Every span gets its section path and the printed page labels of
+its pages.
 
-Documents without a structure (benchmark text, old headers) are untouched.
+A document's structure reaches the methods parsed, as `DocTokens.layout` (the fetcher parses each
+document version's structure once). Documents without a structure (benchmark text, old headers) are untouched.
 """
 
 from __future__ import annotations
-
-import threading
-from collections import OrderedDict
-from dataclasses import dataclass
 
 import numpy as np
 import torch
 
 from indexer.boundaries import sentence_ranges
-from indexer.store import DocHeader
-from retriever.fetch import DocTokens
-from schemas.structure import NON_ANSWER_KINDS, DocStructure
+from retriever.fetch import DocTokens, Layout
+from schemas.structure import NON_ANSWER_KINDS
 
 SECTION_WORDS = 20  # a heading's answer: its section's first sentences until this many words ...
 SECTION_MAX_WORDS = 40  # ... but a further sentence that would pass this many is left out
 ANSWER_MIN_WORDS = 12  # (unless the answer is still shorter than this)
 ANSWER_KINDS = frozenset({"paragraph", "list_item", "table_row", "code", "footnote"})
-SHORT_KINDS = frozenset({"heading", "table_row"})  # compete in the sentence method however short
-
-
-@dataclass
-class Layout:
-    """One document version's structure, with arrays for per-token lookups."""
-
-    structure: DocStructure
-    starts: np.ndarray  # (B,) block starts
-    ends: np.ndarray  # (B,)
-    skip: np.ndarray  # (B,) bool: block never answers
-    short_ok: np.ndarray  # (B,) bool: block competes however short (headings, table rows)
-
-    @classmethod
-    def of(cls, s: DocStructure) -> Layout:
-        kinds = [b.kind for b in s.blocks]
-        return cls(
-            s,
-            np.array([b.start for b in s.blocks], dtype=np.int64),
-            np.array([b.end for b in s.blocks], dtype=np.int64),
-            np.array([k in NON_ANSWER_KINDS for k in kinds], dtype=bool),
-            np.array([k in SHORT_KINDS for k in kinds], dtype=bool),
-        )
-
-    def blocks_of(self, chars: np.ndarray) -> np.ndarray:
-        """(n,) block index of each character position, -1 between blocks."""
-        i = np.searchsorted(self.starts, chars, side="right") - 1
-        inside = (i >= 0) & (chars < self.ends[np.maximum(i, 0)])
-        return np.where(inside, i, -1)
-
-    def overlapping(self, c0: int, c1: int) -> range:
-        """Indices of the blocks that characters [c0, c1) touch, in order."""
-        first = int(np.searchsorted(self.ends, c0, side="right"))  # the first block ending after c0
-        last = int(np.searchsorted(self.starts, max(c1, c0 + 1), side="left"))  # blocks starting before c1
-        return range(first, max(first, last))
-
-    def token_masks(self, token_starts: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
-        """(skip, short_ok) bool masks of tokens by the block their first character is in."""
-        if not len(self.starts):
-            z = np.zeros(len(token_starts), dtype=bool)
-            return z, z
-        b = self.blocks_of(np.asarray(token_starts, dtype=np.int64))
-        ok = b >= 0
-        bb = np.maximum(b, 0)
-        return ok & self.skip[bb], ok & self.short_ok[bb]
-
-
-class Layouts:
-    """Parsed structures by (doc_id, version), bounded; header payload parsing is done once per version."""
-
-    def __init__(self, max_docs: int = 1024) -> None:
-        self._items: OrderedDict[tuple[str, str], Layout | None] = OrderedDict()
-        self._lock = threading.Lock()
-        self.max_docs = max_docs
-
-    def get(self, doc_id: str, header: DocHeader) -> Layout | None:
-        key = (doc_id, header.version)
-        with self._lock:
-            if key in self._items:
-                self._items.move_to_end(key)
-                return self._items[key]
-        s = DocStructure.from_payload(header.structure)
-        layout = Layout.of(s) if s is not None and s.blocks else None
-        with self._lock:
-            self._items[key] = layout
-            while len(self._items) > self.max_docs:
-                self._items.popitem(last=False)
-        return layout
-
-
-LAYOUTS = Layouts()  # shared by the span methods: a structure is parsed once per document version
 
 
 def structure_masks(docs: list[DocTokens]) -> tuple[torch.Tensor, torch.Tensor] | None:
@@ -121,11 +47,11 @@ def structure_masks(docs: list[DocTokens]) -> tuple[torch.Tensor, torch.Tensor] 
         Host bool tensors: tokens in TOC/header/footer blocks; tokens in headings and table rows
         (they compete however short); or None.
     """
-    layouts = [LAYOUTS.get(d.doc_id, d.header) for d in docs]
-    if all(lay is None for lay in layouts):
+    if all(d.layout is None for d in docs):
         return None
     skips, shorts = [], []
-    for d, lay in zip(docs, layouts, strict=True):
+    for d in docs:
+        lay = d.layout
         if lay is None:
             skips.append(np.zeros(d.n, dtype=bool))
             shorts.append(np.zeros(d.n, dtype=bool))

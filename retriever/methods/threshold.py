@@ -1,33 +1,44 @@
 """The threshold method (the original): smooth the token signal, threshold it, cluster, extend to sentence ends.
 
-The threshold is absolute (`SpanSettings.threshold`) or, EXPERIMENTAL, relative to the best smoothed
-token of the query's candidates (`threshold_mode="relative"`, `relative_margin` below it). On documents
-with a structure a span goes through `structured.answer_range` as the sentence method's do: a span of
-headings alone becomes its section's answer, navigation alone is dropped, table rows are kept whole.
+The threshold is `SpanSettings.threshold`. Experiments (the storage report, tests) may make it relative
+to the best smoothed token of the query's candidates instead, through `ThresholdOptions`, which are not
+settings: `Retriever(settings, span_method=ThresholdMethod.with_options(ThresholdOptions(mode="relative")))`.
+On documents with a structure a span goes through `structured.answer_range` as the sentence method's
+do: a span of headings alone becomes its section's answer, navigation alone is dropped, table rows are
+kept whole.
 """
 
 from __future__ import annotations
 
+from collections.abc import Callable
 from dataclasses import dataclass
+from typing import Literal
 
 import numpy as np
 import torch
 
 from retriever.fetch import DocTokens
-from retriever.methods.base import MethodContext, QueryDocs, SpanMethod, span_result
-from retriever.methods.structured import LAYOUTS, answer_range
-from retriever.spans import SpanParams, TokenSpans, extract_spans
+from retriever.methods.base import MethodContext, QueryDocs, SpanMethod, TokenSignal, span_result
+from retriever.methods.structured import answer_range
+from retriever.spans import SpanParams, extract_spans
 from schemas.models import SpanResult
 
+ThresholdMode = Literal["absolute", "relative"]
 
-@dataclass
-class TokenSignal:
-    """One query's token spans over its documents laid end to end, with the signal they came from."""
 
-    spans: TokenSpans
-    raw: torch.Tensor  # (N,) token relevance (`Scorer.relevance`)
-    smoothed: torch.Tensor  # (N,)
-    threshold: float
+@dataclass(frozen=True)
+class ThresholdOptions:
+    """How the threshold method sets a query's threshold; for experiments, outside the product settings.
+
+    Attributes:
+        mode: "absolute": `SpanSettings.threshold`; "relative": `relative_margin` below the best smoothed
+            token of the query's candidates (scale-free: a storage layout that shifts the scale of
+            r = D @ q is not scored as losing quality; it lost to the sentence method, so it is no setting).
+        relative_margin: see `mode`.
+    """
+
+    mode: ThresholdMode = "absolute"
+    relative_margin: float = 0.05
 
 
 class ThresholdMethod(SpanMethod[TokenSignal]):
@@ -35,17 +46,25 @@ class ThresholdMethod(SpanMethod[TokenSignal]):
 
     Args:
         ctx: the span settings (lengths are rescaled to stored rows by `ctx.pool`) and the scorer.
+        options: how the threshold is set (experiments); None: `ThresholdOptions()`, the absolute
+            `SpanSettings.threshold`.
     """
 
-    def __init__(self, ctx: MethodContext) -> None:
+    def __init__(self, ctx: MethodContext, options: ThresholdOptions | None = None) -> None:
         self.settings = ctx.settings
         self.scorer = ctx.scorer
+        self.options = options or ThresholdOptions()
         self.params = SpanParams.from_settings(ctx.settings).per_row(ctx.pool)
+
+    @classmethod
+    def with_options(cls, options: ThresholdOptions) -> Callable[[MethodContext], ThresholdMethod]:
+        """A span-method factory (`Retriever(span_method=...)`) building this method with `options`."""
+        return lambda ctx: cls(ctx, options)
 
     def threshold(self, smoothed: torch.Tensor) -> float:
         """The threshold for one query's smoothed signal (N,): absolute, or relative to its maximum."""
-        if self.settings.threshold_mode == "relative" and smoothed.numel():
-            return float(smoothed.max()) - self.settings.relative_margin
+        if self.options.mode == "relative" and smoothed.numel():
+            return float(smoothed.max()) - self.options.relative_margin
         return self.params.threshold
 
     def signal(self, q: np.ndarray, docs: list[DocTokens], tokens: np.ndarray | None = None) -> TokenSignal:
@@ -80,9 +99,8 @@ class ThresholdMethod(SpanMethod[TokenSignal]):
             d = docs[int(dsel[i])]
             a, b = int(s0[i] - offsets[dsel[i]]), int(s1[i] - offsets[dsel[i]])
             cs, ce = int(d.starts[a]), int(d.ends[b])
-            layout = LAYOUTS.get(d.doc_id, d.header)
-            if layout is not None:  # never a heading or navigation alone (see retriever.methods.structured)
-                answer = answer_range(layout, cs, ce, d.text, d.char_base)
+            if d.layout is not None:  # never a heading or navigation alone (see retriever.methods.structured)
+                answer = answer_range(d.layout, cs, ce, d.text, d.char_base)
                 if answer is None:
                     continue
                 cs, ce = answer
