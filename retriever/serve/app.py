@@ -24,7 +24,7 @@ from starlette.datastructures import UploadFile
 from starlette.exceptions import HTTPException as StarletteHTTPException
 from starlette.routing import Route
 
-from indexer.loaders import SUPPORTED_SUFFIXES
+from indexer.admit import SUPPORTED_SUFFIXES
 from retriever.serve.auth import OPEN_PATHS, authorized
 from retriever.serve.batcher import Filter, MicroBatcher
 from retriever.serve.service import Service

@@ -16,7 +16,7 @@ from typing import Any, Literal
 from pydantic import BaseModel, Field
 
 from indexer.embedders import TokenEmbedder
-from indexer.pipeline import ingest
+from indexer.ingest import ingest
 from indexer.store import TokenStore
 from schemas.errors import ChunklessError
 from schemas.models import IngestReport
