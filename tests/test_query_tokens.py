@@ -31,7 +31,7 @@ from retriever.relevance import (
     token_relevance,
 )
 from retriever.search import Retriever
-from retriever.sentences import SentenceTables
+from retriever.sentence_table import SentenceTables
 from retriever.spans import smooth
 from schemas.errors import QueryError
 from schemas.models import SpanResult

@@ -36,7 +36,7 @@ from retriever.relevance import (
     similarities,
     token_relevance,
 )
-from retriever.sentences import SentenceTable
+from retriever.sentence_table import SentenceTable
 from retriever.spans import smooth
 from schemas.errors import QueryError
 from schemas.models import SpanResult

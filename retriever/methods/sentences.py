@@ -32,7 +32,7 @@ from retriever.fetch import DocTokens
 from retriever.lexical import LexicalStats, LexicalUnits, bm25
 from retriever.methods.base import MethodContext, QueryDocs, SpanMethod, span_result
 from retriever.methods.structured import LAYOUTS, answer_range, structure_masks
-from retriever.sentences import SentenceCandidates, SentenceTable, SentenceTables, complete_cut, cut_sentences
+from retriever.sentence_table import SentenceCandidates, SentenceTable, SentenceTables, complete_cut, cut_sentences
 from schemas.models import SpanResult
 
 
