@@ -31,7 +31,7 @@ from indexer.admit import Admission
 from indexer.discover import Discovery, discover
 from indexer.embedders import TokenEmbedder, load_embedder
 from indexer.long_documents import PartCommit, PartWrite, embed_in_parts
-from indexer.progress import Progress
+from indexer.progress import Tally
 from indexer.reading import read_file
 from indexer.sentence_vectors import with_sentence_vectors
 from indexer.store import TokenStore, Written, check_embedder, open_or_create_store, open_store
@@ -97,9 +97,10 @@ class IngestRun:
     """One ingest run: the store, the model, the queues and the report its stages share.
 
     The loader thread (`_load`) admits and reads files, the calling thread embeds them (`_embed_all`),
-    the writer thread (`_write`) stores them; the report, the progress and the admission's view of
-    the store are touched by all three, under one lock. A run is used once: `run` opens the store and
-    starts the stages, and its queues and stop flag are spent when it returns.
+    the writer thread (`_write`) stores them; all three report to the run's `Tally` (report, progress,
+    failure callback) and the writer keeps the `Admission`'s view of the store current. A run is used
+    once: `run` opens the store and starts the stages, and its queues and stop flag are spent when it
+    returns.
 
     Args:
         settings: the run's settings (store, model, span boundary rule).
@@ -123,8 +124,6 @@ class IngestRun:
         self.on_failure = on_failure
         self.bar = bar
         self.where = f"collection '{settings.store.collection}'"  # what a mismatch message names
-        self.report = IngestReport()
-        self._lock = threading.Lock()  # report and callbacks are touched by all three stages
         self._stop = threading.Event()
         self._docs: queue.Queue[Any] = queue.Queue(LOAD_QUEUE_DOCS)
         self._embedded: queue.Queue[Any] = queue.Queue(WRITE_QUEUE_BATCHES)
@@ -150,14 +149,16 @@ class IngestRun:
         found = discover(paths, id_from, doc_id)  # a walk, no reads: gives the progress bar its total
         own_store = self._given_store is None
         self.store = self._open()
-        self.progress = Progress(len(found.files) + len(found.failures), self.bar)
-        self.progress.start()
+        self.tally = Tally(len(found.files) + len(found.failures), self.bar, self.on_failure)
+        self.tally.progress.start()
         try:
             # on a server another worker may be between a document's segments and its header right now
             removed = self.store.remove_orphans(min_age_s=SERVER_ORPHAN_GRACE_S if self.settings.store.url else 0.0)
             if removed:
                 log.info("removed %d orphan segments left by an interrupted run", removed)
             self.admission = Admission(self.store.headers())
+            for refused in found.failures:  # the walk's refusals first, before any file is read
+                self.tally.failed(refused.path, refused.reason)
             loader = _Stage("chunkless-load", lambda: self._load(found))
             writer = _Stage("chunkless-write", self._write)
             loader.start()
@@ -172,10 +173,10 @@ class IngestRun:
             self.store.flush()
         finally:
             self._stop.set()
-            self.progress.close()
+            self.tally.progress.close()
             if own_store:
                 self.store.close()
-        return self.report
+        return self.tally.report
 
     # --- setup ------------------------------------------------------------------------------------
     def _open(self) -> TokenStore:
@@ -204,27 +205,23 @@ class IngestRun:
 
     # --- loader thread: admit, then read ----------------------------------------------------------
     def _load(self, found: Discovery) -> None:
-        for item in found.failures:
-            self._fail(item.path, item.reason)
+        """Admit each discovered file, read the admitted ones and hand them to the model, in walk order."""
         for f in found.files:
             if self._stop.is_set():
                 return
             path, did = f.path, f.doc_id
             try:
-                digest = self.admission.admit(path, did)
-                if digest is None:
-                    with self._lock:
-                        self.report.skipped_unchanged += 1
-                    self.progress.advance("unchanged", did)
-                    continue
-                doc = read_file(path, did, digest)
+                digest = self.admission.admit(path, did)  # None: the store holds this content already
+                doc = None if digest is None else read_file(path, did, digest)
             except InputError as e:
-                self._fail(e.path, e.reason, did)
+                self.tally.failed(e.path, e.reason, did)
                 continue
             except OSError as e:  # vanished or unreadable between the walk and the read
-                self._fail(str(path), f"cannot read file ({e}); check it exists and is readable", did)
+                self.tally.failed(str(path), f"cannot read file ({e}); check it exists and is readable", did)
                 continue
-            if not _put(self._docs, doc, self._stop):
+            if doc is None:
+                self.tally.unchanged(did)
+            elif not _put(self._docs, doc, self._stop):
                 return
         _put(self._docs, _DONE, self._stop)
 
@@ -265,7 +262,7 @@ class IngestRun:
         except _EMBED_ERRORS as e:
             if len(batch) == 1:
                 d = batch[0]
-                self._fail(d.source, f"cannot embed ({type(e).__name__}: {e})", d.doc_id)
+                self.tally.failed(d.source, f"cannot embed ({type(e).__name__}: {e})", d.doc_id)
                 return []
             log.info("a batch of %d documents failed to embed (%s); retrying one by one", len(batch), e)
         out: list[EmbeddedDocument] = []
@@ -273,7 +270,7 @@ class IngestRun:
             try:
                 out += embedder.embed_documents([d])
             except _EMBED_ERRORS as e:
-                self._fail(d.source, f"cannot embed ({type(e).__name__}: {e})", d.doc_id)
+                self.tally.failed(d.source, f"cannot embed ({type(e).__name__}: {e})", d.doc_id)
         return out
 
     def _embed_parts(self, doc: LoadedDocument, embedder: TokenEmbedder, writer: _Stage) -> bool:
@@ -284,17 +281,17 @@ class IngestRun:
             self.settings.model.batch_tokens,
             self.store.meta.layout.pool,
             self.store.segment_rows,
-            progress=lambda done, total: self.progress.working(doc.doc_id, done, total),
+            progress=lambda done, total: self.tally.progress.working(doc.doc_id, done, total),
         )
         try:
             for item in parts:
                 if not _put(self._embedded, item, self._stop, writer):
                     return False
         except InputError as e:
-            self._fail(e.path, e.reason, doc.doc_id)
+            self.tally.failed(e.path, e.reason, doc.doc_id)
         except _EMBED_ERRORS as e:
             # segments already written are orphans no search sees; the next run removes them
-            self._fail(doc.source, f"cannot embed ({type(e).__name__}: {e})", doc.doc_id)
+            self.tally.failed(doc.source, f"cannot embed ({type(e).__name__}: {e})", doc.doc_id)
         return True
 
     # --- writer thread: write ---------------------------------------------------------------------
@@ -312,13 +309,13 @@ class IngestRun:
     def _write_one(self, emb: EmbeddedDocument) -> None:
         d = emb.doc
         if emb.n_tokens == 0:
-            self._fail(d.source, "no tokens after tokenizing; the file holds no indexable text", d.doc_id)
+            self.tally.failed(d.source, "no tokens after tokenizing; the file holds no indexable text", d.doc_id)
             return
         try:
             written = self.store.write_document(emb)
             self._record(d, written, emb.n_tokens)
         except ChunklessError as e:
-            self._fail(d.source, str(e), d.doc_id)
+            self.tally.failed(d.source, str(e), d.doc_id)
 
     def _write_part(self, item: PartWrite | PartCommit) -> None:
         d, store = item.doc, self.store
@@ -337,7 +334,7 @@ class IngestRun:
         except ChunklessError as e:
             self._broken.add(d.doc_id)
             self._part_bytes.pop(d.doc_id, None)
-            self._fail(d.source, str(e), d.doc_id)
+            self.tally.failed(d.source, str(e), d.doc_id)
 
     def _record(self, d: LoadedDocument, written: Written, n_tokens: int) -> None:
         """Bookkeeping once a document's header is committed."""
@@ -345,23 +342,7 @@ class IngestRun:
         for old in older:  # the same file under an earlier id scheme: the new document replaces it
             self.store.delete_document(old)
             log.info("removed %s: the same file %s is now stored as %s", old, d.source, d.doc_id)
-        with self._lock:
-            self.report.bytes_stored += written.bytes
-            self.report.replaced += int(replaced)
-            self.report.documents += 1
-            self.report.tokens += n_tokens
-            self.report.segments += written.segments
-        self.progress.advance("stored", d.doc_id, n_tokens)
-
-    # --- any stage ----------------------------------------------------------------------------------
-    def _fail(self, path: str, reason: str, doc_id: str = "") -> None:
-        f = IngestFailure(path=path, reason=reason)
-        with self._lock:
-            self.report.failures.append(f)
-        self.progress.advance("failed", doc_id or path)
-        log.warning("skipped %s: %s", path, reason)
-        if self.on_failure:
-            self.on_failure(f)
+        self.tally.stored(d.doc_id, written, n_tokens, replaced)
 
 
 class _Stage(threading.Thread):

@@ -1,5 +1,6 @@
-"""An ingest run's progress: files done (a big file counted in fractions as its tokens are embedded),
-tokens/s and ETA, as a terminal bar or as log lines with a heartbeat."""
+"""An ingest run's tally: its report, the failures as they happen, and its progress (files done, a big
+file counted in fractions as its tokens are embedded, tokens/s and ETA) as a terminal bar or as log
+lines with a heartbeat."""
 
 from __future__ import annotations
 
@@ -7,7 +8,12 @@ import logging
 import threading
 import time
 from collections.abc import Callable
-from typing import Any
+from typing import TYPE_CHECKING, Any
+
+from schemas.models import IngestFailure, IngestReport
+
+if TYPE_CHECKING:
+    from indexer.store import Written
 
 # the run's own lines (stored documents, heartbeats, skipped files) share one logger, which
 # `chunkless ingest` turns up to INFO when it draws no bar
@@ -131,3 +137,50 @@ class Progress:
             self._beat.join(timeout=2.0)
         if self._bar is not None:
             self._bar.close()
+
+
+class Tally:
+    """What a run did so far: its report, its progress and the failure callback, under one lock.
+
+    All three stages of a run (loader, embedding, writer) report here, each file once: failed,
+    unchanged or stored.
+
+    Args:
+        total_files: files the run will go through (the progress bar's total).
+        bar: draw a tqdm bar (terminal) instead of log lines.
+        on_failure: called with each failure as it happens.
+    """
+
+    def __init__(
+        self, total_files: int, bar: bool, on_failure: Callable[[IngestFailure], None] | None = None
+    ) -> None:
+        self.report = IngestReport()
+        self.progress = Progress(total_files, bar)
+        self._on_failure = on_failure
+        self._lock = threading.Lock()
+
+    def failed(self, path: str, reason: str, doc_id: str = "") -> None:
+        """A file is skipped for `reason` (logged as a warning, and passed to the failure callback)."""
+        f = IngestFailure(path=path, reason=reason)
+        with self._lock:
+            self.report.failures.append(f)
+        self.progress.advance("failed", doc_id or path)
+        log.warning("skipped %s: %s", path, reason)
+        if self._on_failure:
+            self._on_failure(f)
+
+    def unchanged(self, doc_id: str) -> None:
+        """A file's content is stored already under its doc_id."""
+        with self._lock:
+            self.report.skipped_unchanged += 1
+        self.progress.advance("unchanged", doc_id)
+
+    def stored(self, doc_id: str, written: Written, n_tokens: int, replaced: bool) -> None:
+        """A document's header is committed: `written` bytes and segments, `n_tokens` model tokens."""
+        with self._lock:
+            self.report.bytes_stored += written.bytes
+            self.report.replaced += int(replaced)
+            self.report.documents += 1
+            self.report.tokens += n_tokens
+            self.report.segments += written.segments
+        self.progress.advance("stored", doc_id, n_tokens)
