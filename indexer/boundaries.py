@@ -1,8 +1,10 @@
-"""Where sentences end, per token: the stops a span may be extended to.
+"""Where sentences end, per token: the stops a span may be extended to, and THE sentence cutter.
 
 Two rules: "separators" (the original method: any "\n", "\t" or ".") and "sentences" (a period,
 question or exclamation mark followed by space and a capital/digit/quote, or a newline; abbreviations
-and decimals do not end a sentence).
+and decimals do not end a sentence). `sentence_rows` cuts a document's rows into sentences from
+their sentence-end flags; ingest (the sentence vectors it stores) and search (its sentence tables)
+both cut with it, so both see the same sentences.
 """
 
 from __future__ import annotations
@@ -64,3 +66,24 @@ def sentence_ranges(text: str, rule: Boundary = "sentences") -> list[tuple[int, 
         if b - a - lead - trail > 0:
             out.append((int(a + lead), int(b - trail)))
     return out
+
+
+def sentence_rows(ends_sentence: np.ndarray) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
+    """Cut rows into sentences at their sentence-end flags; the last row always ends one.
+
+    A sentence runs from the row after one ending row to the next ending row, which belongs to it.
+
+    Args:
+        ends_sentence: (n,) bool, n >= 1: whether each row ends a sentence.
+
+    Returns:
+        (first, last, sid): (S,) int64 first and last (inclusive) row of each sentence, and (n,) int64
+        the sentence of each row.
+    """
+    brk = np.array(ends_sentence, dtype=bool)  # a copy: the caller's flags stay as they are
+    brk[-1] = True
+    last = np.flatnonzero(brk)
+    first = np.concatenate([np.zeros(1, dtype=np.int64), last[:-1] + 1])
+    ends = brk.astype(np.int64)
+    sid = np.cumsum(ends) - ends
+    return first, last, sid

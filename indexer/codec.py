@@ -90,13 +90,6 @@ def decode_plain(stored: torch.Tensor, scales: torch.Tensor | None, dtype: Stora
     return (stored.float() - 128.0) * (scales.float() / 127.0).unsqueeze(1)
 
 
-def decode_plain_numpy(stored: np.ndarray, scales: np.ndarray | None, dtype: StorageDtype) -> np.ndarray:
-    """NumPy twin of `decode_plain`, for tests and offline analysis."""
-    return decode_plain(
-        torch.from_numpy(np.ascontiguousarray(stored)), None if scales is None else torch.from_numpy(scales), dtype
-    ).numpy()
-
-
 # --- fitted parameters --------------------------------------------------------------------------------
 @dataclass
 class CodecParams:

@@ -9,7 +9,9 @@ names one file's document yourself.
 
 The walk follows symlinked folders, each real folder once (a link back to an ancestor is reported
 and not followed again), skips hidden files and folders below a named folder, and counts what it
-skipped by extension so a run that found nothing can say why.
+skipped by extension so a run that found nothing can say why. Which types are supported, and how a
+refused file is reported, are admission's (`indexer.admit`): the walk refuses what it can tell
+without reading a file (another type named directly, two files of the run under one doc_id).
 """
 
 from __future__ import annotations
@@ -21,15 +23,11 @@ from collections.abc import Iterable, Iterator
 from dataclasses import dataclass, field
 from pathlib import Path
 
+from indexer.admit import SUPPORTED_SUFFIXES, DocIdCollisionError, UnsupportedFileError
 from schemas.errors import InputError
 from schemas.models import IngestFailure
 
 log = logging.getLogger(__name__)
-
-TEXT_SUFFIXES = {".md", ".markdown", ".txt"}
-PDF_SUFFIXES = {".pdf"}
-HTML_SUFFIXES = {".html", ".htm"}  # read by indexer/reading/html.py
-SUPPORTED_SUFFIXES = TEXT_SUFFIXES | PDF_SUFFIXES | HTML_SUFFIXES
 
 
 @dataclass(frozen=True)
@@ -46,17 +44,6 @@ class Discovery:
 
     files: list[FoundFile] = field(default_factory=list)
     failures: list[IngestFailure] = field(default_factory=list)
-
-
-def unsupported(path: Path) -> str:
-    """The reason a file of this type is not ingested."""
-    exts = ", ".join(sorted(SUPPORTED_SUFFIXES))
-    return f"unsupported file type '{path.suffix or '(none)'}'; chunkless reads {exts}"
-
-
-def default_doc_id(path: Path) -> str:
-    """A file's default doc_id: its resolved absolute POSIX path (unique per file, the same by any route)."""
-    return path.resolve().as_posix()
 
 
 def discover(paths: Iterable[Path], id_from: Path | None = None, doc_id: str | None = None) -> Discovery:
@@ -89,7 +76,7 @@ def discover(paths: Iterable[Path], id_from: Path | None = None, doc_id: str | N
             continue
         if not arg.is_dir():
             if arg.suffix.lower() not in SUPPORTED_SUFFIXES:
-                out.failures.append(IngestFailure(path=str(arg), reason=unsupported(arg)))
+                out.failures.append(_failure(UnsupportedFileError(arg)))
                 continue
             candidates = [arg]
         else:
@@ -106,10 +93,10 @@ def discover(paths: Iterable[Path], id_from: Path | None = None, doc_id: str | N
             try:
                 did = doc_id if doc_id is not None else _derive(f, real, root)
             except InputError as e:
-                out.failures.append(IngestFailure(path=e.path, reason=e.reason))
+                out.failures.append(_failure(e))
                 continue
             if did in owner:
-                out.failures.append(IngestFailure(path=str(real), reason=collision_reason(did, owner[did], real)))
+                out.failures.append(_failure(DocIdCollisionError(did, owner[did], real)))
                 continue
             owner[did] = real
             out.files.append(FoundFile(real, did))
@@ -123,13 +110,8 @@ def discover(paths: Iterable[Path], id_from: Path | None = None, doc_id: str | N
     return out
 
 
-def collision_reason(doc_id: str, holder: Path | str, path: Path | str) -> str:
-    """The message for a file whose doc_id already names another file's document."""
-    return (
-        f"DocIdCollisionError: doc_id '{doc_id}' already names {holder}; refusing to replace it with {path}. "
-        "Give this file its own id (--doc-id ID, or --id-from ROOT), or delete the other first "
-        f"(chunkless delete '{doc_id}')"
-    )
+def _failure(e: InputError) -> IngestFailure:
+    return IngestFailure(path=e.path, reason=e.reason)
 
 
 def _derive(walked: Path, real: Path, root: Path | None) -> str:
@@ -178,7 +160,7 @@ def _walk_folder(
                 yield p
             else:
                 skipped[p.suffix.lower() or "(no extension)"] += 1
-                log.info("skipping %s: %s", p, unsupported(p))
+                log.info("skipping %s: %s", p, UnsupportedFileError(p).reason)
         else:
             skipped["broken link" if e.is_symlink() else "special file"] += 1
 

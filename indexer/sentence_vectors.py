@@ -1,12 +1,13 @@
-"""Sentences embedded alone at ingest (opt-in: `store_sentence_vectors`), stored with their segments.
+"""Sentence vectors: each sentence of a document embedded alone at ingest (opt-in: `store_sentence_vectors`),
+stored with its segments.
 
 The sentence span method re-ranks its best candidates by the cosine of the sentence embedded alone.
-Computed here once per document instead of per query, the query path reads them from the store and
-runs no model after the query embedding. The units must be the ones search cuts, so they are made
-the way `retriever.fetch` and `retriever.sentences` make them: token rows as stored (after storage
-pooling), split into the store's segments, each segment's sentence-ending rows found from its own
-text by `indexer.boundaries.token_ends_sentence`, the document's last row ending a sentence; a
-sentence runs from the row after one ending row to the next, over characters
+Computed here once per document instead of per query, the query path reads these sentence vectors
+from the store and runs no model after the query embedding. The units must be the ones search cuts,
+so they are made the way `retriever.fetch` and `retriever.sentence_table` make them: token rows as
+stored (after storage pooling), split into the store's segments, each segment's sentence-ending rows
+found from its own text by `indexer.boundaries.token_ends_sentence`, cut by
+`indexer.boundaries.sentence_rows` (the document's last row ends a sentence), over characters
 [its first row's start, the running maximum of row ends at its last row).
 """
 
@@ -16,7 +17,7 @@ from collections.abc import Sequence
 
 import numpy as np
 
-from indexer.boundaries import token_ends_sentence
+from indexer.boundaries import sentence_rows, token_ends_sentence
 from indexer.codec import pool_document
 from indexer.embedders import TokenEmbedder
 from indexer.store import TokenStore
@@ -49,9 +50,7 @@ def sentence_chars(emb: EmbeddedDocument, pool: int, segment_rows: int | None, r
             for s in split_segments(rows, segment_rows)
         ]
     )
-    ends_sentence[-1] = True
-    last = np.flatnonzero(ends_sentence)
-    first = np.concatenate([[0], last[:-1] + 1])
+    first, last, _ = sentence_rows(ends_sentence)
     row_end = np.maximum.accumulate(rows.offsets[:, 1])
     chars = np.stack([rows.offsets[first, 0], row_end[last]], axis=1).astype(np.int64)
     return chars[chars[:, 1] > chars[:, 0]]
@@ -60,7 +59,7 @@ def sentence_chars(emb: EmbeddedDocument, pool: int, segment_rows: int | None, r
 def with_sentence_vectors(
     docs: Sequence[EmbeddedDocument], embedder: TokenEmbedder, store: TokenStore, rule: Boundary
 ) -> list[EmbeddedDocument]:
-    """The documents with their sentences embedded alone when `store` keeps them (else as they are).
+    """The documents with their sentence vectors when `store` keeps them (else as they are).
 
     One `embed_texts` call for the whole batch; repeated texts are embedded once.
 
@@ -89,7 +88,7 @@ def with_sentence_vectors(
 
 
 def _embed_by_length(embedder: TokenEmbedder, texts: list[str]) -> np.ndarray:
-    """(n, dim) alone vectors of `texts`, embedded in groups of similar length.
+    """(n, dim) vectors of `texts` each embedded alone, in groups of similar length.
 
     One call pads every sentence of a batch to its longest (several times the real tokens), so texts
     go shortest first, LENGTH_GROUP at a time.

@@ -20,7 +20,7 @@ from pathlib import Path
 import numpy as np
 
 from retriever.lexical import LexicalStats, UnitStats, coverage, terms
-from retriever.sentences import SentenceCandidates
+from retriever.sentence_table import SentenceCandidates
 from schemas.models import SpanResult
 
 PARAMS = Path(__file__).with_name("calibration.json")

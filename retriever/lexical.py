@@ -20,7 +20,7 @@ from dataclasses import dataclass, field
 import numpy as np
 
 from retriever.fetch import DocTokens
-from retriever.sentences import DocSentences
+from retriever.sentence_table import DocSentences
 
 WORD = re.compile(r"\w+", re.UNICODE)
 STOP = frozenset(

@@ -14,8 +14,8 @@ from dataclasses import dataclass
 
 import numpy as np
 
-from indexer.embedders import HFTokenEmbedder, TokenEmbedder, load_embedder, pick_device
-from indexer.store import Candidate, DocHeader, Match, TokenStore, Where, open_store
+from indexer.embedders import TokenEmbedder, load_embedder, pick_device
+from indexer.store import Candidate, DocHeader, Match, TokenStore, Where, check_embedder, open_store
 from retriever.calibration import Calibration
 from retriever.fetch import DocTokens, Fetcher
 from retriever.methods import (
@@ -28,7 +28,6 @@ from retriever.methods import (
     make_span_method,
     pages_of,
 )
-from retriever.query_encoder import QueryEncoder
 from schemas.errors import QueryError
 from schemas.models import SearchResponse, SpanResult
 from schemas.settings import Settings
@@ -99,8 +98,7 @@ class Retriever:
         self.settings = settings
         self.store = store or open_store(settings.store, read_only=True)
         self.embedder = embedder or load_embedder(settings)
-        e, where = self.embedder, f"collection '{settings.store.collection}'"
-        self.store.meta.check(e.name, e.dim, None, where, backend=e.backend, vector_kind=e.vector_kind)
+        check_embedder(self.store.meta, self.embedder, f"collection '{settings.store.collection}'")
         self.device = pick_device(settings.model.device)
         self.fetcher = Fetcher(self.store, self.device, settings.spans.boundary, settings.recall.cache_mb << 20)
         # the tokenizer (Rust, mutable truncation state) and the store handle are not safe to share
@@ -125,12 +123,6 @@ class Retriever:
         )
         self.method: SpanMethod = span_method(ctx) if span_method else make_span_method(settings.spans.span_method, ctx)
         self._signal = ThresholdMethod(ctx)  # explain's signal and threshold where the method has none
-        # one forward pass gives a query's pooled and token vectors (MaxSim needs both)
-        self._encoder = (
-            QueryEncoder(self.embedder, settings.model.query_int8)
-            if isinstance(self.embedder, HFTokenEmbedder)
-            else None
-        )
         self.calibration = Calibration.packaged()
 
     def clear_caches(self) -> None:
@@ -186,14 +178,10 @@ class Retriever:
             return []
         where = _where(filter)
         t0 = time.perf_counter()
-        if self._encoder is not None:
-            with self._model_lock:
-                enc = self._encoder.encode(list(queries))
-            vectors, tokens = np.stack([e.pooled for e in enc]), [e.tokens for e in enc]
-        else:
-            vectors, tokens = self.embed_queries(list(queries)), None
-            if self.scorer.needs_query_tokens:
-                tokens = [self._query_tokens(q) for q in queries]
+        with self._model_lock:  # pooled and token vectors (MaxSim needs both), one forward pass where the model can
+            enc = self.embedder.encode_queries(list(queries))
+        vectors, got = np.stack([e.pooled for e in enc]), [e.tokens for e in enc if e.tokens is not None]
+        tokens = got if len(got) == len(enc) else None
         per = (time.perf_counter() - t0) * 1e3 / len(queries)
         out = self._search(list(queries), vectors, top, where, tokens)
         for resp in out:

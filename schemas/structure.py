@@ -12,7 +12,6 @@ The structure travels to the query side in the document's header payload (`to_pa
 
 from __future__ import annotations
 
-import bisect
 from typing import Any, Literal
 
 from pydantic import BaseModel, Field, model_validator
@@ -72,13 +71,6 @@ class DocStructure(BaseModel):
     def has_headings(self) -> bool:
         return any(b.kind == "heading" for b in self.blocks)
 
-    def block_at(self, pos: int) -> int | None:
-        """Index of the block holding character `pos`, or None when `pos` is between blocks."""
-        i = bisect.bisect_right(self._starts(), pos) - 1
-        if i >= 0 and pos < self.blocks[i].end:
-            return i
-        return None
-
     def ranges(self, kinds: frozenset[str] | set[str]) -> list[tuple[int, int]]:
         """[start, end) of every block of the given kinds, in order."""
         return [(b.start, b.end) for b in self.blocks if b.kind in kinds]
@@ -107,13 +99,6 @@ class DocStructure(BaseModel):
         if not self.page_labels:
             return None
         return [self.page_labels[p - 1] if 0 < p <= len(self.page_labels) else "" for p in pages]
-
-    def _starts(self) -> list[int]:
-        cached: list[int] | None = self.__dict__.get("_starts_cache")
-        if cached is None or len(cached) != len(self.blocks):
-            cached = [b.start for b in self.blocks]
-            self.__dict__["_starts_cache"] = cached
-        return cached
 
     # --- header payload -----------------------------------------------------------------------------
     def to_payload(self) -> dict[str, Any]:
@@ -149,11 +134,3 @@ class DocStructure(BaseModel):
             )
         ]
         return cls(blocks=blocks, page_labels=p.get("page_labels"))
-
-
-def check_offsets(text: str, structure: DocStructure) -> None:
-    """Raise ValueError unless every block lies inside `text` and is neither empty nor padded."""
-    for b in structure.blocks:
-        piece = text[b.start : b.end]
-        if b.end > len(text) or not piece or piece != piece.strip():
-            raise ValueError(f"{b.kind} block {b.start}-{b.end} does not index a trimmed piece of the text")

@@ -2,7 +2,7 @@
 
 (a) store writes alone: random unit token vectors through `TokenStore.write_document` (quantize,
     payload, segments-then-header) at 1024-d and 128-d in float32, float16 and int8;
-(b) the full pipeline (`indexer.pipeline.ingest`: load, tokenize, embed, write, overlapped) next to the
+(b) the full pipeline (`indexer.ingest.ingest`: load, tokenize, embed, write, overlapped) next to the
     bare forward pass of the same model over exactly the windows and batches the pipeline ran: both as
     window tokens/s, their ratio, padding waste, and document tokens/s (what users see; the window
     overlap, a quality setting, makes it lower than the window rate), with the CPU seconds of both sides
@@ -23,6 +23,7 @@ Timings are wall-clock on whatever machine runs it; they are figures to read, no
 from __future__ import annotations
 
 import argparse
+import dataclasses
 import json
 import os
 import shutil
@@ -42,7 +43,7 @@ from indexer.embedders import (
     qwen3_tokenizer_dir,
 )
 from indexer.embedders.hf import WindowedModel
-from indexer.pipeline import ingest
+from indexer.ingest import ingest
 from indexer.store import open_or_create_store, open_store
 from schemas.models import EmbeddedDocument, LoadedDocument
 from schemas.settings import Settings, StorageDtype
@@ -115,6 +116,8 @@ class MemoEmbedder(DelegatingEmbedder):
 
     def __init__(self, inner: TokenEmbedder) -> None:
         super().__init__(inner)
+        # every document, however long, through embed_documents: that is where the memo is
+        self.capabilities = dataclasses.replace(inner.capabilities, part_wise=False)
         self.cache: dict[str, EmbeddedDocument] = {}
         self.seconds = 0.0
 
@@ -133,6 +136,8 @@ class RecordingEmbedder(DelegatingEmbedder):
 
     def __init__(self, inner: TokenEmbedder) -> None:
         super().__init__(inner)
+        # every document, however long, through embed_documents: the bare forward replays these groups
+        self.capabilities = dataclasses.replace(inner.capabilities, part_wise=False)
         self.groups: list[list[LoadedDocument]] = []
 
     def embed_documents(self, docs: Sequence[LoadedDocument]) -> list[EmbeddedDocument]:

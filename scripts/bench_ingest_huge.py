@@ -180,7 +180,7 @@ def one(mb: float, tiny: bool, trace: bool) -> dict[str, object]:
     """Ingest one file of `mb` MB in this process; returns the measurements."""
     sys.path.insert(0, str(REPO))
     from indexer.embedders import TokenEmbedder, load_embedder
-    from indexer.pipeline import ingest
+    from indexer.ingest import ingest
     from schemas.settings import Settings
 
     with tempfile.TemporaryDirectory(prefix="bench_huge_", dir=os.environ.get("BENCH_TMP")) as tmp:

@@ -41,8 +41,9 @@ from pathlib import Path
 import numpy as np
 import torch
 
-from indexer.embedders import HFTokenEmbedder, assign_central, load_embedder, window_starts
+from indexer.embedders import HFTokenEmbedder, load_embedder
 from indexer.store import Candidate, Where
+from indexer.windows import assign_central, window_starts
 from retriever import Retriever
 from retriever.evaluation.benchmark import Benchmark, BenchQuery, Hit, Scores, hit_at, load_benchmark, score
 from retriever.evaluation.evaluate import auc, index_benchmark, run_chunkless

@@ -38,7 +38,6 @@ from retriever.calibration import FEATURES, PARAMS, fit, lexical_features
 from retriever.evaluation.benchmark import BenchQuery, Hit, evidence_f1, hit_at, load_benchmark, words
 from retriever.evaluation.evaluate import auc, index_benchmark
 from retriever.lexical import coverage
-from retriever.query_encoder import QueryEncoder
 from schemas.settings import Settings
 
 ALL = 400  # more than the sentences of any query's fetched runs
@@ -177,17 +176,18 @@ def timing(store: Path, work: Path, queries: list[str], configs: dict[str, dict[
     machine's load falls on every configuration alike); warm: after one untimed pass; cold: caches cleared."""
     base = Settings(store_path=store, device="cpu")
     embedder = HFTokenEmbedder(base)
+    embedder8 = HFTokenEmbedder(base.updated(query_int8=True))  # query_int8 is the model's setting
     rs = {}
     for i, (name, over) in enumerate(configs.items()):
         folder = work / f"store-{i}"
         if not folder.exists():
             shutil.copytree(store, folder)
-        rs[name] = Retriever(base.updated(store_path=folder, **over), embedder=embedder)
-    enc, enc8 = QueryEncoder(embedder), QueryEncoder(embedder, quantize=True)
+        model = embedder8 if over.get("query_int8") else embedder
+        rs[name] = Retriever(base.updated(store_path=folder, **over), embedder=model)
     encoders: dict[str, Callable[[str], object]] = {
         "two passes (pooled, then tokens)": lambda q: (embedder.embed_query(q), embedder.embed_query_tokens(q)),
-        "one pass": lambda q: enc.encode([q]),
-        "one pass, int8": lambda q: enc8.encode([q]),
+        "one pass": lambda q: embedder.encode_queries([q]),
+        "one pass, int8": lambda q: embedder8.encode_queries([q]),
     }
     ms: dict[str, list[float]] = {k: [] for k in encoders}
     for q in queries:

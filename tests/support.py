@@ -4,11 +4,21 @@ from __future__ import annotations
 
 import itertools
 import json
+from collections.abc import Iterable, Iterator
 from pathlib import Path
 
 import numpy as np
+import torch
 
-from schemas.models import EmbeddedDocument, LoadedDocument
+from indexer.codec import decode_plain
+from indexer.discover import discover
+from indexer.embedders import WindowEmbedder
+from indexer.long_documents import TOKENIZE_CHARS, TokenStream
+from indexer.reading import load_file
+from schemas.errors import InputError
+from schemas.layout import StorageDtype
+from schemas.models import EmbeddedDocument, IngestFailure, LoadedDocument
+from schemas.structure import DocStructure
 
 # --- paths of the repository and its demo corpus ----------------------------------------------------
 REPO = Path(__file__).resolve().parent.parent
@@ -110,3 +120,43 @@ def write_bench(folder: Path) -> Path:
 
 
 # --- end retrieve ----------------------------------------------------------------------------------
+
+
+# --- twins and walks of product code that only tests need ------------------------------------------
+def decode_plain_numpy(stored: np.ndarray, scales: np.ndarray | None, dtype: StorageDtype) -> np.ndarray:
+    """NumPy twin of `indexer.codec.decode_plain`."""
+    return decode_plain(
+        torch.from_numpy(np.ascontiguousarray(stored)), None if scales is None else torch.from_numpy(scales), dtype
+    ).numpy()
+
+
+def check_offsets(text: str, structure: DocStructure) -> None:
+    """Raise ValueError unless every block lies inside `text` and is neither empty nor padded."""
+    for b in structure.blocks:
+        piece = text[b.start : b.end]
+        if b.end > len(text) or not piece or piece != piece.strip():
+            raise ValueError(f"{b.kind} block {b.start}-{b.end} does not index a trimmed piece of the text")
+
+
+def load_paths(
+    paths: Iterable[Path], id_from: Path | None = None, doc_id: str | None = None
+) -> Iterator[LoadedDocument | IngestFailure]:
+    """Load every supported file under `paths` (ids as `indexer.discover.discover` gives them), no store.
+
+    Bad files come back as IngestFailure, never raise.
+    """
+    found = discover(paths, id_from, doc_id)
+    yield from found.failures
+    for f in found.files:
+        try:
+            yield load_file(f.path, f.doc_id)
+        except InputError as e:
+            yield IngestFailure(path=e.path, reason=e.reason)
+
+
+def tokenize_long(
+    embedder: WindowEmbedder, text: str, chunk_chars: int = TOKENIZE_CHARS
+) -> tuple[np.ndarray, np.ndarray]:
+    """A text of any size tokenized in `TokenStream`'s pieces: (n,) int64 ids and (n, 2) absolute offsets."""
+    tokens = TokenStream(embedder, text, chunk_chars)
+    return tokens.ids(0, tokens.n).copy(), tokens.offsets(0, tokens.n).copy()

@@ -255,7 +255,7 @@ def test_help_imports_nothing_heavy() -> None:
     """Building the whole parser loads neither torch, the search engine, the ingest pipeline nor the service."""
     code = (
         "import sys; from retriever.cli import build_parser; build_parser(); "
-        "print(' '.join(m for m in ('torch', 'retriever.search', 'indexer.pipeline', 'retriever.serve.app', "
+        "print(' '.join(m for m in ('torch', 'retriever.search', 'indexer.ingest', 'retriever.serve.app', "
         "'retriever.evaluation', 'uvicorn') if m in sys.modules))"
     )
     out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, check=True, cwd=REPO)

@@ -16,7 +16,7 @@ from indexer.store import open_or_create_store, open_store
 from schemas.errors import StoreMismatchError
 from schemas.layout import StorageLayout
 from schemas.settings import Settings
-from tests.support import fake_embedded, write_bench
+from tests.support import decode_plain_numpy, fake_embedded, write_bench
 
 REPO = Path(__file__).resolve().parent.parent
 
@@ -51,9 +51,7 @@ def test_plain_layouts_match_quantize() -> None:
         stored, scales = codec_for(dtype, x).encode(x)
         ref_stored, ref_scales = codec.encode_plain(x, dtype)
         assert np.array_equal(stored, ref_stored)
-        assert np.allclose(
-            codec_for(dtype, x).decode_numpy(stored, scales), codec.decode_plain_numpy(stored, scales, dtype)
-        )
+        assert np.allclose(codec_for(dtype, x).decode_numpy(stored, scales), decode_plain_numpy(stored, scales, dtype))
         assert (scales is None) == (ref_scales is None)
 
 

@@ -8,7 +8,7 @@ import numpy as np
 import pytest
 
 from indexer.embedders import HFTokenEmbedder
-from indexer.pipeline import ingest
+from indexer.ingest import ingest
 from indexer.store import open_store
 from retriever import Retriever
 from schemas.settings import Settings

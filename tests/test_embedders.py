@@ -17,15 +17,14 @@ from indexer.embedders import (
     ModelFolder,
     RemoteCodeEmbedder,
     TokenEmbedder,
-    assign_central,
     canonical_name,
     load_embedder,
     resolve_model_path,
     trained_length,
-    window_starts,
 )
-from indexer.pipeline import ingest
+from indexer.ingest import ingest
 from indexer.store import CollectionMeta, open_store
+from indexer.windows import assign_central, window_starts
 from retriever import Retriever
 from schemas.errors import ModelLoadError, QueryError, StoreMismatchError
 from schemas.models import LoadedDocument

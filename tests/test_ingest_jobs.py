@@ -7,6 +7,7 @@ log lines, no sleeps), runs it again, and compares the store with an uninterrupt
 
 from __future__ import annotations
 
+import dataclasses
 import logging
 import os
 import signal
@@ -19,17 +20,22 @@ from typing import Any
 import numpy as np
 import pymupdf
 import pytest
+import torch
 
-import indexer.parts as parts
-import indexer.pipeline as pipeline
+import indexer.ingest
+import indexer.long_documents as long_documents
+from indexer.admit import file_hash
 from indexer.embedders import DelegatingEmbedder, HFTokenEmbedder
-from indexer.loaders import file_hash
+from indexer.ingest import ingest
+from indexer.progress import Progress
 from indexer.store import EdgeBackend, Match, Where, open_store
 from retriever.cli import main
+from retriever.search import Retriever
+from retriever.serve.embedder import SerialEmbedder
 from schemas.errors import InputError
 from schemas.models import EmbeddedDocument, LoadedDocument
 from schemas.settings import Settings
-from tests.support import REPO
+from tests.support import REPO, tokenize_long
 
 WORDS = [
     "river",
@@ -97,6 +103,14 @@ class CountingEmbedder(DelegatingEmbedder):
         return self.inner.embed_texts(texts)
 
 
+class WholeDocuments(DelegatingEmbedder):
+    """The real model, declared unable to embed part by part: every document reaches `embed_documents` whole."""
+
+    def __init__(self, inner: HFTokenEmbedder) -> None:
+        super().__init__(inner)
+        self.capabilities = dataclasses.replace(inner.capabilities, part_wise=False)
+
+
 def snapshot(settings: Settings) -> dict[str, Any]:
     """Everything a run leaves: headers, segment ids, and each document's stored token matrix."""
     store = open_store(settings.store)
@@ -127,12 +141,25 @@ def assert_complete(settings: Settings) -> int:
         store.close()
 
 
-def assert_same(a: dict[str, Any], b: dict[str, Any]) -> None:
+def assert_same(a: dict[str, Any], b: dict[str, Any], float16_rounding: bool = False) -> None:
+    """Two snapshots hold the same documents, points and vectors.
+
+    Vectors are equal up to float reassociation (thread counts, or the order of a sum, differ between
+    the runs). Stored as float16 (`float16_rounding`), a value that close to a rounding boundary may
+    round to the neighbouring float16 in one run: one step of float16 at that magnitude (1.2e-4 near
+    0.13, 4.9e-4 near 1), more than any fixed small atol, is what such runs can differ by.
+    """
     assert a["headers"] == b["headers"]
     assert a["segment_ids"] == b["segment_ids"]  # same points, no duplicates, no orphans
     for d, v in a["vectors"].items():
-        # thread counts differ between the subprocess and this one: equal up to float reassociation
-        np.testing.assert_allclose(v, b["vectors"][d], atol=1e-4)
+        w = b["vectors"][d]
+        if not float16_rounding:
+            np.testing.assert_allclose(v, w, atol=1e-4)
+            continue
+        x, y = np.asarray(v, dtype=np.float32), np.asarray(w, dtype=np.float32)
+        step = np.spacing(np.maximum(np.abs(x), np.abs(y)).astype(np.float16)).astype(np.float32)
+        worst = float(np.max(np.abs(x - y) - step))
+        assert worst <= 0.0, f"{d}: stored vectors differ by more than one float16 step (by {worst:.2e} more)"
 
 
 def run_and_kill(corpus: Path, store: Path, after_stored: int) -> int:
@@ -146,7 +173,7 @@ def run_and_kill(corpus: Path, store: Path, after_stored: int) -> int:
     assert proc.stderr is not None
     stored = 0
     for line in proc.stderr:
-        if "indexer.pipeline: stored " in line:
+        if "indexer.ingest: stored " in line:
             stored += 1
             if stored == after_stored:
                 proc.send_signal(signal.SIGKILL)
@@ -167,11 +194,11 @@ def test_sigkill_then_rerun_equals_one_clean_run(tmp_path: Path, minilm: HFToken
     second = assert_complete(crashed)
     assert first + 3 <= second < 12
 
-    report = pipeline.ingest([corpus], crashed, embedder=minilm)
+    report = ingest([corpus], crashed, embedder=minilm)
     assert report.failures == [] and report.skipped_unchanged == second and report.documents == 12 - second
 
     clean = Settings(store_path=tmp_path / "clean", device="cpu", storage_dtype="float32")
-    assert pipeline.ingest([corpus], clean, embedder=minilm).documents == 12
+    assert ingest([corpus], clean, embedder=minilm).documents == 12
     assert_same(snapshot(crashed), snapshot(clean))
 
 
@@ -184,7 +211,7 @@ def test_kill_between_segments_and_header_leaves_only_orphans(
 ) -> None:
     corpus = make_corpus(tmp_path, 3)
     s = Settings(store_path=tmp_path / "store", device="cpu")
-    pipeline.ingest([corpus], s, embedder=minilm)
+    ingest([corpus], s, embedder=minilm)
     (corpus / "doc001.txt").write_text("Replaced text about comets and harbours. " * 20)
     real_upsert = EdgeBackend.upsert
 
@@ -195,7 +222,7 @@ def test_kill_between_segments_and_header_leaves_only_orphans(
 
     monkeypatch.setattr(EdgeBackend, "upsert", upsert)
     with pytest.raises(Killed):
-        pipeline.ingest([corpus], s, embedder=minilm)
+        ingest([corpus], s, embedder=minilm)
     monkeypatch.setattr(EdgeBackend, "upsert", real_upsert)
 
     store = open_store(s.store)
@@ -205,7 +232,7 @@ def test_kill_between_segments_and_header_leaves_only_orphans(
     store.close()
     assert assert_complete(s) == 3
 
-    report = pipeline.ingest([corpus], s, embedder=minilm)
+    report = ingest([corpus], s, embedder=minilm)
     assert report.documents == 1 and report.replaced == 1
     store = open_store(s.store)
     assert store.headers()[doc_id(corpus / "doc001.txt")].version == file_hash(corpus / "doc001.txt")
@@ -219,18 +246,18 @@ def test_unchanged_corpus_does_no_embedding_work(
     corpus = make_corpus(tmp_path, 5)
     s = Settings(store_path=tmp_path / "store", device="cpu")
     counting = CountingEmbedder(minilm)
-    assert pipeline.ingest([corpus], s, embedder=counting).documents == 5
+    assert ingest([corpus], s, embedder=counting).documents == 5
     assert counting.docs == 5
 
-    again = pipeline.ingest([corpus], s, embedder=counting)
+    again = ingest([corpus], s, embedder=counting)
     assert counting.docs == 5 and again.documents == 0 and again.skipped_unchanged == 5
 
     # without an embedder passed in, an unchanged corpus does not even load the model
     def no_model(settings: Settings) -> None:
         raise AssertionError("the model was loaded for an unchanged corpus")
 
-    monkeypatch.setattr(pipeline, "load_embedder", no_model)
-    assert pipeline.ingest([corpus], s).skipped_unchanged == 5
+    monkeypatch.setattr(indexer.ingest, "load_embedder", no_model)
+    assert ingest([corpus], s).skipped_unchanged == 5
 
 
 def test_changed_file_replaces_its_old_points(
@@ -238,7 +265,7 @@ def test_changed_file_replaces_its_old_points(
 ) -> None:
     corpus = make_corpus(tmp_path, 3)
     s = Settings(store_path=tmp_path / "store", device="cpu")
-    pipeline.ingest([corpus], s, embedder=minilm)
+    ingest([corpus], s, embedder=minilm)
     old = open_store(s.store)
     old_version = old.headers()[doc_id(corpus / "doc002.txt")].version
     old.close()
@@ -246,8 +273,8 @@ def test_changed_file_replaces_its_old_points(
     new_text = "The lighthouse keeper logged every passing ship in a leather book."
     (corpus / "doc002.txt").write_text(new_text)
     did = doc_id(corpus / "doc002.txt")
-    with caplog.at_level(logging.INFO, logger="indexer.pipeline"):
-        report = pipeline.ingest([corpus], s, embedder=minilm)
+    with caplog.at_level(logging.INFO, logger="indexer.ingest"):
+        report = ingest([corpus], s, embedder=minilm)
     assert (report.documents, report.replaced, report.skipped_unchanged) == (1, 1, 2)
     # --quiet's plain log line: the document, files done, tokens/s and ETA
     assert any(f"stored {did}" in m and "[3.0/3 files" in m and "ETA" in m for m in caplog.messages)
@@ -275,7 +302,7 @@ def test_bad_files_are_reported_and_skipped(tmp_path: Path, minilm: HFTokenEmbed
     (corpus / "rejected.txt").write_text("The model will refuse this one.")
     s = Settings(store_path=tmp_path / "store", device="cpu")
     seen: list[str] = []
-    report = pipeline.ingest(
+    report = ingest(
         [corpus, tmp_path / "missing"],
         s,
         embedder=CountingEmbedder(minilm, fail_on="rejected.txt"),
@@ -297,7 +324,7 @@ def test_bad_files_are_reported_and_skipped(tmp_path: Path, minilm: HFTokenEmbed
 def test_report_json_has_what_the_issue_asks(tmp_path: Path, minilm: HFTokenEmbedder) -> None:
     corpus = make_corpus(tmp_path, 2)
     (corpus / "bad.txt").write_bytes(b"\xff\xfe")
-    report = pipeline.ingest([corpus], Settings(store_path=tmp_path / "s", device="cpu"), embedder=minilm)
+    report = ingest([corpus], Settings(store_path=tmp_path / "s", device="cpu"), embedder=minilm)
     d = report.to_json_dict()
     assert d["documents"] == 2 and d["tokens"] > 0 and d["bytes_stored"] > 0
     assert d["seconds"] > 0 and d["tokens_per_second"] > 0
@@ -305,7 +332,7 @@ def test_report_json_has_what_the_issue_asks(tmp_path: Path, minilm: HFTokenEmbe
 
 
 def test_progress_bar_shows_files_tokens_per_second_and_eta(capsys: pytest.CaptureFixture[str]) -> None:
-    bar = pipeline.Progress(4, bar=True)
+    bar = Progress(4, bar=True)
     bar.advance("stored", "a.txt", 1000)
     bar.advance("unchanged", "b.txt")
     bar.close()
@@ -320,7 +347,7 @@ def test_same_file_name_in_two_folders_keeps_both(tmp_path: Path, minilm: HFToke
     (a / "notes.txt").write_text("Notes about glaciers carving fjords into granite.")
     (b / "notes.txt").write_text("Notes about a bakery that sells pepper bread.")
     s = Settings(store_path=tmp_path / "store", device="cpu")
-    report = pipeline.ingest([a / "notes.txt", b / "notes.txt"], s, embedder=minilm)
+    report = ingest([a / "notes.txt", b / "notes.txt"], s, embedder=minilm)
     assert report.documents == 2 and report.failures == []
     store = open_store(s.store)
     heads = store.headers()
@@ -333,14 +360,14 @@ def test_another_route_to_a_file_is_the_same_document(
 ) -> None:
     corpus = make_corpus(tmp_path, 2)
     s = Settings(store_path=tmp_path / "store", device="cpu")
-    assert pipeline.ingest([corpus / "doc000.txt"], s, embedder=minilm).documents == 1
+    assert ingest([corpus / "doc000.txt"], s, embedder=minilm).documents == 1
     # through its folder, then by a relative path from another working directory, then through a symlink
-    again = pipeline.ingest([corpus], s, embedder=minilm)
+    again = ingest([corpus], s, embedder=minilm)
     assert (again.documents, again.skipped_unchanged) == (1, 1)
     monkeypatch.chdir(corpus)
-    assert pipeline.ingest([Path("doc001.txt")], s, embedder=minilm).skipped_unchanged == 1
+    assert ingest([Path("doc001.txt")], s, embedder=minilm).skipped_unchanged == 1
     (tmp_path / "link").symlink_to(corpus)
-    assert pipeline.ingest([tmp_path / "link"], s, embedder=minilm).skipped_unchanged == 2
+    assert ingest([tmp_path / "link"], s, embedder=minilm).skipped_unchanged == 2
     store = open_store(s.store)
     assert set(store.headers()) == {doc_id(corpus / "doc000.txt"), doc_id(corpus / "doc001.txt")}
     store.close()
@@ -350,8 +377,8 @@ def test_doc_id_taken_by_another_file_is_refused_naming_both(tmp_path: Path, min
     corpus = make_corpus(tmp_path, 2)
     first, second = corpus / "doc000.txt", corpus / "doc001.txt"
     s = Settings(store_path=tmp_path / "store", device="cpu")
-    assert pipeline.ingest([first], s, embedder=minilm, doc_id="notes").documents == 1
-    report = pipeline.ingest([second], s, embedder=minilm, doc_id="notes")
+    assert ingest([first], s, embedder=minilm, doc_id="notes").documents == 1
+    report = ingest([second], s, embedder=minilm, doc_id="notes")
     [failure] = report.failures
     assert report.documents == 0 and "DocIdCollisionError" in failure.reason
     assert str(first.resolve()) in failure.reason and failure.path == str(second.resolve())
@@ -359,7 +386,7 @@ def test_doc_id_taken_by_another_file_is_refused_naming_both(tmp_path: Path, min
     assert store.headers()["notes"].source == str(first.resolve())  # the first file's document is intact
     store.close()
     # other files of the run go on: the folder's other file is stored under its own id
-    report = pipeline.ingest([corpus], s, embedder=minilm, id_from=tmp_path)
+    report = ingest([corpus], s, embedder=minilm, id_from=tmp_path)
     assert report.documents == 2 and report.failures == []
 
 
@@ -367,11 +394,11 @@ def test_file_stored_under_an_older_id_is_replaced_not_duplicated(tmp_path: Path
     corpus = make_corpus(tmp_path, 3)
     s = Settings(store_path=tmp_path / "store", device="cpu")
     # ids relative to tmp_path are exactly what the old scheme gave "chunkless ingest corpus/"
-    pipeline.ingest([corpus], s, embedder=minilm, id_from=tmp_path)
+    ingest([corpus], s, embedder=minilm, id_from=tmp_path)
     store = open_store(s.store)
     assert set(store.headers()) == {f"corpus/doc00{i}.txt" for i in range(3)}
     store.close()
-    report = pipeline.ingest([corpus], s, embedder=minilm)
+    report = ingest([corpus], s, embedder=minilm)
     assert report.documents == 3 and report.replaced == 3
     store = open_store(s.store)
     assert set(store.headers()) == {doc_id(corpus / f"doc00{i}.txt") for i in range(3)}
@@ -383,10 +410,10 @@ def test_id_from_outside_root_and_doc_id_for_many_files_are_refused(tmp_path: Pa
     corpus = make_corpus(tmp_path, 2)
     s = Settings(store_path=tmp_path / "store", device="cpu")
     with pytest.raises(InputError, match="--doc-id names one file"):
-        pipeline.ingest([corpus], s, doc_id="x")
+        ingest([corpus], s, doc_id="x")
     other = tmp_path / "elsewhere"
     other.mkdir()
-    report = pipeline.ingest([corpus / "doc000.txt"], s, id_from=other)
+    report = ingest([corpus / "doc000.txt"], s, id_from=other)
     [failure] = report.failures
     assert "not under --id-from" in failure.reason and report.documents == 0
 
@@ -404,7 +431,7 @@ def test_run_that_finds_no_supported_file_says_so_and_fails(tmp_path: Path, caps
 
 
 def test_progress_counts_tokens_within_a_file() -> None:
-    bar = pipeline.Progress(2, bar=False, clock=lambda: 10.0)
+    bar = Progress(2, bar=False, clock=lambda: 10.0)
     bar.working("big.txt", 250, 1000)
     assert bar.files == pytest.approx(0.25) and bar.tokens_seen == 250
     bar.advance("stored", "big.txt", 1000)
@@ -414,8 +441,8 @@ def test_progress_counts_tokens_within_a_file() -> None:
 
 def test_non_terminal_progress_logs_a_heartbeat_every_few_seconds(caplog: pytest.LogCaptureFixture) -> None:
     now = [0.0]
-    bar = pipeline.Progress(1, bar=False, clock=lambda: now[0], every_s=5.0)
-    with caplog.at_level(logging.INFO, logger="indexer.pipeline"):
+    bar = Progress(1, bar=False, clock=lambda: now[0], every_s=5.0)
+    with caplog.at_level(logging.INFO, logger="indexer.ingest"):
         now[0] = 4.9
         assert not bar.tick()  # too soon
         bar.working("huge.txt", 3000, 12000)
@@ -449,11 +476,11 @@ def test_long_document_in_parts_stores_what_a_whole_embedding_stores(
     common = {"device": "cpu", "batch_tokens": 256, "segment_tokens": 300, "storage_pool": pool}
     parts = Settings(store_path=tmp_path / "parts", **common)
     whole = Settings(store_path=tmp_path / "whole", **common)
-    # the real model goes part by part (parts of 2 windows here); wrapped, it embeds the document whole
-    assert pipeline.ingest([corpus], parts, embedder=minilm).documents == 1
-    assert pipeline.ingest([corpus], whole, embedder=CountingEmbedder(minilm)).documents == 1
+    # the real model goes part by part (parts of 2 windows here); declared unable to, it embeds the document whole
+    assert ingest([corpus], parts, embedder=minilm).documents == 1
+    assert ingest([corpus], whole, embedder=WholeDocuments(minilm)).documents == 1
     a, b = snapshot(parts), snapshot(whole)
-    assert_same(a, b)
+    assert_same(a, b, float16_rounding=True)  # the default storage dtype
     [(_, n_tokens, n_segments)] = a["headers"].values()
     assert n_segments > 3 and n_tokens > 2400
     sa, sb = open_store(parts.store), open_store(whole.store)
@@ -473,19 +500,67 @@ def test_long_document_in_parts_stores_what_a_whole_embedding_stores(
         sb.close()
 
 
+class ForwardPasses:
+    """Counts the forward passes of a real torch model (a hook on it) while the `with` block runs."""
+
+    def __init__(self, model: torch.nn.Module) -> None:
+        self.model, self.n = model, 0
+
+    def __enter__(self) -> ForwardPasses:
+        self._hook = self.model.register_forward_hook(self._count)
+        return self
+
+    def _count(self, *_: object) -> None:
+        self.n += 1
+
+    def __exit__(self, *exc: object) -> None:
+        self._hook.remove()
+
+
+def test_a_wrapped_model_embeds_long_documents_in_parts_and_a_query_in_one_pass(
+    tmp_path: Path, minilm: HFTokenEmbedder
+) -> None:
+    corpus = tmp_path / "corpus"
+    corpus.mkdir()
+    (corpus / "long.txt").write_text(long_text(2400))
+    common = {"device": "cpu", "batch_tokens": 256, "segment_tokens": 300}
+    bare, wrapped_s, serial_s = (Settings(store_path=tmp_path / n, **common) for n in ("bare", "wrapped", "serial"))
+    assert ingest([corpus], bare, embedder=minilm).documents == 1
+    # wrappers forward the declared capability: the document never reaches embed_documents whole
+    counting = CountingEmbedder(minilm)
+    assert counting.capabilities.part_wise
+    with ForwardPasses(minilm.model) as passes:
+        assert ingest([corpus], wrapped_s, embedder=counting).documents == 1
+    assert counting.docs == 0 and passes.n > 1
+    # the service's wrapper too, taking its lock per part
+    serial = SerialEmbedder(CountingEmbedder(minilm))
+    assert ingest([corpus], serial_s, embedder=serial).documents == 1
+    assert isinstance(serial.inner, CountingEmbedder) and serial.inner.docs == 0
+    a = snapshot(bare)
+    assert_same(a, snapshot(wrapped_s))
+    assert_same(a, snapshot(serial_s))
+    assert a["headers"][doc_id(corpus / "long.txt")][2] > 3  # segments written part by part
+
+    # a query's pooled and token vectors (segments are ranked by MaxSim) come from one forward pass
+    for model in (counting, serial):
+        with Retriever(wrapped_s.updated(rerank_k=0), embedder=model) as r, ForwardPasses(minilm.model) as passes:
+            assert r.search("Which mountain has a glacier?").spans
+        assert passes.n == 1
+
+
 def test_parts_report_progress_within_the_file(minilm: HFTokenEmbedder) -> None:
     doc = LoadedDocument(doc_id="big", source="big.txt", title="big", text=long_text(1200), content_hash="0" * 64)
     seen: list[tuple[int, int]] = []
-    items = list(parts.embed_in_parts(doc, parts.HFWindows(minilm), 256, 1, None, lambda d, t: seen.append((d, t))))
+    items = list(long_documents.embed_in_parts(doc, minilm.windows(), 256, 1, None, lambda d, t: seen.append((d, t))))
     total = seen[-1][1]
     assert len(seen) > 3 and seen[-1][0] == total and seen[0][0] < total
     assert [d for d, _ in seen] == sorted(d for d, _ in seen)
-    assert isinstance(items[-1], parts.PartCommit) and items[-1].n_tokens == total
+    assert isinstance(items[-1], long_documents.PartCommit) and items[-1].n_tokens == total
 
 
 def test_tokenizing_in_pieces_equals_one_call(minilm: HFTokenEmbedder) -> None:
     text = long_text(600) + "\n\nUnicode — naïve café.  Double  spaces and tabs\there."
-    ids, offsets = parts.tokenize_long(parts.HFWindows(minilm), text, chunk_chars=200)
+    ids, offsets = tokenize_long(minilm.windows(), text, chunk_chars=200)
     whole_ids, whole_off = minilm.tokenize(text)
     assert ids.tolist() == whole_ids
     np.testing.assert_array_equal(offsets, whole_off)

@@ -6,9 +6,10 @@ import pymupdf
 import pytest
 
 from indexer.discover import discover
-from indexer.loaders import load_file, load_paths
+from indexer.reading import load_file
 from schemas.errors import InputError
 from schemas.models import IngestFailure, LoadedDocument
+from tests.support import load_paths
 
 PAGES = [
     "Alpha page talks about glaciers and ice sheets.",

@@ -8,10 +8,11 @@ from pathlib import Path
 import numpy as np
 import pytest
 
-import indexer.parts as parts
-from indexer.embedders import HFTokenEmbedder, assign_central, window_starts
+import indexer.long_documents as long_documents
+from indexer.embedders import HFTokenEmbedder
 from indexer.store import edge, open_or_create_store
 from indexer.store.backend import folder_bytes
+from indexer.windows import assign_central, owners, window_bounds, window_starts
 from schemas.models import LoadedDocument
 from schemas.settings import Settings
 from tests.support import fake_embedded
@@ -27,18 +28,18 @@ def text_of(words: int, seed: int = 3) -> str:
 def test_window_plan_and_owners_of_a_token_range_are_the_whole_document_ones() -> None:
     for n, width, stride in [(5000, 254, 190), (1000, 62, 46), (777, 64, 64), (300, 128, 32), (50, 64, 48)]:
         bounds = np.array([[s, min(s + width, n)] for s in window_starts(n, width, stride)], dtype=np.int64)
-        np.testing.assert_array_equal(parts.window_bounds(n, width, stride), bounds)
+        np.testing.assert_array_equal(window_bounds(n, width, stride), bounds)
         whole = assign_central(n, bounds)
         rng = np.random.default_rng(n)
         for ts, te in [(0, n), (0, 1), (n - 1, n), *(sorted(rng.choice(n + 1, 2, replace=False)) for _ in range(20))]:
-            np.testing.assert_array_equal(parts.owners(bounds, int(ts), int(te)), whole[ts:te])
+            np.testing.assert_array_equal(owners(bounds, int(ts), int(te)), whole[ts:te])
 
 
 def test_token_stream_holds_a_sliding_range(tiny_qwen: HFTokenEmbedder) -> None:
     text = text_of(3000)
-    win = parts.HFWindows(tiny_qwen)
+    win = tiny_qwen.windows()
     whole_ids, whole_off = tiny_qwen.tokenize(text)
-    tokens = parts.TokenStream(win, text, chunk_chars=500)
+    tokens = long_documents.TokenStream(win, text, chunk_chars=500)
     assert tokens.n == len(whole_ids) and tokens.end == 0  # counted, nothing held yet
     step = 700
     for s in range(0, tokens.n, step):
@@ -55,8 +56,8 @@ def _traced_peak(doc: LoadedDocument, embedder: HFTokenEmbedder) -> tuple[int, i
     try:
         rows = 0
         n_tokens = 0
-        for item in parts.embed_in_parts(doc, parts.HFWindows(embedder), 1024, 1, 512, chunk_chars=2000):
-            if isinstance(item, parts.PartWrite):
+        for item in long_documents.embed_in_parts(doc, embedder.windows(), 1024, 1, 512, chunk_chars=2000):
+            if isinstance(item, long_documents.PartWrite):
                 rows += sum(len(s.vectors) for s in item.segments)
             else:
                 n_tokens = item.n_tokens

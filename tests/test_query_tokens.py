@@ -30,7 +30,7 @@ from retriever.relevance import (
     similarities,
     token_relevance,
 )
-from retriever.sentences import SentenceTables
+from retriever.sentence_table import SentenceTables
 from retriever.spans import smooth
 from schemas.errors import QueryError
 from schemas.models import SpanResult

@@ -9,11 +9,11 @@ import pymupdf
 import pytest
 
 from indexer.discover import discover
-from indexer.loaders import load_file
-from indexer.reading import read_document
+from indexer.reading import load_file, read_document
 from retriever.fetch import Layout
 from retriever.methods.structured import answer_range
-from schemas.structure import DocStructure, check_offsets
+from schemas.structure import DocStructure
+from tests.support import check_offsets
 
 TITLE = "ACME Widget Manual"
 SECTIONS = [  # (printed heading, level, physical page index, body paragraphs)

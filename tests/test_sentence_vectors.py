@@ -11,12 +11,12 @@ import pytest
 import torch
 
 from indexer.embedders import DelegatingEmbedder, HFTokenEmbedder
-from indexer.pipeline import ingest
+from indexer.ingest import ingest
 from indexer.sentence_vectors import sentence_chars
 from indexer.store import TokenStore, open_store
 from retriever import Retriever
 from retriever.fetch import Fetcher
-from retriever.sentences import doc_sentences
+from retriever.sentence_table import doc_sentences
 from schemas.errors import StoreMismatchError
 from schemas.models import LoadedDocument
 from schemas.settings import Settings

@@ -26,7 +26,7 @@ import pytest
 import uvicorn
 
 from indexer.embedders import HFTokenEmbedder
-from indexer.pipeline import ingest
+from indexer.ingest import ingest
 from indexer.store import Match, Where, open_store
 from retriever import RemoteRetriever, Retriever, cli
 from retriever.serve.app import create_app

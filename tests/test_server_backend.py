@@ -16,11 +16,10 @@ from pathlib import Path
 import numpy as np
 import pytest
 
-from indexer import codec
 from indexer.store import Match, NewPoint, Where, open_or_create_store, open_store, segment_id
 from indexer.store.server import ServerBackend
 from schemas.settings import Settings
-from tests.support import fake_embedded
+from tests.support import decode_plain_numpy, fake_embedded
 
 
 @pytest.fixture
@@ -53,7 +52,7 @@ def test_dtype_round_trip(tmp_path: Path, dtype: str, tol: float) -> None:
     emb = fake_embedded("a", 300, 64, 4)
     store.write_document(emb)
     seg = store.fetch_segments({"a": "a" * 64})["a"][0]
-    decoded = codec.decode_plain_numpy(seg.stored, seg.scales, dtype)
+    decoded = decode_plain_numpy(seg.stored, seg.scales, dtype)
     assert np.abs(decoded - emb.vectors).max() < tol
     store.close()
 

@@ -25,7 +25,7 @@ import numpy as np
 import pytest
 
 from indexer.embedders import HFTokenEmbedder
-from indexer.pipeline import ingest
+from indexer.ingest import ingest
 from indexer.store import open_or_create_store, open_store
 from indexer.store.backend import RESERVE_BYTES, WRITE_FACTOR, storage_fault
 from indexer.store.server import grpc_port_for

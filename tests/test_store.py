@@ -7,13 +7,12 @@ import itertools
 import numpy as np
 import pytest
 
-from indexer import codec
 from indexer.store import CollectionMeta, DocHeader, open_or_create_store, open_store
 from indexer.store.segments import MAX_MULTIVECTOR_NUMBERS, max_segment_tokens, split_segments
 from schemas.errors import StoreMismatchError, StoreNotFoundError
 from schemas.layout import StorageLayout
 from schemas.settings import Settings
-from tests.support import fake_embedded
+from tests.support import decode_plain_numpy, fake_embedded
 
 
 @pytest.mark.parametrize(("dim", "cap"), [(1024, 1023), (384, 2730)])
@@ -100,7 +99,7 @@ def test_dtype_round_trip_bounds_relevance_error(tmp_path, dtype: str, tol: floa
     emb = fake_embedded("a", 500, 384, 4)
     store.write_document(emb)
     seg = store.fetch_segments({"a": "a" * 64})["a"][0]
-    decoded = codec.decode_plain_numpy(seg.stored, seg.scales, dtype)
+    decoded = decode_plain_numpy(seg.stored, seg.scales, dtype)
     q = np.random.default_rng(5).standard_normal(384).astype(np.float32)
     q /= np.linalg.norm(q)
     err = np.abs(decoded @ q - emb.vectors @ q).max()

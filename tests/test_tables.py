@@ -8,12 +8,11 @@ from pathlib import Path
 import pymupdf
 import pytest
 
-from indexer.loaders import load_file
-from indexer.reading import read_document
+from indexer.reading import load_file, read_document
 from retriever.fetch import Layout
 from retriever.methods.structured import answer_range
 from schemas.models import LoadedDocument
-from schemas.structure import check_offsets
+from tests.support import check_offsets
 from tests.test_reading import make_manual
 
 ROWS = [  # (cells, one printed line per cell); the last cell of row 3 wraps over two lines

@@ -9,11 +9,11 @@ from __future__ import annotations
 from indexer.embedders.base import (
     Capabilities,
     DelegatingEmbedder,
+    EncodedQuery,
     TokenEmbedder,
     VectorKind,
-    assign_central,
+    WindowEmbedder,
     clean_offsets,
-    window_starts,
 )
 from indexer.embedders.device import pick_device, pick_dtype
 from indexer.embedders.folder import (
@@ -24,7 +24,7 @@ from indexer.embedders.folder import (
     trained_length,
 )
 from indexer.embedders.hf import ColBERTEmbedder, HFTokenEmbedder
-from indexer.embedders.jina import RemoteCodeEmbedder
+from indexer.embedders.remote_code import RemoteCodeEmbedder
 from schemas.settings import ModelSettings, Settings
 
 
@@ -56,12 +56,13 @@ __all__ = [
     "Capabilities",
     "ColBERTEmbedder",
     "DelegatingEmbedder",
+    "EncodedQuery",
     "HFTokenEmbedder",
     "ModelFolder",
     "RemoteCodeEmbedder",
     "TokenEmbedder",
     "VectorKind",
-    "assign_central",
+    "WindowEmbedder",
     "canonical_name",
     "clean_offsets",
     "load_embedder",
@@ -70,5 +71,4 @@ __all__ = [
     "qwen3_tokenizer_dir",
     "resolve_model_path",
     "trained_length",
-    "window_starts",
 ]

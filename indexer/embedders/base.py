@@ -1,12 +1,15 @@
-"""The one contract every embedding backend meets, and the windowing all of them share.
+"""The one contract every embedding backend meets.
 
 A `TokenEmbedder` turns a document into one unit vector per token (with the token's character range in
 the document text), one pooled vector per embedding window and one for the whole document; it turns a
-query into a pooled vector and, where the model has them, into query token vectors. What a backend can
-do is declared in its `Capabilities`, never discovered by probing for methods.
+query into a pooled vector and, where the model has them, into query token vectors (`encode_queries`
+gives both). What a backend can do is declared in its `Capabilities`, never discovered by probing for
+methods or testing its class: a wrapper (`DelegatingEmbedder`) declares what it forwards.
 
-Long documents are cut into overlapping windows; each token keeps the vector from the window in which
-it sits most centrally, where it saw the most context on both sides.
+Long documents are cut into overlapping windows (`indexer.windows`); each token keeps the vector from
+the window in which it sits most centrally, where it saw the most context on both sides. A backend
+whose capabilities say `part_wise` also hands out its window machinery (`windows()`), so a document of
+any length can be embedded a part at a time (`indexer.long_documents`).
 """
 
 from __future__ import annotations
@@ -14,10 +17,11 @@ from __future__ import annotations
 from abc import ABC, abstractmethod
 from collections.abc import Sequence
 from dataclasses import dataclass
-from typing import Literal
+from typing import Literal, Protocol
 
 import numpy as np
 
+from indexer.windows import assign_central
 from schemas.errors import QueryError
 from schemas.models import EmbeddedDocument, LoadedDocument
 
@@ -35,12 +39,52 @@ class Capabilities:
             (ColBERT projection, Jina v4 multivector), trained for MaxSim.
         pooling: how the pooled vector is made ("mean", "cls", "last", "token-mean", "model").
         query_tokens: whether `embed_query_tokens` returns the query's token vectors.
+        part_wise: whether `windows()` gives the model's window machinery, so that a long document is
+            embedded a part at a time (memory bounded by the part, not the document) with the vectors a
+            whole `embed_documents` gives.
     """
 
     backend: str
     vector_kind: VectorKind
     pooling: str
     query_tokens: bool
+    part_wise: bool = False
+
+
+@dataclass(frozen=True)
+class EncodedQuery:
+    """One query's vectors.
+
+    Attributes:
+        pooled: (dim,) float32 unit vector, in the model's query form.
+        tokens: (m, dim) float32 unit vectors of its tokens, for MaxSim; None when the model has none
+            (`Capabilities.query_tokens` False).
+    """
+
+    pooled: np.ndarray
+    tokens: np.ndarray | None
+
+
+class WindowEmbedder(Protocol):
+    """A model's window machinery, for embedding a long document part by part (`indexer.long_documents`).
+
+    Attributes:
+        dim: vector size.
+        content: content tokens per window (special tokens excluded).
+        stride: tokens between window starts.
+    """
+
+    dim: int
+    content: int
+    stride: int
+
+    def tokenize(self, text: str) -> tuple[list[int], np.ndarray]:
+        """Token ids of `text` without special tokens, and their (n, 2) character offsets."""
+        ...
+
+    def embed_windows(self, windows: Sequence[np.ndarray]) -> list[tuple[np.ndarray, np.ndarray]]:
+        """Embed each window's content token ids; per window (len, dim) hidden rows and a (dim,) unit pooled vector."""
+        ...
 
 
 class TokenEmbedder(ABC):
@@ -156,10 +200,56 @@ class TokenEmbedder(ABC):
             "set CHUNKLESS_FETCH_RANK=pooled and CHUNKLESS_RECALL_MAXSIM=false"
         )
 
+    def encode_queries(self, queries: Sequence[str]) -> list[EncodedQuery]:
+        """Each query's pooled vector and, when `capabilities.query_tokens`, its token vectors.
+
+        This default embeds twice (`embed_queries`, then `embed_query_tokens` per query); a backend that
+        gets both from one forward pass overrides it.
+
+        Args:
+            queries: the questions.
+
+        Returns:
+            One `EncodedQuery` per query, in order.
+
+        Raises:
+            QueryError: a query is empty or too long.
+        """
+        if not queries:
+            return []
+        pooled = np.asarray(self.embed_queries(queries), dtype=np.float32)
+        if not self.capabilities.query_tokens:
+            return [EncodedQuery(p, None) for p in pooled]
+        return [
+            EncodedQuery(p, np.asarray(self.embed_query_tokens(q), dtype=np.float32))
+            for p, q in zip(pooled, queries, strict=True)
+        ]
+
+    def windows(self) -> WindowEmbedder:
+        """The model's window machinery, when `capabilities.part_wise` says it has one.
+
+        Returns:
+            Its tokenizer, window plan and forward pass over windows; the vectors `embed_documents` stitches.
+
+        Raises:
+            NotImplementedError: this backend embeds documents whole only.
+        """
+        raise NotImplementedError(
+            f"model '{self.name}' embeds documents whole (capabilities.part_wise is False); it has no windows()"
+        )
+
 
 class DelegatingEmbedder(TokenEmbedder):
     """A TokenEmbedder that forwards everything to another one; subclass it to wrap a model
-    (count calls, cache vectors, serve precomputed queries) and override only what changes."""
+    (count calls, cache vectors, serve precomputed queries) and override only what changes.
+
+    It declares the inner model's capabilities and forwards `encode_queries` and `windows()` as they
+    are, so a wrapped model keeps its one-pass query encoding and its part-by-part embedding. A wrapper
+    that changes how queries are embedded overrides `encode_queries` too; one that changes how
+    documents are embedded either wraps `windows()` as well or declares `part_wise=False`
+    (`dataclasses.replace(inner.capabilities, part_wise=False)`), so every document reaches its
+    `embed_documents`.
+    """
 
     def __init__(self, inner: TokenEmbedder) -> None:
         self.inner = inner
@@ -181,47 +271,17 @@ class DelegatingEmbedder(TokenEmbedder):
     def embed_query_tokens(self, query: str) -> np.ndarray:
         return self.inner.embed_query_tokens(query)
 
+    def encode_queries(self, queries: Sequence[str]) -> list[EncodedQuery]:
+        return self.inner.encode_queries(queries)
+
+    def windows(self) -> WindowEmbedder:
+        return self.inner.windows()
+
     def embed_texts(self, texts: Sequence[str]) -> np.ndarray:
         return self.inner.embed_texts(texts)
 
 
-# --- windowing shared by every backend ---------------------------------------------------------------
-
-
-@dataclass(frozen=True)
-class Window:
-    """Tokens [start, end) of document `doc` (an index into the batch) embedded in one model call."""
-
-    doc: int
-    start: int
-    end: int
-
-
-def window_starts(n_tokens: int, width: int, stride: int) -> list[int]:
-    """Start offsets of windows of `width` tokens every `stride` tokens, the last one flush with the end."""
-    if n_tokens <= width:
-        return [0]
-    starts = list(range(0, n_tokens - width, stride))
-    starts.append(n_tokens - width)
-    return starts
-
-
-def plan_windows(lengths: Sequence[int], width: int, stride: int) -> list[Window]:
-    """All windows of a batch of documents of `lengths` tokens, in document order."""
-    return [Window(k, s, min(s + width, n)) for k, n in enumerate(lengths) for s in window_starts(n, width, stride)]
-
-
-def assign_central(n_tokens: int, bounds: np.ndarray) -> np.ndarray:
-    """For each token, the index of the window (bounds: (n_windows, 2)) where it is most central."""
-    best = np.full(n_tokens, -1, dtype=np.int64)
-    best_margin = np.full(n_tokens, -1, dtype=np.int64)
-    idx = np.arange(n_tokens)
-    for w, (s, e) in enumerate(bounds):  # loop over windows (few), not tokens
-        margin = np.minimum(idx[s:e] - s, e - 1 - idx[s:e])
-        better = margin > best_margin[s:e]
-        best[s:e][better] = w
-        best_margin[s:e][better] = margin[better]
-    return best
+# --- what every backend shares ---------------------------------------------------------------------
 
 
 def clean_offsets(offsets: np.ndarray, text_len: int) -> np.ndarray:

@@ -2,12 +2,17 @@
 
 Both feed token ids straight to the model in batches bounded by padded tokens, longest first, so a
 batch holds windows of similar length and little padding; the tokenizer runs once per document,
-outside the forward pass.
+outside the forward pass. Both embed long documents part by part (`windows()`), and both give a
+query's pooled and token vectors from one forward pass (`encode_queries`), optionally through an
+int8 copy of the model (`ModelSettings.query_int8`: Linear layers dynamically quantized, CPU only;
+documents stay embedded by the float model).
 """
 
 from __future__ import annotations
 
+import copy
 import importlib
+import threading
 from collections.abc import Sequence
 from pathlib import Path
 from typing import Any
@@ -17,15 +22,16 @@ import torch
 
 from indexer.embedders.base import (
     Capabilities,
+    EncodedQuery,
     TokenEmbedder,
-    Window,
+    WindowEmbedder,
     clean_offsets,
-    plan_windows,
     stitch,
     unit_rows,
 )
 from indexer.embedders.device import pick_device, pick_dtype
 from indexer.embedders.folder import ModelFolder, canonical_name, read_json, resolve_model_path
+from indexer.windows import Window, plan_windows
 from schemas.errors import ModelLoadError, QueryError
 from schemas.models import EmbeddedDocument, LoadedDocument
 from schemas.settings import ModelSettings, Settings
@@ -78,10 +84,18 @@ def masked_mean(x: torch.Tensor, mask: torch.Tensor) -> torch.Tensor:
     return torch.bmm(m.unsqueeze(1), x).squeeze(1) / m.sum(1, keepdim=True).clamp(min=1)
 
 
-class WindowedModel(TokenEmbedder):
-    """Shared machinery of transformers backends: windows, token-budgeted batches, stitching.
+def int8_copy(model: torch.nn.Module) -> torch.nn.Module:
+    """A copy of `model` with every Linear layer dynamically quantized to int8 (CPU only)."""
+    from torch.ao.quantization import quantize_dynamic
 
-    Subclasses set the capabilities and implement `_head` (hidden states -> token vectors and pooled vector).
+    return quantize_dynamic(copy.deepcopy(model).float().cpu(), {torch.nn.Linear}, dtype=torch.qint8).eval()
+
+
+class WindowedModel(TokenEmbedder):
+    """Shared machinery of transformers backends: windows, token-budgeted batches, stitching, query encoding.
+
+    Subclasses set the capabilities and implement `_head` (hidden states -> token vectors and pooled vector),
+    `_query_inputs` and `_encoded` (a query's model inputs, and its vectors from the one forward pass).
     """
 
     def _setup(
@@ -118,10 +132,25 @@ class WindowedModel(TokenEmbedder):
         self.pad_id = int(pad if pad is not None else suffix[0] if suffix else 0)
         self.batch_tokens = settings.batch_tokens
         self.max_query_tokens = min(settings.max_query_tokens, self.content)
+        self.query_int8 = settings.query_int8 and self.device.type == "cpu"
+        self._int8: WindowedModel | None = None  # built on the first query: ingest never needs it
+        self._int8_lock = threading.Lock()
 
-    # --- subclass hook ---------------------------------------------------------------------------
+    # --- subclass hooks --------------------------------------------------------------------------
     def _head(self, hidden: torch.Tensor, mask: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
         """(b, L, h) hidden states and (b, L) attention mask -> (b, L, dim) token vectors, (b, dim) pooled."""
+        raise NotImplementedError
+
+    def _query_inputs(self, queries: Sequence[str]) -> tuple[list[list[int]], list[int] | None]:
+        """Model input ids of each query in its query form, and how many of them are attended (None: all).
+
+        Raises:
+            QueryError: a query is empty or too long.
+        """
+        raise NotImplementedError
+
+    def _encoded(self, seq: Sequence[int], rows: np.ndarray, pooled: np.ndarray) -> EncodedQuery:
+        """A query's vectors from its forward pass: `rows` (len(seq), dim) as the model gave them, `pooled` unit."""
         raise NotImplementedError
 
     # --- shared ----------------------------------------------------------------------------------
@@ -196,6 +225,36 @@ class WindowedModel(TokenEmbedder):
         windows = plan_windows([len(ids) for ids, _ in tokenized], self.content, self.stride)
         seqs = [self.prefix + tokenized[w.doc][0][w.start : w.end] + self.suffix for w in windows]
         return tokenized, windows, seqs
+
+    def windows(self) -> WindowEmbedder:
+        return HFWindows(self)
+
+    def encode_queries(self, queries: Sequence[str]) -> list[EncodedQuery]:
+        """Pooled and token vectors of every query from one batched forward pass (int8 with `query_int8`).
+
+        Returns:
+            One `EncodedQuery` per query, in order.
+
+        Raises:
+            QueryError: a query is empty or too long.
+        """
+        seqs, attend = self._query_inputs(queries)
+        if not seqs:
+            return []
+        res = self._query_model().encode(seqs, attend)
+        return [self._encoded(seq, rows, pooled) for seq, (rows, pooled) in zip(seqs, res, strict=True)]
+
+    def _query_model(self) -> WindowedModel:
+        """The embedder queries run through: this one, or its twin around an int8 copy of the model."""
+        if not self.query_int8:
+            return self
+        with self._int8_lock:
+            if self._int8 is None:
+                twin = copy.copy(self)  # the same tokenizer, prompts and settings
+                twin.query_int8 = False
+                twin.model = int8_copy(self.model)
+                self._int8 = twin
+            return self._int8
 
     def window_batches(self, docs: Sequence[LoadedDocument]) -> list[tuple[torch.Tensor, torch.Tensor]]:
         """The exact (ids, mask) batches `embed_documents(docs)` runs through the model, for benchmarks."""
@@ -297,7 +356,7 @@ class HFTokenEmbedder(WindowedModel):
         if doc_prompt:
             prefix = prefix + list(tokenizer(doc_prompt, add_special_tokens=False)["input_ids"])
         self.capabilities = Capabilities(
-            backend="hf-pooled", vector_kind="pooled-hidden", pooling=pooling, query_tokens=True
+            backend="hf-pooled", vector_kind="pooled-hidden", pooling=pooling, query_tokens=True, part_wise=True
         )
         self.dim = int(model.config.hidden_size)  # type: ignore[union-attr,arg-type]
         self.query_prompt = folder.prompt("query")
@@ -341,6 +400,14 @@ class HFTokenEmbedder(WindowedModel):
         ids = self.query_ids(query)
         rows = self.encode([ids])[0][0][len(self.prefix_for_query) : len(ids) - len(self.suffix)]
         return unit_rows(rows)
+
+    def _query_inputs(self, queries: Sequence[str]) -> tuple[list[list[int]], list[int] | None]:
+        return [self.query_ids(q) for q in queries], None
+
+    def _encoded(self, seq: Sequence[int], rows: np.ndarray, pooled: np.ndarray) -> EncodedQuery:
+        content = np.ascontiguousarray(rows[len(self.prefix_for_query) : len(seq) - len(self.suffix)])
+        tokens = torch.nn.functional.normalize(torch.from_numpy(content), dim=-1)
+        return EncodedQuery(np.asarray(pooled, dtype=np.float32), tokens.numpy().astype(np.float32))
 
 
 def load_dense(path: Path) -> tuple[torch.nn.Module, int]:
@@ -389,7 +456,7 @@ class ColBERTEmbedder(WindowedModel):
         self.dense, self.dim = load_dense(dense_path)
         st = folder.st_config
         self.capabilities = Capabilities(
-            backend="colbert", vector_kind="multivector", pooling="token-mean", query_tokens=True
+            backend="colbert", vector_kind="multivector", pooling="token-mean", query_tokens=True, part_wise=True
         )
         cls_id, sep_id = tokenizer.cls_token_id, tokenizer.sep_token_id
         self.query_marker = self._marker(tokenizer, str(st.get("query_prefix", "[unused0]")))
@@ -436,3 +503,27 @@ class ColBERTEmbedder(WindowedModel):
     def embed_query_tokens(self, query: str) -> np.ndarray:
         seqs, attend = self._query_seqs([query])
         return unit_rows(self.encode(seqs, attend)[0][0])
+
+    def _query_inputs(self, queries: Sequence[str]) -> tuple[list[list[int]], list[int] | None]:
+        return self._query_seqs(queries)
+
+    def _encoded(self, seq: Sequence[int], rows: np.ndarray, pooled: np.ndarray) -> EncodedQuery:
+        # expansion tokens are query vectors too: pooled and token vectors both take every row
+        return EncodedQuery(unit_rows(rows.mean(0)), unit_rows(rows))
+
+
+class HFWindows:
+    """`WindowEmbedder` over a transformers backend: the same tokenizer, windows and forward pass it uses."""
+
+    def __init__(self, embedder: WindowedModel) -> None:
+        self._e = embedder
+        self.dim, self.content, self.stride = embedder.dim, embedder.content, embedder.stride
+
+    def tokenize(self, text: str) -> tuple[list[int], np.ndarray]:
+        return self._e.tokenize(text)
+
+    def embed_windows(self, windows: Sequence[np.ndarray]) -> list[tuple[np.ndarray, np.ndarray]]:
+        e, p = self._e, len(self._e.prefix)
+        seqs = [e.prefix + [int(i) for i in w] + e.suffix for w in windows]
+        out = e.encode(seqs)
+        return [(h[p : p + len(w)], pooled) for (h, pooled), w in zip(out, windows, strict=True)]

@@ -5,8 +5,8 @@ Public API (import from `indexer.store`):
 - `open_store(settings.store)`, `open_or_create_store(settings.store, model, dim, pooling)` -> `TokenStore`
 - `TokenStore`: write_document, delete_document, remove_orphans, headers, header, recall, maxsim,
   rank_segments, fetch_segments, segment_texts, stats, compact, fit_codec, flush, close
-- `DocHeader` (one document), `CollectionMeta` (the collection), `Candidate`, `StoredSegment`, `Written`,
-  `CompactReport`
+- `DocHeader` (one document), `CollectionMeta` (the collection), `check_embedder` (whether a model's
+  vectors fit a collection), `Candidate`, `StoredSegment`, `Written`, `CompactReport`
 - `PointsBackend` (the documented backend contract), `EdgeBackend`, `make_backend`;
   `indexer.store.server.ServerBackend` (imported on demand: qdrant-client is only needed for a server)
 - `Where`, `Match` (backend-neutral filters), `NewPoint`, `PointRecord`, `VectorSpace`, `to_array`
@@ -27,7 +27,7 @@ from indexer.store.documents import (
     vector_spaces,
 )
 from indexer.store.edge import EdgeBackend
-from indexer.store.meta import CollectionMeta, DocHeader
+from indexer.store.meta import CollectionMeta, DocHeader, check_embedder
 from indexer.store.segments import POINT_NAMESPACE, header_id, max_segment_tokens, segment_id, split_segments
 
 __all__ = [
@@ -48,6 +48,7 @@ __all__ = [
     "VectorSpace",
     "Where",
     "Written",
+    "check_embedder",
     "header_id",
     "make_backend",
     "max_segment_tokens",

@@ -19,10 +19,10 @@ from typing import Any, Literal
 import numpy as np
 
 from indexer.codec import CodecParams, TokenCodec, fit, pool_document
-from indexer.store.alone import AloneKey, read_alone, segment_payload
 from indexer.store.backend import Match, NewPoint, PointRecord, PointsBackend, VectorSpace, Where
 from indexer.store.meta import RECALL_FIELDS, CollectionMeta, DocHeader
 from indexer.store.segments import POINT_NAMESPACE, Segment, header_id, segment_id, split_segments
+from indexer.store.sentence_vectors import SentenceKey, read_sentence_vectors, segment_payload
 from schemas.errors import StoreMismatchError, StoreNotFoundError
 from schemas.layout import StorageLayout
 from schemas.models import EmbeddedDocument, LoadedDocument, SentenceVectors
@@ -210,7 +210,7 @@ class TokenStore:
         Args:
             doc: the document (its text gives each segment's text).
             segs: segments with their final indices, row offsets and character ranges.
-            sentences: the document's sentences' alone vectors, each written with the segment it starts in.
+            sentences: the document's sentence vectors, each written with the segment its sentence starts in.
 
         Returns:
             Token-vector bytes as stored.
@@ -543,8 +543,8 @@ class TokenStore:
             for r in recs
         }
 
-    def sentence_vectors(self, wanted: dict[tuple[str, str], list[int]]) -> dict[AloneKey, np.ndarray]:
-        """The stored alone vectors of the sentences starting in some segments (`indexer.store.alone`).
+    def sentence_vectors(self, wanted: dict[tuple[str, str], list[int]]) -> dict[SentenceKey, np.ndarray]:
+        """The stored sentence vectors of the sentences starting in some segments (`indexer.store.sentence_vectors`).
 
         Args:
             wanted: (doc_id, version) -> segment indices.
@@ -554,7 +554,7 @@ class TokenStore:
         """
         if not self.meta.sentence_vectors:
             return {}
-        return read_alone(self.backend, self.meta.dim, wanted)
+        return read_sentence_vectors(self.backend, self.meta.dim, wanted)
 
     def _check_query(self, q: np.ndarray) -> None:
         if q.shape[-1] != self.meta.dim:
@@ -742,7 +742,7 @@ def open_or_create_store(
             if asked_sv and store.store_sentence_vectors != meta.sentence_vectors:
                 had = "with" if meta.sentence_vectors else "without"
                 raise StoreMismatchError(
-                    f"{where} was created {had} sentences' alone vectors, and store_sentence_vectors "
+                    f"{where} was created {had} sentence vectors, and store_sentence_vectors "
                     f"(CHUNKLESS_STORE_SENTENCE_VECTORS)={store.store_sentence_vectors} asks otherwise; the setting "
                     "applies when a collection is created: ingest into a new collection (--collection NAME) or "
                     "leave the setting unset"

@@ -2,12 +2,15 @@
 
 from __future__ import annotations
 
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 from pydantic import BaseModel, ConfigDict, Field, model_validator
 
 from schemas.errors import StoreMismatchError
 from schemas.layout import StorageDtype, StorageLayout
+
+if TYPE_CHECKING:
+    from indexer.embedders.base import TokenEmbedder
 
 SCHEMA_VERSION = 1
 # the flat fields collections made before `layout` was one object recorded it as
@@ -32,7 +35,7 @@ class CollectionMeta(BaseModel):
     # how the token vectors were made (indexer.embedders Capabilities); older collections were all hf-pooled
     backend: str = "hf-pooled"
     vector_kind: str = "pooled-hidden"
-    # segments carry their sentences' alone vectors (indexer.sentence_vectors); older collections do not
+    # segments carry their sentence vectors (indexer.sentence_vectors); older collections do not
     sentence_vectors: bool = False
 
     @model_validator(mode="before")
@@ -106,6 +109,22 @@ class CollectionMeta(BaseModel):
                 f"{where}: the collection stores {self.layout.dtype} tokens, not {storage_dtype}; "
                 f"set CHUNKLESS_STORAGE_DTYPE={self.layout.dtype} or use a new --collection"
             )
+
+
+def check_embedder(meta: CollectionMeta, embedder: TokenEmbedder, where: str) -> None:
+    """Refuse an embedder whose vectors the collection cannot hold: THE check ingest and search both make.
+
+    Args:
+        meta: the collection's record.
+        embedder: the model about to write into it or query it.
+        where: what the message names (the collection).
+
+    Raises:
+        StoreMismatchError: another model (by canonical identity), dimension, backend or vector kind;
+            the message says which flag fixes it.
+    """
+    e = embedder
+    meta.check(e.name, e.dim, None, where, backend=e.backend, vector_kind=e.vector_kind)
 
 
 class DocHeader(BaseModel):

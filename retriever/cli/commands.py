@@ -20,12 +20,12 @@ from schemas.errors import EXIT_FILES_FAILED, QueryError
 
 
 def cmd_ingest(args: argparse.Namespace) -> int:
-    from indexer.pipeline import ingest
+    from indexer.ingest import ingest
 
     settings = settings_of(args)
     bar = not args.quiet and sys.stderr.isatty()  # a bar in a log file is noise: plain lines there instead
     if not bar:
-        logging.getLogger("indexer.pipeline").setLevel(logging.INFO)
+        logging.getLogger("indexer.ingest").setLevel(logging.INFO)
     report = ingest(args.paths, settings, progress=bar, id_from=args.id_from, doc_id=args.doc_id)
     msg = (
         f"ingested {report.documents} documents ({report.tokens} tokens, {report.replaced} replaced, "

@@ -2,7 +2,7 @@
 
 A PDF benchmark folder holds `docs/*.pdf` and `queries.jsonl` ({"query_id", "query", "kind", "doc",
 "gold_text", "gold_pages"}), and no corpus.jsonl. The PDFs go through the real loader
-(indexer.loaders.load_file: reading text + structure), are embedded into a store, and every query
+(indexer.reading.load_file: reading text + structure), are embedded into a store, and every query
 is answered by chunkless and by the 64-token chunk and sentence baselines cut from the same
 reading texts. Measures (the benchmark's score.py, reimplemented here and checked against it):
 
@@ -29,7 +29,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 
 from indexer.embedders import TokenEmbedder, load_embedder
-from indexer.loaders import load_file
+from indexer.reading import load_file
 from indexer.store import open_or_create_store
 from retriever.evaluation.baselines import rank_pieces, sentences, token_chunks
 from retriever.evaluation.benchmark import BenchDoc, Benchmark, BenchQuery

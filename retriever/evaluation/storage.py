@@ -31,7 +31,7 @@ from pathlib import Path
 import numpy as np
 
 from indexer.codec import pool_document
-from indexer.embedders import DelegatingEmbedder, TokenEmbedder, load_embedder
+from indexer.embedders import DelegatingEmbedder, EncodedQuery, TokenEmbedder, load_embedder
 from indexer.store import POINT_NAMESPACE, EdgeBackend, NewPoint, VectorSpace, open_or_create_store, open_store
 from retriever.evaluation.baselines import query_vectors, token_offsets
 from retriever.evaluation.benchmark import Benchmark, BenchQuery, Hit, load_benchmark, score
@@ -160,6 +160,10 @@ class PrecomputedQueries(DelegatingEmbedder):
 
     def embed_queries(self, queries: Sequence[str]) -> np.ndarray:
         return np.stack([self.vectors[q] for q in queries]) if queries else np.zeros((0, self.dim), np.float32)
+
+    def encode_queries(self, queries: Sequence[str]) -> list[EncodedQuery]:
+        # the table's pooled vectors; no token vectors, so search embeds them only where it needs them
+        return [EncodedQuery(self.vectors[q], None) for q in queries]
 
 
 # --- measuring ------------------------------------------------------------------------------------

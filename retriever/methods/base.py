@@ -38,7 +38,7 @@ from retriever.relevance import (
     similarities,
     token_relevance,
 )
-from retriever.sentences import SentenceTable
+from retriever.sentence_table import SentenceTable
 from retriever.spans import TokenSpans, smooth
 from schemas.errors import QueryError
 from schemas.models import SpanResult

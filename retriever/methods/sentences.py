@@ -1,7 +1,7 @@
 """The sentence method (the default): rank whole sentences, then re-rank the best by their sentence vectors.
 
 1. Candidates: every sentence of the candidate documents scored by the cosine of its pooled in-context
-   token vectors with the query (`retriever.sentences`), or for multivector models by MaxSim restricted
+   token vectors with the query (`retriever.sentence_table`), or for multivector models by MaxSim restricted
    to its in-context tokens (`Scorer.sentence_scores`); sentences shorter than `min_sentence_tokens`
    (headings) are skipped; the best max(rerank_k, top) are kept.
 2. Sentences a fetched run of segments cut are finished from the neighbour segments' text.
@@ -33,7 +33,7 @@ from retriever.fetch import DocTokens
 from retriever.lexical import LexicalStats, LexicalUnits, bm25
 from retriever.methods.base import MethodContext, QueryDocs, SpanMethod, span_result
 from retriever.methods.structured import answer_range, structure_masks
-from retriever.sentences import SentenceCandidates, SentenceTable, SentenceTables, complete_cut, cut_sentences
+from retriever.sentence_table import SentenceCandidates, SentenceTable, SentenceTables, complete_cut, cut_sentences
 from schemas.models import SpanResult
 
 

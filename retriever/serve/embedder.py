@@ -8,7 +8,7 @@ from contextlib import contextmanager
 
 import numpy as np
 
-from indexer.embedders import DelegatingEmbedder, TokenEmbedder
+from indexer.embedders import DelegatingEmbedder, EncodedQuery, TokenEmbedder, WindowEmbedder
 from schemas.models import EmbeddedDocument, LoadedDocument
 
 
@@ -18,9 +18,10 @@ class SerialEmbedder(DelegatingEmbedder):
     The tokenizer (Rust, with mutable truncation state) and the model are not safe to call from two
     threads at once. The `Retriever` serialises its own calls, but an ingest job calls the model from
     its own thread; giving both this one wrapper makes every call, search or ingest, take the same
-    lock. Ingest takes it per document and yields to waiting searches after each one (a plain lock is
-    not fair: the job's thread would take it straight back), so a search waits at most for one
-    document's embedding, and under steady search load ingest still gets every other turn.
+    lock. Ingest takes it per document (a long document: per part, `windows()`) and yields to waiting
+    searches after each one (a plain lock is not fair: the job's thread would take it straight back),
+    so a search waits at most for one document's (or part's) embedding, and under steady search load
+    ingest still gets every other turn.
 
     Args:
         inner: the loaded model.
@@ -90,3 +91,28 @@ class SerialEmbedder(DelegatingEmbedder):
         """Pooled unit vectors (n, dim) of short texts embedded alone (re-ranking)."""
         with self._turn(ingest=False):
             return self.inner.embed_texts(texts)
+
+    def encode_queries(self, queries: Sequence[str]) -> list[EncodedQuery]:
+        """Pooled and token vectors of queries, from one forward pass where the model can."""
+        with self._turn(ingest=False):
+            return self.inner.encode_queries(queries)
+
+    def windows(self) -> WindowEmbedder:
+        """The model's windows for a long upload embedded part by part, each part's forward pass under the
+        lock: a search waits at most for one part, not for the whole document."""
+        return _SerialWindows(self, self.inner.windows())
+
+
+class _SerialWindows:
+    """A model's `WindowEmbedder` whose every call takes the `SerialEmbedder`'s turn."""
+
+    def __init__(self, owner: SerialEmbedder, inner: WindowEmbedder) -> None:
+        self._owner, self._inner = owner, inner
+        self.dim, self.content, self.stride = inner.dim, inner.content, inner.stride
+
+    def tokenize(self, text: str) -> tuple[list[int], np.ndarray]:
+        return self._owner.tokenize(text)
+
+    def embed_windows(self, windows: Sequence[np.ndarray]) -> list[tuple[np.ndarray, np.ndarray]]:
+        with self._owner._turn(ingest=True):
+            return self._inner.embed_windows(windows)

@@ -14,7 +14,7 @@ from pathlib import Path
 from typing import Any
 
 from indexer.embedders import TokenEmbedder
-from indexer.pipeline import ingest
+from indexer.ingest import ingest
 from indexer.store import TokenStore
 from retriever.serve.models import Job
 from schemas.errors import ChunklessError, ShuttingDownError

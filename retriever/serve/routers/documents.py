@@ -17,7 +17,7 @@ from fastapi.concurrency import run_in_threadpool
 from fastapi.responses import Response
 from starlette.datastructures import UploadFile
 
-from indexer.loaders import SUPPORTED_SUFFIXES
+from indexer.admit import SUPPORTED_SUFFIXES
 from retriever.serve.deps import ServiceDep, UploadLimit
 from retriever.serve.errors import ApiError
 from retriever.serve.models import API_VERSION, Deleted, DocumentInfo, DocumentsPage, Job

@@ -1,14 +1,18 @@
-"""Embed and store a long document part by part: memory per document does not grow with its length.
+"""Long documents, embedded and written part by part: memory per document does not grow with its length.
+
+An ingest run sends a document here when it is longer than one embedding batch and the model can
+(`Capabilities.part_wise`, its `windows()`); `embed_in_parts` yields the segments to write as they are
+ready, then the header, and the run's writer stores them in that order.
 
 The text is tokenized in pieces of about 64 KB cut between words, once to count its tokens (the
 window plan and the balanced segment cuts need the total) and again as the embedding reaches each
 piece (`TokenStream`), so ids and offsets are held only for a sliding range. Windows are planned
-exactly as `embed_documents` plans them and embedded a part at a time; each token takes its vector
-from the window where it is most central, found among the windows over that part (`owners`), so
-every token gets the same vector as a whole-document embedding. A segment is written as soon as all
-its rows are embedded and no window still to come overlaps it (its pooled vector weighs every window
-that covers it); the header, committed last, needs only a running weighted sum of the window pooled
-vectors, so a killed run leaves orphan segments and never a half-visible document.
+exactly as `embed_documents` plans them (`indexer.windows`) and embedded a part at a time; each token
+takes its vector from the window where it is most central, found among the windows over that part
+(`owners`), so every token gets the same vector as a whole-document embedding. A segment is written
+as soon as all its rows are embedded and no window still to come overlaps it (its pooled vector
+weighs every window that covers it); the header, committed last, needs only a running weighted sum
+of the window pooled vectors, so a killed run leaves orphan segments and never a half-visible document.
 
 What stays in memory per document: its text (the caller's), the window plan (16 B a window of a few
 hundred tokens), and a bounded working set: one part's tokens and embedded rows plus at most one
@@ -19,59 +23,20 @@ from __future__ import annotations
 
 import dataclasses
 import re
-from collections.abc import Callable, Iterator, Sequence
+from collections.abc import Callable, Iterator
 from dataclasses import dataclass
-from typing import Protocol
 
 import numpy as np
 
 from indexer.codec import pool_document
-from indexer.embedders.hf import WindowedModel
+from indexer.embedders import WindowEmbedder
 from indexer.store.segments import Segment, max_segment_tokens, split_segments
+from indexer.windows import owners, window_bounds
 from schemas.errors import InputError
 from schemas.models import EmbeddedDocument, LoadedDocument
 
 TOKENIZE_CHARS = 1 << 16  # text per tokenizer call: its Encoding objects cost hundreds of bytes a token
 _CUT = re.compile(r"(?<=\S) (?=\S)")  # a single space between two words: no tokenizer merges across it
-
-
-class WindowEmbedder(Protocol):
-    """What part-wise embedding needs from a model: its tokenizer, window plan and a forward pass.
-
-    Attributes:
-        dim: vector size.
-        content: content tokens per window (special tokens excluded).
-        stride: tokens between window starts.
-    """
-
-    dim: int
-    content: int
-    stride: int
-
-    def tokenize(self, text: str) -> tuple[list[int], np.ndarray]:
-        """Token ids of `text` without special tokens, and their (n, 2) character offsets."""
-        ...
-
-    def embed_windows(self, windows: Sequence[np.ndarray]) -> list[tuple[np.ndarray, np.ndarray]]:
-        """Embed each window's content token ids; per window (len, dim) hidden rows and a (dim,) unit pooled vector."""
-        ...
-
-
-class HFWindows:
-    """`WindowEmbedder` over a transformers backend: the same tokenizer, windows and forward pass it uses."""
-
-    def __init__(self, embedder: WindowedModel) -> None:
-        self._e = embedder
-        self.dim, self.content, self.stride = embedder.dim, embedder.content, embedder.stride
-
-    def tokenize(self, text: str) -> tuple[list[int], np.ndarray]:
-        return self._e.tokenize(text)
-
-    def embed_windows(self, windows: Sequence[np.ndarray]) -> list[tuple[np.ndarray, np.ndarray]]:
-        e, p = self._e, len(self._e.prefix)
-        seqs = [e.prefix + [int(i) for i in w] + e.suffix for w in windows]
-        out = e.encode(seqs)
-        return [(h[p : p + len(w)], pooled) for (h, pooled), w in zip(out, windows, strict=True)]
 
 
 @dataclass(frozen=True)
@@ -166,53 +131,6 @@ class TokenStream:
         """(e - s, 2) absolute character offsets of tokens [s, e)."""
         self.need(e)
         return self._off[s - self.start : e - self.start]
-
-
-def tokenize_long(
-    embedder: WindowEmbedder, text: str, chunk_chars: int = TOKENIZE_CHARS
-) -> tuple[np.ndarray, np.ndarray]:
-    """Tokenize a text of any size in pieces cut at a single space between words (`TokenStream`'s pieces).
-
-    Args:
-        embedder: gives the tokenizer.
-        text: the document text.
-        chunk_chars: about how many characters each tokenizer call gets.
-
-    Returns:
-        (n,) int64 ids and (n, 2) int64 absolute character offsets, as one call on the whole text gives.
-    """
-    tokens = TokenStream(embedder, text, chunk_chars)
-    return tokens.ids(0, tokens.n).copy(), tokens.offsets(0, tokens.n).copy()
-
-
-def window_bounds(n_tokens: int, width: int, stride: int) -> np.ndarray:
-    """(n_windows, 2) int64 [start, end) of the windows `window_starts` plans, built without a Python list."""
-    if n_tokens <= width:
-        return np.array([[0, n_tokens]], dtype=np.int64)
-    starts = np.append(np.arange(0, n_tokens - width, stride, dtype=np.int64), n_tokens - width)
-    return np.stack([starts, np.minimum(starts + width, n_tokens)], axis=1)
-
-
-def owners(bounds: np.ndarray, ts: int, te: int) -> np.ndarray:
-    """`assign_central` for tokens [ts, te) only: the window where each is most central, from the windows over them.
-
-    Window starts and ends both increase, so the windows holding a token of [ts, te) are one run of
-    indices; scanning them in order with the same strict comparison gives what the whole-document
-    `assign_central` gives those tokens.
-    """
-    ka = int(np.searchsorted(bounds[:, 1], ts, "right"))  # first window ending after ts
-    kb = int(np.searchsorted(bounds[:, 0], te, "left"))  # first window starting at or after te
-    best = np.full(te - ts, -1, dtype=np.int64)
-    best_margin = np.full(te - ts, -1, dtype=np.int64)
-    for w in range(ka, kb):
-        s, e = int(bounds[w, 0]), int(bounds[w, 1])
-        a, b = max(s, ts), min(e, te)
-        idx = np.arange(a, b)
-        margin = np.minimum(idx - s, e - 1 - idx)
-        better = margin > best_margin[a - ts : b - ts]
-        best[a - ts : b - ts][better] = w
-        best_margin[a - ts : b - ts][better] = margin[better]
-    return best
 
 
 def embed_in_parts(

@@ -13,7 +13,7 @@ from dataclasses import dataclass
 import numpy as np
 import torch
 
-from indexer.boundaries import boundary_chars
+from indexer.boundaries import boundary_chars, sentence_rows
 from retriever.fetch import DocTokens
 from schemas.settings import Boundary
 
@@ -45,13 +45,12 @@ class SentenceTable:
 
 
 def doc_sentences(doc: DocTokens) -> DocSentences:
-    """Split a document at its sentence-ending tokens (the fetcher's boundary rule); the last token always ends one."""
-    brk = doc.ends_sentence.clone()
-    brk[-1] = True
-    sid = torch.cumsum(brk.long(), 0) - brk.long()  # a sentence's ending token belongs to it
-    end = torch.nonzero(brk).view(-1)
-    start = torch.cat([end.new_zeros(1), end[:-1] + 1])
-    sums = torch.zeros(len(end), doc.vectors.shape[1], device=doc.vectors.device).index_add_(0, sid, doc.vectors)
+    """Split a document at its sentence-ending tokens (the fetcher's boundary rule) with
+    `indexer.boundaries.sentence_rows`, the cut ingest's sentence vectors use; the last token always ends one."""
+    first, last, sids = sentence_rows(doc.ends_sentence.cpu().numpy())
+    device = doc.vectors.device
+    sid, start, end = (torch.from_numpy(a).to(device) for a in (sids, first, last))
+    sums = torch.zeros(len(end), doc.vectors.shape[1], device=device).index_add_(0, sid, doc.vectors)
     return DocSentences(sid, start, end, sums.norm(dim=1).clamp(min=1e-12))
 
 

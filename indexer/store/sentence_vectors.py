@@ -1,4 +1,4 @@
-"""Sentences' alone vectors in segment payloads: written with the segment each sentence starts in.
+"""Sentence vectors in segment payloads: each written with the segment its sentence starts in.
 
 They live in the segment point's payload (float16, base64) rather than in a named vector: a segment
 may start no sentence (a named multivector cannot be empty), they are never searched, and base64
@@ -16,18 +16,19 @@ import numpy as np
 from indexer.store.backend import Match, PointsBackend, Where
 from schemas.models import SentenceVectors
 
+# payload keys as stores already hold them (the name is older than "sentence vectors")
 CHARS_KEY = "alone_chars"  # flat [start, end, start, end, ...] of the sentences starting in the segment
 VECTORS_KEY = "alone"  # their (k, dim) float16 unit rows, base64
 
 # (doc_id, version, char start, char end) -> (dim,) float32
-AloneKey = tuple[str, str, int, int]
+SentenceKey = tuple[str, str, int, int]
 
 
 def segment_payload(sv: SentenceVectors, char_start: int, char_end: int) -> dict[str, Any]:
     """The payload entries of the sentences that start in one segment's characters [char_start, char_end).
 
     Args:
-        sv: the document's sentences and their alone vectors.
+        sv: the document's sentences and their sentence vectors.
         char_start: the segment's first character.
         char_end: one past its last (segments tile the text, so every sentence lands in exactly one).
 
@@ -42,10 +43,10 @@ def segment_payload(sv: SentenceVectors, char_start: int, char_end: int) -> dict
     }
 
 
-def read_alone(
+def read_sentence_vectors(
     backend: PointsBackend, dim: int, wanted: dict[tuple[str, str], list[int]]
-) -> dict[AloneKey, np.ndarray]:
-    """The stored alone vectors of the sentences starting in some segments.
+) -> dict[SentenceKey, np.ndarray]:
+    """The stored sentence vectors of the sentences starting in some segments.
 
     Args:
         backend: the collection's backend.
@@ -70,7 +71,7 @@ def read_alone(
         for (d, v), idx in wanted.items()
     ]
     recs = backend.scroll(Where(should=parts), with_vectors=[], payload=["doc_id", "version", CHARS_KEY, VECTORS_KEY])
-    out: dict[AloneKey, np.ndarray] = {}
+    out: dict[SentenceKey, np.ndarray] = {}
     for r in recs:
         p = r.payload
         chars = p.get(CHARS_KEY)

@@ -15,10 +15,11 @@ from collections.abc import Sequence
 import numpy as np
 import torch
 
-from indexer.embedders.base import Capabilities, TokenEmbedder, clean_offsets, plan_windows, stitch, unit_rows
+from indexer.embedders.base import Capabilities, TokenEmbedder, clean_offsets, stitch, unit_rows
 from indexer.embedders.device import pick_device, pick_dtype
 from indexer.embedders.folder import ModelFolder
 from indexer.embedders.hf import MAX_WINDOW
+from indexer.windows import plan_windows
 from schemas.errors import ModelLoadError, QueryError
 from schemas.models import EmbeddedDocument, LoadedDocument
 from schemas.settings import ModelSettings
