@@ -19,7 +19,7 @@ StoreMismatchError       3     400    another model, dimension or layout than th
 DocIdCollisionError      3     400    two different files would share one doc_id
 StoreBusyError           4     503    another process holds the embedded store
 StorageFaultError        5     507    disk full, read-only, permission denied (nothing stored was lost)
-ServerError              6     400    a Qdrant server or chunkless service cannot be reached or answered wrongly
+ServerError              6     502    a Qdrant server or chunkless service cannot be reached or answered wrongly
 ShuttingDownError        6     503    the chunkless service is stopping and takes no new work; retry
 =======================  ====  =====  ==========================================================
 
@@ -97,6 +97,8 @@ class ServerError(ChunklessError):
     """A Qdrant server or chunkless service is unreachable, refused the key, or runs an incompatible version."""
 
     exit_code = 6
+    # to a client of the service this is an upstream fault (the Qdrant server behind it), not its request's
+    http_status = 502
 
 
 class ShuttingDownError(ServerError):
