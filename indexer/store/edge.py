@@ -78,6 +78,10 @@ def edge_config(spaces: dict[str, VectorSpace]) -> qe.EdgeConfig:
             # m=0: token matrices are scanned, never searched by graph; an HNSW over every token is the
             # single largest storage cost and buys nothing for our access pattern.
             hnsw_config=None if sp.hnsw else qe.HnswIndexConfig(m=0, ef_construct=100, full_scan_threshold=10_000),
+            # Cold: mapped, read as searches touch it. Edge's default (Cached) reads every vector file whole
+            # at open: on tmpfs that allocates each sparse 32 MiB chunk (an open of a 4 MiB store took
+            # 131 MiB), and on a full tmpfs it was the SIGBUS of issue 21. Same scores; opens are faster.
+            memory=qe.Memory.Cold,
         )
     return qe.EdgeConfig(vectors=vectors, optimizers=VACUUM)
 
