@@ -31,7 +31,7 @@ from indexer.loaders import file_hash, load_file
 from indexer.parts import HFWindows, PartCommit, PartWrite, embed_in_parts
 from indexer.sentence_vectors import with_sentence_vectors
 from indexer.store import DocHeader, TokenStore, Written, open_or_create_store, open_store
-from schemas.errors import ChunklessError, InputError, StoreNotFoundError
+from schemas.errors import ChunklessError, InputError, StorageFaultError, StoreNotFoundError
 from schemas.models import EmbeddedDocument, IngestFailure, IngestReport, LoadedDocument
 from schemas.settings import Settings
 
@@ -479,6 +479,8 @@ def _write_one(
     try:
         written = store.write_document(emb)
         record(d, written, emb.n_tokens)
+    except StorageFaultError:
+        raise  # a full or read-only disk is no file's fault: the run ends with it (exit 5)
     except ChunklessError as e:
         fail(d.source, str(e), d.doc_id)
 
@@ -541,6 +543,8 @@ def _write_part(
             return
         store.commit_document(d, item.pooled, item.n_tokens, item.n_rows, item.n_segments)
         record(d, Written(part_bytes.pop(d.doc_id, 0), item.n_segments), item.n_tokens)
+    except StorageFaultError:
+        raise  # as in _write_one: the run ends with it
     except ChunklessError as e:
         broken.add(d.doc_id)
         part_bytes.pop(d.doc_id, None)
