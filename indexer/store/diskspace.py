@@ -17,7 +17,6 @@ from __future__ import annotations
 
 import ctypes
 import ctypes.util
-import errno
 import json
 import os
 import struct
@@ -208,10 +207,9 @@ class Reserve:
             return  # a store this user can only read: no reserve, and nothing to protect
         try:
             os.posix_fallocate(fd, 0, RESERVE_FILE_BYTES)  # real blocks, unlike Edge's sparse files
-        except OSError as e:
+        except OSError:  # no room after all, or a file system without fallocate: no reserve, not half of one
             os.close(fd)
-            if e.errno in (errno.ENOSPC, errno.EDQUOT):
-                self.release()  # half a reserve would be counted as held
+            self.release()
             return
         os.close(fd)
 
