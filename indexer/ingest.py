@@ -35,7 +35,7 @@ from indexer.progress import Tally
 from indexer.reading import read_file
 from indexer.sentence_vectors import with_sentence_vectors
 from indexer.store import TokenStore, Written, check_embedder, open_or_create_store, open_store
-from schemas.errors import ChunklessError, InputError, StoreNotFoundError
+from schemas.errors import ChunklessError, InputError, StorageFaultError, StoreNotFoundError
 from schemas.models import EmbeddedDocument, IngestFailure, IngestReport, LoadedDocument
 from schemas.settings import Settings
 
@@ -314,6 +314,8 @@ class IngestRun:
         try:
             written = self.store.write_document(emb)
             self._record(d, written, emb.n_tokens)
+        except StorageFaultError:
+            raise  # a full or read-only disk is no file's fault: the run ends with it (exit 5)
         except ChunklessError as e:
             self.tally.failed(d.source, str(e), d.doc_id)
 
@@ -331,6 +333,8 @@ class IngestRun:
                 return
             store.commit_document(d, item.pooled, item.n_tokens, item.n_rows, item.n_segments)
             self._record(d, Written(self._part_bytes.pop(d.doc_id, 0), item.n_segments), item.n_tokens)
+        except StorageFaultError:
+            raise  # as in _write_one: the run ends with it
         except ChunklessError as e:
             self._broken.add(d.doc_id)
             self._part_bytes.pop(d.doc_id, None)

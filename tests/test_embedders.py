@@ -196,8 +196,8 @@ def test_colbert_token_vectors_are_the_dense_projection(folders: dict[str, Path]
     tok = e.tokenizer
     marker = tok.convert_tokens_to_ids("[unused1]")
     ids = [tok.cls_token_id, marker, *tok(text, add_special_tokens=False)["input_ids"], tok.sep_token_id]
-    [[batch, _]] = e.window_batches([doc(text)])
-    assert batch[0].tolist() == ids  # [CLS] [D] text [SEP]
+    [[batch, mask]] = e.window_batches([doc(text)])
+    assert batch[0, : len(ids)].tolist() == ids and int(mask.sum()) == len(ids)  # [CLS] [D] text [SEP], padded
     bert = AutoModel.from_pretrained(str(folders["colbert"])).eval()
     weight = load_file(str(folders["colbert"] / "1_Dense" / "model.safetensors"))["linear.weight"]
     with torch.inference_mode():

@@ -27,7 +27,7 @@ import pytest
 from indexer.embedders import HFTokenEmbedder
 from indexer.ingest import ingest
 from indexer.store import open_or_create_store, open_store
-from indexer.store.backend import RESERVE_BYTES, WRITE_FACTOR, storage_fault
+from indexer.store.backend import WRITE_FACTOR, storage_fault
 from indexer.store.server import grpc_port_for
 from schemas.errors import ServerError, SettingsError, StorageFaultError
 from schemas.settings import Settings
@@ -164,7 +164,7 @@ def test_document_too_big_for_the_disk_is_refused_and_earlier_ones_stay(mount_po
     with pytest.raises(StorageFaultError, match=r"writing document 'big'.*refused.*MiB free") as e:
         store.write_document(big)
     free = shutil.disk_usage(mount_point).free
-    assert free < WRITE_FACTOR * big.vectors.nbytes + RESERVE_BYTES  # the refusal was real, not too eager
+    assert free < WRITE_FACTOR * big.vectors.nbytes + store.backend.headroom()  # the refusal was real, not too eager
     assert f"the disk has {free / 2**20:.1f} MiB free" in str(e.value)
     store.close()
     store = open_store(s.store)

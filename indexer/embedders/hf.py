@@ -5,7 +5,10 @@ batch holds windows of similar length and little padding; the tokenizer runs onc
 outside the forward pass. Both embed long documents part by part (`windows()`), and both give a
 query's pooled and token vectors from one forward pass (`encode_queries`), optionally through an
 int8 copy of the model (`ModelSettings.query_int8`: Linear layers dynamically quantized, CPU only;
-documents stay embedded by the float model).
+documents stay embedded by the float model). Each sequence is padded to a width of its own (its length rounded up to
+PAD_MULTIPLE), never to the longest of its batch: a forward pass's float results depend on the padded
+width but not on the batch size or the other rows (measured on MKL, 0 of 96 differ), so a query, a
+sentence or a window gets bit-identical vectors whatever it was batched with.
 """
 
 from __future__ import annotations
@@ -38,6 +41,9 @@ from schemas.settings import ModelSettings, Settings
 
 QUERY_TEMPLATE = "Instruct: {task}\nQuery:{query}"
 MAX_WINDOW = 32768
+# padded widths are multiples of this: few distinct widths keep batches full (docs/operations.md: 32 cost
+# nothing measurable on 150 short documents, 16 cost 15-36% in smaller forward passes, 64 too much padding)
+PAD_MULTIPLE = 32
 
 
 def _model_settings(settings: Settings | ModelSettings) -> ModelSettings:
@@ -163,7 +169,10 @@ class WindowedModel(TokenEmbedder):
     def batches(
         self, seqs: Sequence[Sequence[int]], attend: Sequence[int] | None = None
     ) -> list[tuple[list[int], torch.Tensor, torch.Tensor]]:
-        """The padded batches `seqs` run in: longest first, each at most `batch_tokens` padded tokens.
+        """The padded batches `seqs` run in: widest first, each of one width, at most `batch_tokens` padded tokens.
+
+        A sequence's width depends on its length alone (rounded up to PAD_MULTIPLE, never past the window
+        unless it is longer), so what it is batched with never changes its vectors (see the module doc).
 
         Args:
             seqs: model input ids per sequence.
@@ -173,15 +182,17 @@ class WindowedModel(TokenEmbedder):
             (sequence indices, ids (b, L), attention mask (b, L)) per batch, on the CPU.
         """
         lengths = np.fromiter((len(s) for s in seqs), dtype=np.int64, count=len(seqs))
-        order = np.argsort(-lengths, kind="stable")
+        widths = np.maximum(np.minimum(-(-lengths // PAD_MULTIPLE) * PAD_MULTIPLE, self.window), lengths)
+        order = np.lexsort((-lengths, -widths))  # widest first; within a width, longest first
         out = []
         i = 0
         while i < len(order):
-            longest = int(lengths[order[i]])
-            n = max(1, min(len(order) - i, self.batch_tokens // max(longest, 1)))
+            width = int(widths[order[i]])
+            same = int(np.searchsorted(-widths[order[i:]], -width, side="right"))  # sequences of this width
+            n = max(1, min(same, self.batch_tokens // max(width, 1)))
             rows = [int(j) for j in order[i : i + n]]
-            ids = np.full((len(rows), longest), self.pad_id, dtype=np.int64)
-            mask = np.zeros((len(rows), longest), dtype=np.int64)
+            ids = np.full((len(rows), width), self.pad_id, dtype=np.int64)
+            mask = np.zeros((len(rows), width), dtype=np.int64)
             for r, j in enumerate(rows):
                 ids[r, : lengths[j]] = seqs[j]
                 mask[r, : (attend[j] if attend is not None else lengths[j])] = 1

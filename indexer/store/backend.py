@@ -26,10 +26,10 @@ from schemas.errors import StorageFaultError
 
 Scalar = str | int | bool
 
-# bytes a write may need beyond its vectors: Edge appends to a write-ahead log (32 MiB segments) and
-# copies segments when it optimises; a load alone can fill a fresh WAL segment
+# bytes a document's write needs per byte of stored data: Edge writes it to its write-ahead log first
+# (3 to 5 bytes a vector number, 2.3x to 4x the stored bytes) and copies segments when it optimises.
+# A first, early estimate: each Edge write is checked again against what it can allocate.
 WRITE_FACTOR = 3.0
-RESERVE_BYTES = 64 << 20
 
 _FAULTS = {
     errno.ENOSPC: "the disk is full",
@@ -288,11 +288,20 @@ class PointsBackend(ABC):
             Bytes free on the store's disk, or None when unknown (a server keeps its own disk).
         """
 
+    def headroom(self) -> int:
+        """Free bytes a write must leave on the disk after it: what closing and reopening the store need.
+
+        Returns:
+            Bytes (0 here: a backend without a local disk needs none).
+        """
+        return 0
+
     def ensure_space(self, expected_bytes: int, doing: str) -> None:
         """Refuse a write early, with the numbers, when the disk cannot hold it.
 
-        An mmap write on a full disk ends the process with SIGBUS, so this check is the only place a
-        full disk can be reported: it asks for `expected_bytes` x WRITE_FACTOR + RESERVE_BYTES free.
+        An early check, before anything is written: it asks for `expected_bytes` x WRITE_FACTOR +
+        `headroom()` free. The embedded store checks each of its writes again (an mmap write on a full
+        disk ends the process with SIGBUS, so a full disk must be seen before the write).
 
         Args:
             expected_bytes: bytes the write stores (vectors and payload text).
@@ -304,13 +313,15 @@ class PointsBackend(ABC):
         free = self.free_bytes()
         if free is None:
             return
-        need = int(expected_bytes * WRITE_FACTOR) + RESERVE_BYTES
+        headroom = self.headroom()
+        need = int(expected_bytes * WRITE_FACTOR) + headroom
         if free < need:
             raise StorageFaultError(
                 f"{doing} in {self.location} refused: it needs about {need / 2**20:.1f} MiB free "
                 f"({expected_bytes / 2**20:.1f} MiB of data, x{WRITE_FACTOR:g} for the write-ahead log, plus "
-                f"{RESERVE_BYTES >> 20} MiB reserve) but the disk has {free / 2**20:.1f} MiB free; free space "
-                "or use --store on a larger disk. Documents stored before are intact"
+                f"{headroom / 2**20:.1f} MiB kept free to close and reopen the store) but the disk has "
+                f"{free / 2**20:.1f} MiB free; free space or use --store on a larger disk. Documents stored "
+                "before are intact"
             )
 
     # -- reads -------------------------------------------------------------------------------------

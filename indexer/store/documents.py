@@ -23,7 +23,7 @@ from indexer.store.backend import Match, NewPoint, PointRecord, PointsBackend, V
 from indexer.store.meta import RECALL_FIELDS, CollectionMeta, DocHeader
 from indexer.store.segments import POINT_NAMESPACE, Segment, header_id, segment_id, split_segments
 from indexer.store.sentence_vectors import SentenceKey, read_sentence_vectors, segment_payload
-from schemas.errors import StoreMismatchError, StoreNotFoundError
+from schemas.errors import StorageFaultError, StoreMismatchError, StoreNotFoundError
 from schemas.layout import StorageLayout
 from schemas.models import EmbeddedDocument, LoadedDocument, SentenceVectors
 from schemas.settings import StoreSettings
@@ -243,10 +243,17 @@ class TokenStore:
             point = NewPoint(
                 segment_id(doc.doc_id, doc.content_hash, s.index), {"tokens": stored, "pooled": s.pooled}, payload
             )
-            self.backend.upsert([point])
+            self._upsert(doc, point)
             # bytes as Qdrant stores them: float16 rows travel as float32 arrays but are kept at 2 B/number
             nbytes += stored.size * (2 if self.meta.layout.dtype == "float16" else stored.itemsize)
         return nbytes
+
+    def _upsert(self, doc: LoadedDocument, point: NewPoint) -> None:
+        """Write one point of `doc`; a storage fault names the document."""
+        try:
+            self.backend.upsert([point])
+        except StorageFaultError as e:
+            raise StorageFaultError(f"document '{doc.doc_id}' not stored: {e}") from e
 
     def commit_document(
         self, doc: LoadedDocument, pooled: np.ndarray, n_tokens: int, n_rows: int, n_segments: int
@@ -277,7 +284,7 @@ class TokenStore:
             page_labels=doc.structure.page_labels if doc.structure is not None else None,
             structure=doc.structure.to_payload() if doc.structure is not None else None,
         )
-        self.backend.upsert([NewPoint(header_id(doc.doc_id), {"pooled": pooled}, header.to_payload())])
+        self._upsert(doc, NewPoint(header_id(doc.doc_id), {"pooled": pooled}, header.to_payload()))
         # the header now names the new version: older versions' segments are unreachable, drop them
         self.backend.delete(
             Where(

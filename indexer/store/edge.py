@@ -4,8 +4,14 @@ Edge (0.9, Python) has no read-only mode: loading a shard writes its WAL (the Ru
 ReadOnlyEdgeShard is not exposed). So a reader (`read_only=True`) of a store this user cannot write
 (a read-only file system, another user's files) searches a private temporary copy of the collection,
 when it is at most READ_ONLY_COPY_MAX_BYTES and the temporary folder has room; writes to such a
-backend are refused. Otherwise `open` says what to do. Loading also allocates WAL pages through mmap,
-which on a full disk kills the process with SIGBUS, so `open` and `create` check free space first.
+backend are refused. Otherwise `open` says what to do.
+
+Edge writes through shared memory maps of sparse files, and a page the disk cannot hold kills the
+process with SIGBUS instead of returning an error. So every Edge call that can allocate (create, open,
+upsert, delete, flush, close) is preceded by a free-space check sized to what that call can allocate
+(`indexer.store.diskspace`), and a store keeps a small reserve file that an open, a flush or a close
+releases when the disk is full: a full disk ends a write with StorageFaultError, and the store still
+opens for reading. docs/operations.md has the measurements.
 """
 
 from __future__ import annotations
@@ -23,6 +29,7 @@ from typing import Any, TypeVar
 import numpy as np
 import qdrant_edge as qe
 
+from indexer.store import diskspace
 from indexer.store.backend import (
     WRITE_FACTOR,
     Match,
@@ -47,10 +54,12 @@ _DISTANCES = {"cosine": qe.Distance.Cosine, "dot": qe.Distance.Dot}
 T = TypeVar("T")
 READ_ONLY_COPY_MAX_BYTES = 1 << 30  # a reader copies a store it cannot write only up to this size
 # Edge drops write-ahead log segments only when it flushes, and an ingest flushes once at its end: without
-# this, a 100 MB document left a 1.9 GB WAL to be replayed after a crash. The WAL takes about 4 bytes a
-# vector number whatever the stored dtype (uint8 codes included), so that is what is counted.
+# this, a 100 MB document left a 1.9 GB WAL to be replayed after a crash. The WAL takes 3 to 5 bytes a
+# vector number whatever the stored dtype (CBOR: 3 for a value float16 holds exactly, uint8 codes
+# included; 5 for other float32 values), so about 4 is what is counted.
 FLUSH_EVERY_BYTES = 64 << 20
 WAL_BYTES_PER_NUMBER = 4
+CREATE_BYTES = 16 << 20  # a new shard's files as first written: 8.2 MiB measured on tmpfs
 log = logging.getLogger(__name__)
 
 
@@ -78,6 +87,10 @@ def edge_config(spaces: dict[str, VectorSpace]) -> qe.EdgeConfig:
             # m=0: token matrices are scanned, never searched by graph; an HNSW over every token is the
             # single largest storage cost and buys nothing for our access pattern.
             hnsw_config=None if sp.hnsw else qe.HnswIndexConfig(m=0, ef_construct=100, full_scan_threshold=10_000),
+            # Cold: mapped, read as searches touch it. Edge's default (Cached) reads every vector file whole
+            # at open: on tmpfs that allocates each sparse 32 MiB chunk (an open of a 4 MiB store took
+            # 131 MiB), and on a full tmpfs it was the SIGBUS of issue 21. Same scores; opens are faster.
+            memory=qe.Memory.Cold,
         )
     return qe.EdgeConfig(vectors=vectors, optimizers=VACUUM)
 
@@ -92,6 +105,40 @@ def _numbers(v: np.ndarray) -> Any:
     """
     a = np.ascontiguousarray(v)
     return [row.data for row in a] if a.ndim == 2 else a.data
+
+
+def copy_sparse_tree(src: Path, dst: Path) -> None:
+    """Copy a folder tree, keeping files' holes holes: Edge's files are mostly unallocated 32 MiB maps.
+
+    shutil.copytree writes holes as zeros, which would turn a 10 MiB store into a 150 MiB copy.
+
+    Args:
+        src: an existing folder.
+        dst: a folder that does not exist yet.
+    """
+    for folder, _dirs, files in os.walk(src):
+        here = dst / Path(folder).relative_to(src)
+        here.mkdir(parents=True, exist_ok=True)
+        for name in files:
+            with open(Path(folder) / name, "rb") as fin, open(here / name, "wb") as fout:
+                size = os.fstat(fin.fileno()).st_size
+                fout.truncate(size)
+                pos = 0
+                while pos < size:
+                    try:
+                        start = os.lseek(fin.fileno(), pos, os.SEEK_DATA)
+                    except OSError:  # ENXIO: only a hole is left
+                        break
+                    end = os.lseek(fin.fileno(), start, os.SEEK_HOLE)
+                    fin.seek(start)
+                    fout.seek(start)
+                    while start < end:
+                        chunk = fin.read(min(end - start, 1 << 20))
+                        if not chunk:
+                            break
+                        fout.write(chunk)
+                        start += len(chunk)
+                    pos = end
 
 
 class EdgeBackend(PointsBackend):
@@ -110,9 +157,15 @@ class EdgeBackend(PointsBackend):
         self.read_only = read_only
         self._shard: qe.EdgeShard | None = None
         self._copy: Path | None = None  # the temporary copy a read-only open searches, removed on close
+        self._copy_why = ""  # why the store was copied (not writable, full disk), for messages
         self._lock = threading.Lock()  # Edge calls are serialised: the shard object is shared across threads
         self._spaces: dict[str, VectorSpace] = {}  # the collection's vector spaces, known after create/open
         self._unflushed = 0  # WAL bytes of the vectors upserted since the last flush, about
+        self._unflushed_points = 0
+        self._reserve = diskspace.Reserve(folder)
+        self._tmpfs: bool | None = None  # whether an open allocates the holes it reads (known at create/open)
+        self._holes = 0  # diskspace.populate_holes of the shard, when on tmpfs
+        self._since_holes = 0  # bytes written since `_holes` was counted
 
     # -- lifecycle ---------------------------------------------------------------------------------
     def exists(self) -> bool:
@@ -120,7 +173,7 @@ class EdgeBackend(PointsBackend):
 
     def create(self, spaces: dict[str, VectorSpace], metadata: dict[str, Any], keyword_fields: list[str]) -> None:
         config = edge_config(spaces)
-        self.ensure_space(0, "creating the collection")
+        self._room(CREATE_BYTES, "creating the collection")
 
         def make() -> qe.EdgeShard:
             self.folder.mkdir(parents=True, exist_ok=True)
@@ -137,6 +190,8 @@ class EdgeBackend(PointsBackend):
         self._shard = self._guard(make, "creating the collection")
         self.remember_spaces(metadata)
         self._spaces = dict(spaces)
+        self._count_holes()
+        self._reserve.hold(free_bytes_at(self.folder))
 
     def open(self) -> dict[str, Any]:
         meta: dict[str, Any] = self._guard(
@@ -157,9 +212,19 @@ class EdgeBackend(PointsBackend):
                     "cannot write to it: give this user write access, or copy the store to a writable folder "
                     "and pass that as --store"
                 )
-            path = self._copy_for_reading()
+            path = self._copy_for_reading(
+                "is not writable by this user",
+                "give this user write access, or copy the store to a writable folder and pass that as --store",
+            )
         else:
-            self.ensure_space(0, "opening the store")
+            short = self._shortfall(diskspace.OPEN_BYTES + self._count_holes(path, fill=False), "opening the store")
+            if short is not None and not self.read_only:
+                raise self._full("opening the store", short)
+            if short is not None:  # a reader still gets its answers, from a copy where there is room
+                path = self._copy_for_reading(
+                    f"is on a full disk ({short})",
+                    "free space on that disk, or copy the store to a larger one and pass that as --store",
+                )
         try:
             self._shard = qe.EdgeShard.load(str(path))
         except Exception as e:  # Edge raises a bare Exception; its WAL lock says WouldBlock
@@ -173,42 +238,45 @@ class EdgeBackend(PointsBackend):
             if fault is not None:
                 raise fault from e
             raise
+        if self._copy is None:
+            self._count_holes()  # what this open read whole is allocated now
+            self._reserve.hold(free_bytes_at(self.folder))
 
-    def _copy_for_reading(self) -> Path:
-        """Copy the collection into a private temporary folder and return its shard path."""
+    def _copy_for_reading(self, why: str, todo: str) -> Path:
+        """Copy the collection into a private temporary folder and return its shard path.
+
+        Args:
+            why: what keeps the store from opening in place ("is not writable by this user"), for messages.
+            todo: what the user can do instead, for messages.
+        """
         size = folder_bytes(self.folder)
         tmp_root = Path(tempfile.gettempdir())
-        todo = "give this user write access, or copy the store to a writable folder and pass that as --store"
+        cannot = f"store {self.folder} {why}, and Qdrant Edge cannot open a store without writing to it"
         if size > READ_ONLY_COPY_MAX_BYTES:
             raise StorageFaultError(
-                f"store {self.folder} is not writable by this user and Qdrant Edge cannot open a store read-only; "
-                f"at {size / 2**20:.0f} MiB it is too large to search through a temporary copy "
+                f"{cannot}; at {size / 2**20:.0f} MiB it is too large to search through a temporary copy "
                 f"(at most {READ_ONLY_COPY_MAX_BYTES >> 20} MiB): {todo}"
             )
         if free_bytes_at(tmp_root) < 2 * size + (64 << 20):
             raise StorageFaultError(
-                f"store {self.folder} is not writable by this user and Qdrant Edge cannot open a store read-only; "
-                f"{tmp_root} has too little room for a temporary copy ({size / 2**20:.0f} MiB): {todo}"
+                f"{cannot}; {tmp_root} has too little room for a temporary copy ({size / 2**20:.0f} MiB): {todo}"
             )
         self._copy = Path(tempfile.mkdtemp(prefix="chunkless-readonly-"))
         try:
-            shutil.copytree(self.folder / "shard", self._copy / "shard")
+            copy_sparse_tree(self.folder / "shard", self._copy / "shard")
         except OSError as e:
             shutil.rmtree(self._copy, ignore_errors=True)
             self._copy = None
-            raise StorageFaultError(
-                f"store {self.folder} is not writable and could not be copied to read it: {e}"
-            ) from e
-        log.warning(
-            "store %s is not writable by this user: searching a temporary copy (%.0f MiB)", self.folder, size / 2**20
-        )
+            raise StorageFaultError(f"{cannot}, and it could not be copied to read it: {e}: {todo}") from e
+        self._copy_why = why
+        log.warning("store %s %s: searching a temporary copy (%.0f MiB)", self.folder, why, size / 2**20)
         return self._copy / "shard"
 
     def _refuse_read_only(self, doing: str) -> None:
         if self._copy is not None:  # writes to the copy would be lost on close
             raise StorageFaultError(
-                f"{doing} in {self.folder} refused: this user cannot write the store, which is open for "
-                "reading through a temporary copy; give this user write access to change it"
+                f"{doing} in {self.folder} refused: the store {self._copy_why}, so it is open for reading "
+                "through a temporary copy; it can be changed once that is no longer so"
             )
 
     @property
@@ -229,11 +297,102 @@ class EdgeBackend(PointsBackend):
                 raise fault from e
             raise
 
+    # -- disk space (see indexer.store.diskspace) -------------------------------------------------------
+    def _count_holes(self, shard: Path | None = None, fill: bool = True) -> int:
+        """The holes an open of the shard would allocate (tmpfs only; 0 elsewhere), filled first when `fill`.
+
+        Filling them while there is room (the next open would allocate them anyway) is what lets a store
+        on a tmpfs filled by someone else still open: then it needs only OPEN_BYTES, which the reserve holds.
+        """
+        if self._tmpfs is None:
+            self._tmpfs = diskspace.allocates_on_read(self.folder)
+        shard = shard or self.folder / "shard"
+        if not self._tmpfs:
+            self._holes = 0
+        elif fill and free_bytes_at(self.folder) - diskspace.populate_holes(shard) >= diskspace.WRITE_MARGIN:
+            self._holes = diskspace.fill_populated_holes(shard)
+        else:
+            self._holes = diskspace.populate_holes(shard)
+        self._since_holes = 0
+        return self._holes
+
+    def headroom(self) -> int:
+        """WRITE_MARGIN, plus on tmpfs the holes the next open of the store will allocate."""
+        if self._tmpfs and self._since_holes >= diskspace.WRITE_MARGIN // 4:  # new files appear as data grows
+            self._count_holes()
+        return diskspace.WRITE_MARGIN + self._holes
+
+    def _room(self, nbytes: int, doing: str, keep: int | None = None) -> None:
+        """Refuse an Edge call that may allocate `nbytes` unless the disk keeps `keep` bytes free after it.
+
+        Edge maps its files and a page the disk cannot hold is SIGBUS, not an error: this check, before
+        the call, is where a full disk becomes a StorageFaultError.
+
+        Args:
+            nbytes: the most the call allocates.
+            doing: what the call does, for the message.
+            keep: bytes to leave free (default `headroom()`: what a write of data leaves).
+        """
+        free = free_bytes_at(self.folder)
+        need = nbytes + (self.headroom() if keep is None else keep)
+        if free < need:
+            raise StorageFaultError(
+                f"{doing} in {self.folder} refused before the disk filled: it needs about {need / 2**20:.1f} MiB "
+                f"free ({nbytes / 2**20:.1f} MiB for this write and its write-ahead log, plus "
+                f"{(need - nbytes) / 2**20:.1f} MiB kept free to close and reopen the store) but the disk has "
+                f"{free / 2**20:.1f} MiB free; free space or use --store on a larger disk, then run the command "
+                "again. Documents stored before are intact"
+            )
+        self._since_holes += nbytes
+
+    def _shortfall(self, need: int, doing: str) -> str | None:
+        """None when the disk has `need` bytes free, releasing the store's reserve if that is what it takes;
+        otherwise what is missing, for a message."""
+        free = free_bytes_at(self.folder)
+        if free >= need:
+            return None
+        held = self._reserve.held()
+        if free + held < need:
+            return f"it needs about {need / 2**20:.1f} MiB free but the disk has {free / 2**20:.1f} MiB free"
+        self._reserve.release()
+        log.warning(
+            "the disk holding %s is full (%.1f MiB free): released the store's %.0f MiB reserve for %s",
+            self.folder,
+            free / 2**20,
+            held / 2**20,
+            doing,
+        )
+        return None
+
+    def _full(self, doing: str, short: str) -> StorageFaultError:
+        return StorageFaultError(
+            f"{doing} in {self.folder} refused: {short}; free space or use --store on a larger disk, then run "
+            "the command again. Documents stored before are intact"
+        )
+
+    def _make_room(self, need: int, doing: str) -> None:
+        """Make sure an open, flush or close has `need` bytes: release the store's reserve if the disk has not."""
+        short = self._shortfall(need, doing)
+        if short is not None:
+            raise self._full(doing, short)
+
+    def _flush_bytes(self) -> int:
+        return diskspace.FLUSH_BYTES + diskspace.FLUSH_BYTES_PER_POINT * self._unflushed_points
+
+    def _flush(self, shard: qe.EdgeShard) -> None:
+        """Flush with room for it (the reserve released if the disk is full); the caller holds the lock."""
+        self._make_room(self._flush_bytes(), "flushing writes")
+        self._guard(shard.flush, "flushing writes")
+        self._unflushed = 0
+        self._unflushed_points = 0
+
+    def free_bytes(self) -> int | None:
+        return free_bytes_at(self.folder)
+
     def flush(self) -> None:
         with self._lock:
             if self._shard is not None:
-                self._guard(self._shard.flush, "flushing writes")
-                self._unflushed = 0
+                self._flush(self._shard)
 
     def compact(self) -> None:
         """Run Edge's optimizers now, so that every segment holding deleted points is rewritten without them.
@@ -268,7 +427,8 @@ class EdgeBackend(PointsBackend):
             if self._shard is not None:
                 shard, self._shard = self._shard, None
                 try:
-                    self._guard(shard.flush, "flushing writes")
+                    if self._copy is None:
+                        self._flush(shard)
                 finally:
                     shard.close()
             if self._copy is not None:
@@ -277,27 +437,31 @@ class EdgeBackend(PointsBackend):
 
     # -- writes ------------------------------------------------------------------------------------
     def upsert(self, points: list[NewPoint]) -> None:
-        self._refuse_read_only("writing points")
+        doing = "writing points"
+        self._refuse_read_only(doing)
         pts = [qe.Point(p.id, {n: _numbers(v) for n, v in p.vectors.items()}, p.payload) for p in points]
+        nbytes = diskspace.upsert_bytes(points, self.datatypes)
         with self._lock:
             shard = self.shard
-            self._guard(lambda: shard.update(qe.UpdateOperation.upsert_points(pts)), "writing points")
+            self._room(nbytes, doing)
+            self._guard(lambda: shard.update(qe.UpdateOperation.upsert_points(pts)), doing)
             self._unflushed += WAL_BYTES_PER_NUMBER * sum(
                 np.asarray(v).size for p in points for v in p.vectors.values()
             )
+            self._unflushed_points += len(points)
             if self._unflushed >= FLUSH_EVERY_BYTES:  # lets Edge drop the WAL written so far
-                self._guard(shard.flush, "flushing writes")
-                self._unflushed = 0
+                self._flush(shard)
 
     def delete(self, where: Where) -> None:
         self._refuse_read_only("deleting points")
         flt = self.translate(where)
         with self._lock:
             shard = self.shard
+            # a delete stores nothing: it may use the margin a write of data keeps, all but what the flush,
+            # close and reopen need (refusing it would fail the end of a commit, or a delete meant to make room)
+            keep = diskspace.OPEN_BYTES + self._flush_bytes() + self._holes
+            self._room(diskspace.DELETE_BYTES, "deleting points", keep)
             self._guard(lambda: shard.update(qe.UpdateOperation.delete_points_by_filter(flt)), "deleting points")
-
-    def free_bytes(self) -> int | None:
-        return free_bytes_at(self.folder)
 
     # -- reads -------------------------------------------------------------------------------------
     def scroll_one_page(
@@ -332,7 +496,7 @@ class EdgeBackend(PointsBackend):
             return int(self.shard.count(qe.CountRequest(exact=True, filter=flt)))
 
     def disk_bytes(self) -> int | None:
-        return folder_bytes(self.folder)
+        return folder_bytes(self.folder) - self._reserve.held()  # the reserve is room kept, not data
 
     # -- filters -----------------------------------------------------------------------------------
     def match_condition(self, m: Match) -> Any:

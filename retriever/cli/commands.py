@@ -54,7 +54,7 @@ def cmd_list(args: argparse.Namespace) -> int:
     """Every document of the collection: doc_id, source, tokens, when it was ingested."""
     from indexer.store import open_store
 
-    store = open_store(settings_of(args).store)
+    store = open_store(settings_of(args).store, read_only=True)  # a read-only or full disk still lists
     try:
         heads = store.headers()
     finally:
