@@ -30,12 +30,17 @@ from __future__ import annotations
 
 import base64
 from dataclasses import dataclass
+from typing import TYPE_CHECKING
 
 import numpy as np
-import torch
 
 from schemas.layout import SCALE_COLUMNS, StorageDtype, StorageLayout
 from schemas.models import EmbeddedDocument
+
+if TYPE_CHECKING:
+    # torch is imported where rows are decoded, not here: writing a store, listing it and asking a process
+    # that holds it (`chunkless list`, `stats`, a routed `search`) never decode, and torch costs ~1.5 s to import
+    import torch
 
 FIT_ROWS = 20_000  # token rows a fit uses at most: enough for a stable 1024-d covariance
 
@@ -246,6 +251,8 @@ class TokenCodec:
         return np.concatenate([np.packbits(z > 0, axis=1), scale[:, None].view(np.uint8)], axis=1), None
 
     def _tensors(self, device: torch.device) -> dict[str, torch.Tensor]:
+        import torch
+
         if device not in self._on:
             p = self.params
             t: dict[str, torch.Tensor] = {}
@@ -269,6 +276,8 @@ class TokenCodec:
         Returns:
             (n, model_dim) float32 rows in the model's space, on the same device.
         """
+        import torch
+
         t = self._tensors(stored.device)
         if self.layout.dtype == "binary":
             codes = stored.to(torch.uint8)
@@ -289,6 +298,8 @@ class TokenCodec:
 
     def decode_numpy(self, stored: np.ndarray, scales: np.ndarray | None) -> np.ndarray:
         """NumPy twin of `decode`, for tests and offline analysis."""
+        import torch
+
         sc = None if scales is None else torch.from_numpy(np.asarray(scales, dtype=np.float32))
         return self.decode(torch.from_numpy(np.ascontiguousarray(stored)), sc).numpy()
 
@@ -307,6 +318,8 @@ def _encode_int4(y: np.ndarray) -> np.ndarray:
 
 def _decode_int4(stored: torch.Tensor, dim: int) -> torch.Tensor:
     """Inverse of `_encode_int4` on the stored rows' device."""
+    import torch
+
     codes = stored.to(torch.uint8)
     scale = codes[:, -SCALE_COLUMNS:].contiguous().view(torch.float16).float()  # (n, 1)
     packed = codes[:, :-SCALE_COLUMNS]
