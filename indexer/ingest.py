@@ -13,6 +13,10 @@ parsing, embedding and writing overlap.
 
 A bad file (unreadable, corrupt, empty, undecodable, or one the model or store rejects) is reported
 with its reason and skipped; only a broken store or model stops the run.
+
+While it runs, the run can serve other processes' reads of the store it holds (`reads`, a
+`ReadsServer`: `chunkless ingest` passes `retriever.serve.holder.ReadEndpoint`), so a search of the
+same embedded store during a long ingest is answered from the documents committed so far.
 """
 
 from __future__ import annotations
@@ -23,7 +27,7 @@ import threading
 import time
 from collections.abc import Callable, Iterable, Iterator
 from pathlib import Path
-from typing import Any
+from typing import Any, Protocol
 
 import numpy as np
 
@@ -51,6 +55,22 @@ _DONE = object()
 _EMBED_ERRORS = (ChunklessError, ValueError, RuntimeError, IndexError)
 
 
+class ReadsServer(Protocol):
+    """Serves other processes' reads of the store a run holds (`retriever.serve.holder.ReadEndpoint`)."""
+
+    def shared(self, embedder: TokenEmbedder) -> TokenEmbedder:
+        """The model as the run and the reads use it, one lock around every call (called once, at load)."""
+        ...
+
+    def start(self, store: TokenStore, model: Callable[[], TokenEmbedder]) -> None:
+        """Serve reads of `store`; `model()` gives the run's shared model, loading it if the run has not."""
+        ...
+
+    def stop(self) -> None:
+        """Stop serving (before the run closes the store)."""
+        ...
+
+
 def ingest(
     paths: Iterable[Path],
     settings: Settings,
@@ -60,6 +80,7 @@ def ingest(
     store: TokenStore | None = None,
     id_from: Path | None = None,
     doc_id: str | None = None,
+    reads: ReadsServer | None = None,
 ) -> IngestReport:
     """Ingest every supported file under `paths`; bad files are reported and skipped, never fatal.
 
@@ -78,6 +99,7 @@ def ingest(
         doc_id: the doc_id of the one file `paths` name.
         store: an open store to write into (the service shares its one handle between searches and
             ingest jobs); it is flushed but left open. Without it the run opens, or creates, and closes its own.
+        reads: serve other processes' reads of the embedded store while the run holds it (see `ReadsServer`).
 
     Returns:
         What the run did; a file whose doc_id names another file's stored document is a failure
@@ -88,7 +110,7 @@ def ingest(
         StoreError: the store cannot be opened or does not match the model.
     """
     t0 = time.perf_counter()
-    report = IngestRun(settings, embedder, store, on_failure, progress).run(paths, id_from, doc_id)
+    report = IngestRun(settings, embedder, store, on_failure, progress, reads).run(paths, id_from, doc_id)
     report.seconds = time.perf_counter() - t0
     return report
 
@@ -108,6 +130,8 @@ class IngestRun:
         store: an open store to write into, left open; None: the run opens (or creates) its own and closes it.
         on_failure: called with each failure as it happens.
         bar: draw a progress bar (a terminal) instead of log lines.
+        reads: serves other processes' reads of the store while the run holds it (an embedded store the
+            run opens itself; a given store's opener, or a server, serves its own readers).
     """
 
     def __init__(
@@ -117,9 +141,13 @@ class IngestRun:
         store: TokenStore | None = None,
         on_failure: Callable[[IngestFailure], None] | None = None,
         bar: bool = False,
+        reads: ReadsServer | None = None,
     ) -> None:
         self.settings = settings
         self.embedder = embedder
+        self.reads = reads if store is None and settings.store.url is None else None
+        self._shared: TokenEmbedder | None = None  # the model as the run uses it (shared with the reads)
+        self._model_lock = threading.Lock()  # the run's thread and a reader's first search may both load it
         self._given_store = store
         self.on_failure = on_failure
         self.bar = bar
@@ -152,6 +180,8 @@ class IngestRun:
         self.tally = Tally(len(found.files) + len(found.failures), self.bar, self.on_failure)
         self.tally.progress.start()
         try:
+            if self.reads is not None:
+                self.reads.start(self.store, self._model)
             # on a server another worker may be between a document's segments and its header right now
             removed = self.store.remove_orphans(min_age_s=SERVER_ORPHAN_GRACE_S if self.settings.store.url else 0.0)
             if removed:
@@ -173,6 +203,8 @@ class IngestRun:
             self.store.flush()
         finally:
             self._stop.set()
+            if self.reads is not None:
+                self.reads.stop()  # answers the searches in flight, then the store can close
             self.tally.progress.close()
             if own_store:
                 self.store.close()
@@ -244,11 +276,15 @@ class IngestRun:
                 return
 
     def _model(self) -> TokenEmbedder:
-        """The embedder, loaded (and checked against the collection) when the first file needs it."""
-        if self.embedder is None:
-            self.embedder = load_embedder(self.settings)
-            check_embedder(self.store.meta, self.embedder, self.where)
-        return self.embedder
+        """The embedder, loaded (and checked against the collection) when the first file, or the first
+        search a reader sends, needs it; wrapped to be shared with the reads when the run serves them."""
+        with self._model_lock:
+            if self._shared is None:
+                if self.embedder is None:
+                    self.embedder = load_embedder(self.settings)
+                    check_embedder(self.store.meta, self.embedder, self.where)
+                self._shared = self.embedder if self.reads is None else self.reads.shared(self.embedder)
+            return self._shared
 
     @staticmethod
     def _part_wise(doc: LoadedDocument, embedder: TokenEmbedder, part_tokens: int) -> bool:

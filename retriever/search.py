@@ -30,6 +30,7 @@ from retriever.methods import (
 )
 from schemas.errors import QueryError
 from schemas.models import SearchResponse, SpanResult
+from schemas.query import check_query
 from schemas.settings import Settings
 from schemas.structure import DocStructure
 
@@ -176,6 +177,8 @@ class Retriever:
         """
         if not queries:
             return []
+        for q in queries:  # before the model: the same words as the CLI and the service
+            check_query(q, self.settings.serve.max_query_chars)
         where = _where(filter)
         t0 = time.perf_counter()
         with self._model_lock:  # pooled and token vectors (MaxSim needs both), one forward pass where the model can

@@ -54,17 +54,17 @@ def build_parser() -> argparse.ArgumentParser:
     se.add_argument("query")
     se.add_argument("--json", action="store_true", help="one JSON object on stdout")
     add_setting_flags(se, STORE_FLAGS | MODEL_FLAGS | SPAN_FLAGS)
-    remote.routable(se, commands.cmd_search, remote.remote_search)
+    remote.routable(se, commands.cmd_search, remote.remote_search, reads=True)
 
     ls = sub.add_parser("list", help="the collection's documents: doc_id, tokens, ingested at, source")
     ls.add_argument("--json", action="store_true", help="one JSON object on stdout")
     add_setting_flags(ls, STORE_FLAGS)
-    ls.set_defaults(func=commands.cmd_list)
+    remote.routable(ls, commands.cmd_list, remote.remote_list, reads=True)
 
     st = sub.add_parser("stats", help="documents, segments, tokens and bytes per token")
     st.add_argument("--json", action="store_true")
     add_setting_flags(st, STORE_FLAGS)
-    remote.routable(st, commands.cmd_stats, remote.remote_stats)
+    remote.routable(st, commands.cmd_stats, remote.remote_stats, reads=True)
 
     de = sub.add_parser("delete", help="remove a document by doc_id or path")
     de.add_argument("target")
@@ -144,7 +144,11 @@ def main(argv: list[str] | None = None) -> int:
     args = build_parser().parse_args(argv)
     logging.basicConfig(level=logging.WARNING, format="%(levelname)s %(name)s: %(message)s", stream=sys.stderr)
     try:
-        return int(args.func(args))
+        status = int(args.func(args))
+        sys.stdout.flush()  # here, not at exit: a reader that has gone is met inside this try
+        return status
+    except BrokenPipeError:
+        return _reader_gone()
     except ChunklessError as e:
         print(f"chunkless: error: {terminal_safe(str(e))}", file=sys.stderr)
         return e.exit_code
@@ -161,3 +165,18 @@ def main(argv: list[str] | None = None) -> int:
         if os.environ.get(DEBUG_ENV) == "1":
             traceback.print_exc()
         return EXIT_BUG
+
+
+def _reader_gone() -> int:
+    """The reader of our output closed it (`chunkless search ... | head`): stop quietly, exit 0.
+
+    The reader chose to stop reading; that is no failure of the command, so `set -o pipefail` scripts
+    do not fail on it either. stdout goes to /dev/null so the interpreter's own flush at exit meets no
+    closed pipe.
+    """
+    try:
+        devnull = os.open(os.devnull, os.O_WRONLY)
+        os.dup2(devnull, sys.stdout.fileno())
+    except (OSError, ValueError):  # stdout replaced by something without a descriptor (a test's capture)
+        pass
+    return 0

@@ -15,18 +15,22 @@ from datetime import UTC, datetime
 from pathlib import Path
 
 from retriever.cli.flags import SET, settings_of
-from retriever.cli.printing import one_line, print_compact, print_search, print_stats, terminal_safe
+from retriever.cli.printing import one_line, print_compact, print_documents, print_search, print_stats, terminal_safe
 from schemas.errors import EXIT_FILES_FAILED, QueryError
+from schemas.query import check_query
 
 
 def cmd_ingest(args: argparse.Namespace) -> int:
     from indexer.ingest import ingest
+    from retriever.serve.holder import ReadEndpoint
 
     settings = settings_of(args)
     bar = not args.quiet and sys.stderr.isatty()  # a bar in a log file is noise: plain lines there instead
     if not bar:
         logging.getLogger("indexer.ingest").setLevel(logging.INFO)
-    report = ingest(args.paths, settings, progress=bar, id_from=args.id_from, doc_id=args.doc_id)
+    # searches, lists and stats of this store from other processes are answered while the run holds it
+    reads = ReadEndpoint(settings, role="ingest")
+    report = ingest(args.paths, settings, progress=bar, id_from=args.id_from, doc_id=args.doc_id, reads=reads)
     msg = (
         f"ingested {report.documents} documents ({report.tokens} tokens, {report.replaced} replaced, "
         f"{report.skipped_unchanged} unchanged, {report.bytes_stored / 1e6:.1f} MB of vectors) in "
@@ -41,9 +45,10 @@ def cmd_ingest(args: argparse.Namespace) -> int:
 
 
 def cmd_search(args: argparse.Namespace) -> int:
+    settings = settings_of(args)
+    check_query(args.query, settings.serve.max_query_chars)  # before the model loads
     from retriever.search import Retriever
 
-    settings = settings_of(args)
     with Retriever(settings) as r:
         resp = r.search(args.query, top=settings.spans.top)
     print_search(resp, args.json)
@@ -72,16 +77,7 @@ def cmd_list(args: argparse.Namespace) -> int:
         }
         for _, h in sorted(heads.items())
     ]
-    if args.json:
-        print(json.dumps({"documents": rows}, ensure_ascii=False))
-        return 0
-    if not rows:
-        print("the collection holds no documents; add some with 'chunkless ingest PATH'", file=sys.stderr)
-    for r in rows:
-        print(
-            f"{one_line(str(r['doc_id']), 200)}\t{r['n_tokens']} tokens\t{r['ingested_at'] or '-'}\t"
-            f"{one_line(str(r['source']), 300)}"
-        )
+    print_documents(rows, args.json)
     return 0
 
 

@@ -33,8 +33,15 @@ def one_line(text: str, limit: int) -> str:
     return " ".join(terminal_safe(text).split())[:limit]
 
 
+SPAN_CHARS = 600  # span text the terminal shows; --json prints it whole
+
+
 def print_search(resp: SearchResponse, as_json: bool) -> None:
-    """What `chunkless search` prints, local or through a service: one JSON object, or numbered spans."""
+    """What `chunkless search` prints, local or through a service: one JSON object, or numbered spans.
+
+    A span's text is shown on one line, cut at `SPAN_CHARS` characters; a cut line says so, with the
+    span's length, and that `--json` prints it whole.
+    """
     if as_json:
         print(json.dumps({"query": resp.query, "spans": [s.model_dump() for s in resp.spans]}, ensure_ascii=False))
         return
@@ -46,7 +53,30 @@ def print_search(resp: SearchResponse, as_json: bool) -> None:
     for i, s in enumerate(resp.spans, 1):
         pages = ",".join(map(str, s.pages))
         print(f"[{i}] {s.score:.3f}  {one_line(s.doc_id, 300)}  chars {s.start}-{s.end}  page {pages}")
-        print("    " + one_line(s.text, 600))
+        text = one_line(s.text, len(s.text))
+        if len(text) <= SPAN_CHARS:
+            print("    " + text)
+        else:
+            print(f"    {text[:SPAN_CHARS]}… [cut at {SPAN_CHARS} of {len(text)} characters; --json prints it whole]")
+
+
+def print_documents(rows: list[dict[str, Any]], as_json: bool) -> None:
+    """What `chunkless list` prints, local or through a service: JSON, or one tab-separated line a document.
+
+    Args:
+        rows: per document: doc_id, source, title, n_tokens, ingested_at (ISO 8601 or None).
+        as_json: one JSON object ``{"documents": rows}``.
+    """
+    if as_json:
+        print(json.dumps({"documents": rows}, ensure_ascii=False))
+        return
+    if not rows:
+        print("the collection holds no documents; add some with 'chunkless ingest PATH'", file=sys.stderr)
+    for r in rows:
+        print(
+            f"{one_line(str(r['doc_id']), 200)}\t{r['n_tokens']} tokens\t{r['ingested_at'] or '-'}\t"
+            f"{one_line(str(r['source']), 300)}"
+        )
 
 
 def print_stats(stats: dict[str, Any], as_json: bool) -> None:

@@ -28,7 +28,7 @@ def cmd_serve(args: argparse.Namespace) -> int:
     except OSError as e:
         raise ServerError(f"cannot listen on {cfg.host}:{cfg.port} ({e}); pick another --port") from e
     host, port = sock.getsockname()[:2]
-    service = Service(settings)
+    service = Service(settings, serve_reads=True)  # `chunkless search` on this store asks this process
     app = create_app(service)
     print(f"chunkless serve: listening on http://{host}:{port} (store {settings.store.location})", file=sys.stderr)
     sys.stderr.flush()

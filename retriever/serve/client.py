@@ -2,6 +2,7 @@
 
 r = Retriever(Settings(store_path="chunkless_store"))   # in-process
 r = RemoteRetriever("http://127.0.0.1:8000")           # the same calls, over HTTP
+r = RemoteRetriever.for_store(settings.store)          # the process holding an embedded store (an ingest)
 r.search("How does a steam engine work?").spans
 """
 
@@ -10,12 +11,16 @@ from __future__ import annotations
 import time
 from collections.abc import Sequence
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 import httpx
 
+from indexer.holder import read_advert
 from schemas.errors import ChunklessError, QueryError, ServerError
 from schemas.models import SearchResponse, SpanResult
+
+if TYPE_CHECKING:
+    from schemas.settings import StoreSettings
 
 DEFAULT_TIMEOUT_S = 300.0
 
@@ -37,6 +42,29 @@ class RemoteRetriever:
         self.url = url.rstrip("/")
         headers = {"Authorization": f"Bearer {api_key}"} if api_key else {}
         self._http = httpx.Client(base_url=self.url, headers=headers, timeout=timeout)
+
+    @classmethod
+    def for_store(cls, store: StoreSettings, timeout: float = DEFAULT_TIMEOUT_S) -> RemoteRetriever:
+        """A client of the process that holds the embedded store `store` names and serves its reads.
+
+        Edge admits one process per store: while `chunkless ingest` or `chunkless serve` holds it,
+        `Retriever(settings)` raises StoreBusyError, and this asks the holder instead (search,
+        search_batch, documents, stats), answered from the documents committed so far. `Retriever`
+        itself never turns into a client: it promises an in-process engine (explain, the store, the
+        fetch cache), which a holder's answers over HTTP are not.
+
+        Raises:
+            ServerError: no live process advertises reads of this store (none holds it, or the
+                holder serves no reads): open it with `Retriever(settings)`.
+        """
+        where = store.collection_path
+        advert = read_advert(where) if store.url is None else None
+        if advert is None:
+            raise ServerError(
+                f"no process holding store {store.store_path} (collection '{store.collection}') serves its reads; "
+                "open it with Retriever(settings)"
+            )
+        return cls(advert.url, advert.token, timeout)
 
     def close(self) -> None:
         self._http.close()
@@ -123,7 +151,7 @@ class RemoteRetriever:
         try:
             r = self._http.request(method, path, **kw)
         except httpx.HTTPError as e:
-            raise ServerError(
+            raise UnreachableError(
                 f"chunkless service at {self.url} cannot be reached ({e}); start it with 'chunkless serve' "
                 "or check --server/CHUNKLESS_SERVER"
             ) from e
@@ -142,6 +170,10 @@ class RemoteRetriever:
         if r.status_code < 500:
             raise RemoteQueryError(r.status_code, detail)
         raise ServerError(f"chunkless service at {self.url} answered {r.status_code}: {detail}")
+
+
+class UnreachableError(ServerError):
+    """No answer from the service: nothing listens, the connection broke, or it timed out."""
 
 
 class RemoteQueryError(QueryError):

@@ -22,15 +22,21 @@ from starlette.routing import Route
 from retriever.serve.auth import OPEN_PATHS, authorized
 from retriever.serve.batcher import MicroBatcher
 from retriever.serve.errors import ApiError, error_response
-from retriever.serve.service import Service
+from retriever.serve.service import ReadService, Service
 
 CallNext = Callable[[Request], Awaitable[Response]]
 MULTIPART_SLACK = 1 << 20  # multipart framing on top of the files' bytes
 
 
 def get_service(request: Request) -> Service:
-    """The one `Service` of this app (store, model, retriever, job queue)."""
+    """The one `Service` of this app (store, model, retriever, job queue); only the write routes, which
+    `create_read_app` leaves out, ask for it."""
     return cast(Service, request.app.state.service)
+
+
+def get_reader(request: Request) -> ReadService:
+    """The app's service as the read routes see it (a `Service`, or a holder's `ReadService`)."""
+    return cast(ReadService, request.app.state.service)
 
 
 def get_batcher(request: Request) -> MicroBatcher:
@@ -39,10 +45,11 @@ def get_batcher(request: Request) -> MicroBatcher:
 
 
 ServiceDep = Annotated[Service, Depends(get_service)]
+ReaderDep = Annotated[ReadService, Depends(get_reader)]
 BatcherDep = Annotated[MicroBatcher, Depends(get_batcher)]
 
 
-def service_key(service: Service) -> str | None:
+def service_key(service: ReadService) -> str | None:
     """The key requests must carry, None for an open service (an empty CHUNKLESS_SERVICE_API_KEY is none)."""
     key = service.settings.serve.service_api_key
     return (key.get_secret_value() if key is not None else "") or None
@@ -50,7 +57,7 @@ def service_key(service: Service) -> str | None:
 
 async def require_api_key(request: Request, call_next: CallNext) -> Response:
     """Middleware: 401 for a request without the service's key (every path but /healthz)."""
-    if request.url.path in OPEN_PATHS or authorized(request.headers, service_key(get_service(request))):
+    if request.url.path in OPEN_PATHS or authorized(request.headers, service_key(get_reader(request))):
         return await call_next(request)
     response = error_response(
         401, "authorization", "missing or wrong API key; send 'Authorization: Bearer KEY' or 'api-key: KEY'"
@@ -65,7 +72,7 @@ async def observe_request(request: Request, call_next: CallNext) -> Response:
     response = await call_next(request)
     route = request.scope.get("route")
     label = route.path if isinstance(route, Route) else "unmatched"  # a template: bounded label values
-    get_service(request).metrics.observe_request(label, request.method, response.status_code, time.perf_counter() - t0)
+    get_reader(request).metrics.observe_request(label, request.method, response.status_code, time.perf_counter() - t0)
     return response
 
 

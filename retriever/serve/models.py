@@ -79,6 +79,9 @@ class DocumentInfo(BaseModel):
     n_tokens: int
     pages: int
     version: str = Field(description="Content hash of the stored version.")
+    ingested_at: float | None = Field(
+        None, description="When it was stored (Unix seconds); null for a document stored before this was recorded."
+    )
 
     @classmethod
     def of(cls, h: DocHeader) -> DocumentInfo:
@@ -90,6 +93,7 @@ class DocumentInfo(BaseModel):
             n_tokens=h.n_tokens,
             pages=len(h.page_starts),
             version=h.version,
+            ingested_at=h.ingested_at or None,
         )
 
 

@@ -1,23 +1,84 @@
-"""The parts one service process owns: the store, the model, the `Retriever` and the ingest job queue."""
+"""The parts one service process owns: the store, the model, the `Retriever` and the ingest job queue.
+
+`ReadService` is what the read routes need (search, the document list, stats, health and metrics);
+`Service` adds the model it loads and the ingest job queue. A process that holds a store for another
+reason (a `chunkless ingest`) serves reads through a `ReadService` over its own open store
+(`retriever.serve.holder`).
+"""
 
 from __future__ import annotations
 
 import logging
 import shutil
+import threading
+from collections.abc import Callable, Sequence
 from pathlib import Path
+from typing import TYPE_CHECKING
 
 from indexer.embedders import TokenEmbedder, load_embedder
 from indexer.store import TokenStore, open_or_create_store
-from retriever.search import Retriever
+from retriever.search import Filter, Retriever
 from retriever.serve.embedder import SerialEmbedder
 from retriever.serve.jobs import JobQueue
 from retriever.serve.metrics import Metrics
+from schemas.models import SearchResponse
 from schemas.settings import Settings
+
+if TYPE_CHECKING:
+    from retriever.serve.holder import ReadEndpoint
 
 log = logging.getLogger(__name__)
 
 
-class Service:
+class ReadService:
+    """Searches, the document list and stats over a store someone else opened and closes.
+
+    Args:
+        settings: everything; `settings.serve` for the routes (query limit, batching, the API key).
+        store: the open store.
+        retriever: makes the `Retriever` over `store`, called once, at the first search: a process
+            that holds the store without a model (an ingest before its first embedding) loads it
+            only when someone searches.
+    """
+
+    def __init__(self, settings: Settings, store: TokenStore, retriever: Callable[[], Retriever]) -> None:
+        self.settings = settings
+        self.store = store
+        self._make_retriever = retriever
+        self._retriever: Retriever | None = None
+        self._retriever_lock = threading.Lock()
+        self.metrics = Metrics(queue_depth=self._queue_depth, cache_bytes=self._cache_bytes)
+        self.closed = False
+
+    @property
+    def retriever(self) -> Retriever:
+        """The `Retriever`, made at the first search (which may load the model)."""
+        if self._retriever is None:
+            with self._retriever_lock:
+                if self._retriever is None:
+                    self._retriever = self._make_retriever()
+        return self._retriever
+
+    def search_batch(self, queries: Sequence[str], top: int | None, filter: Filter | None) -> list[SearchResponse]:
+        """`Retriever.search_batch`, the micro-batcher's callee."""
+        return self.retriever.search_batch(queries, top, filter)
+
+    def _queue_depth(self) -> float:
+        return 0.0
+
+    def _cache_bytes(self) -> float:
+        return 0.0 if self._retriever is None else float(self._retriever.fetcher.cache.nbytes)
+
+    def ready(self) -> bool:
+        """Store open (the model loads at the first search)."""
+        return not self.closed
+
+    def close(self, timeout: float | None = None) -> None:
+        """Stop answering; the store is its opener's to close."""
+        self.closed = True
+
+
+class Service(ReadService):
     """Opens the store once and loads the model once; searches and ingest jobs share both.
 
     The embedded Edge store admits one open handle per process tree (a file lock), so the
@@ -29,6 +90,9 @@ class Service:
     Args:
         settings: everything; `settings.serve` for the service itself.
         embedder: an already loaded model (tests share one); loaded from `settings.model` when None.
+        serve_reads: also answer other processes' reads of the store on a loopback endpoint advertised
+            in it (`retriever.serve.holder`), so a `chunkless search` on the same store asks this
+            service instead of failing on the store's lock; stopped first on close.
 
     Raises:
         ModelLoadError: the model cannot be loaded.
@@ -36,22 +100,27 @@ class Service:
         StoreMismatchError: the collection was made with another model or layout.
     """
 
-    def __init__(self, settings: Settings, embedder: TokenEmbedder | None = None) -> None:
-        self.settings = settings
+    def __init__(self, settings: Settings, embedder: TokenEmbedder | None = None, serve_reads: bool = False) -> None:
         self.embedder = SerialEmbedder(embedder or load_embedder(settings.model))
         e = self.embedder
-        self.store: TokenStore = open_or_create_store(settings.store, e.name, e.dim, e.pooling)
-        # jobs live in memory: uploads a killed process left behind are never resumed, only cleared
-        shutil.rmtree(self.spool, ignore_errors=True)
-        self.spool.mkdir(parents=True, exist_ok=True)
+        store = open_or_create_store(settings.store, e.name, e.dim, e.pooling)
+        self._endpoint: ReadEndpoint | None = None
         try:
-            self.retriever = Retriever(settings, embedder=self.embedder, store=self.store)
-            self.metrics = Metrics(queue_depth=lambda: self.jobs.depth(), cache_bytes=self._cache_bytes)
+            retriever = Retriever(settings, embedder=self.embedder, store=store)
+            super().__init__(settings, store, lambda: retriever)
+            self._retriever = retriever
+            # jobs live in memory: uploads a killed process left behind are never resumed, only cleared
+            shutil.rmtree(self.spool, ignore_errors=True)
+            self.spool.mkdir(parents=True, exist_ok=True)
             self.jobs = JobQueue(settings, self.store, self.embedder, self.spool, on_tokens=self.metrics.tokens.inc)
+            if serve_reads and settings.store.url is None:  # a Qdrant server takes any number of clients itself
+                from retriever.serve.holder import ReadEndpoint
+
+                self._endpoint = ReadEndpoint(settings, role="serve")
+                self._endpoint.start_over(ReadService(self._endpoint.settings, store, lambda: retriever))
         except BaseException:
-            self.store.close()
+            store.close()
             raise
-        self.closed = False
 
     @property
     def spool(self) -> Path:
@@ -59,18 +128,20 @@ class Service:
         base = self.settings.store.store_path
         return base.parent / f"{base.name}.uploads"
 
-    def _cache_bytes(self) -> float:
-        return float(self.retriever.fetcher.cache.nbytes)
+    def _queue_depth(self) -> float:
+        return float(self.jobs.depth())
 
     def ready(self) -> bool:
         """Model loaded, store open, job worker running."""
         return not self.closed and self.jobs.alive()
 
     def close(self, timeout: float | None = None) -> None:
-        """Let the document group being written finish, then close the store."""
+        """Stop serving other processes' reads, let the document group being written finish, close the store."""
         if self.closed:
             return
         self.closed = True
+        if self._endpoint is not None:
+            self._endpoint.stop()
         self.jobs.stop(timeout)
         self.store.flush()
         self.store.close()

@@ -18,7 +18,7 @@ from fastapi.responses import Response
 from starlette.datastructures import UploadFile
 
 from indexer.admit import SUPPORTED_SUFFIXES
-from retriever.serve.deps import ServiceDep, UploadLimit
+from retriever.serve.deps import ReaderDep, ServiceDep, UploadLimit
 from retriever.serve.errors import ApiError
 from retriever.serve.models import API_VERSION, Deleted, DocumentInfo, DocumentsPage, Job
 from retriever.serve.service import Service
@@ -30,6 +30,8 @@ _SEGMENT = r"[A-Za-z0-9_][A-Za-z0-9 _.,+=@()\[\]-]{0,199}"
 DOC_ID_PATTERN = re.compile(rf"^{_SEGMENT}(/{_SEGMENT}){{0,15}}$")
 
 router = APIRouter(prefix=f"/{API_VERSION}", tags=["documents"])
+# the list and stats: also what a store's holder answers other processes (app.create_read_app)
+read_router = APIRouter(prefix=f"/{API_VERSION}", tags=["documents"])
 
 
 @router.post("/documents", status_code=202)
@@ -60,9 +62,9 @@ async def upload(request: Request, response: Response, service: ServiceDep, max_
     return job
 
 
-@router.get("/documents")
+@read_router.get("/documents")
 async def documents(
-    service: ServiceDep,
+    service: ReaderDep,
     offset: Annotated[int, Query(ge=0)] = 0,
     limit: Annotated[int, Query(ge=1, le=MAX_PAGE)] = 100,
 ) -> DocumentsPage:
@@ -87,8 +89,8 @@ async def delete(doc_id: str, service: ServiceDep) -> Deleted:
     return Deleted(deleted=doc_id)
 
 
-@router.get("/stats")
-async def stats(service: ServiceDep) -> dict[str, Any]:
+@read_router.get("/stats")
+async def stats(service: ReaderDep) -> dict[str, Any]:
     """What `chunkless stats --json` prints."""
     return await run_in_threadpool(service.store.stats)
 

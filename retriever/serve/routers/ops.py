@@ -5,7 +5,7 @@ from __future__ import annotations
 from fastapi import APIRouter
 from fastapi.responses import Response
 
-from retriever.serve.deps import ServiceDep
+from retriever.serve.deps import ReaderDep
 from retriever.serve.errors import ApiError
 from retriever.serve.models import Status
 
@@ -19,7 +19,7 @@ async def healthz() -> Status:
 
 
 @router.get("/readyz", responses={503: {"description": "The service is stopping."}})
-async def readyz(service: ServiceDep) -> Status:
+async def readyz(service: ReaderDep) -> Status:
     """Model loaded, store open, job worker running."""
     if not service.ready():
         raise ApiError(503, None, "not ready: the service is stopping")
@@ -27,6 +27,6 @@ async def readyz(service: ServiceDep) -> Status:
 
 
 @router.get("/metrics", response_class=Response)
-async def metrics(service: ServiceDep) -> Response:
+async def metrics(service: ReaderDep) -> Response:
     """Prometheus text format."""
     return Response(service.metrics.render(), media_type="text/plain; version=0.0.4; charset=utf-8")

@@ -7,16 +7,18 @@ import time
 from fastapi import APIRouter
 from fastapi.concurrency import run_in_threadpool
 
-from retriever.serve.deps import BatcherDep, ServiceDep
+from retriever.serve.deps import BatcherDep, ReaderDep
 from retriever.serve.errors import ApiError
 from retriever.serve.models import API_VERSION, SearchBatchRequest, SearchRequest, SearchResult
+from schemas.errors import QueryError
+from schemas.query import check_query as shared_check
 from schemas.settings import ServeSettings
 
 router = APIRouter(prefix=f"/{API_VERSION}", tags=["search"])
 
 
 @router.post("/search")
-async def search(body: SearchRequest, service: ServiceDep, batcher: BatcherDep) -> SearchResult:
+async def search(body: SearchRequest, service: ReaderDep, batcher: BatcherDep) -> SearchResult:
     """Spans for one query: what `chunkless search --json` prints, plus `timings_ms`."""
     cfg = service.settings.serve
     check_query(body.query, "query", cfg)
@@ -30,7 +32,7 @@ async def search(body: SearchRequest, service: ServiceDep, batcher: BatcherDep) 
 
 
 @router.post("/search/batch")
-async def search_batch(body: SearchBatchRequest, service: ServiceDep) -> list[SearchResult]:
+async def search_batch(body: SearchBatchRequest, service: ReaderDep) -> list[SearchResult]:
     """One response per query, in order, from one `search_batch` call."""
     for i, q in enumerate(body.queries):
         check_query(q, f"queries.{i}", service.settings.serve)
@@ -40,10 +42,8 @@ async def search_batch(body: SearchBatchRequest, service: ServiceDep) -> list[Se
 
 
 def check_query(q: str, field: str, cfg: ServeSettings) -> None:
-    """An ApiError naming `field` for an empty query or one over `max_query_chars`."""
-    if not q.strip():
-        raise ApiError(422, field, f"{field} is empty; send the question to search for")
-    if len(q) > cfg.max_query_chars:
-        raise ApiError(
-            422, field, f"{field} is {len(q)} characters, over max_query_chars={cfg.max_query_chars}; shorten it"
-        )
+    """An ApiError naming `field` for an empty query or one over `max_query_chars` (the CLI's and SDK's check)."""
+    try:
+        shared_check(q, cfg.max_query_chars, field)
+    except QueryError as e:
+        raise ApiError(422, field, str(e)) from None
