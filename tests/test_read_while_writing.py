@@ -33,8 +33,15 @@ from tests.support import REPO
 BOUND_S = 120.0  # the most any wait below may take before the test fails (never a pause)
 
 
+HEAVY = ("torch", "transformers", "retriever.search", "indexer.store")
+
+
 def _cli(*args: str) -> subprocess.CompletedProcess[str]:
-    code = "import sys; from retriever.cli import main; sys.exit(main(sys.argv[1:]))"
+    """`chunkless ARGS` in a fresh process; its last stderr line names the heavy modules it imported."""
+    code = (
+        "import sys; from retriever.cli import main; rc = main(sys.argv[1:]); "
+        f"print('heavy:', [m for m in {HEAVY!r} if m in sys.modules], file=sys.stderr); sys.exit(rc)"
+    )
     env = {**os.environ, "PYTHONPATH": str(REPO)}
     return subprocess.run(
         [sys.executable, "-c", code, *args], capture_output=True, text=True, timeout=BOUND_S, cwd=REPO, env=env
@@ -100,6 +107,7 @@ def test_a_search_during_a_running_ingest_is_answered_from_committed_documents(
         spans = json.loads(found.stdout)["spans"]
         assert spans[0]["doc_id"] == "corpus/a_bread.txt" and "Yeast" in spans[0]["text"]
         assert "held by a running chunkless ingest" in found.stderr and "Traceback" not in found.stderr
+        assert "heavy: []" in found.stderr  # the terminal loaded no model, no torch, not the store
 
         listed = _cli("list", "--store", store, "--json")
         assert listed.returncode == 0, listed.stderr
@@ -117,7 +125,7 @@ def test_a_search_during_a_running_ingest_is_answered_from_committed_documents(
     assert read_advert(settings.store.collection_path) is None
     assert not advert_path(settings.store.collection_path).exists()
     after = _cli("list", "--store", str(tmp_path / "store"), "--json")
-    assert after.returncode == 0 and "held by" not in after.stderr
+    assert after.returncode == 0 and "held by" not in after.stderr and "'indexer.store'" in after.stderr
     assert len(json.loads(after.stdout)["documents"]) == 3
 
 
@@ -191,7 +199,7 @@ def test_a_search_on_a_store_a_service_holds_asks_the_service(tmp_path: Path, mi
         found = _cli("search", "What causes the tides?", "--store", str(tmp_path / "store"), "--json", "--top", "1")
         assert found.returncode == 0, found.stderr
         assert json.loads(found.stdout)["spans"][0]["doc_id"] == "corpus/tides.txt"
-        assert "held by a running chunkless serve" in found.stderr
+        assert "held by a running chunkless serve" in found.stderr and "heavy: []" in found.stderr
         with RemoteRetriever.for_store(settings.store) as r:  # the SDK's way to the same holder
             assert r.search("What causes the tides?", top=1).spans[0].doc_id == "corpus/tides.txt"
     finally:
