@@ -81,9 +81,11 @@ def discover(paths: Iterable[Path], id_from: Path | None = None, doc_id: str | N
             candidates = [arg]
         else:
             skipped: Counter[str] = Counter()
+            reported = len(out.failures)
             candidates = list(_walk(arg, skipped, visited, out.failures))
             if not candidates:
-                out.failures.append(IngestFailure(path=str(arg), reason=_nothing_found(skipped)))
+                if len(out.failures) == reported:  # else the walk said why (a broken link, an unlistable folder)
+                    out.failures.append(IngestFailure(path=str(arg), reason=_nothing_found(skipped)))
                 continue
         for f in candidates:
             real = f.resolve()
@@ -161,8 +163,10 @@ def _walk_folder(
             else:
                 skipped[p.suffix.lower() or "(no extension)"] += 1
                 log.info("skipping %s: %s", p, UnsupportedFileError(p).reason)
+        elif e.is_symlink():  # a dangling link is a file the user meant to give: say so, as when named directly
+            failures.append(IngestFailure(path=str(p), reason="broken symlink; fix or remove it"))
         else:
-            skipped["broken link" if e.is_symlink() else "special file"] += 1
+            skipped["special file"] += 1
 
 
 def _nothing_found(skipped: Counter[str]) -> str:

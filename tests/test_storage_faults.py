@@ -93,6 +93,9 @@ def test_read_only_store_is_searched_and_never_written(
     assert out.returncode == 0, out.stderr
     spans = json.loads(out.stdout)["spans"]
     assert spans[0]["doc_id"] == "corpus/bread.txt" and "Yeast" in spans[0]["text"]
+    listed = _cli("list", "--store", str(mount_point), "--json")  # list opens read-only too (it exited 5)
+    assert listed.returncode == 0, listed.stderr
+    assert {d["doc_id"] for d in json.loads(listed.stdout)["documents"]} == {"corpus/bread.txt", "corpus/tides.txt"}
     _run(["umount", str(mount_point)])
     store = open_store(s.store)  # nothing stored was lost or changed
     assert set(store.headers()) == {"corpus/bread.txt", "corpus/tides.txt"}
