@@ -23,9 +23,10 @@ import pytest
 from indexer.embedders import HFTokenEmbedder
 from indexer.holder import Advert, advert_path, read_advert, write_advert
 from indexer.ingest import ingest
-from retriever.cli import main
+from retriever.cli import main, remote
 from retriever.serve.client import RemoteRetriever
 from retriever.serve.holder import ReadEndpoint
+from schemas.errors import StoreBusyError
 from schemas.models import IngestFailure, IngestReport
 from schemas.settings import Settings
 from tests.support import REPO
@@ -135,7 +136,7 @@ def _free_port() -> int:
 
 
 def test_a_stale_advert_never_hangs_a_reader(
-    tmp_path: Path, minilm: HFTokenEmbedder, capsys: pytest.CaptureFixture[str]
+    tmp_path: Path, minilm: HFTokenEmbedder, capsys: pytest.CaptureFixture[str], monkeypatch: pytest.MonkeyPatch
 ) -> None:
     corpus = tmp_path / "corpus"
     corpus.mkdir()
@@ -169,6 +170,15 @@ def test_a_stale_advert_never_hangs_a_reader(
         captured = capsys.readouterr()
         assert "held by a running chunkless ingest" in captured.err
         assert [d["doc_id"] for d in json.loads(captured.out)["documents"]] == ["corpus/bread.txt"]
+        # stopped (Ctrl-Z): it still holds the store and accepts connections, but never answers
+        monkeypatch.setattr(remote, "PROBE_S", 0.5)
+        holder.send_signal(signal.SIGSTOP)
+        try:
+            assert main(["list", "--store", store]) == StoreBusyError.exit_code
+        finally:
+            holder.send_signal(signal.SIGCONT)
+        err = capsys.readouterr().err
+        assert f"(pid {holder.pid}) that did not answer within 0.5 s" in err and f"kill -CONT {holder.pid}" in err
     finally:
         holder.send_signal(signal.SIGKILL)
         holder.wait(BOUND_S)

@@ -8,7 +8,7 @@ process that holds the store and serves its reads (`indexer.holder`: a running `
 `chunkless serve`) and ask it; this costs a file read, and such a search imports neither torch nor the
 search engine nor a model. With no advert they open the store; if another process took it meanwhile
 and advertises, they ask it after all. A holder that has gone (its advert left by a SIGKILL, its pid
-reused) is passed over.
+reused) is passed over; one that is there but does not answer (stopped with Ctrl-Z) is named, exit 4.
 """
 
 from __future__ import annotations
@@ -33,6 +33,7 @@ if TYPE_CHECKING:
 
 Command = Callable[[argparse.Namespace], int]
 PAGE = 1000  # documents per request of a remote list (the service's most)
+PROBE_S = 10.0  # how long a store's advertised holder may take to answer /healthz
 
 
 def routable(p: argparse.ArgumentParser, local: Command, remote: Command, reads: bool = False) -> None:
@@ -56,24 +57,45 @@ def routable(p: argparse.ArgumentParser, local: Command, remote: Command, reads:
 
 def _local_or_holder(args: argparse.Namespace, local: Command, remote: Command) -> int:
     """`remote` against the store's advertised holder if one answers, else `local` (see the module docstring)."""
-    from retriever.serve.client import UnreachableError
-
     store = settings_of(args).store
     if store.url is not None:  # a Qdrant server takes any number of clients
         return local(args)
     advert = read_advert(store.collection_path)
-    if advert is not None:
-        try:
-            return _ask(args, advert, remote)
-        except UnreachableError:
-            pass  # gone since it advertised (or a reused pid): the store is ours to open
+    if advert is not None and _answers(advert, store.collection_path):
+        return _ask(args, advert, remote)
     try:
         return local(args)
     except StoreBusyError:
         advert = read_advert(store.collection_path)  # a holder that took the store while this one looked
-        if advert is None:
+        if advert is None or not _answers(advert, store.collection_path):
             raise
         return _ask(args, advert, remote)
+
+
+def _answers(advert: Advert, folder: Path) -> bool:
+    """Whether the advertised holder answers; False when nothing listens at its address (a stale advert).
+
+    A search may rightly take long (the holder may load the model for it first), so the search itself
+    has the client's long timeout; this probe of /healthz, answered by the holder's event loop at once
+    even mid-ingest, has a short one.
+
+    Raises:
+        StoreBusyError: the holder accepted the connection but did not answer within `PROBE_S`: a process
+            stopped with Ctrl-Z (SIGSTOP) still holds the store and its listening socket.
+    """
+    import httpx
+
+    try:
+        httpx.get(f"{advert.url}/healthz", timeout=PROBE_S, trust_env=False)  # loopback: never via a proxy
+    except httpx.ConnectError:
+        return False
+    except httpx.HTTPError as e:
+        raise StoreBusyError(
+            f"store {folder} is held by a running chunkless {advert.role or 'process'} (pid {advert.pid}) that "
+            f"did not answer within {PROBE_S:g} s; if it is stopped, resume it ('fg', or 'kill -CONT "
+            f"{advert.pid}'), or wait for it to finish"
+        ) from e
+    return True
 
 
 def _ask(args: argparse.Namespace, advert: Advert, remote: Command) -> int:
