@@ -25,6 +25,7 @@ from indexer.embedders.folder import (
 )
 from indexer.embedders.hf import ColBERTEmbedder, HFTokenEmbedder
 from indexer.embedders.jina import RemoteCodeEmbedder
+from indexer.embedders.onnx import OnnxTokenEmbedder
 from schemas.settings import ModelSettings, Settings
 
 
@@ -45,6 +46,8 @@ def load_embedder(settings: Settings | ModelSettings) -> TokenEmbedder:
     folder = ModelFolder.read(path)
     name = canonical_name(ms.model)
     backend = folder.backend
+    if backend == "onnx":
+        return OnnxTokenEmbedder(ms, folder, name)
     if backend == "remote-code":
         return RemoteCodeEmbedder(ms, folder, name)
     if backend == "colbert":
@@ -58,6 +61,7 @@ __all__ = [
     "DelegatingEmbedder",
     "HFTokenEmbedder",
     "ModelFolder",
+    "OnnxTokenEmbedder",
     "RemoteCodeEmbedder",
     "TokenEmbedder",
     "VectorKind",
