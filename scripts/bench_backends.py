@@ -32,7 +32,15 @@ from pathlib import Path
 import numpy as np
 import torch
 
-from indexer.embedders import HFTokenEmbedder, OnnxTokenEmbedder, TokenEmbedder, load_embedder
+from indexer.embedders import (
+    HFTokenEmbedder,
+    ModelFolder,
+    OnnxTokenEmbedder,
+    TokenEmbedder,
+    canonical_name,
+    load_embedder,
+    resolve_model_path,
+)
 from indexer.pipeline import ingest
 from retriever.evaluation.benchmark import load_benchmark, score
 from retriever.evaluation.evaluate import index_benchmark, run_chunkless
@@ -75,7 +83,9 @@ def main() -> None:
     ap.add_argument("--torch-int8", action="store_true", help="(b) also times the torch int8 query encoder")
     ap.add_argument("--no-quality", action="store_true", help="skip (c)")
     ap.add_argument("--sample", type=int, help="(c) on this many answerable questions (random, seed 0; default all)")
-    ap.add_argument("--threads", type=int, default=0, help="torch threads (0: leave as is)")
+    ap.add_argument(
+        "--threads", type=int, default=0, help="torch threads and ONNX Runtime intra-op threads (0: each its default)"
+    )
     args = ap.parse_args()
     if args.threads:
         torch.set_num_threads(args.threads)
@@ -85,14 +95,23 @@ def main() -> None:
     embedders: dict[str, TokenEmbedder] = {}
     for lbl, _, _ in specs:
         t0 = time.perf_counter()
-        embedders[lbl] = load_embedder(settings[lbl])
+        folder = ModelFolder.read(resolve_model_path(settings[lbl].model.model))
+        if folder.backend == "onnx" and args.threads:  # load_embedder leaves ONNX Runtime its default threads
+            embedders[lbl] = OnnxTokenEmbedder(
+                settings[lbl], folder, canonical_name(settings[lbl].model.model), args.threads
+            )
+        else:
+            embedders[lbl] = load_embedder(settings[lbl])
         e = embedders[lbl]
         print(
             f"{lbl}: {e.name} ({e.backend}, pooling {e.pooling}, window {e.window}) "
             f"loaded in {time.perf_counter() - t0:.1f}s"
         )
     loads = [os.getloadavg()[0]]
-    print(f"torch threads {torch.get_num_threads()}, {os.cpu_count()} CPUs\n")
+    print(
+        f"torch threads {torch.get_num_threads()}, ONNX Runtime threads {args.threads or 'default'}, "
+        f"{os.cpu_count()} CPUs\n"
+    )
 
     with tempfile.TemporaryDirectory(prefix="bench_backends_") as t:
         tmp = Path(t)
