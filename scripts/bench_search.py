@@ -216,6 +216,10 @@ def main() -> None:
     hit1: tuple[float, float] | None = None
     loads = [os.getloadavg()[0]]
     with Retriever(settings, embedder=embedder) as r:
+        config = (
+            f"sentence vectors {'stored' if r.store.meta.sentence_vectors else 'embedded at query time'}, "
+            f"rank_shortlist {settings.recall.rank_shortlist}"
+        )
         r.search_batch(qs[:1])  # first-call allocations (model, BLAS, Edge) are neither side's per-query cost
         idx.search(qs[:1])
         for batch in args.batches:
@@ -236,7 +240,7 @@ def main() -> None:
     print(
         f"\n{len(qs)} questions of {corpus.name}, model {embedder.name} ({embedder.backend}), torch threads "
         f"{torch.get_num_threads()}, {os.cpu_count()} CPUs, 1-minute load average "
-        f"{min(loads):.1f}-{max(loads):.1f}\n"
+        f"{min(loads):.1f}-{max(loads):.1f}; {config}\n"
     )
     print("\n".join(header + lines))
     if hit1 is not None:
