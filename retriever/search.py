@@ -296,13 +296,17 @@ class Retriever:
         self, query: str, q: np.ndarray, headers: dict[str, DocHeader], qtok: np.ndarray | None = None
     ) -> tuple[dict[str, list[int]] | None, float | None]:
         """The `fetch_segments` best segments of the recalled documents (by `fetch_rank`; None: whole
-        documents), and the best one's MaxSim per query token (None when not ranked by MaxSim)."""
+        documents), and the best one's MaxSim per query token (None when not ranked by MaxSim).
+
+        MaxSim scores the `rank_shortlist` segments nearest the pooled query only, found in the same Qdrant
+        call: over every segment its cost grew with the recalled documents' length (docs/speed-onnx.md)."""
         k = self.settings.recall.fetch_segments
         if k == 0 or not headers or self._whole_documents:
             return None, None
         by = (self._query_tokens(query) if qtok is None else qtok) if self._fetch_by_maxsim else q
+        versions = {d: h.version for d, h in headers.items()}
         with self._store_lock:
-            ranked = self.store.rank_segments(by, {d: h.version for d, h in headers.items()}, k)
+            ranked = self.store.rank_segments(by, versions, k, self.settings.recall.rank_shortlist, q)
         out: dict[str, list[int]] = {}
         for doc_id, seg, _ in ranked:
             out.setdefault(doc_id, []).append(seg)

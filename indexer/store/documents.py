@@ -19,7 +19,7 @@ from typing import Any, Literal
 import numpy as np
 
 from indexer.codec import CodecParams, TokenCodec, fit, pool_document
-from indexer.store.backend import Match, NewPoint, PointRecord, PointsBackend, VectorSpace, Where
+from indexer.store.backend import Match, NewPoint, PointRecord, PointsBackend, Prefetch, VectorSpace, Where
 from indexer.store.meta import RECALL_FIELDS, CollectionMeta, DocHeader
 from indexer.store.segments import POINT_NAMESPACE, Segment, header_id, segment_id, split_segments
 from indexer.store.sentence_vectors import SentenceKey, read_sentence_vectors, segment_payload
@@ -431,16 +431,28 @@ class TokenStore:
         out = [Candidate(d, s, heads[d]) for d, s in best.items() if d in heads and heads[d].version == versions[d]]
         return sorted(out, key=lambda c: -c.score)[:k]
 
-    def rank_segments(self, query: np.ndarray, versions: dict[str, str], k: int) -> list[tuple[str, int, float]]:
+    def rank_segments(
+        self,
+        query: np.ndarray,
+        versions: dict[str, str],
+        k: int,
+        shortlist: int = 0,
+        pooled: np.ndarray | None = None,
+    ) -> list[tuple[str, int, float]]:
         """The k segments of these documents (doc_id -> live version) nearest the query, best first.
 
         A (dim,) query ranks by pooled cosine (HNSW); an (m, dim) matrix of query token vectors by Qdrant's
         MaxSim over each segment's token rows, which reads them inside the engine but never moves them.
+        With a `shortlist` (and the `pooled` query vector), MaxSim scores only the `shortlist` segments
+        nearest the pooled query by their pooled segment vectors, found in the same engine call (a
+        prefetch): its cost no longer grows with the recalled documents' length.
 
         Args:
             query: (dim,) query vector or (m, dim) query token vectors.
             versions: doc_id -> live version (from the headers).
             k: most segments to return.
+            shortlist: segments MaxSim scores, taken by pooled cosine first (0: every segment).
+            pooled: (dim,) the pooled query vector, for the shortlist.
 
         Returns:
             (doc_id, segment index, score), best first: what a query fetches when it need not score whole documents.
@@ -457,8 +469,13 @@ class TokenStore:
                 f"MaxSim in Qdrant needs plain token rows; this collection stores {self.meta.layout.name}"
             )
         flt = Where(must=[Match("kind", "segment"), Match("doc_id", list(versions))])
+        first = None
+        if using == "tokens" and shortlist > 0 and pooled is not None:
+            self._check_query(pooled)
+            # the spare hits below apply to the shortlist too: stale segments take places in it until swept
+            first = Prefetch("pooled", pooled, max(shortlist, 2 * k))
         # a few spare hits: a document's orphaned or stale segments match the filter until swept
-        recs = self.backend.query(using, query, 2 * k, flt, ["doc_id", "version", "seg"])
+        recs = self.backend.query(using, query, 2 * k, flt, ["doc_id", "version", "seg"], first)
         out = [
             (r.payload["doc_id"], int(r.payload["seg"]), r.score)
             for r in recs

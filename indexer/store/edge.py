@@ -36,6 +36,7 @@ from indexer.store.backend import (
     NewPoint,
     PointRecord,
     PointsBackend,
+    Prefetch,
     VectorSpace,
     Where,
     folder_bytes,
@@ -477,12 +478,24 @@ class EdgeBackend(PointsBackend):
         return out, offset
 
     def query(
-        self, using: str, vector: np.ndarray, limit: int, where: Where | None, with_payload: bool | list[str]
+        self,
+        using: str,
+        vector: np.ndarray,
+        limit: int,
+        where: Where | None,
+        with_payload: bool | list[str],
+        prefetch: Prefetch | None = None,
     ) -> list[PointRecord]:
+        flt = self.translate(where) if where else None
+        first = None
+        if prefetch is not None:
+            near = qe.Query.Nearest(np.asarray(prefetch.vector, dtype=np.float32), using=prefetch.using)  # type: ignore[arg-type]
+            first = [qe.Prefetch(limit=prefetch.limit, query=near, filter=flt)]
         req = qe.QueryRequest(
             limit=limit,
             query=qe.Query.Nearest(np.asarray(vector, dtype=np.float32), using=using),  # type: ignore[arg-type]
-            filter=self.translate(where) if where else None,
+            prefetches=first,
+            filter=flt,
             with_payload=qe.PayloadSelector.Include(with_payload) if isinstance(with_payload, list) else with_payload,
             with_vector=False,
         )

@@ -35,6 +35,7 @@ from indexer.store.backend import (
     NewPoint,
     PointRecord,
     PointsBackend,
+    Prefetch,
     VectorSpace,
     Where,
     folder_bytes,
@@ -322,15 +323,31 @@ class ServerBackend(PointsBackend):
         return out, offset
 
     def query(
-        self, using: str, vector: np.ndarray, limit: int, where: Where | None, with_payload: bool | list[str]
+        self,
+        using: str,
+        vector: np.ndarray,
+        limit: int,
+        where: Where | None,
+        with_payload: bool | list[str],
+        prefetch: Prefetch | None = None,
     ) -> list[PointRecord]:
+        flt = self.translate(where) if where else None
+        first = None
+        if prefetch is not None:
+            first = qm.Prefetch(
+                query=np.asarray(prefetch.vector, dtype=np.float32).tolist(),
+                using=prefetch.using,
+                limit=prefetch.limit,
+                filter=flt,
+            )
         res = self._call(
             lambda: self.client.query_points(
                 self.name,
                 query=np.asarray(vector, dtype=np.float32).tolist(),
                 using=using,
+                prefetch=first,
                 limit=limit,
-                query_filter=self.translate(where) if where else None,
+                query_filter=flt,
                 with_payload=with_payload,
                 with_vectors=False,
             ),
