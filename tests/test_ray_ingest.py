@@ -34,7 +34,7 @@ from schemas.errors import EXIT_FILES_FAILED
 from schemas.models import IngestReport
 from schemas.settings import Settings
 from tests.support import DOCS, REPO
-from tests.test_ingest_jobs import assert_same, make_corpus, snapshot
+from tests.test_ingest_jobs import assert_complete, assert_same, make_corpus, snapshot
 
 pytest.importorskip(
     "ray", reason="Ray is not installed: pip install -e '.[ray]' (scripts/setup.sh installs it with the dev extra)"
@@ -254,3 +254,41 @@ def test_two_nodes_equal_a_local_ingest(
     out = "".join(until_stored(again, -1))
     assert again.wait() == EXIT_FILES_FAILED, out
     assert "0 documents" in out and "13 unchanged" in out
+
+
+def test_a_killed_embedding_worker_is_retried_and_the_store_ends_exact(
+    cluster: Cluster, reference: tuple[Path, Settings, IngestReport], tmp_path: Path
+) -> None:
+    corpus, local, _ = reference
+    s = store_settings(tmp_path / "ray")
+    proc = driver(corpus, s.store.store_path, cluster.address, sdk=True)
+    lines = until_stored(proc, 2)
+    workers = cluster_processes(cluster, "EmbedActor")
+    assert len(workers) == 1, "".join(lines)  # one actor: the run cannot go on without it coming back
+    os.kill(workers[0], signal.SIGKILL)
+    assert proc.stderr is not None
+    out = "".join(lines) + proc.stderr.read()
+    assert proc.wait() == 1, out  # one failure: empty.txt; no file failed for the killed worker
+    assert out.count("indexer.ingest: stored ") == 13  # each file reported once, however often it ran
+    assert_same(snapshot(s), snapshot(local))
+
+
+def test_a_killed_driver_then_the_command_again_ends_as_one_uninterrupted_run(
+    cluster: Cluster, reference: tuple[Path, Settings, IngestReport], tmp_path: Path
+) -> None:
+    corpus, local, _ = reference
+    s = store_settings(tmp_path / "ray")
+    proc = driver(corpus, s.store.store_path, cluster.address, sdk=True)
+    until_stored(proc, 2)
+    proc.send_signal(signal.SIGKILL)
+    assert proc.wait() == -signal.SIGKILL
+    # the job's actors go with their driver; the writer must be gone before the store can be opened again
+    wait_for(lambda: not cluster_processes(cluster, "StoreWriter"), "the killed job's writer to stop")
+    first = assert_complete(s)  # whatever a search can see is whole
+    assert 2 <= first < 13
+
+    again = driver(corpus, s.store.store_path, cluster.address)  # the command, as a user runs it again
+    out = "".join(until_stored(again, -1))
+    assert again.wait() == EXIT_FILES_FAILED, out
+    assert f"{first} unchanged" in out
+    assert_same(snapshot(s), snapshot(local))
