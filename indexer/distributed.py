@@ -527,7 +527,8 @@ class _RayRun:
                     "writer": writer,
                     "threads": r.threads,
                 },
-                batch_size=self.options.batch_docs,
+                # a corpus smaller than a batch per actor is still spread over every actor
+                batch_size=max(1, min(self.options.batch_docs, -(-len(admitted) // r.actors))),
                 batch_format="pyarrow",
                 compute=ray.data.ActorPoolStrategy(size=r.actors),
                 num_cpus=r.cpus,
