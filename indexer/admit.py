@@ -125,6 +125,17 @@ class Admission:
         self._lock = threading.Lock()
         self.docs = {d: (h.version, h.source) for d, h in headers.items()}
 
+    @classmethod
+    def from_docs(cls, docs: dict[str, tuple[str, str]]) -> Admission:
+        """An admission over a copy of another one's `docs` (doc_id -> (version, source)).
+
+        A writer in another process (`indexer.distributed`) starts from the driver's view of the store
+        instead of reading every header again.
+        """
+        out = cls({})
+        out.docs = dict(docs)
+        return out
+
     def admit(self, path: Path, doc_id: str) -> str | None:
         """Pass one file through every check, cheapest first.
 

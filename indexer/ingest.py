@@ -26,19 +26,20 @@ import queue
 import threading
 import time
 from collections.abc import Callable, Iterable, Iterator
+from dataclasses import dataclass
 from pathlib import Path
 from typing import Any, Protocol
 
 import numpy as np
 
 from indexer.admit import Admission
-from indexer.discover import Discovery, discover
+from indexer.discover import Discovery, FoundFile, discover
 from indexer.embedders import TokenEmbedder, load_embedder
 from indexer.long_documents import PartCommit, PartWrite, embed_in_parts
 from indexer.progress import Tally
 from indexer.reading import read_file
 from indexer.sentence_vectors import with_sentence_vectors
-from indexer.store import TokenStore, Written, check_embedder, open_or_create_store, open_store
+from indexer.store import TokenStore, WriteTarget, Written, check_embedder, open_or_create_store, open_store
 from schemas.errors import ChunklessError, InputError, StorageFaultError, StoreNotFoundError
 from schemas.models import EmbeddedDocument, IngestFailure, IngestReport, LoadedDocument
 from schemas.settings import Settings
@@ -53,6 +54,118 @@ SERVER_ORPHAN_GRACE_S = 3600.0  # far longer than any one document's write; olde
 _DONE = object()
 # a tokenizer or model that rejects a document: that document fails, the run goes on
 _EMBED_ERRORS = (ChunklessError, ValueError, RuntimeError, IndexError)
+# what the embedding stage hands the writing stage: short documents embedded whole, or a long one's parts
+WriteItem = list[EmbeddedDocument] | PartWrite | PartCommit
+
+
+@dataclass(frozen=True)
+class ModelIdentity:
+    """What a new collection records of its model (and checks every later model against)."""
+
+    name: str
+    dim: int
+    pooling: str
+    backend: str
+    vector_kind: str
+
+    @classmethod
+    def of(cls, embedder: TokenEmbedder) -> ModelIdentity:
+        """The identity of a loaded model."""
+        return cls(embedder.name, embedder.dim, embedder.pooling, embedder.backend, embedder.vector_kind)
+
+
+def open_for_writing(settings: Settings, model: Callable[[], ModelIdentity]) -> TokenStore:
+    """The collection an ingest run writes: opened if it exists, else created for the model `model()` names.
+
+    An existing collection knows its dimension, so `model` is called only to create one: an unchanged
+    corpus never loads the model. Every check a run makes on opening (model, dtype, layout, sentence
+    vectors) applies as it always has.
+
+    Args:
+        settings: the run's settings (store, model).
+        model: loads (or asks a worker for) the model's identity; called only when the collection is new.
+
+    Returns:
+        The open store, writing segments of `settings.store.segment_tokens` rows.
+
+    Raises:
+        StoreMismatchError: the collection was made with another model or layout.
+        StoreBusyError: another process holds the embedded store.
+        ServerError: the Qdrant server cannot be reached or refused the key.
+    """
+    try:
+        existing = open_store(settings.store)
+    except StoreNotFoundError:
+        m = model()
+        return open_or_create_store(settings.store, m.name, m.dim, m.pooling, m.backend, m.vector_kind)
+    # let open_or_create_store apply every check (model, dtype, layout) as it always does
+    meta = existing.meta
+    existing.close()
+    return open_or_create_store(settings.store, settings.model.model, meta.dim, meta.pooling)
+
+
+def sweep_orphans(store: TokenStore, settings: Settings) -> int:
+    """Remove the segments a killed run left with no header, before a run writes anything.
+
+    On a server another worker may be between a document's segments and its header right now: only
+    orphans older than `SERVER_ORPHAN_GRACE_S` go there.
+
+    Returns:
+        How many segments were removed.
+    """
+    removed = store.remove_orphans(min_age_s=SERVER_ORPHAN_GRACE_S if settings.store.url else 0.0)
+    if removed:
+        log.info("removed %d orphan segments left by an interrupted run", removed)
+    return removed
+
+
+def admit_file(admission: Admission, tally: Tally, f: FoundFile) -> str | None:
+    """Admit one discovered file (`Admission.admit`), reporting a refused or unchanged file to `tally`.
+
+    Args:
+        admission: the store's live documents.
+        tally: the run's tally.
+        f: the file and its doc_id.
+
+    Returns:
+        Its content hash when it is to be read and embedded; None when it was refused or is unchanged.
+    """
+    try:
+        digest = admission.admit(f.path, f.doc_id)  # None: the store holds this content already
+    except InputError as e:
+        tally.failed(e.path, e.reason, f.doc_id)
+        return None
+    except OSError as e:  # vanished or unreadable since the walk
+        tally.failed(str(f.path), _unreadable(e), f.doc_id)
+        return None
+    if digest is None:
+        tally.unchanged(f.doc_id)
+    return digest
+
+
+def read_admitted(path: Path, doc_id: str, digest: str) -> LoadedDocument:
+    """Read an admitted file into the document to embed.
+
+    Args:
+        path: the file, as discovered.
+        doc_id: its doc_id.
+        digest: its content hash, from admission (the document's version).
+
+    Returns:
+        The document.
+
+    Raises:
+        InputError: the file cannot be read or parsed (corrupt, empty, undecodable), or it vanished or
+            became unreadable since it was admitted; names the file and what to do.
+    """
+    try:
+        return read_file(path, doc_id, digest)
+    except OSError as e:
+        raise InputError(str(path), _unreadable(e)) from e
+
+
+def _unreadable(e: OSError) -> str:
+    return f"cannot read file ({e}); check it exists and is readable"
 
 
 class ReadsServer(Protocol):
@@ -124,6 +237,10 @@ class IngestRun:
     once: `run` opens the store and starts the stages, and its queues and stop flag are spent when it
     returns.
 
+    An engine that moves the stages to other processes (`indexer.distributed`) uses the same pieces:
+    `attach` gives a run its collection, tally and (for writing) store and admission without `run`;
+    `embed_batch` embeds one batch of read documents into write items, and `write_item` stores one.
+
     Args:
         settings: the run's settings (store, model, span boundary rule).
         embedder: a loaded embedder; loaded from `settings` when a file needs one.
@@ -176,17 +293,14 @@ class IngestRun:
         """
         found = discover(paths, id_from, doc_id)  # a walk, no reads: gives the progress bar its total
         own_store = self._given_store is None
-        self.store = self._open()
-        self.tally = Tally(len(found.files) + len(found.failures), self.bar, self.on_failure)
-        self.tally.progress.start()
+        store = self._open()
+        tally = Tally(len(found.files) + len(found.failures), self.bar, self.on_failure)
+        tally.progress.start()
         try:
-            if self.reads is not None:
-                self.reads.start(self.store, self._model)
-            # on a server another worker may be between a document's segments and its header right now
-            removed = self.store.remove_orphans(min_age_s=SERVER_ORPHAN_GRACE_S if self.settings.store.url else 0.0)
-            if removed:
-                log.info("removed %d orphan segments left by an interrupted run", removed)
-            self.admission = Admission(self.store.headers())
+            sweep_orphans(store, self.settings)
+            self.attach(tally, store.target, store, Admission(store.headers()))
+            if self.reads is not None:  # after attach: a read may load the model, which checks it against the target
+                self.reads.start(store, self._model)
             for refused in found.failures:  # the walk's refusals first, before any file is read
                 self.tally.failed(refused.path, refused.reason)
             loader = _Stage("chunkless-load", lambda: self._load(found))
@@ -200,15 +314,32 @@ class IngestRun:
             while writer.is_alive():  # join in slices: a writer error must not hide behind a blocked put
                 writer.join(timeout=0.5)
             writer.check()
-            self.store.flush()
+            store.flush()
         finally:
             self._stop.set()
             if self.reads is not None:
                 self.reads.stop()  # answers the searches in flight, then the store can close
-            self.tally.progress.close()
+            tally.progress.close()
             if own_store:
-                self.store.close()
-        return self.tally.report
+                store.close()
+        return tally.report
+
+    def attach(
+        self, tally: Tally, target: WriteTarget, store: TokenStore | None = None, admission: Admission | None = None
+    ) -> None:
+        """Give the run what its stages share, without `run`: for an engine that drives the stages itself.
+
+        Args:
+            tally: where each file's outcome is reported.
+            target: the collection documents are embedded for (`TokenStore.target`).
+            store: the open store `write_item` writes to (None: this process only embeds).
+            admission: the store's live documents, kept current by `write_item` (None: only embeds).
+        """
+        self.tally, self.target = tally, target
+        if store is not None:
+            self.store = store
+        if admission is not None:
+            self.admission = admission
 
     # --- setup ------------------------------------------------------------------------------------
     def _open(self) -> TokenStore:
@@ -223,17 +354,13 @@ class IngestRun:
                 check_embedder(store.meta, self.embedder, self.where)
             return store
         if self.embedder is None:
-            try:
-                existing = open_store(settings.store)
-            except StoreNotFoundError:
-                self.embedder = load_embedder(settings)
-            else:
-                # let open_or_create_store apply every check (model, dtype, layout) as it always does
-                meta = existing.meta
-                existing.close()
-                return open_or_create_store(settings.store, settings.model.model, meta.dim, meta.pooling)
+            return open_for_writing(settings, self._load_identity)
         e = self.embedder
         return open_or_create_store(settings.store, e.name, e.dim, e.pooling, e.backend, e.vector_kind)
+
+    def _load_identity(self) -> ModelIdentity:
+        self.embedder = load_embedder(self.settings)
+        return ModelIdentity.of(self.embedder)
 
     # --- loader thread: admit, then read ----------------------------------------------------------
     def _load(self, found: Discovery) -> None:
@@ -241,39 +368,52 @@ class IngestRun:
         for f in found.files:
             if self._stop.is_set():
                 return
-            path, did = f.path, f.doc_id
+            digest = admit_file(self.admission, self.tally, f)
+            if digest is None:
+                continue
             try:
-                digest = self.admission.admit(path, did)  # None: the store holds this content already
-                doc = None if digest is None else read_file(path, did, digest)
+                doc = read_admitted(f.path, f.doc_id, digest)
             except InputError as e:
-                self.tally.failed(e.path, e.reason, did)
+                self.tally.failed(e.path, e.reason, f.doc_id)
                 continue
-            except OSError as e:  # vanished or unreadable between the walk and the read
-                self.tally.failed(str(path), f"cannot read file ({e}); check it exists and is readable", did)
-                continue
-            if doc is None:
-                self.tally.unchanged(did)
-            elif not _put(self._docs, doc, self._stop):
+            if not _put(self._docs, doc, self._stop):
                 return
         _put(self._docs, _DONE, self._stop)
 
     # --- calling thread: embed --------------------------------------------------------------------
     def _embed_all(self, loader: _Stage, writer: _Stage) -> None:
         """Embed what the loader reads, batch by batch, and hand it to the writer; returns when done or stopping."""
-        part_tokens = self.settings.model.batch_tokens  # a long document is embedded one batch's worth at a time
         for batch in _batches(self._docs, self.settings.model.batch_tokens, loader):
             writer.check()
-            embedder = self._model()
-            flags = [self._part_wise(d, embedder, part_tokens) for d in batch]
-            long_docs = [d for d, f in zip(batch, flags, strict=True) if f]
-            short = [d for d, f in zip(batch, flags, strict=True) if not f]
-            out = self._embed(short, embedder) if short else []
-            # opt-in; in the model's thread
-            out = with_sentence_vectors(out, embedder, self.store, self.settings.spans.boundary)
-            if out and not _put(self._embedded, out, self._stop, writer):
-                return
-            if not all(self._embed_parts(d, embedder, writer) for d in long_docs):
-                return
+            for item in self.embed_batch(batch):
+                if not _put(self._embedded, item, self._stop, writer):
+                    return
+
+    def embed_batch(self, batch: list[LoadedDocument]) -> Iterator[WriteItem]:
+        """Embed one batch of read documents into what the writing stage stores, in order.
+
+        Short documents come as one list (with their sentence vectors when the collection keeps them);
+        each long one, on a model that can, as its parts and then its commit. A document the model
+        rejects is reported to the tally and left out; the model is loaded on first use.
+
+        Args:
+            batch: documents, about `batch_tokens` tokens in all.
+
+        Yields:
+            Write items for `write_item`.
+        """
+        embedder = self._model()
+        part_tokens = self.settings.model.batch_tokens  # a long document is embedded one batch's worth at a time
+        flags = [self._part_wise(d, embedder, part_tokens) for d in batch]
+        long_docs = [d for d, f in zip(batch, flags, strict=True) if f]
+        short = [d for d, f in zip(batch, flags, strict=True) if not f]
+        out = self._embed(short, embedder) if short else []
+        # opt-in; in the model's thread
+        out = with_sentence_vectors(out, embedder, self.target, self.settings.spans.boundary)
+        if out:
+            yield out
+        for d in long_docs:
+            yield from self._embed_parts(d, embedder)
 
     def _model(self) -> TokenEmbedder:
         """The embedder, loaded (and checked against the collection) when the first file, or the first
@@ -282,7 +422,7 @@ class IngestRun:
             if self._shared is None:
                 if self.embedder is None:
                     self.embedder = load_embedder(self.settings)
-                    check_embedder(self.store.meta, self.embedder, self.where)
+                    check_embedder(self.target.meta, self.embedder, self.where)
                 self._shared = self.embedder if self.reads is None else self.reads.shared(self.embedder)
             return self._shared
 
@@ -309,26 +449,23 @@ class IngestRun:
                 self.tally.failed(d.source, f"cannot embed ({type(e).__name__}: {e})", d.doc_id)
         return out
 
-    def _embed_parts(self, doc: LoadedDocument, embedder: TokenEmbedder, writer: _Stage) -> bool:
-        """Embed a long document part by part, handing each part's segments to the writer; False if stopping."""
+    def _embed_parts(self, doc: LoadedDocument, embedder: TokenEmbedder) -> Iterator[PartWrite | PartCommit]:
+        """Embed a long document part by part, yielding each part's segments, then its commit."""
         parts = embed_in_parts(
             doc,
             embedder.windows(),
             self.settings.model.batch_tokens,
-            self.store.meta.layout.pool,
-            self.store.segment_rows,
+            self.target.meta.layout.pool,
+            self.target.segment_rows,
             progress=lambda done, total: self.tally.progress.working(doc.doc_id, done, total),
         )
         try:
-            for item in parts:
-                if not _put(self._embedded, item, self._stop, writer):
-                    return False
+            yield from parts
         except InputError as e:
             self.tally.failed(e.path, e.reason, doc.doc_id)
         except _EMBED_ERRORS as e:
             # segments already written are orphans no search sees; the next run removes them
             self.tally.failed(doc.source, f"cannot embed ({type(e).__name__}: {e})", doc.doc_id)
-        return True
 
     # --- writer thread: write ---------------------------------------------------------------------
     def _write(self) -> None:
@@ -336,11 +473,22 @@ class IngestRun:
             item = self._embedded.get()
             if item is _DONE:
                 return
-            if isinstance(item, PartWrite | PartCommit):
-                self._write_part(item)
-                continue
-            for emb in item:
-                self._write_one(emb)
+            self.write_item(item)
+
+    def write_item(self, item: WriteItem) -> None:
+        """Store one item of the embedding stage: documents whole, or a long document's part or commit.
+
+        Each stored document is reported to the tally (and the admission) once its header is committed;
+        a document the store refuses is reported failed.
+
+        Raises:
+            StorageFaultError: the disk is full or read-only: no file's fault, the run ends with it.
+        """
+        if isinstance(item, PartWrite | PartCommit):
+            self._write_part(item)
+            return
+        for emb in item:
+            self._write_one(emb)
 
     def _write_one(self, emb: EmbeddedDocument) -> None:
         d = emb.doc

@@ -20,7 +20,7 @@ import numpy as np
 from indexer.boundaries import sentence_rows, token_ends_sentence
 from indexer.codec import pool_document
 from indexer.embedders import TokenEmbedder
-from indexer.store import TokenStore
+from indexer.store import TokenStore, WriteTarget
 from indexer.store.segments import split_segments
 from schemas.models import EmbeddedDocument, SentenceVectors
 from schemas.settings import Boundary
@@ -57,7 +57,7 @@ def sentence_chars(emb: EmbeddedDocument, pool: int, segment_rows: int | None, r
 
 
 def with_sentence_vectors(
-    docs: Sequence[EmbeddedDocument], embedder: TokenEmbedder, store: TokenStore, rule: Boundary
+    docs: Sequence[EmbeddedDocument], embedder: TokenEmbedder, store: TokenStore | WriteTarget, rule: Boundary
 ) -> list[EmbeddedDocument]:
     """The documents with their sentence vectors when `store` keeps them (else as they are).
 
@@ -66,7 +66,8 @@ def with_sentence_vectors(
     Args:
         docs: embedded documents about to be written to `store`.
         embedder: the model that embedded them (the one search re-ranks with).
-        store: the collection they go to: its `sentence_vectors`, storage pool and segment rows.
+        store: the collection they go to (or its `WriteTarget`): its `sentence_vectors`, storage pool and
+            segment rows.
         rule: the sentence-end rule (`SpanSettings.boundary`).
 
     Returns:

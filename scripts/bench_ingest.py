@@ -7,6 +7,9 @@
     window tokens/s, their ratio, padding waste, and document tokens/s (what users see; the window
     overlap, a quality setting, makes it lower than the window rate), with the CPU seconds of both sides
     and the load average (the tokens/s ratio means something only on a quiet machine);
+(d) with --engine ray: document tokens/s of a local ingest and of `--engine ray` with each --actors count
+    (embedding actors of 1 CPU each, on a Ray started here with that many CPUs plus one for reading), in
+    one run, side by side: every run loads its model and writes a fresh Edge store;
 (c) with --squad: bytes per token that `chunkless stats` reports for each dtype on a benchmark's
     corpus.jsonl (each article written to a .txt file and ingested; embedded once, stored three times),
     split into write-ahead log, vector storage and the rest.
@@ -16,6 +19,7 @@
 random weights, bf16); the last two are meant for a GPU.
 
 Usage: python scripts/bench_ingest.py [--skip store] [--corpus DIR | --docs 12] [--arch qwen3-0.6b --device cuda]
+       python scripts/bench_ingest.py --engine ray --actors 1 2 [--docs 24]   (only (d))
        python scripts/bench_ingest.py --huge 1 10 100 [--tiny]   (one long file per size: scripts/bench_ingest_huge.py)
 Timings are wall-clock on whatever machine runs it; they are figures to read, not assertions.
 """
@@ -25,6 +29,7 @@ from __future__ import annotations
 import argparse
 import dataclasses
 import json
+import logging
 import os
 import shutil
 import tempfile
@@ -214,6 +219,47 @@ def bench_pipeline(corpus: Path, tmp: Path, settings: Settings, embedder: TokenE
     )
 
 
+def bench_engines(corpus: Path, tmp: Path, settings: Settings, actors: list[int]) -> None:
+    """(d) document tokens/s of a local ingest and of a Ray Data ingest with each count of embedding actors."""
+    import ray
+
+    from indexer.distributed import RayOptions, ray_ingest
+
+    cpus = max(actors) + 1  # Ray's CPUs are logical: one per actor, one for the read tasks
+    ray.init(num_cpus=cpus, include_dashboard=False, log_to_driver=False, logging_level=logging.WARNING)
+    print(f"\n(d) engines: {settings.model.model} on {settings.model.device}, corpus {corpus}, {os.cpu_count()} cores")
+    head = f"{'engine':>8} {'actors':>6} {'docs':>5} {'doc tokens':>11} {'seconds':>8} {'doc tok/s':>10}"
+    print(f"{head} {'ratio':>6} {'load':>5}")
+    rates: dict[str, list[float]] = {}
+    try:
+        configs: list[tuple[str, int | None]] = [("local", None)] + [("ray", n) for n in actors]
+        # there and back (A B C C B A): a load that drifts during the runs weighs on every config alike
+        for i, (engine, n) in enumerate(configs + configs[::-1]):
+            s = settings.updated(store_path=tmp / f"engine-{i}")
+            if n is None:
+                report = ingest([corpus], s)  # loads its model, as each actor does
+            else:
+                report = ray_ingest([corpus], s, RayOptions(actors=n, cpus_per_actor=1.0))
+            rate = report.tokens / report.seconds
+            rates.setdefault(f"{engine} {n or '-'}", []).append(rate)
+            base = float(np.mean(rates["local -"]))
+            print(
+                f"{engine:>8} {n or '-':>6} {report.documents:>5} {report.tokens:>11,} {report.seconds:>8.1f} "
+                f"{rate:>10,.0f} {rate / base:>6.2f} {os.getloadavg()[0]:>5.1f}"
+            )
+        base = float(np.mean(rates["local -"]))
+        print("  mean of the two runs of each, and its ratio to local's mean:")
+        for name, rs in rates.items():
+            print(f"  {name:>15} {np.mean(rs):>10,.0f} doc tok/s {np.mean(rs) / base:>6.2f}")
+    finally:
+        ray.shutdown()
+    print(
+        "  doc tok/s: document tokens stored per second, end to end (model loads, Ray's actor start included);"
+        " ratio: against the local runs so far; load: 1-minute load average after the run.\n"
+        f"  local runs torch on every core; each Ray actor on 1 thread (cpus_per_actor=1), in a Ray of {cpus} CPUs"
+    )
+
+
 def squad_corpus(bench_dir: Path, out: Path, limit: int | None = None) -> Path:
     """A benchmark's corpus.jsonl written as one .txt file per article (the pipeline reads files)."""
     out.mkdir(parents=True, exist_ok=True)
@@ -307,6 +353,8 @@ def main() -> None:
     ap.add_argument("--repeat", type=int, default=2, help="pipeline runs for (b)")
     ap.add_argument("--huge", type=float, nargs="+", metavar="MB", help="only: one MB-sized file each, peak memory")
     ap.add_argument("--tiny", action="store_true", help="with --huge: a random 0-layer model (the pipeline's memory)")
+    ap.add_argument("--engine", choices=["local", "ray"], default="local", help="ray: only (d), local vs Ray Data")
+    ap.add_argument("--actors", type=int, nargs="+", default=[1, 2], help="with --engine ray: actor counts to run")
     args = ap.parse_args()
     if args.huge:
         import bench_ingest_huge  # scripts/ is on sys.path when a script runs
@@ -322,6 +370,11 @@ def main() -> None:
     with tempfile.TemporaryDirectory(prefix="bench_ingest_") as t:
         tmp = Path(t)
         settings = Settings(store_path=tmp / "unused", **over)
+        if args.engine == "ray":
+            corpus = args.corpus or (
+                squad_corpus(squad, tmp / "corpus", args.docs) if squad else repo / "demo" / "corpus"
+            )
+            return bench_engines(corpus, tmp, settings, args.actors)
         if "store" not in args.skip:
             bench_store(args.tokens, args.doc_tokens, tmp)
         if "pipeline" not in args.skip or args.squad:

@@ -6,7 +6,8 @@ Public API (import from `indexer.store`):
 - `TokenStore`: write_document, delete_document, remove_orphans, headers, header, recall, maxsim,
   rank_segments, fetch_segments, segment_texts, stats, compact, fit_codec, flush, close
 - `DocHeader` (one document), `CollectionMeta` (the collection), `check_embedder` (whether a model's
-  vectors fit a collection), `Candidate`, `StoredSegment`, `Written`, `CompactReport`
+  vectors fit a collection), `Candidate`, `StoredSegment`, `Written`, `CompactReport`,
+  `WriteTarget` (a collection's layout and segment rows, for embedding away from the store)
 - `PointsBackend` (the documented backend contract), `EdgeBackend`, `make_backend`;
   `indexer.store.server.ServerBackend` (imported on demand: qdrant-client is only needed for a server)
 - `Where`, `Match` (backend-neutral filters), `NewPoint`, `PointRecord`, `VectorSpace`, `to_array`
@@ -20,6 +21,7 @@ from indexer.store.documents import (
     CompactReport,
     StoredSegment,
     TokenStore,
+    WriteTarget,
     Written,
     make_backend,
     open_or_create_store,
@@ -47,6 +49,7 @@ __all__ = [
     "TokenStore",
     "VectorSpace",
     "Where",
+    "WriteTarget",
     "Written",
     "check_embedder",
     "header_id",

@@ -80,6 +80,23 @@ class CompactReport:
         return self.bytes_before - self.bytes_after
 
 
+@dataclass(frozen=True)
+class WriteTarget:
+    """What embedding for a collection needs to know of it, without a connection to the store.
+
+    The storage layout (its pool), whether sentence vectors are kept and the rows per segment decide
+    how documents are cut into segments and sentences before they are written. A distributed ingest
+    (`indexer.distributed`) embeds on machines that never open the store, and plans with this.
+
+    Attributes:
+        meta: the collection's metadata.
+        segment_rows: rows per segment written (None: the most a Qdrant server takes).
+    """
+
+    meta: CollectionMeta
+    segment_rows: int | None
+
+
 @dataclass
 class Candidate:
     """A recalled document: its id, recall score and header."""
@@ -115,6 +132,11 @@ class TokenStore:
         self.meta = meta
         self.segment_rows = segment_rows  # rows per segment written (None: the server's limit)
         self._codec: TokenCodec | None = None
+
+    @property
+    def target(self) -> WriteTarget:
+        """The collection's metadata and rows per segment, for embedding that runs away from the store."""
+        return WriteTarget(self.meta, self.segment_rows)
 
     # -- storage layout ----------------------------------------------------------------------------
     @property

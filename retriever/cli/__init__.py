@@ -47,6 +47,21 @@ def build_parser() -> argparse.ArgumentParser:
     ing.add_argument("--quiet", action="store_true", help="plain log lines, no progress bar")
     ing.add_argument("--id-from", type=Path, metavar="ROOT", help="doc_ids relative to ROOT (default: absolute paths)")
     ing.add_argument("--doc-id", metavar="ID", help="store the one file named under this doc_id")
+    ing.add_argument(
+        "--engine",
+        choices=["local", "ray"],
+        default="local",
+        help="local: this process; ray: a Ray Data job over a Ray cluster (pip install 'chunkless[ray]')",
+    )
+    ing.add_argument(
+        "--ray-address",
+        metavar="ADDR",
+        help="the Ray cluster to join (host:port that `ray start --head` prints, or auto); "
+        "default: RAY_ADDRESS, else a Ray started for this run",
+    )
+    ing.add_argument(
+        "--actors", type=int, metavar="N", help="--engine ray: embedding actors (default: one per GPU, else per CPU)"
+    )
     add_setting_flags(ing, STORE_FLAGS | MODEL_FLAGS | LAYOUT_FLAGS)
     remote.routable(ing, commands.cmd_ingest, remote.remote_ingest)
 

@@ -16,7 +16,7 @@ from pathlib import Path
 
 from retriever.cli.flags import SET, settings_of
 from retriever.cli.printing import one_line, print_compact, print_documents, print_search, print_stats, terminal_safe
-from schemas.errors import EXIT_FILES_FAILED, QueryError
+from schemas.errors import EXIT_FILES_FAILED, QueryError, SettingsError
 from schemas.query import check_query
 
 
@@ -28,9 +28,19 @@ def cmd_ingest(args: argparse.Namespace) -> int:
     bar = not args.quiet and sys.stderr.isatty()  # a bar in a log file is noise: plain lines there instead
     if not bar:
         logging.getLogger("indexer.ingest").setLevel(logging.INFO)
-    # searches, lists and stats of this store from other processes are answered while the run holds it
-    reads = ReadEndpoint(settings, role="ingest")
-    report = ingest(args.paths, settings, progress=bar, id_from=args.id_from, doc_id=args.doc_id, reads=reads)
+    if args.engine == "ray":
+        from indexer.distributed import RayOptions, ray_ingest
+
+        if args.actors is not None and args.actors < 1:
+            raise SettingsError(f"--actors {args.actors}: give 1 or more embedding actors")
+        options = RayOptions(address=args.ray_address, actors=args.actors)
+        report = ray_ingest(args.paths, settings, options, progress=bar, id_from=args.id_from, doc_id=args.doc_id)
+    elif args.ray_address is not None or args.actors is not None:
+        raise SettingsError("--ray-address and --actors need --engine ray")
+    else:
+        # searches, lists and stats of this store from other processes are answered while the run holds it
+        reads = ReadEndpoint(settings, role="ingest")
+        report = ingest(args.paths, settings, progress=bar, id_from=args.id_from, doc_id=args.doc_id, reads=reads)
     msg = (
         f"ingested {report.documents} documents ({report.tokens} tokens, {report.replaced} replaced, "
         f"{report.skipped_unchanged} unchanged, {report.bytes_stored / 1e6:.1f} MB of vectors) in "

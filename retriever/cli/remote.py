@@ -24,7 +24,7 @@ from typing import TYPE_CHECKING, Any
 from indexer.holder import Advert, read_advert
 from retriever.cli.flags import settings_of
 from retriever.cli.printing import print_documents, print_search, print_stats
-from schemas.errors import EXIT_FILES_FAILED, ChunklessError, StoreBusyError
+from schemas.errors import EXIT_FILES_FAILED, ChunklessError, SettingsError, StoreBusyError
 from schemas.query import check_query
 from schemas.settings import ServeSettings
 
@@ -157,6 +157,8 @@ def remote_ingest(args: argparse.Namespace) -> int:
     """`chunkless ingest --server URL PATH...`: upload the files (named as a local run names them), wait."""
     from indexer.discover import discover
 
+    if args.engine != "local":
+        raise SettingsError(f"--engine {args.engine} runs here, not in a service: drop --server (CHUNKLESS_SERVER)")
     found = discover(args.paths, args.id_from, args.doc_id)
     files, bad = [(f.path, f.doc_id) for f in found.files], found.failures
     for f in bad:
