@@ -9,7 +9,7 @@ from pathlib import Path
 from indexer.embedders import TokenEmbedder, load_embedder
 from indexer.store import TokenStore, open_or_create_store
 from retriever.search import Retriever
-from retriever.serve.embedder import SerialEmbedder
+from retriever.serve.embedder import ScheduledRetriever, SerialEmbedder
 from retriever.serve.jobs import JobQueue
 from retriever.serve.metrics import Metrics
 from schemas.settings import Settings
@@ -23,8 +23,9 @@ class Service:
     The embedded Edge store admits one open handle per process tree (a file lock), so the
     `Retriever` and the job queue are given the same `TokenStore`; the Edge backend serialises its
     calls, and documents become visible only when whole (segments first, header last), so searches
-    go on while a job writes. The model is wrapped in one `SerialEmbedder`, whose lock every model
-    call takes, search or ingest.
+    go on while a job writes. The model is wrapped in one `SerialEmbedder`: every model
+    call, search or ingest, takes a turn from its scheduler, searches ahead of ingest forward batches
+    (`retriever.serve.embedder`).
 
     Args:
         settings: everything; `settings.serve` for the service itself.
@@ -38,14 +39,14 @@ class Service:
 
     def __init__(self, settings: Settings, embedder: TokenEmbedder | None = None) -> None:
         self.settings = settings
-        self.embedder = SerialEmbedder(embedder or load_embedder(settings.model))
+        self.embedder = SerialEmbedder(embedder or load_embedder(settings.model), settings.serve.ingest_batch_tokens)
         e = self.embedder
         self.store: TokenStore = open_or_create_store(settings.store, e.name, e.dim, e.pooling)
         # jobs live in memory: uploads a killed process left behind are never resumed, only cleared
         shutil.rmtree(self.spool, ignore_errors=True)
         self.spool.mkdir(parents=True, exist_ok=True)
         try:
-            self.retriever = Retriever(settings, embedder=self.embedder, store=self.store)
+            self.retriever: Retriever = ScheduledRetriever(settings, self.embedder, self.store)
             self.metrics = Metrics(queue_depth=lambda: self.jobs.depth(), cache_bytes=self._cache_bytes)
             self.jobs = JobQueue(settings, self.store, self.embedder, self.spool, on_tokens=self.metrics.tokens.inc)
         except BaseException:

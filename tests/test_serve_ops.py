@@ -1,0 +1,139 @@
+"""The service under load and over time: the model shared per forward batch (searches first), long uploads
+embedded part by part, jobs that tell the truth and outlive the process, and a safe default bind."""
+
+from __future__ import annotations
+
+import threading
+from pathlib import Path
+
+import httpx
+import numpy as np
+import pytest
+
+from indexer.embedders import HFTokenEmbedder
+from indexer.store import open_store
+from retriever import RemoteRetriever
+from retriever.serve.embedder import ModelScheduler
+from schemas.settings import Settings
+from tests.test_serve import WORDS, live, poll
+
+
+def long_text(words: int, seed: int = 7) -> str:
+    rng = np.random.default_rng(seed)
+    return " ".join(" ".join(rng.choice(WORDS, 12)).capitalize() + "." for _ in range(words // 12))
+
+
+def test_a_long_upload_through_serve_is_embedded_part_by_part_in_small_forward_batches(
+    tmp_path: Path, minilm: HFTokenEmbedder
+) -> None:
+    # a part is batch_tokens (256) tokens; the upload is ~3000 tokens, so about a dozen parts
+    settings = Settings(
+        store_path=tmp_path / "store", device="cpu", batch_tokens=256, segment_tokens=300, ingest_batch_tokens=128
+    )
+    text = long_text(2400)
+    with live(settings, minilm) as (url, service), RemoteRetriever(url) as remote:
+        with httpx.Client(base_url=url, timeout=60) as http:
+            r = http.post("/v1/documents", files=[("files", ("long.txt", text.encode()))])
+        assert r.status_code == 202, r.text
+        job = remote.wait(r.json()["id"], timeout=300)
+        assert job["state"] == "done", job
+        serial = service.embedder
+        # never embedded whole: part by part, each part in forward batches of at most 128 padded tokens
+        assert serial.whole_documents == 0
+        assert serial.parts > 3
+        assert serial.scheduler.ingest_turns > serial.parts
+        n_tokens = job["report"]["tokens"]
+        assert job["tokens_done"] == n_tokens > 2000
+        assert remote.search("basil and garlic in the oven", top=1).spans[0].doc_id == "long.txt"
+    store = open_store(settings.store, read_only=True)
+    try:
+        assert store.headers()["long.txt"].n_tokens == n_tokens
+    finally:
+        store.close()
+
+
+def _take(s: ModelScheduler, ingest: bool, order: list[str], name: str, go: threading.Event) -> None:
+    with s.model(ingest):
+        order.append(name)
+        go.wait(60)
+
+
+def test_a_waiting_search_goes_before_a_waiting_ingest_batch_and_a_running_search_holds_ingest_back() -> None:
+    s = ModelScheduler(ingest_batch_tokens=128)
+    order: list[str] = []
+    release = threading.Event()
+    release.set()
+    with s.model(ingest=True):  # an ingest batch is running
+        ingest = threading.Thread(target=_take, args=(s, True, order, "ingest", release))
+        ingest.start()
+        poll(lambda: s._ingest_waiting == 1, what="the next ingest batch to wait")
+        search = threading.Thread(target=_take, args=(s, False, order, "search", release))
+        search.start()
+        poll(lambda: s._searches_waiting == 1, what="the search to wait")
+    search.join(60)
+    ingest.join(60)
+    assert order == ["search", "ingest"]
+
+    # while a search is answered (recall, fetch, scoring: no model), no ingest batch starts
+    order.clear()
+    with s.searching():
+        ingest = threading.Thread(target=_take, args=(s, True, order, "ingest", release))
+        ingest.start()
+        poll(lambda: s._ingest_waiting == 1, what="the ingest batch to wait")
+        with s.model(ingest=False):
+            order.append("search")
+    ingest.join(60)
+    assert order == ["search", "ingest"]
+
+
+def test_ingest_still_moves_under_a_steady_stream_of_searches() -> None:
+    s = ModelScheduler()
+    order: list[str] = []
+    release = threading.Event()
+    release.set()
+    first = s.searching()
+    first.__enter__()
+    ingest = threading.Thread(target=_take, args=(s, True, order, "ingest", release))
+    ingest.start()
+    poll(lambda: s._ingest_waiting == 1, what="the ingest batch to wait")
+    second = s.searching()
+    second.__enter__()  # another search starts before the first ends: it would starve ingest forever
+    first.__exit__(None, None, None)  # the first ends while ingest waits: ingest is owed a batch
+    ingest.join(60)
+    assert order == ["ingest"]
+    second.__exit__(None, None, None)
+
+
+@pytest.mark.parametrize("scheduled", [True, False])
+def test_the_wrapper_forwards_what_the_model_declares(minilm: HFTokenEmbedder, scheduled: bool) -> None:
+    import dataclasses
+
+    from indexer.embedders import DelegatingEmbedder
+    from retriever.serve.embedder import SerialEmbedder
+
+    inner: DelegatingEmbedder | HFTokenEmbedder = minilm
+    if not scheduled:
+
+        class Unscheduled(DelegatingEmbedder):
+            def __init__(self, e: HFTokenEmbedder) -> None:
+                super().__init__(e)
+                self.capabilities = dataclasses.replace(e.capabilities, scheduled=False)
+
+        inner = Unscheduled(minilm)
+    serial = SerialEmbedder(inner, ingest_batch_tokens=128)
+    assert serial.capabilities == inner.capabilities
+    assert serial.capabilities.part_wise and serial.capabilities.query_tokens
+    [q] = serial.encode_queries(["Which mountain has a glacier?"])
+    [want] = minilm.encode_queries(["Which mountain has a glacier?"])
+    np.testing.assert_array_equal(q.pooled, want.pooled)
+    assert q.tokens is not None and want.tokens is not None
+    np.testing.assert_array_equal(q.tokens, want.tokens)
+    w = serial.windows()
+    ids, _ = w.tokenize(long_text(400))
+    before = serial.scheduler.ingest_turns
+    got = w.embed_windows([np.asarray(ids[:100]), np.asarray(ids[50:150])])
+    ref = minilm.windows().embed_windows([np.asarray(ids[:100]), np.asarray(ids[50:150])])
+    for (a, b), (c, d) in zip(got, ref, strict=True):
+        np.testing.assert_array_equal(a, c)
+        np.testing.assert_array_equal(b, d)
+    assert serial.scheduler.ingest_turns > before and serial.parts == 1
