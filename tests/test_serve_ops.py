@@ -137,3 +137,31 @@ def test_the_wrapper_forwards_what_the_model_declares(minilm: HFTokenEmbedder, s
         np.testing.assert_array_equal(a, c)
         np.testing.assert_array_equal(b, d)
     assert serial.scheduler.ingest_turns > before and serial.parts == 1
+
+
+# --- safe by default -----------------------------------------------------------------------------------
+def test_serve_refuses_an_open_api_on_a_non_loopback_host_and_says_why(
+    tmp_path: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
+    from retriever import cli
+
+    store = tmp_path / "store"
+    assert cli.main(["serve", "--host", "0.0.0.0", "--port", "0", "--store", str(store)]) == 2
+    [line] = capsys.readouterr().err.strip().splitlines()
+    assert "refusing to serve on 0.0.0.0 without an API key" in line
+    assert "CHUNKLESS_SERVICE_API_KEY" in line and "--insecure" in line
+    assert not store.exists(), "refused before the store is opened or the model loaded"
+
+
+def test_loopback_a_key_or_insecure_lets_serve_start(monkeypatch: pytest.MonkeyPatch) -> None:
+    from retriever.cli.serve import check_exposure, is_loopback
+    from schemas.errors import SettingsError
+    from schemas.settings import ServeSettings
+
+    assert is_loopback("127.0.0.1") and is_loopback("::1") and is_loopback("localhost")
+    assert not is_loopback("0.0.0.0") and not is_loopback("::") and not is_loopback("")
+    check_exposure(ServeSettings(host="127.0.0.1"), insecure=False)
+    check_exposure(ServeSettings(host="0.0.0.0", service_api_key="k"), insecure=False)
+    check_exposure(ServeSettings(host="0.0.0.0"), insecure=True)
+    with pytest.raises(SettingsError, match="without an API key"):
+        check_exposure(ServeSettings(host="0.0.0.0", service_api_key=""), insecure=False)
