@@ -165,3 +165,138 @@ def test_loopback_a_key_or_insecure_lets_serve_start(monkeypatch: pytest.MonkeyP
     check_exposure(ServeSettings(host="0.0.0.0"), insecure=True)
     with pytest.raises(SettingsError, match="without an API key"):
         check_exposure(ServeSettings(host="0.0.0.0", service_api_key=""), insecure=False)
+
+
+# --- jobs that tell the truth and survive restarts -------------------------------------------------------
+BROKEN_PDF = b"%PDF-1.7\n" + bytes(range(256)) * 8
+
+
+def _upload(url: str, files: list[tuple[str, bytes]]) -> str:
+    with httpx.Client(base_url=url, timeout=60) as http:
+        r = http.post("/v1/documents", files=[("files", f) for f in files])
+    assert r.status_code == 202, r.text
+    return str(r.json()["id"])
+
+
+def test_a_job_whose_only_file_failed_is_failed_and_each_file_has_its_result(
+    tmp_path: Path, minilm: HFTokenEmbedder
+) -> None:
+    settings = Settings(store_path=tmp_path / "store", device="cpu")
+    notes = ("notes.txt", b"Pistons move when steam expands in the cylinder.")
+    with live(settings, minilm) as (url, _), RemoteRetriever(url) as remote:
+        only = remote.wait(_upload(url, [("broken.pdf", BROKEN_PDF)]), timeout=120)
+        assert only["state"] == "failed" and only["documents_done"] == 1 and only["report"]["documents"] == 0
+        [f] = only["files"]
+        assert f["input"] == "broken.pdf" and f["state"] == "failed" and f["reason"]
+        assert only["error"].startswith("broken.pdf: ")
+
+        mixed = remote.wait(_upload(url, [("broken.pdf", BROKEN_PDF), notes]), timeout=120)
+        assert mixed["state"] == "partial", mixed
+        assert [(f["input"], f["state"]) for f in mixed["files"]] == [("broken.pdf", "failed"), ("notes.txt", "stored")]
+        assert mixed["files"][1]["tokens"] == mixed["tokens_done"] > 0
+        assert "1 of 2 files failed" in mixed["error"]
+
+        again = remote.wait(_upload(url, [notes]), timeout=120)
+        assert again["state"] == "done" and again["error"] is None
+        assert [f["state"] for f in again["files"]] == ["unchanged"]
+        ids = [only["id"], mixed["id"], again["id"]]
+
+    # a restarted service lists them, with what they said before
+    with live(settings, minilm) as (url, _), RemoteRetriever(url) as remote:
+        listed = remote.jobs()
+        assert [j["id"] for j in listed] == ids[::-1]
+        assert remote.job(mixed["id"]) == mixed
+    assert (settings.store.store_path / "chunkless.jobs.jsonl").is_file()
+
+
+def test_a_job_left_running_by_a_stopped_service_reads_as_interrupted(tmp_path: Path, minilm: HFTokenEmbedder) -> None:
+    from retriever.serve.jobs import FileJobLog
+    from retriever.serve.models import FileResult, Job
+
+    settings = Settings(store_path=tmp_path / "store", device="cpu")
+    settings.store.store_path.mkdir()
+    left = Job(id="a" * 32, state="running", inputs=["x.txt"], files=[FileResult(input="x.txt", doc_id="x.txt")])
+    FileJobLog(settings.store.store_path / "chunkless.jobs.jsonl").save(left)
+    with live(settings, minilm) as (url, _), RemoteRetriever(url) as remote:
+        job = remote.job("a" * 32)
+        assert job["state"] == "interrupted" and "upload again" in job["error"]
+
+
+class _Gate:
+    """A model's windows that stop before their third part until the test lets them go on."""
+
+    def __init__(self, inner: object, gate: threading.Event, reached: threading.Event) -> None:
+        self._inner, self._gate, self._reached = inner, gate, reached
+        self.dim, self.content, self.stride = inner.dim, inner.content, inner.stride  # type: ignore[attr-defined]
+        self._calls = 0
+
+    def tokenize(self, text: str) -> tuple[list[int], np.ndarray]:
+        return self._inner.tokenize(text)  # type: ignore[attr-defined,no-any-return]
+
+    def embed_windows(self, windows: object) -> object:
+        self._calls += 1
+        if self._calls == 3:
+            self._reached.set()
+            assert self._gate.wait(120), "the test never let the part go on"
+        return self._inner.embed_windows(windows)  # type: ignore[attr-defined]
+
+
+def test_tokens_done_moves_while_one_large_file_is_embedded(tmp_path: Path, minilm: HFTokenEmbedder) -> None:
+    from indexer.embedders import DelegatingEmbedder, WindowEmbedder
+
+    gate, reached = threading.Event(), threading.Event()
+
+    class Gated(DelegatingEmbedder):
+        def windows(self) -> WindowEmbedder:
+            return _Gate(self.inner.windows(), gate, reached)  # type: ignore[return-value]
+
+    settings = Settings(store_path=tmp_path / "store", device="cpu", batch_tokens=256, segment_tokens=300)
+    with live(settings, Gated(minilm)) as (url, _), RemoteRetriever(url) as remote:  # type: ignore[arg-type]
+        job_id = _upload(url, [("long.txt", long_text(2400).encode())])
+        assert reached.wait(120), "the upload reached its third part"
+        try:
+            mid = remote.job(job_id)
+        finally:
+            gate.set()
+        assert mid["state"] == "running" and mid["documents_done"] == 0
+        assert mid["files"][0]["state"] == "pending"
+        assert 0 < mid["tokens_done"] < 1000, "two parts of ~256 tokens embedded, the file not yet stored"
+        done = remote.wait(job_id, timeout=300)
+        assert done["state"] == "done" and done["tokens_done"] == done["report"]["tokens"] > 2000
+
+
+def test_jobs_on_a_qdrant_backend_are_kept_in_a_collection_replicas_share(tmp_path: Path) -> None:
+    from qdrant_client import QdrantClient
+
+    from retriever.serve.jobs import QdrantJobLog, job_log
+    from retriever.serve.models import FileResult, Job
+
+    client = QdrantClient(path=str(tmp_path / "q"))
+    record = QdrantJobLog(client, "chunkless_jobs")
+    a = Job(id="a" * 32, inputs=["x.txt"], files=[FileResult(input="x.txt", doc_id="x.txt")], created_at=1.0)
+    b = Job(id="b" * 32, inputs=["y.txt"], created_at=2.0)
+    record.save(a)
+    record.save(b)
+    record.save(a.model_copy(update={"state": "partial", "error": "x.txt: broken"}))
+    client.close()
+
+    again = QdrantJobLog(QdrantClient(path=str(tmp_path / "q")), "chunkless_jobs")  # another replica, or a restart
+    assert [j.id for j in again.load()] == [a.id, b.id]
+    got = again.get(a.id)
+    assert got is not None and got.state == "partial" and got.files[0].doc_id == "x.txt"
+    assert again.get("c" * 32) is None and again.shared
+    again.client.close()
+
+    # the service's choice: a collection beside the store's on a server, a file beside the embedded store
+    assert job_log(Settings(url=f"local:{tmp_path / 'store'}")).shared
+    assert not job_log(Settings(store_path=tmp_path / "edge")).shared
+
+
+def test_a_service_on_a_qdrant_backend_lists_its_jobs_after_a_restart(tmp_path: Path, minilm: HFTokenEmbedder) -> None:
+    settings = Settings(url=f"local:{tmp_path / 'q'}", device="cpu")
+    with live(settings, minilm) as (url, _), RemoteRetriever(url) as remote:
+        job = remote.wait(_upload(url, [("notes.txt", b"Pistons move when steam expands.")]), timeout=120)
+        assert job["state"] == "done"
+    with live(settings, minilm) as (url, _), RemoteRetriever(url) as remote:
+        assert [j["id"] for j in remote.jobs()] == [job["id"]]
+        assert remote.job(job["id"])["files"] == job["files"]

@@ -10,7 +10,7 @@ from indexer.embedders import TokenEmbedder, load_embedder
 from indexer.store import TokenStore, open_or_create_store
 from retriever.search import Retriever
 from retriever.serve.embedder import ScheduledRetriever, SerialEmbedder
-from retriever.serve.jobs import JobQueue
+from retriever.serve.jobs import JobQueue, job_log
 from retriever.serve.metrics import Metrics
 from schemas.settings import Settings
 
@@ -42,13 +42,24 @@ class Service:
         self.embedder = SerialEmbedder(embedder or load_embedder(settings.model), settings.serve.ingest_batch_tokens)
         e = self.embedder
         self.store: TokenStore = open_or_create_store(settings.store, e.name, e.dim, e.pooling)
-        # jobs live in memory: uploads a killed process left behind are never resumed, only cleared
+        # uploads a killed process left behind are never resumed, only cleared (its jobs read as interrupted)
         shutil.rmtree(self.spool, ignore_errors=True)
         self.spool.mkdir(parents=True, exist_ok=True)
         try:
             self.retriever: Retriever = ScheduledRetriever(settings, self.embedder, self.store)
             self.metrics = Metrics(queue_depth=lambda: self.jobs.depth(), cache_bytes=self._cache_bytes)
-            self.jobs = JobQueue(settings, self.store, self.embedder, self.spool, on_tokens=self.metrics.tokens.inc)
+            url = settings.store.url
+            self.jobs = JobQueue(
+                settings,
+                self.store,
+                self.embedder,
+                self.spool,
+                on_tokens=self.metrics.tokens.inc,
+                record=job_log(settings),
+                # the embedded store (and qdrant-client's local mode) admit one process: what its record holds as
+                # queued or running was left by a process that stopped
+                exclusive=url is None or url == ":memory:" or url.startswith("local:"),
+            )
         except BaseException:
             self.store.close()
             raise
