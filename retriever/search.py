@@ -183,6 +183,9 @@ class Retriever:
         t0 = time.perf_counter()
         with self._model_lock:  # pooled and token vectors (MaxSim needs both), one forward pass where the model can
             enc = self.embedder.encode_queries(list(queries))
+        for q, e in zip(queries, enc, strict=True):
+            if e.tokens is not None and len(e.tokens) == 0:  # only control or zero-width characters, say
+                raise QueryError(f"query {q[:60]!r} holds nothing the model reads (no tokens); search with words")
         vectors, got = np.stack([e.pooled for e in enc]), [e.tokens for e in enc if e.tokens is not None]
         tokens = got if len(got) == len(enc) else None
         per = (time.perf_counter() - t0) * 1e3 / len(queries)

@@ -240,6 +240,12 @@ class ServeSettings(_Group):
     max_batch: int = Field(16, ge=1, le=1024, description="Most queries in one search micro-batch.")
     max_upload_mb: int = Field(100, ge=1, description="Largest upload accepted, per request.")
     max_query_chars: int = Field(4096, ge=1, description="Longest query accepted.")
+    ingest_batch_tokens: int = Field(
+        256,
+        ge=64,
+        description="Most padded tokens in one forward batch of an ingest job: the longest a search waits for the "
+        "model (searches go first); smaller lets searches in sooner, larger embeds faster.",
+    )
     ingest_roots: list[Path] = Field(
         default_factory=list, description="Server-side folders POST /v1/documents may ingest from (none by default)."
     )

@@ -10,6 +10,11 @@ on (the settings' batch_wait_ms/max_batch), off (max_batch=1: every request its 
 again while ingest jobs rewrite the whole corpus, one after another (every file changed each time, so every
 document is re-embedded) until the last client count is done.
 Prints one table row per run and client count: q/s, p50/p95/p99 latency (ms) and errors.
+
+Search during ingest (`--large-words N`, issue 21's goal: p95 under ingest <= 2x idle p95): one client sends
+questions one after another, first on an idle service, then while one large upload (the corpus's texts
+joined into one file of N words) is embedded; only searches sent and answered while that job runs count.
+`--only-large` runs just this pair of rows.
 """
 
 from __future__ import annotations
@@ -208,6 +213,86 @@ def run_levels(run: str, url: str, queries: list[str], levels: list[int], reques
     return rows
 
 
+class JobWatch(threading.Thread):
+    """Polls one job; `running` is set while it is running, `finished` once it has left queued/running."""
+
+    def __init__(self, url: str, job_id: str) -> None:
+        super().__init__(daemon=True)
+        self.url, self.job_id = url, job_id
+        self.running, self.finished = threading.Event(), threading.Event()
+        self.job: dict = {}
+
+    def run(self) -> None:
+        while True:
+            self.job = job_state(self.url, self.job_id)
+            if self.job["state"] == "running":
+                self.running.set()
+            elif self.job["state"] != "queued":
+                self.running.clear()
+                self.finished.set()
+                return
+            time.sleep(0.1)
+
+
+def sequential(url: str, queries: list[str], n: int, watch: JobWatch | None = None) -> list[float]:
+    """Latencies (ms) of `n` searches sent one after another; with `watch`, only those sent and answered while
+    its job ran (stops when the job ends)."""
+    out: list[float] = []
+    with httpx.Client(base_url=url, timeout=300) as http:
+        i = 0
+        while len(out) < n and not (watch is not None and watch.finished.is_set()):
+            q = queries[i % len(queries)]
+            i += 1
+            during = watch is None or watch.running.is_set()
+            t = time.perf_counter()
+            r = http.post("/v1/search", json={"query": q})
+            ms = (time.perf_counter() - t) * 1e3
+            r.raise_for_status()
+            if during and (watch is None or watch.running.is_set()):
+                out.append(ms)
+    return out
+
+
+def search_during_ingest(
+    url: str, queries: list[str], texts: list[str], words: int, n: int, root: Path, label: str = ""
+) -> list[Row]:
+    """Idle vs during one large upload, one client: two rows (`label` names the service's settings)."""
+    # every question once first: both phases then send the same questions to the same warm caches
+    sequential(url, queries, n)
+    t = time.perf_counter()
+    idle = sequential(url, queries, n)
+    rows = [Row(f"idle{label}", 1, n, time.perf_counter() - t, idle, 0)]
+    big: list[str] = []
+    count = 0
+    while count < words:
+        for text in texts:
+            big.append(text)
+            count += len(text.split())
+            if count >= words:
+                break
+    folder = Path(tempfile.mkdtemp(prefix="large", dir=root))
+    # a name and text of its own per run: the same file again would be unchanged, and nothing would embed
+    (folder / f"{folder.name}.txt").write_text(f"{folder.name}\n\n" + "\n\n".join(big))
+    watch = JobWatch(url, upload(url, folder))
+    watch.start()
+    while not watch.running.wait(0.5):
+        if watch.finished.is_set():
+            raise SystemExit(f"the large upload ended before a search could be sent: {watch.job}")
+    t = time.perf_counter()
+    busy = sequential(url, queries, n, watch)
+    watch.join()
+    if watch.job["state"] != "done":
+        raise SystemExit(f"the large upload did not finish cleanly: {watch.job}")
+    rate = watch.job["report"]["tokens_per_second"]
+    during = f"during a {count}-word upload{label} (ingest {rate:.0f} tokens/s)"
+    rows.append(Row(during, 1, len(busy), time.perf_counter() - t, busy, 0))
+    for r in rows:
+        print("  " + " | ".join(r.cells()), file=sys.stderr)
+    p95 = [float(np.percentile(r.latencies_ms, 95)) if r.latencies_ms else float("nan") for r in rows]
+    print(f"  p95 during ingest / idle p95: {p95[1] / p95[0]:.2f}x (goal <= 2x)", file=sys.stderr)
+    return rows
+
+
 def main() -> int:
     ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     ap.add_argument("bench_dir", type=Path)
@@ -216,6 +301,16 @@ def main() -> int:
     ap.add_argument("--queries", type=int, default=300, help="use the first N questions (a subset on small CPUs)")
     ap.add_argument("--docs", type=int, default=0, help="index only the first N documents (0: all)")
     ap.add_argument("--out", type=Path, help="write the rows as JSON here")
+    ap.add_argument(
+        "--large-words", type=int, default=0, help="also run search during one upload of this many words (0: skip)"
+    )
+    ap.add_argument("--only-large", action="store_true", help="run only the search-during-a-large-upload rows")
+    ap.add_argument(
+        "--ingest-batch-tokens",
+        default="",
+        help="with --large-words: comma-separated CHUNKLESS_INGEST_BATCH_TOKENS values, one service (and pair of "
+        "rows) each, side by side (default: the settings' value)",
+    )
     args = ap.parse_args()
     levels = [int(x) for x in args.clients.split(",")]
     queries = [json.loads(x)["query"] for x in (args.bench_dir / "queries.jsonl").read_text().splitlines() if x.strip()]
@@ -244,9 +339,24 @@ def main() -> int:
                 file=sys.stderr,
             )
             print("run | clients | requests | q/s | p50 ms | p95 ms | p99 ms | errors", file=sys.stderr)
-            rows += run_levels("batching on", url, queries, levels, args.requests)
+            if args.large_words and not args.ingest_batch_tokens:
+                rows += search_during_ingest(
+                    url, queries, [d["text"] for d in docs], args.large_words, args.requests, root
+                )
+            if not args.only_large:
+                rows += run_levels("batching on", url, queries, levels, args.requests)
         finally:
             stop(proc)
+        for value in [v for v in args.ingest_batch_tokens.split(",") if v] if args.large_words else []:
+            proc, url = start(store, {"CHUNKLESS_INGEST_BATCH_TOKENS": value})
+            try:
+                label = f", ingest_batch_tokens={value}"
+                texts = [d["text"] for d in docs]
+                rows += search_during_ingest(url, queries, texts, args.large_words, args.requests, root, label)
+            finally:
+                stop(proc)
+        if args.only_large:
+            return print_rows(rows, args.out)
 
         proc, url = start(store, {"CHUNKLESS_MAX_BATCH": "1"})
         try:
@@ -277,14 +387,19 @@ def main() -> int:
         finally:
             stop(proc)
 
+    return print_rows(rows, args.out)
+
+
+def print_rows(rows: list[Row], out: Path | None) -> int:
+    """The rows as a markdown table on stdout (and as JSON in `out`); 1 if any request failed."""
     header = "| run | clients | requests | q/s | p50 ms | p95 ms | p99 ms | errors | answered while a job wrote |"
     print(header)
     print("|" + "---|" * 9)
     for r in rows:
         flag = "" if r.during_ingest is None else str(r.during_ingest)
         print("| " + " | ".join([*r.cells(), flag]) + " |")
-    if args.out:
-        args.out.write_text(json.dumps([r.__dict__ for r in rows], indent=1))
+    if out:
+        out.write_text(json.dumps([r.__dict__ for r in rows], indent=1))
     return 0 if all(r.errors == 0 for r in rows) else 1
 
 

@@ -10,10 +10,14 @@ from indexer.embedders.base import (
     Capabilities,
     DelegatingEmbedder,
     EncodedQuery,
+    ForwardScheduler,
     TokenEmbedder,
     VectorKind,
     WindowEmbedder,
     clean_offsets,
+    forward_batch_tokens,
+    forward_turn,
+    scheduled_by,
 )
 from indexer.embedders.device import pick_device, pick_dtype
 from indexer.embedders.folder import (
@@ -60,6 +64,7 @@ __all__ = [
     "ColBERTEmbedder",
     "DelegatingEmbedder",
     "EncodedQuery",
+    "ForwardScheduler",
     "HFTokenEmbedder",
     "ModelFolder",
     "OnnxTokenEmbedder",
@@ -69,10 +74,13 @@ __all__ = [
     "WindowEmbedder",
     "canonical_name",
     "clean_offsets",
+    "forward_batch_tokens",
+    "forward_turn",
     "load_embedder",
     "pick_device",
     "pick_dtype",
     "qwen3_tokenizer_dir",
     "resolve_model_path",
+    "scheduled_by",
     "trained_length",
 ]

@@ -10,12 +10,19 @@ Long documents are cut into overlapping windows (`indexer.windows`); each token 
 the window in which it sits most centrally, where it saw the most context on both sides. A backend
 whose capabilities say `part_wise` also hands out its window machinery (`windows()`), so a document of
 any length can be embedded a part at a time (`indexer.long_documents`).
+
+A backend whose capabilities say `scheduled` lets a caller interleave other work with its document
+embedding: inside `scheduled_by(scheduler)` it takes `forward_turn()` around each forward batch and each
+tokenizer call, and keeps its forward batches within `forward_batch_tokens(...)`. The service uses this to
+share one model between searches and an ingest job per forward batch rather than per document.
 """
 
 from __future__ import annotations
 
 from abc import ABC, abstractmethod
-from collections.abc import Sequence
+from collections.abc import Iterator, Sequence
+from contextlib import AbstractContextManager, contextmanager, nullcontext
+from contextvars import ContextVar
 from dataclasses import dataclass
 from typing import Literal, Protocol
 
@@ -42,6 +49,10 @@ class Capabilities:
         part_wise: whether `windows()` gives the model's window machinery, so that a long document is
             embedded a part at a time (memory bounded by the part, not the document) with the vectors a
             whole `embed_documents` gives.
+        scheduled: whether `embed_documents`, `embed_texts` and `windows()` take `forward_turn()` around
+            each forward batch and tokenizer call and size their batches by `forward_batch_tokens`, so a
+            caller's `ForwardScheduler` can run other work between two batches. A backend that does not
+            must be called under the caller's lock as a whole.
     """
 
     backend: str
@@ -49,6 +60,7 @@ class Capabilities:
     pooling: str
     query_tokens: bool
     part_wise: bool = False
+    scheduled: bool = False
 
 
 @dataclass(frozen=True)
@@ -63,6 +75,53 @@ class EncodedQuery:
 
     pooled: np.ndarray
     tokens: np.ndarray | None
+
+
+class ForwardScheduler(Protocol):
+    """Decides when a backend's next forward batch may run (the service: searches first, then ingest).
+
+    Attributes:
+        batch_tokens: the most padded tokens the caller wants in one forward batch (None: the backend's
+            own `batch_tokens`); smaller batches let other work in sooner and run the model less efficiently.
+    """
+
+    batch_tokens: int | None
+
+    def turn(self) -> AbstractContextManager[None]:
+        """Held around one forward batch or tokenizer call; entering it waits until the scheduler says go."""
+        ...
+
+
+_SCHEDULER: ContextVar[ForwardScheduler | None] = ContextVar("chunkless_forward_scheduler", default=None)
+
+
+@contextmanager
+def scheduled_by(scheduler: ForwardScheduler) -> Iterator[None]:
+    """Within this block (in this thread), `scheduled` backends take `scheduler.turn()` per forward batch.
+
+    A context variable rather than an argument, so wrappers (`DelegatingEmbedder` subclasses that count,
+    fail or cache) pass it through untouched.
+    """
+    token = _SCHEDULER.set(scheduler)
+    try:
+        yield
+    finally:
+        _SCHEDULER.reset(token)
+
+
+def forward_turn() -> AbstractContextManager[None]:
+    """What a `scheduled` backend holds around one forward batch or tokenizer call: the scheduler's turn,
+    or nothing outside `scheduled_by`."""
+    scheduler = _SCHEDULER.get()
+    return nullcontext() if scheduler is None else scheduler.turn()
+
+
+def forward_batch_tokens(own: int) -> int:
+    """The padded-token budget of the next forward batch: the backend's `own`, or less under a scheduler."""
+    scheduler = _SCHEDULER.get()
+    if scheduler is None or scheduler.batch_tokens is None:
+        return own
+    return max(1, min(own, scheduler.batch_tokens))
 
 
 class WindowEmbedder(Protocol):
@@ -244,7 +303,8 @@ class DelegatingEmbedder(TokenEmbedder):
     (count calls, cache vectors, serve precomputed queries) and override only what changes.
 
     It declares the inner model's capabilities and forwards `encode_queries` and `windows()` as they
-    are, so a wrapped model keeps its one-pass query encoding and its part-by-part embedding. A wrapper
+    are, so a wrapped model keeps its one-pass query encoding and its part-by-part embedding; a caller's
+    `scheduled_by` reaches the inner model through any wrapper, since it is not an argument. A wrapper
     that changes how queries are embedded overrides `encode_queries` too; one that changes how
     documents are embedded either wraps `windows()` as well or declares `part_wise=False`
     (`dataclasses.replace(inner.capabilities, part_wise=False)`), so every document reaches its

@@ -8,7 +8,9 @@ int8 copy of the model (`ModelSettings.query_int8`: Linear layers dynamically qu
 documents stay embedded by the float model). Each sequence is padded to a width of its own (its length rounded up to
 PAD_MULTIPLE), never to the longest of its batch: a forward pass's float results depend on the padded
 width but not on the batch size or the other rows (measured on MKL, 0 of 96 differ), so a query, a
-sentence or a window gets bit-identical vectors whatever it was batched with.
+sentence or a window gets bit-identical vectors whatever it was batched with. Both are `scheduled`
+(`Capabilities.scheduled`): under a caller's `scheduled_by`, each document forward batch and each
+tokenizer call takes the scheduler's turn, and batches shrink to its budget (same vectors, see above).
 """
 
 from __future__ import annotations
@@ -29,6 +31,8 @@ from indexer.embedders.base import (
     TokenEmbedder,
     WindowEmbedder,
     clean_offsets,
+    forward_batch_tokens,
+    forward_turn,
     stitch,
     unit_rows,
 )
@@ -181,6 +185,7 @@ class WindowedModel(TokenEmbedder):
         Returns:
             (sequence indices, ids (b, L), attention mask (b, L)) per batch, on the CPU.
         """
+        budget = forward_batch_tokens(self.batch_tokens)  # a caller's scheduler may ask for smaller batches
         lengths = np.fromiter((len(s) for s in seqs), dtype=np.int64, count=len(seqs))
         widths = np.maximum(np.minimum(-(-lengths // PAD_MULTIPLE) * PAD_MULTIPLE, self.window), lengths)
         order = np.lexsort((-lengths, -widths))  # widest first; within a width, longest first
@@ -189,7 +194,7 @@ class WindowedModel(TokenEmbedder):
         while i < len(order):
             width = int(widths[order[i]])
             same = int(np.searchsorted(-widths[order[i:]], -width, side="right"))  # sequences of this width
-            n = max(1, min(same, self.batch_tokens // max(width, 1)))
+            n = max(1, min(same, budget // max(width, 1)))
             rows = [int(j) for j in order[i : i + n]]
             ids = np.full((len(rows), width), self.pad_id, dtype=np.int64)
             mask = np.zeros((len(rows), width), dtype=np.int64)
@@ -219,7 +224,8 @@ class WindowedModel(TokenEmbedder):
         """
         out: list[tuple[np.ndarray, np.ndarray]] = [(np.empty(0), np.empty(0))] * len(seqs)
         for rows, ids, mask in self.batches(seqs, attend):
-            with torch.inference_mode():
+            # the scheduler's turn per forward batch: a caller's other work (a search) runs between two
+            with forward_turn(), torch.inference_mode():
                 hidden = self.forward(ids, mask)
                 tokens, pooled = self._head(hidden, mask.to(self.device))
                 pooled = torch.nn.functional.normalize(pooled.float(), dim=-1)
@@ -232,7 +238,10 @@ class WindowedModel(TokenEmbedder):
     def _windows(
         self, docs: Sequence[LoadedDocument]
     ) -> tuple[list[tuple[list[int], np.ndarray]], list[Window], list[list[int]]]:
-        tokenized = [self.tokenize(d.text) for d in docs]
+        tokenized = []
+        for d in docs:
+            with forward_turn():  # the tokenizer is shared with the caller's other work too
+                tokenized.append(self.tokenize(d.text))
         windows = plan_windows([len(ids) for ids, _ in tokenized], self.content, self.stride)
         seqs = [self.prefix + tokenized[w.doc][0][w.start : w.end] + self.suffix for w in windows]
         return tokenized, windows, seqs
@@ -287,7 +296,8 @@ class WindowedModel(TokenEmbedder):
         return out
 
     def embed_texts(self, texts: Sequence[str]) -> np.ndarray:
-        seqs = [self.prefix + self.tokenize(t)[0][: self.content] + self.suffix for t in texts]
+        with forward_turn():
+            seqs = [self.prefix + self.tokenize(t)[0][: self.content] + self.suffix for t in texts]
         res = self.encode(seqs)
         return np.stack([r[1] for r in res]).astype(np.float32) if res else np.zeros((0, self.dim), np.float32)
 
@@ -367,7 +377,12 @@ class HFTokenEmbedder(WindowedModel):
         if doc_prompt:
             prefix = prefix + list(tokenizer(doc_prompt, add_special_tokens=False)["input_ids"])
         self.capabilities = Capabilities(
-            backend="hf-pooled", vector_kind="pooled-hidden", pooling=pooling, query_tokens=True, part_wise=True
+            backend="hf-pooled",
+            vector_kind="pooled-hidden",
+            pooling=pooling,
+            query_tokens=True,
+            part_wise=True,
+            scheduled=True,
         )
         self.dim = int(model.config.hidden_size)  # type: ignore[union-attr,arg-type]
         self.query_prompt = folder.prompt("query")
@@ -467,7 +482,12 @@ class ColBERTEmbedder(WindowedModel):
         self.dense, self.dim = load_dense(dense_path)
         st = folder.st_config
         self.capabilities = Capabilities(
-            backend="colbert", vector_kind="multivector", pooling="token-mean", query_tokens=True, part_wise=True
+            backend="colbert",
+            vector_kind="multivector",
+            pooling="token-mean",
+            query_tokens=True,
+            part_wise=True,
+            scheduled=True,
         )
         cls_id, sep_id = tokenizer.cls_token_id, tokenizer.sep_token_id
         self.query_marker = self._marker(tokenizer, str(st.get("query_prefix", "[unused0]")))
@@ -531,7 +551,8 @@ class HFWindows:
         self.dim, self.content, self.stride = embedder.dim, embedder.content, embedder.stride
 
     def tokenize(self, text: str) -> tuple[list[int], np.ndarray]:
-        return self._e.tokenize(text)
+        with forward_turn():
+            return self._e.tokenize(text)
 
     def embed_windows(self, windows: Sequence[np.ndarray]) -> list[tuple[np.ndarray, np.ndarray]]:
         e, p = self._e, len(self._e.prefix)

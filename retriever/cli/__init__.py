@@ -150,6 +150,7 @@ def build_parser() -> argparse.ArgumentParser:
 
     sv = sub.add_parser("serve", help="run the HTTP service: search while ingesting, over an authenticated API")
     add_setting_flags(sv, SERVE_FLAGS | STORE_FLAGS | MODEL_FLAGS)
+    serve.add_flags(sv)
     sv.set_defaults(func=serve.cmd_serve)
     return p
 

@@ -3,17 +3,69 @@
 from __future__ import annotations
 
 import argparse
+import ipaddress
 import logging
 import signal
 import socket
 import sys
 
 from retriever.cli.flags import settings_of
-from schemas.errors import ServerError
+from schemas.errors import ServerError, SettingsError
+from schemas.settings import ServeSettings
+
+log = logging.getLogger("retriever.serve")
+
+
+def add_flags(parser: argparse.ArgumentParser) -> None:
+    """The flags only `serve` has (its settings' flags come from `add_setting_flags`)."""
+    parser.add_argument(
+        "--insecure",
+        action="store_true",
+        help="serve on a non-loopback address without CHUNKLESS_SERVICE_API_KEY (anyone who reaches it can "
+        "search, upload and delete); refused without this flag",
+    )
+
+
+def is_loopback(host: str) -> bool:
+    """Whether `host` (an address or a name) reaches this machine only: every address it resolves to is loopback.
+
+    An empty host or a wildcard (0.0.0.0, ::) binds every interface, so it is not.
+    """
+    if host == "localhost":
+        return True
+    try:
+        return ipaddress.ip_address(host).is_loopback
+    except ValueError:
+        pass
+    if not host:
+        return False
+    try:
+        infos = socket.getaddrinfo(host, None)
+    except OSError:
+        return False  # the bind will fail and say so; a name that does not resolve is not known to be loopback
+    return bool(infos) and all(ipaddress.ip_address(str(i[4][0]).split("%")[0]).is_loopback for i in infos)
+
+
+def check_exposure(cfg: ServeSettings, insecure: bool) -> None:
+    """Refuse to serve an open API (no service key) beyond this machine unless `--insecure` says so.
+
+    Raises:
+        SettingsError: a non-loopback host, no CHUNKLESS_SERVICE_API_KEY and no `--insecure` (exit 2).
+    """
+    key = cfg.service_api_key.get_secret_value() if cfg.service_api_key is not None else ""
+    if key or is_loopback(cfg.host):
+        return
+    if not insecure:
+        raise SettingsError(
+            f"refusing to serve on {cfg.host or 'every interface'} without an API key: anyone who can reach it "
+            "could search, upload and delete; set CHUNKLESS_SERVICE_API_KEY, use --host 127.0.0.1, or pass "
+            "--insecure to serve it open anyway"
+        )
+    log.warning("serving on %s without an API key (--insecure): anyone who can reach it has full access", cfg.host)
 
 
 def cmd_serve(args: argparse.Namespace) -> int:
-    """Open the store and model, bind, and serve until SIGTERM/SIGINT."""
+    """Check the bind is safe, open the store and model, bind, and serve until SIGTERM/SIGINT."""
     settings = settings_of(args)
     import uvicorn
 
@@ -22,6 +74,7 @@ def cmd_serve(args: argparse.Namespace) -> int:
 
     cfg = settings.serve
     logging.getLogger("retriever.serve").setLevel(logging.INFO)
+    check_exposure(cfg, args.insecure)
     # bind before loading the model: a taken port fails at once, and the real port (for --port 0) is known
     try:
         sock = socket.create_server((cfg.host, cfg.port))

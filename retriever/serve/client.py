@@ -115,8 +115,12 @@ class RemoteRetriever:
         return dict(self._call("POST", "/v1/documents", files=[("path", (None, p)) for p in paths]))
 
     def job(self, job_id: str) -> dict[str, Any]:
-        """State and report of an ingest job."""
+        """State, per-file results and report of an ingest job."""
         return dict(self._call("GET", f"/v1/jobs/{job_id}"))
+
+    def jobs(self, limit: int = 100) -> list[dict[str, Any]]:
+        """The most recent ingest jobs first (kept beside the store: they outlive a restart)."""
+        return list(self._call("GET", "/v1/jobs", params={"limit": limit})["jobs"])
 
     def wait(self, job_id: str, timeout: float | None = None, poll_s: float = 0.2) -> dict[str, Any]:
         """Poll a job until it leaves queued/running; ServerError after `timeout` seconds."""

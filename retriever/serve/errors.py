@@ -8,7 +8,8 @@
 - `ChunklessError`: raised by the library below (store, model, job queue); the status is the class's
   `http_status` (the table in `schemas.errors`).
 - pydantic's validation of a body or query parameter: 400 for malformed JSON, 422 otherwise.
-- Starlette's own (404 no such route, 405 wrong method): their status.
+- Starlette's and FastAPI's own (400 a body that does not parse, 404 no such route, 405 wrong method): their
+  status, field ``body``, ``path`` or ``method``.
 
 Anything else is a fault, not a refusal, and FastAPI answers 500.
 """
@@ -51,8 +52,12 @@ async def on_chunkless_error(request: Request, e: ChunklessError) -> JSONRespons
 
 
 async def on_http_error(request: Request, e: HTTPException) -> JSONResponse:
-    """Starlette's 404/405 in the service's body shape."""
-    return error_response(e.status_code, None, str(e.detail))
+    """Starlette's and FastAPI's own refusals in the service's body shape: a body that does not parse (400),
+    no such path (404), not this method on it (405)."""
+    if e.status_code == 400:
+        return error_response(400, "body", f"{e.detail}; send one JSON object (Content-Type: application/json)")
+    field = {404: "path", 405: "method"}.get(e.status_code)
+    return error_response(e.status_code, field, f"{e.detail}: {request.method} {request.url.path[:200]}")
 
 
 async def on_invalid_request(request: Request, e: RequestValidationError) -> JSONResponse:

@@ -112,22 +112,49 @@ class Deleted(BaseModel):
     deleted: str
 
 
-JobStateName = Literal["queued", "running", "done", "failed", "interrupted", "cancelled"]
+JobStateName = Literal["queued", "running", "done", "failed", "partial", "interrupted", "cancelled"]
+FileStateName = Literal["pending", "stored", "unchanged", "failed"]
+
+
+class FileResult(BaseModel):
+    """One file of a job: what happened to it."""
+
+    input: str = Field(description="The uploaded file's doc id, or the server-side file's path.")
+    doc_id: str | None = Field(None, description="The doc id it is stored under (None: it never got one).")
+    state: FileStateName = "pending"
+    tokens: int = Field(0, description="Tokens stored for it (0 when unchanged or failed).")
+    reason: str | None = Field(None, description="Why it failed.")
 
 
 class Job(BaseModel):
-    """What GET /v1/jobs/{id} answers: state, progress and the same report as `chunkless ingest --report`."""
+    """What GET /v1/jobs/{id} answers: state, progress, one result per file and the same report as
+    `chunkless ingest --report`.
+
+    States: queued, running, then done (every file stored or unchanged), partial (some files failed),
+    failed (every file failed, or the job stopped on a store or model error), interrupted (the service
+    stopped while it ran: upload again) or cancelled (the service stopped before it started).
+    """
 
     id: str
     state: JobStateName = "queued"
     inputs: list[str] = Field(description="Doc ids of uploaded files, or the server-side paths to ingest.")
+    files: list[FileResult] = Field(default_factory=list, description="One result per file, in order.")
     documents_done: int = Field(0, description="Files finished so far: stored, unchanged or failed.")
-    tokens_done: int = 0
+    tokens_done: int = Field(
+        0, description="Tokens embedded so far; moves while a large file is embedded, exact once its group is stored."
+    )
     report: dict[str, Any] = Field(default_factory=lambda: IngestReport().to_json_dict())
-    error: str | None = Field(None, description="Why the job stopped early (state failed/interrupted).")
+    error: str | None = Field(None, description="Why the job stopped early or failed.")
     created_at: float = Field(default_factory=time.time)
     started_at: float | None = None
     finished_at: float | None = None
+    updated_at: float = Field(default_factory=time.time, description="Last change (a running job's heartbeat).")
+
+
+class JobsPage(BaseModel):
+    """GET /v1/jobs: the most recent jobs first (kept beside the store, so they outlive a restart)."""
+
+    jobs: list[Job]
 
 
 # --- operations ------------------------------------------------------------------------------------

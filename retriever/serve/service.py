@@ -18,8 +18,8 @@ from typing import TYPE_CHECKING
 from indexer.embedders import TokenEmbedder, load_embedder
 from indexer.store import TokenStore, open_or_create_store
 from retriever.search import Filter, Retriever
-from retriever.serve.embedder import SerialEmbedder
-from retriever.serve.jobs import JobQueue
+from retriever.serve.embedder import ScheduledRetriever, SerialEmbedder
+from retriever.serve.jobs import JobQueue, job_log
 from retriever.serve.metrics import Metrics
 from schemas.models import SearchResponse
 from schemas.settings import Settings
@@ -84,8 +84,9 @@ class Service(ReadService):
     The embedded Edge store admits one open handle per process tree (a file lock), so the
     `Retriever` and the job queue are given the same `TokenStore`; the Edge backend serialises its
     calls, and documents become visible only when whole (segments first, header last), so searches
-    go on while a job writes. The model is wrapped in one `SerialEmbedder`, whose lock every model
-    call takes, search or ingest.
+    go on while a job writes. The model is wrapped in one `SerialEmbedder`: every model
+    call, search or ingest, takes a turn from its scheduler, searches ahead of ingest forward batches
+    (`retriever.serve.embedder`).
 
     Args:
         settings: everything; `settings.serve` for the service itself.
@@ -101,19 +102,30 @@ class Service(ReadService):
     """
 
     def __init__(self, settings: Settings, embedder: TokenEmbedder | None = None, serve_reads: bool = False) -> None:
-        self.embedder = SerialEmbedder(embedder or load_embedder(settings.model))
+        self.embedder = SerialEmbedder(embedder or load_embedder(settings.model), settings.serve.ingest_batch_tokens)
         e = self.embedder
         store = open_or_create_store(settings.store, e.name, e.dim, e.pooling)
         self._endpoint: ReadEndpoint | None = None
         try:
-            retriever = Retriever(settings, embedder=self.embedder, store=store)
+            retriever: Retriever = ScheduledRetriever(settings, self.embedder, store)
             super().__init__(settings, store, lambda: retriever)
             self._retriever = retriever
-            # jobs live in memory: uploads a killed process left behind are never resumed, only cleared
+            # uploads a killed process left behind are never resumed, only cleared (its jobs read as interrupted)
             shutil.rmtree(self.spool, ignore_errors=True)
             self.spool.mkdir(parents=True, exist_ok=True)
-            self.jobs = JobQueue(settings, self.store, self.embedder, self.spool, on_tokens=self.metrics.tokens.inc)
-            if serve_reads and settings.store.url is None:  # a Qdrant server takes any number of clients itself
+            url = settings.store.url
+            self.jobs = JobQueue(
+                settings,
+                self.store,
+                self.embedder,
+                self.spool,
+                on_tokens=self.metrics.tokens.inc,
+                record=job_log(settings),
+                # the embedded store (and qdrant-client's local mode) admit one process: what its record holds as
+                # queued or running was left by a process that stopped
+                exclusive=url is None or url == ":memory:" or url.startswith("local:"),
+            )
+            if serve_reads and url is None:  # a Qdrant server takes any number of clients itself
                 from retriever.serve.holder import ReadEndpoint
 
                 self._endpoint = ReadEndpoint(settings, role="serve")

@@ -23,10 +23,13 @@ async def search(body: SearchRequest, service: ReaderDep, batcher: BatcherDep) -
     cfg = service.settings.serve
     check_query(body.query, "query", cfg)
     t0 = time.perf_counter()
-    if cfg.max_batch > 1:
-        r = await batcher.search(body.query, body.top, body.filter_dict())
-    else:
-        r = await run_in_threadpool(service.retriever.search, body.query, body.top, body.filter_dict())
+    try:
+        if cfg.max_batch > 1:
+            r = await batcher.search(body.query, body.top, body.filter_dict())
+        else:
+            r = await run_in_threadpool(service.retriever.search, body.query, body.top, body.filter_dict())
+    except QueryError as e:  # what only the model can tell: a query with nothing it reads
+        raise ApiError(422, "query", str(e)) from e
     r.timings_ms["total"] = (time.perf_counter() - t0) * 1e3
     return SearchResult.of(r)
 
@@ -37,7 +40,10 @@ async def search_batch(body: SearchBatchRequest, service: ReaderDep) -> list[Sea
     for i, q in enumerate(body.queries):
         check_query(q, f"queries.{i}", service.settings.serve)
     service.metrics.batch_size.observe(len(body.queries))
-    rs = await run_in_threadpool(service.retriever.search_batch, body.queries, body.top, body.filter_dict())
+    try:
+        rs = await run_in_threadpool(service.retriever.search_batch, body.queries, body.top, body.filter_dict())
+    except QueryError as e:
+        raise ApiError(422, "queries", str(e)) from e
     return [SearchResult.of(r) for r in rs]
 
 
