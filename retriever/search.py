@@ -302,7 +302,7 @@ class Retriever:
         documents), and the best one's MaxSim per query token (None when not ranked by MaxSim).
 
         MaxSim scores the `rank_shortlist` segments nearest the pooled query only, found in the same Qdrant
-        call: over every segment its cost grew with the recalled documents' length (docs/speed-onnx.md)."""
+        call: over every segment its cost grew with the recalled documents' length (docs/speed.md)."""
         k = self.settings.recall.fetch_segments
         if k == 0 or not headers or self._whole_documents:
             return None, None
