@@ -30,6 +30,7 @@ from retriever.methods import (
     pages_of,
 )
 from retriever.query_encoder import QueryEncoder
+from retriever.reader import Reader, make_reader
 from schemas.errors import QueryError
 from schemas.models import SearchResponse, SpanResult
 from schemas.settings import Settings
@@ -69,6 +70,7 @@ class Retriever:
             query token vector's column in turn, before the maximum). For experiments; None: r as is.
         span_method: a factory building the span method from a `MethodContext`; None: the method
             registered under `settings.spans.span_method`.
+        reader: the reading stage after the span method; None: the one `settings.reader` names (if any).
 
     Raises:
         StoreNotFoundError, StoreMismatchError: no such collection, or one made with another model.
@@ -98,6 +100,7 @@ class Retriever:
         *,
         relevance_correction: RelevanceCorrection | None = None,
         span_method: MethodFactory | None = None,
+        reader: Reader | None = None,
     ) -> None:
         self.settings = settings
         self.store = store or open_store(settings.store, read_only=True)
@@ -134,7 +137,10 @@ class Retriever:
             if isinstance(self.embedder, HFTokenEmbedder)
             else None
         )
-        self.calibration = Calibration.packaged()
+        # the reader re-ranks the span method's best candidates by reading them; its calibration then
+        # gives the confidence (it sees what the span method's scores cannot)
+        self.reader = reader if reader is not None else make_reader(settings, self._segment_texts)
+        self.calibration = self.reader.calibration if self.reader is not None else Calibration.packaged()
 
     def clear_caches(self) -> None:
         """Forget decoded segments, structures and what the span method caches (what a cold process lacks)."""
@@ -251,7 +257,9 @@ class Retriever:
             docs, t, seg = self._candidates(query, q, where, qtok)
             batch.append(QueryDocs(q, docs, text=query, segment_score=seg, tokens=qtok))
             timings.append({**embed, **t})
-        found = self.method.find_spans(batch, top)
+        found = self.method.find_spans(batch, top if self.reader is None else self.reader.candidates(top))
+        if self.reader is not None:
+            self.reader.read(batch, found, top)
         out = [
             SearchResponse(query=query, spans=f.spans, timings_ms={**t, **f.timings_ms}, rows_scored=_rows(qd.docs))
             for query, qd, t, f in zip(queries, batch, timings, found, strict=True)
@@ -267,9 +275,9 @@ class Retriever:
             return
         if self.calibration is not None:
             resp.confidence = self.calibration.confidence(features)
-        abstain = self.settings.spans.abstain
+        abstain = resp.threshold = self.settings.spans.abstain
         if abstain is not None and resp.confidence is not None and resp.confidence < abstain:
-            resp.spans = []
+            resp.spans, resp.abstained = [], True
 
     def embed_queries(self, queries: list[str]) -> np.ndarray:
         """Pooled unit vectors of queries, as `search` embeds them.
