@@ -75,7 +75,8 @@ class SearchBatchRequest(BaseModel):
 
 def response_body(r: SearchResponse) -> dict[str, Any]:
     """What `chunkless search --json` prints, plus `timings_ms`."""
-    return {"query": r.query, "spans": [s.model_dump() for s in r.spans], "timings_ms": r.timings_ms}
+    body = {"query": r.query, "confidence": r.confidence, "abstained": r.abstained, "threshold": r.threshold}
+    return body | {"spans": [s.model_dump() for s in r.spans], "timings_ms": r.timings_ms}
 
 
 def check_doc_id(doc_id: str, field: str) -> str:
