@@ -1,0 +1,250 @@
+"""Measure the reading stage on a squad-format benchmark; fit the reader's calibration.
+
+    python scripts/experiment_reader.py ../shared/benchmarks/squad2-dev --store DIR --sample 300 \
+        --configs "off" "reader_k=8" "reader_k=16,rerank_k=0" [--fit] [--cost]
+
+Every configuration runs the real search path (`Retriever.search_batch`) over the same answerable
+questions and the same number of unanswerable ones; the cross-encoder's logits are cached on disk by
+(query, passage) (`--cache`), so configurations that read the same units do not run the model again.
+Per configuration it prints hit@1, hit@5, evidence F1, words, the AUC of the top span's confidence
+(and of the raw reader logit) answerable vs unanswerable, and hit@K of the span method's candidates.
+
+--fit fits the reader calibration on the questions whose query_id hashes into the first half, prints
+its AUC on the second half, and writes retriever/reader/calibration.json (the last configuration).
+--cost times the reader alone (no cache) per query at each K, batch 1 and 16.
+"""
+
+from __future__ import annotations
+
+import argparse
+import hashlib
+import shutil
+import sqlite3
+import sys
+import tempfile
+import threading
+import time
+from collections.abc import Sequence
+from pathlib import Path
+from typing import ClassVar
+
+import numpy as np
+
+from indexer.embedders import load_embedder
+from retriever.calibration import fit
+from retriever.evaluation import auc, index_benchmark, load_benchmark, score, to_hits
+from retriever.evaluation.benchmark import BenchQuery, Hit, hit_at
+from retriever.reader import DEFAULT_READER, CrossEncoder, Reader, load_cross_encoder, reader_calibration
+from retriever.reader.calibration import save_reader_calibration
+from retriever.reader.model import Pair, ReaderBackend
+from retriever.reader.stage import FEATURES
+from retriever.search import Retriever
+from schemas.models import SearchResponse
+from schemas.settings import Settings
+
+
+class CachedCrossEncoder(CrossEncoder):
+    """The real cross-encoder behind an on-disk cache of logits by (query, passage, max_tokens)."""
+
+    backend: ClassVar[ReaderBackend] = "onnx"
+
+    def __init__(self, inner: CrossEncoder, path: Path) -> None:
+        super().__init__(inner.name, inner.max_tokens)
+        self.inner = inner
+        self.db = sqlite3.connect(str(path), check_same_thread=False)
+        self.db.execute("CREATE TABLE IF NOT EXISTS logits (k TEXT PRIMARY KEY, z REAL)")
+        self.lock = threading.Lock()
+        self.pairs_run = 0
+
+    def _key(self, p: Pair) -> str:
+        return hashlib.sha1(f"{self.max_tokens}\x1f{p[0]}\x1f{p[1]}".encode()).hexdigest()
+
+    def score(self, pairs: Sequence[Pair], batch: int = 16) -> np.ndarray:
+        keys = [self._key(p) for p in pairs]
+        found: dict[str, float] = {}
+        with self.lock:
+            for i in range(0, len(keys), 500):
+                part = keys[i : i + 500]
+                q = f"SELECT k, z FROM logits WHERE k IN ({','.join('?' * len(part))})"
+                found.update(dict(self.db.execute(q, part).fetchall()))
+        todo = list(dict.fromkeys(i for i, k in enumerate(keys) if k not in found))
+        todo = [i for i in todo if keys[i] not in found]
+        uniq: dict[str, int] = {}
+        for i in todo:
+            uniq.setdefault(keys[i], i)
+        if uniq:
+            z = self.inner.score([pairs[i] for i in uniq.values()], batch)
+            self.pairs_run += len(uniq)
+            with self.lock:
+                self.db.executemany(
+                    "INSERT OR REPLACE INTO logits VALUES (?, ?)", zip(uniq, map(float, z), strict=True)
+                )
+                self.db.commit()
+            found.update(zip(uniq, map(float, z), strict=True))
+        return np.array([found[k] for k in keys], dtype=np.float32)
+
+
+def parse_config(text: str) -> dict[str, str]:
+    if text in ("off", "none", ""):
+        return {"reader_model": "none"}
+    return dict(kv.split("=", 1) for kv in text.split(","))
+
+
+def run(r: Retriever, queries: list[BenchQuery], top: int = 5) -> tuple[list[list[Hit]], list[SearchResponse], float]:
+    t0 = time.perf_counter()
+    hits: list[list[Hit]] = []
+    resps: list[SearchResponse] = []
+    for i in range(0, len(queries), 32):
+        out = r.search_batch([q.query for q in queries[i : i + 32]], top=top)
+        resps += out
+        hits += [to_hits(x) for x in out]
+    return hits, resps, time.perf_counter() - t0
+
+
+def half(q: BenchQuery) -> int:
+    """0 or 1: which half of the calibration split a question falls in (by its id, not its order)."""
+    return hashlib.sha1(q.query_id.encode()).digest()[0] & 1
+
+
+def main() -> int:
+    ap = argparse.ArgumentParser(description=__doc__.split("\n")[0])
+    ap.add_argument("bench", type=Path)
+    ap.add_argument("--store", type=Path, required=True, help="store folder (indexed if needed)")
+    ap.add_argument("--sample", type=int, default=300, help="answerable questions (and as many unanswerable); 0: all")
+    ap.add_argument("--configs", nargs="+", default=["off", f"reader_model={DEFAULT_READER}"])
+    ap.add_argument("--cache", type=Path, default=Path("build/reader-logits.sqlite"))
+    ap.add_argument("--fit", action="store_true", help="fit and write the reader calibration (last config)")
+    ap.add_argument("--cost", action="store_true", help="time the reader per query at each K (no cache)")
+    ap.add_argument("--threads", type=int, default=None)
+    args = ap.parse_args()
+
+    bench = load_benchmark(args.bench)
+    base = Settings(store_path=args.store, device="cpu")
+    embedder = load_embedder(base)
+    n = index_benchmark(bench, base, embedder)
+    print(f"indexed {n} documents", file=sys.stderr)
+    sample = args.sample or None
+    pos = bench.answerable(sample)
+    neg = [q for q in bench.queries if not q.answerable][: sample or None]
+    args.cache.parent.mkdir(parents=True, exist_ok=True)
+    model = load_cross_encoder(DEFAULT_READER, threads=args.threads)
+    cached = CachedCrossEncoder(model, args.cache)
+
+    if args.cost:
+        cost(base, embedder, model, pos[:64])
+        return 0
+
+    print("| config | hit@1 | hit@5 | F1 | words | conf AUC | logit AUC | cand hit@K | pairs run | s |")
+    print("|---|---|---|---|---|---|---|---|---|---|")
+    feats: tuple[list[dict[str, float]], list[int], list[int], list[bool]] = ([], [], [], [])
+    for cfg in args.configs:
+        flat = parse_config(cfg)
+        s = base.updated(**{k: v for k, v in flat.items() if k != "reader_model"})
+        with Retriever(s, embedder=embedder) as r:
+            if flat.get("reader_model", "none") != "none":
+                r.reader = Reader(cached, s.reader, r._segment_texts, reader_calibration(DEFAULT_READER))
+                r.calibration = r.reader.calibration
+            k = r.reader.candidates(5) if r.reader is not None else 5
+            # hit@K of the span method alone (the reader's candidates): the ceiling of what it can pick
+            if r.reader is not None:
+                reader, r.reader = r.reader, None
+                cand, _, _ = run(r, pos, top=k)
+                r.reader, r.calibration = reader, reader.calibration
+            else:
+                cand = None
+            before = cached.pairs_run
+            ph, presp, secs = run(r, pos)
+            nh, nresp, _ = run(r, neg, top=1)
+        sc = score(pos, ph, secs)
+        conf_auc = logit_auc = None
+        if all(x.confidence is not None for x in presp + nresp):
+            conf_auc = auc([x.confidence or 0.0 for x in presp], [x.confidence or 0.0 for x in nresp])
+        if all("reader" in x.features for x in presp + nresp if x.spans):
+            top_logit = (
+                [x.features.get("reader", -20.0) for x in presp],
+                [x.features.get("reader", -20.0) for x in nresp],
+            )
+            logit_auc = auc(*top_logit)
+        ck = f"{np.mean([hit_at(q, h, k) for q, h in zip(pos, cand, strict=True)]):.3f}" if cand else "-"
+        print(
+            f"| {cfg} | {sc.hit1:.3f} | {sc.hit5:.3f} | {sc.f1:.3f} | {sc.words:.2f} | "
+            f"{conf_auc if conf_auc is None else f'{conf_auc:.3f}'} | "
+            f"{logit_auc if logit_auc is None else f'{logit_auc:.3f}'} | {ck} | {cached.pairs_run - before} "
+            f"| {secs:.0f} |",
+            flush=True,
+        )
+        feats = ([], [], [], [])
+        for q, h, x in [*zip(pos, ph, presp, strict=True), *zip(neg, nh, nresp, strict=True)]:
+            if not x.features or "reader" not in x.features:
+                continue
+            feats[0].append(x.features)
+            feats[1].append(int(q.answerable and hit_at(q, h, 1)))
+            feats[2].append(half(q))
+            feats[3].append(q.answerable)
+    if args.fit:
+        fit_calibration(*feats)
+    return 0
+
+
+def fit_calibration(rows: list[dict[str, float]], labels: list[int], halves: list[int], answerable: list[bool]) -> None:
+    """Fit on half 0, report on half 1 (AUC answerable vs unanswerable, and of answering), then refit on all."""
+    y, h, a = np.array(labels), np.array(halves), np.array(answerable)
+    names_tried: list[tuple[str, ...]] = [("reader",), ("reader", "reader_margin"), FEATURES]
+    best: tuple[float, tuple[str, ...]] | None = None
+    for names in names_tried:
+        cal = fit([rows[i] for i in np.flatnonzero(h == 0)], y[h == 0].tolist(), names)
+        test = np.flatnonzero(h == 1)
+        c = np.array([cal.confidence(rows[i]) or 0.0 for i in test])
+        a_test = a[test]
+        auc_unans = auc(c[a_test].tolist(), c[~a_test].tolist())
+        auc_ans = auc(c[y[test] == 1].tolist(), c[y[test] == 0].tolist())
+        print(
+            f"features {names}: held-out AUC answerable vs unanswerable {auc_unans:.3f}, top span answers {auc_ans:.3f}"
+        )
+        if auc_unans is not None and (best is None or auc_unans > best[0] + 0.002):
+            best = (auc_unans, names)
+    assert best is not None
+    cal_half = fit([rows[i] for i in np.flatnonzero(h == 0)], y[h == 0].tolist(), best[1])
+    test = np.flatnonzero(h == 1)
+    c = np.array([cal_half.confidence(rows[i]) or 0.0 for i in test])
+    # what the shipped file claims: fitted on half 0, measured on half 1
+    save_reader_calibration(
+        cal_half,
+        DEFAULT_READER,
+        fitted_on="squad2-dev, query_id sha1 first byte even",
+        held_out_auc_unanswerable=round(best[0], 4),
+        held_out_n=len(test),
+    )
+    for thr in (0.3, 0.4, 0.5, 0.6):
+        held = c < thr
+        unans = ~a[test]
+        prec = (held & unans).sum() / max(held.sum(), 1)
+        rec = (held & unans).sum() / max(unans.sum(), 1)
+        kept = (~held & a[test]).sum() / max(a[test].sum(), 1)
+        print(f"threshold {thr}: abstention precision {prec:.3f} recall {rec:.3f}; answerable answered {kept:.3f}")
+    print(f"wrote calibration with {best[1]} (held-out AUC {best[0]:.3f})")
+
+
+def cost(base: Settings, embedder: object, model: CrossEncoder, queries: list[BenchQuery]) -> None:
+    """Reader ms per query at each K, batch 1 and 16: the pairs it reads, timed without the cache."""
+    tmp = Path(tempfile.mkdtemp())
+    try:
+        s = base.updated(reader_model="none", rerank_k=0)
+        with Retriever(s, embedder=embedder) as r:  # type: ignore[arg-type]
+            resps = [r.search_batch([q.query], top=32)[0] for q in queries]
+        print("| K | batch | reader ms/query | pairs/query |\n|---|---|---|---|")
+        for k in (4, 8, 16, 32):
+            pairs = [[(q.query, sp.text) for sp in x.spans[:k]] for q, x in zip(queries, resps, strict=True)]
+            for batch in (1, 16):
+                model.score(pairs[0], batch)  # warm
+                t0 = time.perf_counter()
+                for p in pairs:
+                    model.score(p, batch)
+                ms = (time.perf_counter() - t0) * 1e3 / len(pairs)
+                print(f"| {k} | {batch} | {ms:.1f} | {np.mean([len(p) for p in pairs]):.1f} |", flush=True)
+    finally:
+        shutil.rmtree(tmp, ignore_errors=True)
+
+
+if __name__ == "__main__":
+    sys.exit(main())
