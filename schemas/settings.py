@@ -213,6 +213,9 @@ class ReaderSettings(_Group):
     reader_source_weight: float = Field(
         0.0, ge=0.0, description="Weight of the span method's score beside the reader's logit in the ranking."
     )
+    reader_length_penalty: float = Field(
+        0.0, ge=0.0, description="Subtract this x ln(words) from a unit's reader logit in the ranking."
+    )
     reader_join_margin: float | None = Field(
         1.0, description="Join the top unit with its neighbour when the pair scores this much higher (None: never)."
     )

@@ -1,22 +1,27 @@
 """Measure the reading stage on a squad-format benchmark; fit the reader's calibration.
 
     python scripts/experiment_reader.py ../shared/benchmarks/squad2-dev --store DIR --sample 300 \
-        --configs "off" "reader_k=8" "reader_k=16,rerank_k=0" [--fit] [--cost]
+        --span-configs rerank_k=8 rerank_k=0 --reader-configs off reader_k=8 "reader_k=16,reader_join_margin=2" \
+        [--fit] [--cost]
 
-Every configuration runs the real search path (`Retriever.search_batch`) over the same answerable
-questions and the same number of unanswerable ones; the cross-encoder's logits are cached on disk by
-(query, passage) (`--cache`), so configurations that read the same units do not run the model again.
+Every span configuration runs the real search path (`Retriever.search_batch`) once over the same
+answerable questions and the same number of unanswerable ones, recording the span method's
+candidates; every reader configuration then reads them (`Reader.read`, as the search path does). The
+cross-encoder's logits are cached on disk by (query, passage) (`--cache`), so configurations that read
+the same units do not run the model again.
 Per configuration it prints hit@1, hit@5, evidence F1, words, the AUC of the top span's confidence
 (and of the raw reader logit) answerable vs unanswerable, and hit@K of the span method's candidates.
 
---fit fits the reader calibration on the questions whose query_id hashes into the first half, prints
-its AUC on the second half, and writes retriever/reader/calibration.json (the last configuration).
+--fit CONFIG fits the calibration of every reader configuration on the questions whose query_id hashes
+into the first half, prints
+its AUC on the second half, and writes retriever/reader/calibration.json for reader configuration CONFIG.
 --cost times the reader alone (no cache) per query at each K, batch 1 and 16.
 """
 
 from __future__ import annotations
 
 import argparse
+import gc
 import hashlib
 import shutil
 import sqlite3
@@ -25,15 +30,17 @@ import tempfile
 import threading
 import time
 from collections.abc import Sequence
+from dataclasses import dataclass, field
 from pathlib import Path
 from typing import ClassVar
 
 import numpy as np
 
 from indexer.embedders import load_embedder
-from retriever.calibration import fit
+from retriever.calibration import Calibration, fit
 from retriever.evaluation import auc, index_benchmark, load_benchmark, score, to_hits
-from retriever.evaluation.benchmark import BenchQuery, Hit, hit_at
+from retriever.evaluation.benchmark import BenchQuery, hit_at
+from retriever.methods import MethodOutput, QueryDocs
 from retriever.reader import DEFAULT_READER, CrossEncoder, Reader, load_cross_encoder, reader_calibration
 from retriever.reader.calibration import save_reader_calibration
 from retriever.reader.model import Pair, ReaderBackend
@@ -86,19 +93,53 @@ class CachedCrossEncoder(CrossEncoder):
 
 def parse_config(text: str) -> dict[str, str]:
     if text in ("off", "none", ""):
-        return {"reader_model": "none"}
+        return {}
     return dict(kv.split("=", 1) for kv in text.split(","))
 
 
-def run(r: Retriever, queries: list[BenchQuery], top: int = 5) -> tuple[list[list[Hit]], list[SearchResponse], float]:
-    t0 = time.perf_counter()
-    hits: list[list[Hit]] = []
-    resps: list[SearchResponse] = []
-    for i in range(0, len(queries), 32):
-        out = r.search_batch([q.query for q in queries[i : i + 32]], top=top)
-        resps += out
-        hits += [to_hits(x) for x in out]
-    return hits, resps, time.perf_counter() - t0
+@dataclass
+class Collected:
+    """One span configuration's candidates for every question: what the reader is given."""
+
+    queries: list[BenchQuery]
+    batch: list[QueryDocs] = field(default_factory=list)
+    found: list[MethodOutput] = field(default_factory=list)
+
+
+def collect(r: Retriever, queries: list[BenchQuery], k: int) -> Collected:
+    """Run the span method once (its `k` best spans per question), recording its input and output."""
+    out = Collected(queries)
+    method = r.method
+    inner = method.find_spans
+
+    def recording(batch: Sequence[QueryDocs], top: int | None) -> list[MethodOutput]:
+        found = inner(batch, top)
+        out.batch += list(batch)
+        out.found += found
+        return found
+
+    method.find_spans = recording  # type: ignore[method-assign]
+    try:
+        for i in range(0, len(queries), 32):
+            r.search_batch([q.query for q in queries[i : i + 32]], top=k)
+    finally:
+        method.find_spans = inner  # type: ignore[method-assign]
+    return out
+
+
+def read(c: Collected, reader: Reader | None, top: int = 5) -> list[SearchResponse]:
+    """Responses as the search path would give them with this reader (None: the span method's own top)."""
+    found = [MethodOutput(list(f.spans), dict(f.timings_ms), dict(f.features)) for f in c.found]
+    if reader is not None:
+        reader.read(c.batch, found, top)
+    cal = reader.calibration if reader is not None else Calibration.packaged()
+    out = []
+    for q, f in zip(c.queries, found, strict=True):
+        resp = SearchResponse(query=q.query, spans=f.spans[:top], features=f.features)
+        if cal is not None and f.features and resp.spans:
+            resp.confidence = cal.confidence(f.features)
+        out.append(resp)
+    return out
 
 
 def half(q: BenchQuery) -> int:
@@ -106,14 +147,19 @@ def half(q: BenchQuery) -> int:
     return hashlib.sha1(q.query_id.encode()).digest()[0] & 1
 
 
+def fmt(v: float | None) -> str:
+    return "-" if v is None else f"{v:.3f}"
+
+
 def main() -> int:
     ap = argparse.ArgumentParser(description=__doc__.split("\n")[0])
     ap.add_argument("bench", type=Path)
     ap.add_argument("--store", type=Path, required=True, help="store folder (indexed if needed)")
     ap.add_argument("--sample", type=int, default=300, help="answerable questions (and as many unanswerable); 0: all")
-    ap.add_argument("--configs", nargs="+", default=["off", f"reader_model={DEFAULT_READER}"])
+    ap.add_argument("--span-configs", nargs="+", default=["rerank_k=8"], help="span settings, e.g. rerank_k=0")
+    ap.add_argument("--reader-configs", nargs="+", default=["off", "reader_k=8"], help="reader settings; off: none")
     ap.add_argument("--cache", type=Path, default=Path("build/reader-logits.sqlite"))
-    ap.add_argument("--fit", action="store_true", help="fit and write the reader calibration (last config)")
+    ap.add_argument("--fit", metavar="READER_CONFIG", help="fit calibrations; write the one of this reader config")
     ap.add_argument("--cost", action="store_true", help="time the reader per query at each K (no cache)")
     ap.add_argument("--threads", type=int, default=None)
     args = ap.parse_args()
@@ -134,62 +180,75 @@ def main() -> int:
         cost(base, embedder, model, pos[:64])
         return 0
 
-    print("| config | hit@1 | hit@5 | F1 | words | conf AUC | logit AUC | cand hit@K | pairs run | s |")
+    print(
+        "| span config | reader config | hit@1 | hit@5 | F1 | words | conf AUC | logit AUC | cand hit@K | pairs run |"
+    )
     print("|---|---|---|---|---|---|---|---|---|---|")
-    feats: tuple[list[dict[str, float]], list[int], list[int], list[bool]] = ([], [], [], [])
-    for cfg in args.configs:
-        flat = parse_config(cfg)
-        s = base.updated(**{k: v for k, v in flat.items() if k != "reader_model"})
-        with Retriever(s, embedder=embedder) as r:
-            if flat.get("reader_model", "none") != "none":
-                r.reader = Reader(cached, s.reader, r._segment_texts, reader_calibration(DEFAULT_READER))
-                r.calibration = r.reader.calibration
-            k = r.reader.candidates(5) if r.reader is not None else 5
-            # hit@K of the span method alone (the reader's candidates): the ceiling of what it can pick
-            if r.reader is not None:
-                reader, r.reader = r.reader, None
-                cand, _, _ = run(r, pos, top=k)
-                r.reader, r.calibration = reader, reader.calibration
-            else:
-                cand = None
+    for span_cfg in args.span_configs:
+        s = base.updated(**parse_config(span_cfg))
+        readers = [base.updated(**parse_config(c)).reader for c in args.reader_configs]
+        k = max(x.reader_k for x in readers)
+        t0 = time.perf_counter()
+        gc.collect()  # the previous configuration's store handle must be gone: Edge allows one per process
+        r = Retriever(s, embedder=embedder)
+        cp, cn = collect(r, pos, k), collect(r, neg, k)
+        print(f"collected {span_cfg} in {time.perf_counter() - t0:.0f}s", file=sys.stderr, flush=True)
+        for rcfg, rs in zip(args.reader_configs, readers, strict=True):
+            reader = None
+            if rcfg not in ("off", "none"):
+                reader = Reader(cached, rs, r._segment_texts, reader_calibration(DEFAULT_READER))
             before = cached.pairs_run
-            ph, presp, secs = run(r, pos)
-            nh, nresp, _ = run(r, neg, top=1)
-        sc = score(pos, ph, secs)
-        conf_auc = logit_auc = None
-        if all(x.confidence is not None for x in presp + nresp):
-            conf_auc = auc([x.confidence or 0.0 for x in presp], [x.confidence or 0.0 for x in nresp])
-        if all("reader" in x.features for x in presp + nresp if x.spans):
-            top_logit = (
-                [x.features.get("reader", -20.0) for x in presp],
-                [x.features.get("reader", -20.0) for x in nresp],
+            presp, nresp = read(cp, reader), read(cn, reader, top=1)
+            ph, nh = [to_hits(x) for x in presp], [to_hits(x) for x in nresp]
+            sc = score(pos, ph)
+            conf_auc = logit_auc = None
+            if all(x.confidence is not None for x in presp + nresp):
+                conf_auc = auc([x.confidence or 0.0 for x in presp], [x.confidence or 0.0 for x in nresp])
+            if reader is not None:
+                logit_auc = auc(
+                    [x.features.get("reader", -20.0) for x in presp], [x.features.get("reader", -20.0) for x in nresp]
+                )
+            kk = rs.reader_k if reader is not None else 5
+            ck = np.mean(
+                [
+                    hit_at(q, to_hits(SearchResponse(query="", spans=f.spans)), kk)
+                    for q, f in zip(pos, cp.found, strict=True)
+                ]
             )
-            logit_auc = auc(*top_logit)
-        ck = f"{np.mean([hit_at(q, h, k) for q, h in zip(pos, cand, strict=True)]):.3f}" if cand else "-"
-        print(
-            f"| {cfg} | {sc.hit1:.3f} | {sc.hit5:.3f} | {sc.f1:.3f} | {sc.words:.2f} | "
-            f"{conf_auc if conf_auc is None else f'{conf_auc:.3f}'} | "
-            f"{logit_auc if logit_auc is None else f'{logit_auc:.3f}'} | {ck} | {cached.pairs_run - before} "
-            f"| {secs:.0f} |",
-            flush=True,
-        )
-        feats = ([], [], [], [])
-        for q, h, x in [*zip(pos, ph, presp, strict=True), *zip(neg, nh, nresp, strict=True)]:
-            if not x.features or "reader" not in x.features:
+            print(
+                f"| {span_cfg} | {rcfg} | {sc.hit1:.3f} | {sc.hit5:.3f} | {sc.f1:.3f} | {sc.words:.2f} | "
+                f"{fmt(conf_auc)} | {fmt(logit_auc)} | {ck:.3f} | {cached.pairs_run - before} |",
+                flush=True,
+            )
+            if reader is None or not args.fit:
                 continue
-            feats[0].append(x.features)
-            feats[1].append(int(q.answerable and hit_at(q, h, 1)))
-            feats[2].append(half(q))
-            feats[3].append(q.answerable)
-    if args.fit:
-        fit_calibration(*feats)
+            feats: tuple[list[dict[str, float]], list[int], list[int], list[bool]] = ([], [], [], [])
+            for q, h, x in [*zip(pos, ph, presp, strict=True), *zip(neg, nh, nresp, strict=True)]:
+                if not x.features or "reader" not in x.features:
+                    continue
+                feats[0].append(x.features)
+                feats[1].append(int(q.answerable and hit_at(q, h, 1)))
+                feats[2].append(half(q))
+                feats[3].append(q.answerable)
+            fit_calibration(*feats, write=rcfg == args.fit)
+        r.close()
     return 0
 
 
-def fit_calibration(rows: list[dict[str, float]], labels: list[int], halves: list[int], answerable: list[bool]) -> None:
-    """Fit on half 0, report on half 1 (AUC answerable vs unanswerable, and of answering), then refit on all."""
+def fit_calibration(
+    rows: list[dict[str, float]], labels: list[int], halves: list[int], answerable: list[bool], write: bool
+) -> None:
+    """Fit on half 0, report on half 1 (AUC answerable vs unanswerable, and of answering); the half-0 fit
+    is what ships, so its held-out figure stays honest."""
     y, h, a = np.array(labels), np.array(halves), np.array(answerable)
-    names_tried: list[tuple[str, ...]] = [("reader",), ("reader", "reader_margin"), FEATURES]
+    span = ("score", "margin", "lexical", "coverage", "idf_coverage", "missing")
+    names_tried: list[tuple[str, ...]] = [
+        ("reader",),
+        ("reader", "reader_margin"),
+        FEATURES,
+        (*FEATURES, "score", "missing", "idf_coverage"),
+        (*FEATURES, *span),
+    ]
     best: tuple[float, tuple[str, ...]] | None = None
     for names in names_tried:
         cal = fit([rows[i] for i in np.flatnonzero(h == 0)], y[h == 0].tolist(), names)
@@ -207,6 +266,15 @@ def fit_calibration(rows: list[dict[str, float]], labels: list[int], halves: lis
     cal_half = fit([rows[i] for i in np.flatnonzero(h == 0)], y[h == 0].tolist(), best[1])
     test = np.flatnonzero(h == 1)
     c = np.array([cal_half.confidence(rows[i]) or 0.0 for i in test])
+    for thr in (0.3, 0.4, 0.5, 0.6):
+        held = c < thr
+        unans = ~a[test]
+        prec = (held & unans).sum() / max(held.sum(), 1)
+        rec = (held & unans).sum() / max(unans.sum(), 1)
+        kept = (~held & a[test]).sum() / max(a[test].sum(), 1)
+        print(f"threshold {thr}: abstention precision {prec:.3f} recall {rec:.3f}; answerable answered {kept:.3f}")
+    if not write:
+        return
     # what the shipped file claims: fitted on half 0, measured on half 1
     save_reader_calibration(
         cal_half,
@@ -215,13 +283,6 @@ def fit_calibration(rows: list[dict[str, float]], labels: list[int], halves: lis
         held_out_auc_unanswerable=round(best[0], 4),
         held_out_n=len(test),
     )
-    for thr in (0.3, 0.4, 0.5, 0.6):
-        held = c < thr
-        unans = ~a[test]
-        prec = (held & unans).sum() / max(held.sum(), 1)
-        rec = (held & unans).sum() / max(unans.sum(), 1)
-        kept = (~held & a[test]).sum() / max(a[test].sum(), 1)
-        print(f"threshold {thr}: abstention precision {prec:.3f} recall {rec:.3f}; answerable answered {kept:.3f}")
     print(f"wrote calibration with {best[1]} (held-out AUC {best[0]:.3f})")
 
 

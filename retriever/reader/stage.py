@@ -7,15 +7,17 @@ For every query of a batch:
    the rows / items it introduces;
 2. the cross-encoder scores every (query, unit) pair of the whole batch in one call, a unit read with
    its section title and lead (`Unit.passage`);
-3. units are ranked by reader logit + `reader_source_weight` x the span method's score;
-4. the top unit is joined with the sentence / row before or after it when the reader scores the pair
-   of them at least `reader_join_margin` above the unit alone (the answer needs both);
+3. units are ranked by reader logit + `reader_source_weight` x the span method's score
+   - `reader_length_penalty` x ln(words);
+4. the top unit is joined with the sentence / row before or after it when the pair ranks at least
+   `reader_join_margin` above the unit alone (the answer needs both);
 5. the top span's features (reader logit, its margin over the next unit, the span method's score)
    go to the calibration, which turns them into `confidence`.
 """
 
 from __future__ import annotations
 
+import math
 import time
 from collections.abc import Sequence
 
@@ -90,11 +92,15 @@ class Reader:
             if not us:
                 continue
             out.spans = self._spans(q, us, top)
-            out.features = self._features(us)
+            out.features = out.features | self._features(us)  # the span method's own stay (query-level cues)
             out.timings_ms["read"] = per
 
     def _final(self, u: Unit) -> float:
-        return u.extra["logit"] + self.settings.reader_source_weight * u.source
+        st = self.settings
+        # the reader favours longer passages (more chances to hold the answer): a length penalty keeps
+        # answers as short as the sentences they are made of
+        words = max(len(u.text.split()), 1)
+        return u.extra["logit"] + st.reader_source_weight * u.source - st.reader_length_penalty * math.log(words)
 
     def _units(self, q: QueryDocs, spans: list[SpanResult], b: UnitBuilder) -> list[Unit]:
         seen: dict[tuple[int, int, int], Unit] = {}
@@ -126,7 +132,10 @@ class Reader:
         best: dict[int, Unit] = {}
         for (qi, j), z in zip(tries, logits, strict=True):
             j.extra["logit"] = float(z)
-            if float(z) >= units[qi][0].extra["logit"] + margin and (qi not in best or z > best[qi].extra["logit"]):
+            # in the ranking's terms (length penalty included): the pair must beat the unit alone by `margin`
+            if self._final(j) >= self._final(units[qi][0]) + margin and (
+                qi not in best or self._final(j) > self._final(best[qi])
+            ):
                 best[qi] = j
         for qi, j in best.items():
             units[qi].insert(0, j)
