@@ -177,7 +177,7 @@ def main() -> int:
     cached = CachedCrossEncoder(model, args.cache)
 
     if args.cost:
-        cost(base, embedder, model, pos[:64])
+        cost(base, embedder, model, pos[:24])
         return 0
 
     print(
@@ -294,7 +294,7 @@ def cost(base: Settings, embedder: object, model: CrossEncoder, queries: list[Be
         with Retriever(s, embedder=embedder) as r:  # type: ignore[arg-type]
             resps = [r.search_batch([q.query], top=32)[0] for q in queries]
         print("| K | batch | reader ms/query | pairs/query |\n|---|---|---|---|")
-        for k in (4, 8, 16, 32):
+        for k in (4, 8, 16):
             pairs = [[(q.query, sp.text) for sp in x.spans[:k]] for q, x in zip(queries, resps, strict=True)]
             for batch in (1, 16):
                 model.score(pairs[0], batch)  # warm
