@@ -130,6 +130,8 @@ class Retriever:
         # gives the confidence (it sees what the span method's scores cannot)
         self.reader = reader if reader is not None else make_reader(settings, self._segment_texts)
         self.calibration = self.reader.calibration if self.reader is not None else Calibration.packaged()
+        # queries the reader does not read (reader_queries) keep the span method's confidence
+        self._span_calibration = Calibration.packaged() if self.reader is not None else None
 
     def clear_caches(self) -> None:
         """Forget decoded segments, structures and what the span method caches (what a cold process lacks)."""
@@ -260,6 +262,8 @@ class Retriever:
             return
         if self.calibration is not None:
             resp.confidence = self.calibration.confidence(features)
+        if resp.confidence is None and self._span_calibration is not None:
+            resp.confidence = self._span_calibration.confidence(features)
         abstain = resp.threshold = self.settings.spans.abstain
         if abstain is not None and resp.confidence is not None and resp.confidence < abstain:
             resp.spans, resp.abstained = [], True

@@ -229,7 +229,19 @@ class ReaderSettings(_Group):
     reader_batch: int = Field(16, ge=1, description="Most (query, unit) pairs per reader forward pass.")
     reader_max_tokens: int = Field(256, ge=16, description="Longest (query, unit) pair the reader reads.")
     reader_source_weight: float = Field(
-        0.0, ge=0.0, description="Weight of the span method's score beside the reader's logit in the ranking."
+        0.0,
+        ge=0.0,
+        description="Weight of the span method's score beside the reader's in the ranking (z-scored over the "
+        "query's units, in the spread of the reader's scores: 1 weighs both orders alike).",
+    )
+    reader_titles: bool = Field(
+        True,
+        description="Read a unit with its section title before it (on: every unit of a matching section looks right).",
+    )
+    reader_queries: Literal["all", "questions"] = Field(
+        "all",
+        description="Which queries the reader reads: all, or questions only (ends in '?' or opens with a question "
+        "word); other queries (headings, names) keep the span method's order.",
     )
     reader_length_penalty: float = Field(
         4.0, ge=0.0, description="Subtract this x ln(words) from a unit's reader logit in the ranking."

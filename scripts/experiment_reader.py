@@ -40,6 +40,8 @@ from indexer.embedders import load_embedder
 from retriever.calibration import Calibration, fit
 from retriever.evaluation import auc, index_benchmark, load_benchmark, score, to_hits
 from retriever.evaluation.benchmark import BenchQuery, hit_at
+from retriever.evaluation.pdf_manuals import PdfQuery, PdfSpan, is_pdf_benchmark, load_queries, score_query
+from retriever.evaluation.pdf_manuals import score as pdf_score
 from retriever.methods import MethodOutput, QueryDocs
 from retriever.reader import DEFAULT_READER, CrossEncoder, Reader, load_cross_encoder, reader_calibration
 from retriever.reader.calibration import save_reader_calibration
@@ -101,12 +103,12 @@ def parse_config(text: str) -> dict[str, str]:
 class Collected:
     """One span configuration's candidates for every question: what the reader is given."""
 
-    queries: list[BenchQuery]
+    queries: Sequence[BenchQuery | PdfQuery]
     batch: list[QueryDocs] = field(default_factory=list)
     found: list[MethodOutput] = field(default_factory=list)
 
 
-def collect(r: Retriever, queries: list[BenchQuery], k: int) -> Collected:
+def collect(r: Retriever, queries: Sequence[BenchQuery | PdfQuery], k: int) -> Collected:
     """Run the span method once (its `k` best spans per question), recording its input and output."""
     out = Collected(queries)
     method = r.method
@@ -138,6 +140,9 @@ def read(c: Collected, reader: Reader | None, top: int = 5) -> list[SearchRespon
         resp = SearchResponse(query=q.query, spans=f.spans[:top], features=f.features)
         if cal is not None and f.features and resp.spans:
             resp.confidence = cal.confidence(f.features)
+            span_cal = Calibration.packaged()
+            if resp.confidence is None and span_cal is not None:  # a query the reader did not read
+                resp.confidence = span_cal.confidence(f.features)
         out.append(resp)
     return out
 
@@ -164,6 +169,8 @@ def main() -> int:
     ap.add_argument("--threads", type=int, default=None)
     ap.add_argument("--cost-queries", type=int, default=24, help="questions --cost times")
     args = ap.parse_args()
+    if is_pdf_benchmark(args.bench):
+        return pdf_main(args)
 
     bench = load_benchmark(args.bench)
     base = Settings(store_path=args.store, device="cpu")
@@ -232,6 +239,61 @@ def main() -> int:
                 feats[2].append(half(q))
                 feats[3].append(q.answerable)
             fit_calibration(*feats, write=rcfg == args.fit)
+        r.close()
+    return 0
+
+
+def pdf_main(args: argparse.Namespace) -> int:
+    """A PDF benchmark (pdf-manuals-dev, financebench-dev) over a store that already holds its PDFs."""
+    queries = load_queries(args.bench)
+    if args.sample and args.sample < len(queries):
+        queries = __import__("random").Random(0).sample(queries, args.sample)
+    base = Settings(store_path=args.store, device="cpu")
+    embedder = load_embedder(base)
+    args.cache.parent.mkdir(parents=True, exist_ok=True)
+    cached = CachedCrossEncoder(load_cross_encoder(DEFAULT_READER, threads=args.threads), args.cache)
+    print("| span config | reader config | n | hit@1 | hit@5 | page@1 | page@5 | wF1 | words | conf AUC | pairs run |")
+    print("|---|---|---|---|---|---|---|---|---|---|---|")
+    for span_cfg in args.span_configs:
+        s = base.updated(**parse_config(span_cfg))
+        readers = [base.updated(**parse_config(c)).reader for c in args.reader_configs]
+        k = max(x.reader_k for x in readers)
+        gc.collect()
+        t0 = time.perf_counter()
+        r = Retriever(s, embedder=embedder)
+        c = collect(r, queries, k)
+        print(f"collected {span_cfg} in {time.perf_counter() - t0:.0f}s", file=sys.stderr, flush=True)
+        for rcfg, rs in zip(args.reader_configs, readers, strict=True):
+            reader = None
+            if rcfg not in ("off", "none"):
+                reader = Reader(cached, rs, r._segment_texts, reader_calibration(DEFAULT_READER))
+            before = cached.pairs_run
+            resps = read(c, reader)
+            out = [[PdfSpan(sp.doc_id, sp.text, tuple(sp.pages)) for sp in x.spans] for x in resps]
+            agg = pdf_score(queries, out)
+            right = [score_query(q, o)["hit@1"] == 1.0 for q, o in zip(queries, out, strict=True)]
+            conf = [x.confidence for x in resps]
+            conf_auc = None
+            if all(v is not None for v in conf):
+                conf_auc = auc(
+                    [v or 0.0 for v, ok in zip(conf, right, strict=True) if ok],
+                    [v or 0.0 for v, ok in zip(conf, right, strict=True) if not ok],
+                )
+            m = agg.means
+            kinds = {q.kind for q in queries}
+            for kind in sorted(kinds) if len(kinds) > 1 else []:
+                idx = [i for i, q in enumerate(queries) if q.kind == kind]
+                km = pdf_score([queries[i] for i in idx], [out[i] for i in idx]).means
+                print(
+                    f"|  | — kind {kind} | {len(idx)} | {km['hit@1']:.3f} | {km['hit@5']:.3f} | {km['page@1']:.3f} "
+                    f"| {km['page@5']:.3f} | {km['wF1']:.3f} | {km['words']:.1f} | | |"
+                )
+            print(
+                f"| {span_cfg} | {rcfg} | {len(queries)} | {m['hit@1']:.3f} | {m['hit@5']:.3f} | {m['page@1']:.3f} | "
+                f"{m.get('page@5', float('nan')):.3f} | {m['wF1']:.3f} | {m['words']:.1f} | {fmt(conf_auc)} | "
+                f"{cached.pairs_run - before} |",
+                flush=True,
+            )
         r.close()
     return 0
 

@@ -24,6 +24,7 @@ from retriever.reader import (
     packaged_reader_path,
     reader_backend,
 )
+from retriever.reader.stage import is_question
 from retriever.reader.units import is_fragment, whole_sentences
 from retriever.search import Retriever
 from schemas.errors import ModelLoadError
@@ -203,6 +204,44 @@ def test_answerable_beats_unanswerable_confidence(manual_settings: Settings, min
         yes = r.search("Which Valgrind tool detects memory errors?").confidence
         no = r.search("How much does an RStudio Server licence cost per year?").confidence
     assert yes is not None and no is not None and yes > no
+
+
+def test_questions_are_told_from_heading_lookups() -> None:
+    for q in (
+        "What port does RStudio Server listen on?",
+        "how tools work",
+        "Does Valgrind handle Java?",
+        "The stack traces aren't helpful. How can I improve them?",
+        "R name of the beta distribution?",
+    ):
+        assert is_question(q), q
+    for q in ("Preparing your program", "Probability distributions", "HMAC-SHA256", "Whatever happened"):
+        assert not is_question(q), q
+
+
+def test_heading_lookups_keep_the_span_method_when_the_reader_reads_questions_only(
+    manual_settings: Settings, minilm
+) -> None:
+    q = "Getting RStudio"
+    with Retriever(manual_settings.updated(reader_model="none"), embedder=minilm) as r:
+        alone = r.search(q, top=3)
+    with Retriever(manual_settings.updated(reader_queries="questions"), embedder=minilm) as r:
+        gated = r.search(q, top=3)
+        asked = r.search("Where can RStudio Desktop be downloaded from?", top=3)
+    assert [sp.text for sp in gated.spans] == [sp.text for sp in alone.spans]
+    assert "read" not in gated.timings_ms and "read" in asked.timings_ms
+    assert gated.confidence is not None  # the span method's calibration answers for what the reader skipped
+
+
+def test_a_heavy_source_weight_keeps_the_span_methods_top_candidate(manual_settings: Settings, minilm) -> None:
+    q = "Which Valgrind tool simulates the processor caches?"
+    with Retriever(manual_settings.updated(reader_model="none"), embedder=minilm) as r:
+        first = r.search(q, top=1).spans[0]
+    with Retriever(
+        manual_settings.updated(reader_source_weight=1000.0, reader_length_penalty=0.0), embedder=minilm
+    ) as r:
+        top = r.search(q, top=1).spans[0]
+    assert top.start <= first.start < top.end or first.start <= top.start < first.end, (top.text, first.text)
 
 
 def test_packaged_model_is_not_a_python_import(tmp_path: Path) -> None:

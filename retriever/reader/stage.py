@@ -7,8 +7,8 @@ For every query of a batch:
    the rows / items it introduces;
 2. the cross-encoder scores every (query, unit) pair of the whole batch in one call, a unit read with
    its section title and lead (`Unit.passage`);
-3. units are ranked by reader logit + `reader_source_weight` x the span method's score
-   - `reader_length_penalty` x ln(words);
+3. units are ranked by reader logit - `reader_length_penalty` x ln(words) + `reader_source_weight` x
+   the span method's score (z-scored over the query's units, in the spread of the reader's scores);
 4. the top unit is joined with the sentence / row before or after it when the pair ranks at least
    `reader_join_margin` above the unit alone (the answer needs both);
 5. the top span's features (reader logit, its margin over the next unit, the span method's score)
@@ -18,6 +18,7 @@ For every query of a batch:
 from __future__ import annotations
 
 import math
+import re
 import time
 from collections.abc import Sequence
 
@@ -31,6 +32,20 @@ from schemas.models import SpanLead, SpanResult
 from schemas.settings import ReaderSettings
 
 FEATURES = ("reader", "reader_margin", "source")
+# a question asks (ends in "?" or opens with a question word); anything else is a lookup (a heading, a
+# name), whose answer is the section under the matching heading: the span method finds that, the reader
+# (trained on questions) reads every unit of the section as relevant (pdf-manuals-dev, docs/reader.md)
+_QUESTION = re.compile(
+    r"^\W*(what|which|who|whom|whose|when|where|why|how|is|are|am|was|were|can|could|do|does|did|should|"
+    r"would|will|has|have|had)\b",
+    re.IGNORECASE,
+)
+
+
+def is_question(text: str) -> bool:
+    """Whether a query asks a question, rather than looking up a heading or a name."""
+    t = text.strip()
+    return t.endswith("?") or bool(_QUESTION.match(t))
 
 
 class Reader:
@@ -76,31 +91,56 @@ class Reader:
         builders = [UnitBuilder(q.docs, self.segment_texts) for q in batch]
         units: list[list[Unit]] = []
         for q, out, b in zip(batch, found, builders, strict=True):
-            units.append(self._units(q, out.spans[: st.reader_k], b) if q.text else [])
-        flat = [(q.text, u.passage()) for q, us in zip(batch, units, strict=True) for u in us]
+            units.append(self._units(q, out.spans[: st.reader_k], b) if self.reads(q.text) else [])
+        titles = st.reader_titles
+        flat = [(q.text, u.passage(titles)) for q, us in zip(batch, units, strict=True) for u in us]
         logits = self.model.score(flat, st.reader_batch)
         i = 0
         for us in units:
             for u in us:
                 u.extra["logit"] = float(logits[i])
                 i += 1
+            self._blend(us)
             us.sort(key=lambda u: -self._final(u))
         self._join(batch, builders, units)
         live = sum(1 for q in batch if q.docs)
         per = (time.perf_counter() - t0) * 1e3 / max(live, 1)
         for q, out, us in zip(batch, found, units, strict=True):
-            if not us:
+            if not us:  # not read (no units, or not a question under reader_queries): the method's own top
+                out.spans = out.spans[:top]
                 continue
             out.spans = self._spans(q, us, top)
             out.features = out.features | self._features(us)  # the span method's own stay (query-level cues)
             out.timings_ms["read"] = per
 
-    def _final(self, u: Unit) -> float:
-        st = self.settings
+    def reads(self, query: str) -> bool:
+        """Whether the reader reads this query's candidates (`reader_queries`); otherwise the span method's stand."""
+        return bool(query) and (self.settings.reader_queries == "all" or is_question(query))
+
+    def _reading(self, u: Unit) -> float:
         # the reader favours longer passages (more chances to hold the answer): a length penalty keeps
         # answers as short as the sentences they are made of
         words = max(len(u.text.split()), 1)
-        return u.extra["logit"] + st.reader_source_weight * u.source - st.reader_length_penalty * math.log(words)
+        return u.extra["logit"] - self.settings.reader_length_penalty * math.log(words)
+
+    def _blend(self, us: list[Unit]) -> None:
+        """Give each unit its share of the span method's score, in the reader's units.
+
+        The span method's score is z-scored over the query's units and scaled by the spread of the
+        reader's own scores, so `reader_source_weight` 1 lets one standard deviation of the span
+        method's order weigh as much as one of the reader's, whatever either's scale.
+        """
+        w = self.settings.reader_source_weight
+        if not us:
+            return
+        src = np.array([u.source for u in us], dtype=np.float64)
+        r = np.array([self._reading(u) for u in us], dtype=np.float64)
+        mu, sd, spread = float(src.mean()), float(src.std()), float(r.std())
+        for u in us:
+            u.extra["blend"] = 0.0 if w == 0.0 or sd == 0.0 else w * spread * (u.source - mu) / sd
+
+    def _final(self, u: Unit) -> float:
+        return self._reading(u) + u.extra.get("blend", 0.0)
 
     def _units(self, q: QueryDocs, spans: list[SpanResult], b: UnitBuilder) -> list[Unit]:
         seen: dict[tuple[int, int, int], Unit] = {}
@@ -128,10 +168,12 @@ class Reader:
                     tries.append((qi, j))
         if not tries:
             return
-        logits = self.model.score([(batch[qi].text, j.passage()) for qi, j in tries], self.settings.reader_batch)
+        titles = self.settings.reader_titles
+        logits = self.model.score([(batch[qi].text, j.passage(titles)) for qi, j in tries], self.settings.reader_batch)
         best: dict[int, Unit] = {}
         for (qi, j), z in zip(tries, logits, strict=True):
             j.extra["logit"] = float(z)
+            j.extra["blend"] = units[qi][0].extra.get("blend", 0.0)  # a joined unit keeps its part's share
             # in the ranking's terms (length penalty included): the pair must beat the unit alone by `margin`
             if self._final(j) >= self._final(units[qi][0]) + margin and (
                 qi not in best or self._final(j) > self._final(best[qi])

@@ -64,9 +64,9 @@ class Unit:
     def key(self) -> tuple[int, int, int]:
         return (self.doc, self.start, self.end)
 
-    def passage(self) -> str:
-        """What the reader reads: section title, lead (header row / lead-in), then the unit."""
-        parts = [self.context, self.lead[2] if self.lead is not None else "", self.text]
+    def passage(self, titles: bool = True) -> str:
+        """What the reader reads: section title (when `titles`), lead (header row / lead-in), then the unit."""
+        parts = [self.context if titles else "", self.lead[2] if self.lead is not None else "", self.text]
         return "\n".join(p for p in parts if p)
 
 
