@@ -229,7 +229,7 @@ class ReaderSettings(_Group):
     reader_batch: int = Field(16, ge=1, description="Most (query, unit) pairs per reader forward pass.")
     reader_max_tokens: int = Field(256, ge=16, description="Longest (query, unit) pair the reader reads.")
     reader_source_weight: float = Field(
-        0.0,
+        1.0,
         ge=0.0,
         description="Weight of the span method's score beside the reader's in the ranking (z-scored over the "
         "query's units, in the spread of the reader's scores: 1 weighs both orders alike).",
@@ -239,9 +239,10 @@ class ReaderSettings(_Group):
         description="Read a unit with its section title before it (on: every unit of a matching section looks right).",
     )
     reader_queries: Literal["all", "questions"] = Field(
-        "all",
+        "questions",
         description="Which queries the reader reads: all, or questions only (ends in '?' or opens with a question "
-        "word); other queries (headings, names) keep the span method's order.",
+        "word, and does not repeat the title of the section the span method answers from); other queries "
+        "(headings, names) keep the span method's answer.",
     )
     reader_length_penalty: float = Field(
         4.0, ge=0.0, description="Subtract this x ln(words) from a unit's reader logit in the ranking."

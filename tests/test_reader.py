@@ -228,8 +228,11 @@ def test_heading_lookups_keep_the_span_method_when_the_reader_reads_questions_on
     with Retriever(manual_settings.updated(reader_queries="questions"), embedder=minilm) as r:
         gated = r.search(q, top=3)
         asked = r.search("Where can RStudio Desktop be downloaded from?", top=3)
+        titled = r.search("Getting RStudio?", top=3)  # a question that is its section's title
     assert [sp.text for sp in gated.spans] == [sp.text for sp in alone.spans]
     assert "read" not in gated.timings_ms and "read" in asked.timings_ms
+    assert titled.spans and titled.spans[0].section and "Getting RStudio" in titled.spans[0].section
+    assert "read" not in titled.timings_ms
     assert gated.confidence is not None  # the span method's calibration answers for what the reader skipped
 
 

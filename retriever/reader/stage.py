@@ -25,13 +25,15 @@ from collections.abc import Sequence
 import numpy as np
 
 from retriever.calibration import Calibration
+from retriever.lexical import coverage
 from retriever.methods.base import MethodOutput, QueryDocs, span_result
 from retriever.reader.model import CrossEncoder
-from retriever.reader.units import SegmentTexts, Unit, UnitBuilder
+from retriever.reader.units import SegmentTexts, Unit, UnitBuilder, structure_of
 from schemas.models import SpanLead, SpanResult
 from schemas.settings import ReaderSettings
 
 FEATURES = ("reader", "reader_margin", "source")
+HEADING_COVERAGE = 0.8  # share of terms a query and a section title must share (each way) to be a lookup of it
 # a question asks (ends in "?" or opens with a question word); anything else is a lookup (a heading, a
 # name), whose answer is the section under the matching heading: the span method finds that, the reader
 # (trained on questions) reads every unit of the section as relevant (pdf-manuals-dev, docs/reader.md)
@@ -91,7 +93,8 @@ class Reader:
         builders = [UnitBuilder(q.docs, self.segment_texts) for q in batch]
         units: list[list[Unit]] = []
         for q, out, b in zip(batch, found, builders, strict=True):
-            units.append(self._units(q, out.spans[: st.reader_k], b) if self.reads(q.text) else [])
+            read = self.reads(q.text) and not (st.reader_queries == "questions" and self._heading_lookup(q, out, b))
+            units.append(self._units(q, out.spans[: st.reader_k], b) if read else [])
         titles = st.reader_titles
         flat = [(q.text, u.passage(titles)) for q, us in zip(batch, units, strict=True) for u in us]
         logits = self.model.score(flat, st.reader_batch)
@@ -116,6 +119,21 @@ class Reader:
     def reads(self, query: str) -> bool:
         """Whether the reader reads this query's candidates (`reader_queries`); otherwise the span method's stand."""
         return bool(query) and (self.settings.reader_queries == "all" or is_question(query))
+
+    @staticmethod
+    def _heading_lookup(q: QueryDocs, out: MethodOutput, b: UnitBuilder) -> bool:
+        """Whether the query repeats the title of the section the span method answers from (a FAQ's question
+        is its heading): the section under that heading is the answer, whatever the reader makes of it.
+        """
+        if not out.spans:
+            return False
+        top = out.spans[0]
+        doc = b.run_of(top.doc_id, top.start, top.end)
+        layout = structure_of(q.docs[doc]) if doc is not None else None
+        title = UnitBuilder.title_at(layout, top.start) if layout is not None else None
+        # both ways: a one-word title ("Tools") inside a longer question is no lookup of it
+        t = title or ""
+        return bool(t) and min(coverage(t, q.text), coverage(q.text, t)) >= HEADING_COVERAGE
 
     def _reading(self, u: Unit) -> float:
         # the reader favours longer passages (more chances to hold the answer): a length penalty keeps

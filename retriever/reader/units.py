@@ -189,7 +189,7 @@ class UnitBuilder:
         if not touched:
             return [self._sentences(doc, c0, c1, text, source, rank, None)]
         kinds = {blocks[i].kind for i in touched}
-        title = self._title(layout, c0)
+        title = self.title_at(layout, c0)
         if kinds == {"table_row"}:
             return self._rows(doc, layout, touched[0], touched[-1], source, rank, title)
         if kinds == {"list_item"}:
@@ -330,7 +330,7 @@ class UnitBuilder:
         ]
 
     @staticmethod
-    def _title(layout: Layout, pos: int) -> str | None:
+    def title_at(layout: Layout, pos: int) -> str | None:
         """The innermost section title around `pos`: what a reader of the page sees above the text."""
         path = layout.structure.section_of(pos)
         return layout.structure.blocks[path[-1]].title if path else None
