@@ -5,8 +5,8 @@ For every query of a batch:
 1. the span method's best `reader_k` spans become answer units (`retriever.reader.units`): whole
    sentences, table rows with their header row, list items with their lead-in; a lead-in also offers
    the rows / items it introduces;
-2. the cross-encoder scores every (query, unit) pair of the whole batch in one call, a unit read with
-   its section title and lead (`Unit.passage`);
+2. the cross-encoder scores each query's (query, unit) pairs in calls of their own (a query's spans
+   must not depend on its batch mates), a unit read with its section title and lead (`Unit.passage`);
 3. units are ranked by reader logit - `reader_length_penalty` x ln(words) + `reader_source_weight` x
    the span method's score (z-scored over the query's units, in the spread of the reader's scores);
 4. the top unit is joined with the sentence / row before or after it when the pair ranks at least
@@ -96,13 +96,15 @@ class Reader:
             read = self.reads(q.text) and not (st.reader_queries == "questions" and self._heading_lookup(q, out, b))
             units.append(self._units(q, out.spans[: st.reader_k], b) if read else [])
         titles = st.reader_titles
-        flat = [(q.text, u.passage(titles)) for q, us in zip(batch, units, strict=True) for u in us]
-        logits = self.model.score(flat, st.reader_batch)
-        i = 0
-        for us in units:
-            for u in us:
-                u.extra["logit"] = float(logits[i])
-                i += 1
+        for q, us in zip(batch, units, strict=True):
+            if not us:
+                continue
+            # each query's pairs in calls of their own: the int8 graph quantises activations per call, so
+            # pairs scored beside another query's would move with it (a query's spans must not depend on
+            # what it was batched with)
+            logits = self.model.score([(q.text, u.passage(titles)) for u in us], st.reader_batch)
+            for u, z in zip(us, logits, strict=True):
+                u.extra["logit"] = float(z)
             self._blend(us)
             us.sort(key=lambda u: -self._final(u))
         self._join(batch, builders, units)
@@ -187,7 +189,15 @@ class Reader:
         if not tries:
             return
         titles = self.settings.reader_titles
-        logits = self.model.score([(batch[qi].text, j.passage(titles)) for qi, j in tries], self.settings.reader_batch)
+        logits: list[float] = []
+        for qi in dict.fromkeys(qi for qi, _ in tries):  # per query, as in `read`
+            mine = [j for q, j in tries if q == qi]
+            logits += [
+                float(z)
+                for z in self.model.score(
+                    [(batch[qi].text, j.passage(titles)) for j in mine], self.settings.reader_batch
+                )
+            ]
         best: dict[int, Unit] = {}
         for (qi, j), z in zip(tries, logits, strict=True):
             j.extra["logit"] = float(z)
