@@ -163,7 +163,9 @@ class LexicalStats:
 
 def bm25(query: str, counts: Sequence[Counter[str]], stats: LexicalStats) -> np.ndarray:
     """(n,) BM25 scores of sentences (their term counts) for `query` under `stats`."""
-    q = set(terms(query))
+    # query order, not a set's: a set's order changes between processes (hash seeds), and so would the
+    # float sum's last bits
+    q = list(dict.fromkeys(terms(query)))
     out = np.zeros(len(counts), dtype=np.float64)
     if not q or not counts:
         return out

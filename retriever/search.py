@@ -28,6 +28,7 @@ from retriever.methods import (
     make_span_method,
     pages_of,
 )
+from retriever.reader import Reader, make_reader
 from schemas.errors import QueryError
 from schemas.models import SearchResponse, SpanResult
 from schemas.query import check_query
@@ -66,6 +67,7 @@ class Retriever:
         span_method: a factory building the span method from a `MethodContext`; None: the method
             registered under `settings.spans.span_method`. Experiments go through it, not through
             settings: `ThresholdMethod.with_options(...)`, `retriever.methods.with_correction(...)`.
+        reader: the reading stage after the span method; None: the one `settings.reader` names (if any).
 
     Raises:
         StoreNotFoundError, StoreMismatchError: no such collection, or one made with another model.
@@ -95,6 +97,7 @@ class Retriever:
         store: TokenStore | None = None,
         *,
         span_method: MethodFactory | None = None,
+        reader: Reader | None = None,
     ) -> None:
         self.settings = settings
         self.store = store or open_store(settings.store, read_only=True)
@@ -124,7 +127,12 @@ class Retriever:
         )
         self.method: SpanMethod = span_method(ctx) if span_method else make_span_method(settings.spans.span_method, ctx)
         self._signal = ThresholdMethod(ctx)  # explain's signal and threshold where the method has none
-        self.calibration = Calibration.packaged()
+        # the reader re-ranks the span method's best candidates by reading them; its calibration then
+        # gives the confidence (it sees what the span method's scores cannot)
+        self.reader = reader if reader is not None else make_reader(settings, self._segment_texts)
+        self.calibration = self.reader.calibration if self.reader is not None else Calibration.packaged()
+        # queries the reader does not read (reader_queries) keep the span method's confidence
+        self._span_calibration = Calibration.packaged() if self.reader is not None else None
 
     def clear_caches(self) -> None:
         """Forget decoded segments, structures and what the span method caches (what a cold process lacks)."""
@@ -242,7 +250,9 @@ class Retriever:
             docs, t, seg = self._candidates(query, q, where, qtok)
             batch.append(QueryDocs(q, docs, text=query, segment_score=seg, tokens=qtok))
             timings.append({**embed, **t})
-        found = self.method.find_spans(batch, top)
+        found = self.method.find_spans(batch, top if self.reader is None else self.reader.candidates(top))
+        if self.reader is not None:
+            self.reader.read(batch, found, top)
         out = [
             SearchResponse(query=query, spans=f.spans, timings_ms={**t, **f.timings_ms}, rows_scored=_rows(qd.docs))
             for query, qd, t, f in zip(queries, batch, timings, found, strict=True)
@@ -258,9 +268,11 @@ class Retriever:
             return
         if self.calibration is not None:
             resp.confidence = self.calibration.confidence(features)
-        abstain = self.settings.spans.abstain
+        if resp.confidence is None and self._span_calibration is not None:
+            resp.confidence = self._span_calibration.confidence(features)
+        abstain = resp.threshold = self.settings.spans.abstain
         if abstain is not None and resp.confidence is not None and resp.confidence < abstain:
-            resp.spans = []
+            resp.spans, resp.abstained = [], True
 
     def embed_queries(self, queries: list[str]) -> np.ndarray:
         """Pooled unit vectors of queries, as `search` embeds them.

@@ -71,6 +71,14 @@ class EmbeddedDocument(BaseModel):
         return int(self.vectors.shape[0])
 
 
+class SpanLead(BaseModel):
+    """Text read with a span though it lies before it: a table's header row, a list's lead-in sentence."""
+
+    start: int = Field(ge=0)
+    end: int = Field(ge=0)
+    text: str
+
+
 class SpanResult(BaseModel):
     """One answer span: text[start:end] of document doc_id."""
 
@@ -83,6 +91,9 @@ class SpanResult(BaseModel):
     pages: list[int] = Field(description="1-based pages the span touches.")
     page_labels: list[str] | None = Field(None, description="The printed labels of `pages`, if the PDF has any.")
     section: str | None = Field(None, description="Section path, e.g. '7 Troubleshooting › 7.24 Why ...?'.")
+    lead: SpanLead | None = Field(
+        None, description="The header row of the table / lead-in of the list the span's rows / items belong to."
+    )
 
 
 class SearchResponse(BaseModel):
@@ -93,6 +104,10 @@ class SearchResponse(BaseModel):
     confidence: float | None = Field(
         None, description="Probability that the top span answers the query (calibrated; None: not computed)."
     )
+    abstained: bool = Field(
+        False, description="The top span's confidence was below `threshold`: its spans were withheld."
+    )
+    threshold: float | None = Field(None, description="The abstention threshold in force (None: never abstains).")
     timings_ms: dict[str, float] = Field(default_factory=dict, exclude=True)
     features: dict[str, float] = Field(
         default_factory=dict, exclude=True, description="What the confidence was computed from (top span)."

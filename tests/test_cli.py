@@ -56,7 +56,8 @@ def test_search_json_format(demo_store: Path, capsys: pytest.CaptureFixture[str]
     assert out["query"].startswith("How does a steam engine")
     assert out["spans"], "expected at least one span for an on-topic query"
     top = out["spans"][0]
-    assert set(top) == {"doc_id", "source", "start", "end", "text", "score", "pages", "page_labels", "section"}
+    assert set(top) == {"doc_id", "source", "start", "end", "text", "score", "pages", "page_labels", "section", "lead"}
+    assert set(out) == {"query", "confidence", "abstained", "threshold", "spans"} and out["abstained"] is False
     assert top["doc_id"] == "corpus/steam_engine.pdf" and top["pages"] and min(top["pages"]) >= 1
     scores = [s["score"] for s in out["spans"]]
     assert scores == sorted(scores, reverse=True)

@@ -42,7 +42,14 @@ def test_heading_alone_is_a_miss_and_wrong_document_scores_nothing() -> None:
     m = score_query(Q, [heading])
     assert m["hit@1"] == 0.0 and m["page@1"] == 1.0 and m["words"] == 4.0
     wrong = score_query(Q, [PdfSpan("nettle.pdf", GOLD, (5,))])
-    assert wrong == {"hit@1": 0.0, "hit@5": 0.0, "page@1": 0.0, "wF1": 0.0, "words": float(len(GOLD.split()))}
+    assert wrong == {
+        "hit@1": 0.0,
+        "hit@5": 0.0,
+        "page@1": 0.0,
+        "page@5": 0.0,
+        "wF1": 0.0,
+        "words": float(len(GOLD.split())),
+    }
 
 
 def test_hit_at_5_and_means() -> None:

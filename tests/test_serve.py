@@ -91,7 +91,13 @@ def local_json(settings: Settings, embedder: HFTokenEmbedder, query: str) -> dic
     """What `chunkless search --json` prints for this store and query."""
     with Retriever(settings, embedder=embedder) as r:
         resp = r.search(query)
-    return {"query": resp.query, "spans": [s.model_dump() for s in resp.spans]}
+    return {
+        "query": resp.query,
+        "confidence": resp.confidence,
+        "abstained": resp.abstained,
+        "threshold": resp.threshold,
+        "spans": [s.model_dump() for s in resp.spans],
+    }
 
 
 def test_search_matches_cli_and_is_answered_during_an_ingest_job(tmp_path: Path, minilm: HFTokenEmbedder) -> None:
@@ -106,7 +112,7 @@ def test_search_matches_cli_and_is_answered_during_an_ingest_job(tmp_path: Path,
         r = http.post("/v1/search", json={"query": QUERY})
         assert r.status_code == 200
         body = r.json()
-        assert {k: body[k] for k in ("query", "spans")} == expected
+        assert {k: body[k] for k in expected} == expected
         assert body["timings_ms"]["total"] > 0
 
         # the CLI through the service prints exactly what it prints from the store

@@ -43,9 +43,14 @@ def print_search(resp: SearchResponse, as_json: bool) -> None:
     span's length, and that `--json` prints it whole.
     """
     if as_json:
-        print(json.dumps({"query": resp.query, "spans": [s.model_dump() for s in resp.spans]}, ensure_ascii=False))
+        body: dict[str, Any] = {"query": resp.query, "confidence": resp.confidence, "abstained": resp.abstained}
+        body |= {"threshold": resp.threshold, "spans": [s.model_dump() for s in resp.spans]}
+        print(json.dumps(body, ensure_ascii=False))
         return
-    if not resp.spans:
+    if resp.abstained:  # spans were found, but none is likely enough to answer: say so, not "nothing found"
+        best = f"{resp.confidence:.2f}" if resp.confidence is not None else "none"
+        print(f"no answer above confidence {resp.threshold:.2f} (the best span's: {best})", file=sys.stderr)
+    elif not resp.spans:
         print(
             "no span found; try another wording, or see which documents the collection holds with 'chunkless list'",
             file=sys.stderr,
@@ -53,6 +58,8 @@ def print_search(resp: SearchResponse, as_json: bool) -> None:
     for i, s in enumerate(resp.spans, 1):
         pages = ",".join(map(str, s.pages))
         print(f"[{i}] {s.score:.3f}  {one_line(s.doc_id, 300)}  chars {s.start}-{s.end}  page {pages}")
+        if s.lead is not None:  # the header row / lead-in the span's rows / items are read with
+            print("    " + one_line(s.lead.text, 300) + " …")
         text = one_line(s.text, len(s.text))
         if len(text) <= SPAN_CHARS:
             print("    " + text)

@@ -30,8 +30,9 @@ from indexer.embedders import TokenEmbedder, load_embedder
 from indexer.sentence_vectors import with_sentence_vectors
 from indexer.store import open_or_create_store
 from retriever.calibration import Abstention, abstention
+from retriever.evaluation.answerability import REPORT_THRESHOLD, Answerability, answerability
 from retriever.evaluation.baselines import chunk_baseline, sentence_baseline
-from retriever.evaluation.benchmark import Benchmark, BenchQuery, Hit, Scores, score
+from retriever.evaluation.benchmark import Benchmark, BenchQuery, Hit, Scores, hit_at, score
 from retriever.search import Retriever
 from schemas.models import LoadedDocument, SearchResponse
 from schemas.settings import Settings
@@ -127,6 +128,7 @@ class EvalReport:
     unanswerable: list[BenchQuery] = field(default_factory=list)
     confidence_auc: float | None = None
     abstention: Abstention | None = None
+    answerability: Answerability | None = None  # confidence against hit@1, unanswerable counted as wrong
 
     def table(self) -> str:
         lines = [Scores.HEADER] + [s.row(name) for name, s in self.rows.items()]
@@ -139,6 +141,8 @@ class EvalReport:
             tail += f"\nAUC of the top span's confidence: {self.confidence_auc:.3f}"
         if self.abstention is not None:
             tail += f"; {self.abstention.line()}"
+        if self.answerability is not None:
+            tail += f"\n{self.answerability.line()}"
         return "\n".join(lines) + tail
 
     def write_results(self, path: Path, method: str = "chunkless") -> None:
@@ -234,8 +238,11 @@ def evaluate(
                 if all(c is not None for c in pos_conf + neg_conf):
                     report.confidence_auc = auc([c or 0.0 for c in pos_conf], [c or 0.0 for c in neg_conf])
                 # precision and recall of abstaining at the configured threshold (0.3 when none is set)
-                thr = s.spans.abstain if s.spans.abstain is not None else 0.3
+                thr = s.spans.abstain if s.spans.abstain is not None else REPORT_THRESHOLD
                 report.abstention = abstention(pos_conf, neg_conf, thr)
+            right = [hit_at(q, h, 1) for q, h in zip(answerable, hits, strict=True)] + [False] * len(unans)
+            thr = s.spans.abstain if s.spans.abstain is not None else REPORT_THRESHOLD
+            report.answerability = answerability(pos_conf + (neg_conf if unans else []), right, thr)
     if baselines:
         for size in (64, 128, 256):
             name = f"{size}-token chunks"

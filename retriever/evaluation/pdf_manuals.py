@@ -8,7 +8,7 @@ reading texts. Measures (the benchmark's score.py, reimplemented here and checke
 
 - hit@1, hit@5: a top-k span is from the right document and has word F1 >= 0.3 with the gold
   text or contains 12 consecutive gold words (fewer when the gold is shorter);
-- page@1: the top span is from the right document and its pages meet the gold pages;
+- page@1, page@5: the top span (one of the top 5) is from the right document and its pages meet the gold pages;
 - wF1: SQuAD bag-of-words F1 of the top span with the gold text (0 for a wrong document);
 - words: whitespace words of the top span.
 Text is normalised on both sides: NFKC, lower case, Markdown link targets and short HTML tags
@@ -31,6 +31,7 @@ from pathlib import Path
 from indexer.embedders import TokenEmbedder, load_embedder
 from indexer.reading import load_file
 from indexer.store import open_or_create_store
+from retriever.evaluation.answerability import REPORT_THRESHOLD, Answerability, answerability
 from retriever.evaluation.baselines import rank_pieces, sentences, token_chunks
 from retriever.evaluation.benchmark import BenchDoc, Benchmark, BenchQuery
 from schemas.errors import InputError
@@ -43,7 +44,7 @@ TOPK = 5
 _LINK = re.compile(r"\]\([^)\s]*\)")
 _TAG = re.compile(r"<[^>\s]{1,20}>")
 _ARTICLES = {"a", "an", "the"}
-HEADER = "| method | n | hit@1 | hit@5 | page@1 | wF1 | words |\n|---|---:|---:|---:|---:|---:|---:|"
+HEADER = "| method | n | hit@1 | hit@5 | page@1 | page@5 | wF1 | words |\n|---|---:|---:|---:|---:|---:|---:|---:|"
 
 
 def is_pdf_benchmark(path: Path) -> bool:
@@ -153,10 +154,12 @@ def score_query(q: PdfQuery, spans: Sequence[PdfSpan]) -> dict[str, float]:
         hits.append(ok)
     top = spans[0] if spans else None
     top_doc = top is not None and doc_key(top.doc_id) == doc_key(q.doc)
+    on_page = [doc_key(s.doc_id) == doc_key(q.doc) and bool(set(s.pages) & set(q.gold_pages)) for s in spans[:TOPK]]
     return {
         "hit@1": float(any(hits[:1])),
         "hit@5": float(any(hits[:5])),
-        "page@1": float(top_doc and bool(set(top.pages) & set(q.gold_pages))) if top else 0.0,
+        "page@1": float(any(on_page[:1])),
+        "page@5": float(any(on_page[:5])),
         "wF1": word_f1(normalize_words(top.text), gold) if top is not None and top_doc else 0.0,
         "words": float(len(top.text.split())) if top is not None else 0.0,
     }
@@ -170,14 +173,14 @@ class PdfScores:
     def row(self, name: str) -> str:
         m = self.means
         return (
-            f"| {name} | {self.n} | {m['hit@1']:.3f} | {m['hit@5']:.3f} | {m['page@1']:.3f} "
+            f"| {name} | {self.n} | {m['hit@1']:.3f} | {m['hit@5']:.3f} | {m['page@1']:.3f} | {m['page@5']:.3f} "
             f"| {m['wF1']:.3f} | {m['words']:.1f} |"
         )
 
 
 def score(queries: Sequence[PdfQuery], results: Sequence[Sequence[PdfSpan]]) -> PdfScores:
     per = [score_query(q, r) for q, r in zip(queries, results, strict=True)]
-    keys = ["hit@1", "hit@5", "page@1", "wF1", "words"]
+    keys = ["hit@1", "hit@5", "page@1", "page@5", "wF1", "words"]
     n = len(per)
     return PdfScores(n, {k: sum(p[k] for p in per) / n if n else 0.0 for k in keys})
 
@@ -188,6 +191,7 @@ class PdfEvalReport:
     queries: list[PdfQuery]
     rows: dict[str, PdfScores] = field(default_factory=dict)
     results: dict[str, list[list[PdfSpan]]] = field(default_factory=dict)
+    answerability: Answerability | None = None  # chunkless' confidence against its hit@1
 
     def table(self) -> str:
         lines = [HEADER]
@@ -198,7 +202,8 @@ class PdfEvalReport:
                     idx = [i for i, q in enumerate(self.queries) if q.kind == kind]
                     sub = score([self.queries[i] for i in idx], [self.results[name][i] for i in idx])
                     lines.append(sub.row(f"— chunkless, kind {kind}"))
-        return "\n".join(lines)
+        tail = f"\n\n{self.answerability.line()}" if self.answerability is not None else ""
+        return "\n".join(lines) + tail
 
     def write_results(self, path: Path, method: str = "chunkless") -> None:
         """score.py's RESULTS.jsonl: {"query_id", "spans": [{"doc_id", "text", "pages", ...}]} per query."""
@@ -217,6 +222,25 @@ def load_pdfs(docs_dir: Path) -> tuple[list[LoadedDocument], list[str]]:
         except InputError as e:
             failures.append(str(e))
     return docs, failures
+
+
+def _all_stored(docs_dir: Path, settings: Settings, store_dir: Path) -> bool:
+    """Whether the store at `store_dir` holds every PDF of `docs_dir` at its current version (file hash)."""
+    from indexer.admit import file_hash
+    from indexer.store import open_store
+    from schemas.errors import StoreError
+
+    if not (settings.updated(store_path=store_dir).store.collection_path).is_dir():
+        return False
+    try:
+        store = open_store(settings.updated(store_path=store_dir).store, read_only=True)
+    except StoreError:
+        return False
+    try:
+        live = {d: h.version for d, h in store.headers().items()}
+    finally:
+        store.close()
+    return all(live.get(f.name) == file_hash(f) for f in sorted(docs_dir.glob("*.pdf")))
 
 
 def index_documents(docs: list[LoadedDocument], settings: Settings, embedder: TokenEmbedder) -> int:
@@ -259,7 +283,14 @@ def evaluate_pdf_manuals(
     if sample and sample < len(queries):
         queries = random.Random(0).sample(queries, sample)
     t0 = time.perf_counter()
-    docs, failures = load_pdfs(bench_dir / "docs")
+    if store_dir is not None and not baselines and _all_stored(bench_dir / "docs", settings, Path(store_dir)):
+        # reading a PDF costs seconds a page; a named store that holds every file's version already
+        # needs no reading when no baseline is cut from the text
+        docs: list[LoadedDocument] = []
+        failures: list[str] = []
+        say("every PDF is in the store at its version: not read again")
+    else:
+        docs, failures = load_pdfs(bench_dir / "docs")
     for msg in failures:
         say(f"skipped: {msg}")
     say(f"read {len(docs)} PDFs in {time.perf_counter() - t0:.1f}s")
@@ -271,8 +302,10 @@ def evaluate_pdf_manuals(
         say(f"indexed {n} documents ({len(docs) - n} reused) in {time.perf_counter() - t0:.1f}s")
         with Retriever(s, embedder=embedder) as r:
             out: list[list[PdfSpan]] = []
+            confidences: list[float | None] = []
             for i in range(0, len(queries), 64):
                 for resp in r.search_batch([q.query for q in queries[i : i + 64]], top=TOPK):
+                    confidences.append(resp.confidence)
                     out.append(
                         [
                             PdfSpan(
@@ -288,6 +321,9 @@ def evaluate_pdf_manuals(
         report.results["chunkless"] = out
         report.rows["chunkless"] = score(queries, out)
         say(report.rows["chunkless"].row("chunkless"))
+        right = [score_query(q, spans)["hit@1"] == 1.0 for q, spans in zip(queries, out, strict=True)]
+        thr = s.spans.abstain if s.spans.abstain is not None else REPORT_THRESHOLD
+        report.answerability = answerability(confidences, right, thr)
     if baselines:
         bench = Benchmark(
             name=bench_dir.name,

@@ -198,6 +198,9 @@ def _response(d: Any) -> SearchResponse:
             query=d["query"],
             spans=[SpanResult(**s) for s in d["spans"]],
             timings_ms={k: float(v) for k, v in d.get("timings_ms", {}).items()},
+            confidence=d.get("confidence"),
+            abstained=bool(d.get("abstained", False)),
+            threshold=d.get("threshold"),
         )
     except (KeyError, TypeError, ValueError) as e:
         raise ChunklessError(f"the service answered a search in an unknown shape ({e}); upgrade the client") from e

@@ -60,13 +60,23 @@ class SearchResult(BaseModel):
     """One query's answer: what `chunkless search --json` prints, plus `timings_ms`."""
 
     query: str
+    confidence: float | None = Field(description="Probability that the top span answers (None: not computed).")
+    abstained: bool = Field(description="The confidence was below `threshold`: the spans were withheld.")
+    threshold: float | None = Field(description="The abstention threshold in force (None: never abstains).")
     spans: list[SpanResult]
     timings_ms: dict[str, float]
 
     @classmethod
     def of(cls, r: SearchResponse) -> SearchResult:
         """The answer for a `Retriever` response (its `timings_ms` are excluded from its own dump)."""
-        return cls(query=r.query, spans=r.spans, timings_ms=r.timings_ms)
+        return cls(
+            query=r.query,
+            confidence=r.confidence,
+            abstained=r.abstained,
+            threshold=r.threshold,
+            spans=r.spans,
+            timings_ms=r.timings_ms,
+        )
 
 
 # --- documents and jobs ----------------------------------------------------------------------------
