@@ -36,7 +36,7 @@ FEATURES = ("reader", "reader_margin", "source")
 HEADING_COVERAGE = 0.8  # share of terms a query and a section title must share (each way) to be a lookup of it
 # a question asks (ends in "?" or opens with a question word); anything else is a lookup (a heading, a
 # name), whose answer is the section under the matching heading: the span method finds that, the reader
-# (trained on questions) reads every unit of the section as relevant (pdf-manuals-dev, docs/reader.md)
+# (trained on questions) reads every unit of the section as relevant (pdf-manuals-dev, docs/quality.md, The reader)
 _QUESTION = re.compile(
     r"^\W*(what|which|who|whom|whose|when|where|why|how|is|are|am|was|were|can|could|do|does|did|should|"
     r"would|will|has|have|had)\b",
