@@ -29,8 +29,9 @@ import pytest
 
 from indexer.embedders import HFTokenEmbedder
 from indexer.ingest import ingest
+from indexer.store import open_store
 from retriever.search import Retriever
-from schemas.errors import EXIT_FILES_FAILED
+from schemas.errors import EXIT_FILES_FAILED, StoreBusyError
 from schemas.models import IngestReport
 from schemas.settings import Settings
 from tests.support import DOCS, REPO
@@ -228,6 +229,15 @@ def descendants(root: int) -> dict[int, str]:
     return out
 
 
+def store_released(settings: Settings) -> bool:
+    """Whether the embedded store opens: a killed writer's process may outlive its actor's title briefly."""
+    try:
+        open_store(settings.store).close()
+    except StoreBusyError:
+        return False
+    return True
+
+
 def cluster_processes(cluster: Cluster, name: str) -> list[int]:
     """This module's Ray worker processes whose title holds `name` (only under the nodes it started)."""
     return [pid for node in cluster.nodes for pid, cmd in descendants(node).items() if name in cmd]
@@ -284,6 +294,7 @@ def test_a_killed_driver_then_the_command_again_ends_as_one_uninterrupted_run(
     assert proc.wait() == -signal.SIGKILL
     # the job's actors go with their driver; the writer must be gone before the store can be opened again
     wait_for(lambda: not cluster_processes(cluster, "StoreWriter"), "the killed job's writer to stop")
+    wait_for(lambda: store_released(s), "the killed writer's lock on the store to go")
     first = assert_complete(s)  # whatever a search can see is whole
     assert 2 <= first < 13
 
