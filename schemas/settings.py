@@ -165,6 +165,13 @@ class RecallSettings(_Group):
     fetch_segments: int = Field(
         4, ge=0, description="Fetch and score only the best N segments of the recalled documents (0: whole documents)."
     )
+    fetch_lexical: int = Field(
+        0,
+        ge=0,
+        description="Also fetch the best N other segments of the recalled documents by BM25 over their text "
+        "(0: MaxSim's fetch_segments only); finds the table or paragraph that shares a question's rare words "
+        "but not its vectors (docs/quality.md, financebench-dev: segment ranking).",
+    )
     fetch_rank: FetchRank = Field(
         "auto",
         description="How fetch_segments ranks segments: Qdrant MaxSim over `tokens`, or pooled cosine; "
