@@ -165,6 +165,13 @@ class RecallSettings(_Group):
     fetch_segments: int = Field(
         4, ge=0, description="Fetch and score only the best N segments of the recalled documents (0: whole documents)."
     )
+    fetch_per_tokens: int = Field(
+        0,
+        ge=0,
+        description="Long documents get more segments: fetch one per this many tokens of the recalled documents "
+        "when that is more than fetch_segments (0: fetch_segments whatever their length; docs/quality.md, "
+        "financebench-dev: segment ranking).",
+    )
     fetch_lexical: int = Field(
         0,
         ge=0,

@@ -1,4 +1,5 @@
-"""fetch_lexical: segments chosen by BM25 over their text join MaxSim's (real MiniLM, Edge store, tiny documents)."""
+"""What a query fetches beyond MaxSim's best fetch_segments: BM25's segments (fetch_lexical), more for long documents
+(fetch_per_tokens); real MiniLM, Edge store, tiny documents."""
 
 from __future__ import annotations
 
@@ -93,3 +94,24 @@ def test_lexicon_ranks_by_rare_words_and_keeps_versions_apart() -> None:
     assert reads[-1] == {("a", "v2"): [0]}  # a new version is read again, not served from the old one
     assert lex.rank("purchases", {"a": ("v2", 1)}, 5, read)[0][:2] == ("a", 0)
     assert lex.rank("the of", docs, 5, read) == []  # stop words only: no lexical ranking
+
+
+def test_longer_recalled_documents_fetch_more_segments(tmp_path: Path, minilm: HFTokenEmbedder) -> None:
+    settings = Settings(store_path=tmp_path / "store", device="cpu", segment_tokens=16)
+    index_benchmark(load_benchmark(_bench(tmp_path / "bench")), settings, minilm)
+    base = {"fetch_segments": 1, "fetch_rank": "maxsim"}
+    with Retriever(settings.updated(**base), embedder=minilm) as r:
+        heads = r.store.headers()
+        tokens = sum(h.n_tokens for h in heads.values())
+        assert sum(h.n_segments for h in heads.values()) >= 6
+        r.search(QUERY)
+        assert len(_fetched(r)) == 1
+    with Retriever(settings.updated(**base, fetch_per_tokens=tokens // 4), embedder=minilm) as r:
+        spans = r.search(QUERY).spans
+        assert len(_fetched(r)) == round(tokens / (tokens // 4)) >= 4  # one segment per quarter of the text
+    with Retriever(settings.updated(**base, fetch_per_tokens=10 * tokens), embedder=minilm) as r:
+        r.search(QUERY)
+        assert len(_fetched(r)) == 1  # short documents keep fetch_segments
+    assert spans
+    for sp in spans:
+        assert sp.text == {"report": REPORT, "chess": OTHER}[sp.doc_id][sp.start : sp.end]
