@@ -274,10 +274,10 @@ class SegmentLexicon:
             stats = self._stats[1]
         out: list[tuple[str, int, float]] = []
         for d, v in keys:
-            unit = units.get((d, v))
-            if unit is None:
+            held = units.get((d, v))
+            if held is None:
                 continue
-            scores = bm25(query, unit.counts, stats)
+            scores = bm25(query, held.counts, stats)
             out.extend((d, i, float(s)) for i, s in enumerate(scores) if s > 0)
         order = sorted(range(len(out)), key=lambda j: -out[j][2])  # stable: ties keep the documents' order
         return [out[j] for j in order[:k]]
