@@ -13,8 +13,8 @@ import math
 import re
 import threading
 import unicodedata
-from collections import Counter
-from collections.abc import Hashable, Sequence
+from collections import Counter, OrderedDict
+from collections.abc import Callable, Hashable, Sequence
 from dataclasses import dataclass, field
 
 import numpy as np
@@ -214,3 +214,75 @@ class LexicalUnits:
     def clear(self) -> None:
         with self._lock:
             self._cache.clear()
+
+
+SegmentTexts = Callable[[dict[tuple[str, str], list[int]]], dict[tuple[str, int], tuple[int, str]]]
+
+
+class SegmentLexicon:
+    """BM25 over the stored segments of document versions: a lexical ranking of segments beside MaxSim's.
+
+    Dense MaxSim ranks a long document's segments by how near their tokens are to the question's, and
+    misses a table or a paragraph that carries the question's rare words (a line item's name, a year)
+    without being near it in the model's space. Each document version's segment texts are read once
+    (payload only, no token rows) and their term counts cached; statistics are summed over the documents a
+    query ranks, so a replaced document (a new version) never mixes with its old counts. Thread-safe.
+    """
+
+    def __init__(self, max_docs: int = 256) -> None:
+        self.max_docs = max_docs
+        self._docs: OrderedDict[tuple[str, str], UnitStats] = OrderedDict()
+        self._stats: tuple[tuple[tuple[str, str], ...], LexicalStats] | None = None
+        self._lock = threading.Lock()
+
+    def rank(
+        self, query: str, docs: dict[str, tuple[str, int]], k: int, read: SegmentTexts
+    ) -> list[tuple[str, int, float]]:
+        """The k segments of `docs` (doc_id -> (version, n_segments)) with the highest BM25 for `query`.
+
+        Args:
+            query: the question.
+            docs: doc_id -> (live version, its number of segments).
+            k: most segments to return.
+            read: reads segment texts ((doc_id, version) -> indices) from the store.
+
+        Returns:
+            (doc_id, segment index, BM25), best first, only segments sharing a term with the query; ties in
+            the documents' order, then by segment index.
+        """
+        if k <= 0 or not docs or not terms(query):
+            return []
+        keys = [(d, v) for d, (v, _) in docs.items()]
+        with self._lock:
+            missing = [key for key in keys if key not in self._docs]
+        if missing:
+            texts = read({(d, v): list(range(docs[d][1])) for d, v in missing})
+            for d, v in missing:
+                unit = UnitStats.of([texts.get((d, i), (0, ""))[1] for i in range(docs[d][1])])
+                with self._lock:
+                    self._docs[(d, v)] = unit
+                    while len(self._docs) > self.max_docs:
+                        self._docs.popitem(last=False)
+        with self._lock:
+            units = {key: self._docs[key] for key in keys if key in self._docs}
+            combined = tuple(sorted(units))
+            if self._stats is None or self._stats[0] != combined:
+                stats = LexicalStats()
+                for key in combined:
+                    stats.add(key, units[key])
+                self._stats = (combined, stats)
+            stats = self._stats[1]
+        out: list[tuple[str, int, float]] = []
+        for d, v in keys:
+            held = units.get((d, v))
+            if held is None:
+                continue
+            scores = bm25(query, held.counts, stats)
+            out.extend((d, i, float(s)) for i, s in enumerate(scores) if s > 0)
+        order = sorted(range(len(out)), key=lambda j: -out[j][2])  # stable: ties keep the documents' order
+        return [out[j] for j in order[:k]]
+
+    def clear(self) -> None:
+        with self._lock:
+            self._docs.clear()
+            self._stats = None

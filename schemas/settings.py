@@ -165,6 +165,21 @@ class RecallSettings(_Group):
     fetch_segments: int = Field(
         4, ge=0, description="Fetch and score only the best N segments of the recalled documents (0: whole documents)."
     )
+    fetch_per_tokens: int = Field(
+        64000,
+        ge=0,
+        description="Long documents get more segments: fetch one per this many tokens of the recalled documents "
+        "when that is more than fetch_segments (0: fetch_segments whatever their length). squad2-dev (53k "
+        "tokens) keeps 4; pdf-manuals-dev (508k) gets 8, hit@1 .838 -> .912 (docs/quality.md, "
+        "financebench-dev: segment ranking).",
+    )
+    fetch_lexical: int = Field(
+        0,
+        ge=0,
+        description="Also fetch the best N other segments of the recalled documents by BM25 over their text "
+        "(0: MaxSim's fetch_segments only); finds the table or paragraph that shares a question's rare words "
+        "but not its vectors (docs/quality.md, financebench-dev: segment ranking).",
+    )
     fetch_rank: FetchRank = Field(
         "auto",
         description="How fetch_segments ranks segments: Qdrant MaxSim over `tokens`, or pooled cosine; "
