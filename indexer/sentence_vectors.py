@@ -154,11 +154,13 @@ class _PartSentences:
                 flags[-1] = True  # the document's last row ends a sentence
             row_end = np.maximum(np.maximum.accumulate(ends), self.run_max)
             self.run_max = int(row_end[-1])
-            if self.open is None:  # the previous segment's last row ended a sentence
-                self.open = (seg.index, int(starts[0]))
+            # None: the previous segment's last row ended a sentence, so one starts at this segment's first row
+            open_ = self.open if self.open is not None else (seg.index, int(starts[0]))
             for r in np.flatnonzero(flags).tolist():
-                closed.append((*self.open, int(row_end[r])))
-                self.open = (seg.index, int(starts[r + 1])) if r + 1 < len(starts) else None
+                closed.append((open_[0], open_[1], int(row_end[r])))
+                if r + 1 < len(starts):
+                    open_ = (seg.index, int(starts[r + 1]))
+            self.open = None if flags[-1] else open_
             ready.append(seg)
         hold = self.open[0] if self.open is not None else None
         self.held = next((s for s in ready if s.index == hold), None)

@@ -508,6 +508,40 @@ def test_long_document_in_parts_stores_what_a_whole_embedding_stores(
         sb.close()
 
 
+def test_a_sentence_longer_than_a_segment_keeps_its_vector_in_the_segment_it_starts_in(
+    tmp_path: Path, minilm: HFTokenEmbedder
+) -> None:
+    corpus = tmp_path / "corpus"
+    corpus.mkdir()
+    run_on = " ".join(np.random.default_rng(3).choice(WORDS, 300)).capitalize()  # no sentence end for 300 words
+    text = f"{long_text(480)} {run_on}. {long_text(480, seed=8)} And the last sentence has no stop"
+    (corpus / "long.txt").write_text(text)
+    common = {"device": "cpu", "batch_tokens": 256, "segment_tokens": 60}
+    parts = Settings(store_path=tmp_path / "parts", **common)
+    whole = Settings(store_path=tmp_path / "whole", **common)
+    assert ingest([corpus], parts, embedder=minilm).documents == 1
+    assert ingest([corpus], whole, embedder=WholeDocuments(minilm)).documents == 1
+    got = []
+    for settings in (parts, whole):
+        store = open_store(settings.store)
+        try:
+            [h] = store.headers().values()
+            got.append(store.sentence_vectors({(h.doc_id, h.version): list(range(h.n_segments))}))
+            spans = [
+                r.payload["char_end"] - r.payload["char_start"]
+                for r in store.backend.scroll(Where(must=[Match("kind", "segment")]), with_vectors=[])
+            ]
+        finally:
+            store.close()
+    va, vb = got
+    assert set(va) == set(vb) and len(va) > 50
+    assert all(np.allclose(va[k], vb[k], atol=2e-3) for k in va)
+    # the run-on sentence covers more than a segment (the segments after the one it starts in are written first),
+    # and the document's unpunctuated end is a sentence too
+    assert max(k[3] - k[2] for k in va) > 2 * max(spans)
+    assert max(k[3] for k in va) == len(text.rstrip())
+
+
 class ForwardPasses:
     """Counts the forward passes of a real torch model (a hook on it) while the `with` block runs."""
 
