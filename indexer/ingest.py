@@ -38,7 +38,7 @@ from indexer.embedders import TokenEmbedder, load_embedder
 from indexer.long_documents import PartCommit, PartWrite, embed_in_parts
 from indexer.progress import Tally
 from indexer.reading import read_file
-from indexer.sentence_vectors import with_sentence_vectors
+from indexer.sentence_vectors import with_part_sentence_vectors, with_sentence_vectors
 from indexer.store import TokenStore, WriteTarget, Written, check_embedder, open_or_create_store, open_store
 from schemas.errors import ChunklessError, InputError, StorageFaultError, StoreNotFoundError
 from schemas.models import EmbeddedDocument, IngestFailure, IngestReport, LoadedDocument
@@ -459,6 +459,8 @@ class IngestRun:
             self.target.segment_rows,
             progress=lambda done, total: self.tally.progress.working(doc.doc_id, done, total),
         )
+        # in the model's thread, as for short documents
+        parts = with_part_sentence_vectors(parts, embedder, self.target, self.settings.spans.boundary)
         try:
             yield from parts
         except InputError as e:
@@ -512,7 +514,7 @@ class IngestRun:
                 if item.first:
                     sample = np.concatenate([s.vectors for s in item.segments])
                     store.begin_document(d, store.meta.dim, sample, item.n_rows, item.n_segments)
-                written = store.write_segments(d, item.segments)
+                written = store.write_segments(d, item.segments, item.sentences)
                 self._part_bytes[d.doc_id] = self._part_bytes.get(d.doc_id, 0) + written
                 return
             store.commit_document(d, item.pooled, item.n_tokens, item.n_rows, item.n_segments)

@@ -33,7 +33,7 @@ from indexer.embedders import WindowEmbedder
 from indexer.store.segments import Segment, max_segment_tokens, split_segments
 from indexer.windows import owners, window_bounds
 from schemas.errors import InputError
-from schemas.models import EmbeddedDocument, LoadedDocument
+from schemas.models import EmbeddedDocument, LoadedDocument, SentenceVectors
 
 TOKENIZE_CHARS = 1 << 16  # text per tokenizer call: its Encoding objects cost hundreds of bytes a token
 _CUT = re.compile(r"(?<=\S) (?=\S)")  # a single space between two words: no tokenizer merges across it
@@ -43,7 +43,9 @@ _CUT = re.compile(r"(?<=\S) (?=\S)")  # a single space between two words: no tok
 class PartWrite:
     """Segments ready to be written; `first` marks the document's first write (fits the codec on them).
 
-    `n_rows` and `n_segments` are the whole document's, for the store's free-space check.
+    `n_rows` and `n_segments` are the whole document's, for the store's free-space check. `sentences`:
+    the sentence vectors of the sentences that start in these segments, when the collection keeps them
+    (`indexer.sentence_vectors.with_part_sentence_vectors`).
     """
 
     doc: LoadedDocument
@@ -51,6 +53,7 @@ class PartWrite:
     first: bool
     n_rows: int
     n_segments: int
+    sentences: SentenceVectors | None = None
 
 
 @dataclass(frozen=True)

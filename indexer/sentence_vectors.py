@@ -9,19 +9,24 @@ stored (after storage pooling), split into the store's segments, each segment's 
 found from its own text by `indexer.boundaries.token_ends_sentence`, cut by
 `indexer.boundaries.sentence_rows` (the document's last row ends a sentence), over characters
 [its first row's start, the running maximum of row ends at its last row).
+
+A long document embedded part by part (`indexer.long_documents`) gets the same sentences, cut as its
+segments arrive (`with_part_sentence_vectors`); a sentence is stored with the segment it starts in,
+so that segment waits until its last sentence closes.
 """
 
 from __future__ import annotations
 
-from collections.abc import Sequence
+from collections.abc import Iterable, Iterator, Sequence
 
 import numpy as np
 
 from indexer.boundaries import sentence_rows, token_ends_sentence
 from indexer.codec import pool_document
 from indexer.embedders import TokenEmbedder
+from indexer.long_documents import PartCommit, PartWrite
 from indexer.store import TokenStore, WriteTarget
-from indexer.store.segments import split_segments
+from indexer.store.segments import Segment, split_segments
 from schemas.models import EmbeddedDocument, SentenceVectors
 from schemas.settings import Boundary
 
@@ -86,6 +91,92 @@ def with_sentence_vectors(
         v = vecs[[row[t] for t in ts]] if ts else np.zeros((0, embedder.dim), np.float32)
         out.append(e.model_copy(update={"sentences": SentenceVectors(chars=c, vectors=v.astype(np.float32))}))
     return out
+
+
+def with_part_sentence_vectors(
+    parts: Iterable[PartWrite | PartCommit], embedder: TokenEmbedder, store: TokenStore | WriteTarget, rule: Boundary
+) -> Iterator[PartWrite | PartCommit]:
+    """A long document's parts (`indexer.long_documents.embed_in_parts`) with their sentence vectors
+    when `store` keeps them (else as they are).
+
+    The sentences are those `sentence_chars` cuts from the whole document: each segment's sentence
+    ends found from its own text, the last segment's last row ending one, the running maximum of row
+    ends carried across segments. Each sentence goes with the segment it starts in (where search
+    reads it), so the segment where the still open sentence starts is held back until that sentence
+    closes; the segments after it lie inside that sentence (no sentence starts in them) and go at
+    once. What is held is one segment and its closed sentences' characters, whatever the length of
+    the document or of its sentences; segments may therefore be written out of index order.
+
+    Args:
+        parts: one document's `PartWrite`s in segment order, then its `PartCommit`.
+        embedder: the model that embedded them (the one search re-ranks with).
+        store: the collection they go to (or its `WriteTarget`): its `sentence_vectors`.
+        rule: the sentence-end rule (`SpanSettings.boundary`).
+
+    Yields:
+        `PartWrite`s with `sentences` set (the first one `first`), then the `PartCommit`.
+    """
+    if not store.meta.sentence_vectors:
+        yield from parts
+        return
+    cutter = _PartSentences(embedder, rule)
+    for item in parts:
+        if isinstance(item, PartCommit):
+            if cutter.held is not None:
+                raise ValueError(f"{item.doc.doc_id}: the document ended with a sentence still open")
+            yield item
+            continue
+        out = cutter.add(item)
+        if out is not None:
+            yield out
+
+
+class _PartSentences:
+    """The sentence cut carried across one document's parts (see `with_part_sentence_vectors`)."""
+
+    def __init__(self, embedder: TokenEmbedder, rule: Boundary) -> None:
+        self.embedder, self.rule = embedder, rule
+        self.held: Segment | None = None  # the segment where the open sentence starts
+        self.held_chars: list[tuple[int, int]] = []  # closed sentences that start in `held`
+        self.open: tuple[int, int] | None = None  # (segment, first char) of the open sentence; None: the next row
+        self.run_max = 0  # the largest row end so far
+        self.first = True
+
+    def add(self, item: PartWrite) -> PartWrite | None:
+        """Cut the sentences of a part's segments; the write of the segments now complete, if any."""
+        text = item.doc.text
+        ready: list[Segment] = [] if self.held is None else [self.held]
+        closed: list[tuple[int, int, int]] = [(self.held.index, a, b) for a, b in self.held_chars] if self.held else []
+        for seg in item.segments:
+            starts, ends = seg.offsets[:, 0], seg.offsets[:, 1]
+            flags = token_ends_sentence(text[seg.char_start : seg.char_end], starts - seg.char_start, self.rule)
+            if seg.index == item.n_segments - 1:
+                flags[-1] = True  # the document's last row ends a sentence
+            row_end = np.maximum(np.maximum.accumulate(ends), self.run_max)
+            self.run_max = int(row_end[-1])
+            # None: the previous segment's last row ended a sentence, so one starts at this segment's first row
+            open_ = self.open if self.open is not None else (seg.index, int(starts[0]))
+            for r in np.flatnonzero(flags).tolist():
+                closed.append((open_[0], open_[1], int(row_end[r])))
+                if r + 1 < len(starts):
+                    open_ = (seg.index, int(starts[r + 1]))
+            self.open = None if flags[-1] else open_
+            ready.append(seg)
+        hold = self.open[0] if self.open is not None else None
+        self.held = next((s for s in ready if s.index == hold), None)
+        self.held_chars = [(a, b) for g, a, b in closed if g == hold]
+        write = [s for s in ready if s.index != hold]
+        if not write:
+            return None
+        chars = np.array([(a, b) for g, a, b in closed if g != hold and b > a], dtype=np.int64).reshape(-1, 2)
+        self.held_chars = [(a, b) for a, b in self.held_chars if b > a]
+        texts = [text[a:b] for a, b in chars]
+        distinct = list(dict.fromkeys(texts))
+        vecs = _embed_by_length(self.embedder, distinct) if distinct else np.zeros((0, self.embedder.dim), np.float32)
+        row = {t: i for i, t in enumerate(distinct)}
+        sv = SentenceVectors(chars=chars, vectors=vecs[[row[t] for t in texts]].astype(np.float32))
+        first, self.first = self.first, False
+        return PartWrite(item.doc, write, first, item.n_rows, item.n_segments, sv)
 
 
 def _embed_by_length(embedder: TokenEmbedder, texts: list[str]) -> np.ndarray:

@@ -473,14 +473,9 @@ def test_long_document_in_parts_stores_what_a_whole_embedding_stores(
     corpus = tmp_path / "corpus"
     corpus.mkdir()
     (corpus / "long.txt").write_text(long_text(2400))
-    # sentence vectors are stored for documents embedded whole only (a document in parts gets none yet)
-    common = {
-        "device": "cpu",
-        "batch_tokens": 256,
-        "segment_tokens": 300,
-        "storage_pool": pool,
-        "store_sentence_vectors": False,
-    }
+    # sentence vectors on (the default): a sentence crossing a part's or a segment's edge is stored
+    # with the segment it starts in, as for the document embedded whole
+    common = {"device": "cpu", "batch_tokens": 256, "segment_tokens": 300, "storage_pool": pool}
     parts = Settings(store_path=tmp_path / "parts", **common)
     whole = Settings(store_path=tmp_path / "whole", **common)
     # the real model goes part by part (parts of 2 windows here); declared unable to, it embeds the document whole
@@ -492,12 +487,18 @@ def test_long_document_in_parts_stores_what_a_whole_embedding_stores(
     assert n_segments > 3 and n_tokens > 2400
     sa, sb = open_store(parts.store), open_store(whole.store)
     try:
+        assert sa.meta.sentence_vectors and sb.meta.sentence_vectors
+        want = {(h.doc_id, h.version): list(range(h.n_segments)) for h in sa.headers().values()}
+        va, vb = sa.sentence_vectors(want), sb.sentence_vectors(want)
+        assert set(va) == set(vb) and len(va) > 100  # the same sentences, each in the segment it starts in
+        assert all(np.allclose(va[k], vb[k], atol=2e-3) for k in va)
         pa = sa.backend.scroll(Where(must=[Match("kind", "segment")]), with_vectors=["pooled"])
         pb = {r.id: r for r in sb.backend.scroll(Where(must=[Match("kind", "segment")]), with_vectors=["pooled"])}
         for r in pa:  # same text, offsets and pooled vector per segment
             other = pb[r.id]
-            assert {k: v for k, v in r.payload.items() if k != "written_at"} == {
-                k: v for k, v in other.payload.items() if k != "written_at"
+            # sentence vectors compared above (float16 rows: a last bit may differ with the batch)
+            assert {k: v for k, v in r.payload.items() if k not in ("written_at", "alone")} == {
+                k: v for k, v in other.payload.items() if k not in ("written_at", "alone")
             }
             np.testing.assert_allclose(r.vectors["pooled"], other.vectors["pooled"], atol=1e-5)
         ha, hb = (s.backend.scroll(Where(must=[Match("kind", "doc")]), with_vectors=["pooled"])[0] for s in (sa, sb))
@@ -505,6 +506,40 @@ def test_long_document_in_parts_stores_what_a_whole_embedding_stores(
     finally:
         sa.close()
         sb.close()
+
+
+def test_a_sentence_longer_than_a_segment_keeps_its_vector_in_the_segment_it_starts_in(
+    tmp_path: Path, minilm: HFTokenEmbedder
+) -> None:
+    corpus = tmp_path / "corpus"
+    corpus.mkdir()
+    run_on = " ".join(np.random.default_rng(3).choice(WORDS, 300)).capitalize()  # no sentence end for 300 words
+    text = f"{long_text(480)} {run_on}. {long_text(480, seed=8)} And the last sentence has no stop"
+    (corpus / "long.txt").write_text(text)
+    common = {"device": "cpu", "batch_tokens": 256, "segment_tokens": 60}
+    parts = Settings(store_path=tmp_path / "parts", **common)
+    whole = Settings(store_path=tmp_path / "whole", **common)
+    assert ingest([corpus], parts, embedder=minilm).documents == 1
+    assert ingest([corpus], whole, embedder=WholeDocuments(minilm)).documents == 1
+    got = []
+    for settings in (parts, whole):
+        store = open_store(settings.store)
+        try:
+            [h] = store.headers().values()
+            got.append(store.sentence_vectors({(h.doc_id, h.version): list(range(h.n_segments))}))
+            spans = [
+                r.payload["char_end"] - r.payload["char_start"]
+                for r in store.backend.scroll(Where(must=[Match("kind", "segment")]), with_vectors=[])
+            ]
+        finally:
+            store.close()
+    va, vb = got
+    assert set(va) == set(vb) and len(va) > 50
+    assert all(np.allclose(va[k], vb[k], atol=2e-3) for k in va)
+    # the run-on sentence covers more than a segment (the segments after the one it starts in are written first),
+    # and the document's unpunctuated end is a sentence too
+    assert max(k[3] - k[2] for k in va) > 2 * max(spans)
+    assert max(k[3] for k in va) == len(text.rstrip())
 
 
 class ForwardPasses:

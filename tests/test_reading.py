@@ -205,6 +205,7 @@ def test_text_stays_verbatim_with_paragraph_blocks(tmp_path: Path) -> None:
 
 
 def test_spans_on_a_manual_answer_instead_of_restating_headings(manual: Path, tmp_path: Path, minilm) -> None:
+    from indexer.store import open_store
     from retriever import Retriever
     from retriever.evaluation.pdf_manuals import index_documents
     from schemas.settings import Settings
@@ -212,6 +213,13 @@ def test_spans_on_a_manual_answer_instead_of_restating_headings(manual: Path, tm
     s = Settings(store_path=tmp_path / "store", device="cpu")
     doc = load_file(manual, "manual.pdf")
     assert index_documents([doc], s, minilm) == 1
+    store = open_store(s.store)
+    try:  # the eval's own indexing keeps the sentence vectors `chunkless index` keeps (on by default)
+        [h] = store.headers().values()
+        assert store.meta.sentence_vectors
+        assert len(store.sentence_vectors({(h.doc_id, h.version): list(range(h.n_segments))})) > 10
+    finally:
+        store.close()
     with Retriever(s, embedder=minilm) as r:
         for query, answer, section, label in [
             ("How do I install the widget?", "Unpack the archive", "1.1 How do I install the widget?", "1"),

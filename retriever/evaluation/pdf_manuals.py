@@ -30,6 +30,7 @@ from pathlib import Path
 
 from indexer.embedders import TokenEmbedder, load_embedder
 from indexer.reading import load_file
+from indexer.sentence_vectors import with_sentence_vectors
 from indexer.store import open_or_create_store
 from retriever.evaluation.answerability import REPORT_THRESHOLD, Answerability, answerability
 from retriever.evaluation.baselines import rank_pieces, sentences, token_chunks
@@ -251,7 +252,9 @@ def index_documents(docs: list[LoadedDocument], settings: Settings, embedder: To
         live = {d: h.version for d, h in store.headers().items()}
         todo = [d for d in docs if live.get(d.doc_id) != d.content_hash]
         for d in todo:
-            for emb in embedder.embed_documents([d]):
+            # with the sentence vectors `chunkless index` stores (when the collection keeps them)
+            embs = with_sentence_vectors(embedder.embed_documents([d]), embedder, store, settings.spans.boundary)
+            for emb in embs:
                 store.write_document(emb)
         store.flush()
     finally:
