@@ -73,3 +73,46 @@ def owners(bounds: np.ndarray, ts: int, te: int) -> np.ndarray:
 def assign_central(n_tokens: int, bounds: np.ndarray) -> np.ndarray:
     """For each of a document's `n_tokens` tokens, the index of the window where it is most central."""
     return owners(np.asarray(bounds, dtype=np.int64).reshape(-1, 2), 0, n_tokens)
+
+
+# padded widths are multiples of this: few distinct widths keep batches full (docs/operations.md: 32 cost
+# nothing measurable on 150 short documents, 16 cost 15-36% in smaller forward passes, 64 too much padding)
+PAD_MULTIPLE = 32
+
+
+def padded_batches(
+    seqs: Sequence[Sequence[int]], attend: Sequence[int] | None, window: int, budget: int, pad_id: int
+) -> list[tuple[list[int], np.ndarray, np.ndarray]]:
+    """The padded batches sequences run in, for every backend: widest first, each of one width.
+
+    A sequence's width depends on its length alone (rounded up to PAD_MULTIPLE, never past `window` unless
+    it is longer), so what it is batched with never changes its vectors.
+
+    Args:
+        seqs: model input ids per sequence.
+        attend: per sequence, how many leading tokens are attended (None: all).
+        window: the model's window (widest padding).
+        budget: most padded tokens a batch holds (a sequence wider than it runs alone).
+        pad_id: the tokenizer's padding id.
+
+    Returns:
+        (sequence indices, ids (b, L) int64, attention mask (b, L) int64) per batch.
+    """
+    lengths = np.fromiter((len(s) for s in seqs), dtype=np.int64, count=len(seqs))
+    widths = np.maximum(np.minimum(-(-lengths // PAD_MULTIPLE) * PAD_MULTIPLE, window), lengths)
+    order = np.lexsort((-lengths, -widths))  # widest first; within a width, longest first
+    out = []
+    i = 0
+    while i < len(order):
+        width = int(widths[order[i]])
+        same = int(np.searchsorted(-widths[order[i:]], -width, side="right"))  # sequences of this width
+        n = max(1, min(same, budget // max(width, 1)))
+        rows = [int(j) for j in order[i : i + n]]
+        ids = np.full((len(rows), width), pad_id, dtype=np.int64)
+        mask = np.zeros((len(rows), width), dtype=np.int64)
+        for r, j in enumerate(rows):
+            ids[r, : lengths[j]] = seqs[j]
+            mask[r, : (attend[j] if attend is not None else lengths[j])] = 1
+        out.append((rows, ids, mask))
+        i += n
+    return out

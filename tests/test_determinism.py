@@ -4,7 +4,7 @@ A forward pass's float results depend on the padded width of its batch (not on t
 other rows): padded to the longest of its batch, a query's vectors changed in the last bits with the
 queries it shared a batch with (130 of 180 pairs measured), so under load the service's micro-batcher,
 `search_batch` and `chunkless eval` scored the same query differently. Each sequence now has a width
-of its own (`indexer.embedders.hf.PAD_MULTIPLE`).
+of its own (`indexer.windows.PAD_MULTIPLE`).
 """
 
 from __future__ import annotations

@@ -38,16 +38,13 @@ from indexer.embedders.base import (
 )
 from indexer.embedders.device import pick_device, pick_dtype
 from indexer.embedders.folder import ModelFolder, canonical_name, read_json, resolve_model_path
-from indexer.windows import Window, plan_windows
+from indexer.windows import Window, padded_batches, plan_windows
 from schemas.errors import ModelLoadError, QueryError
 from schemas.models import EmbeddedDocument, LoadedDocument
 from schemas.settings import ModelSettings, Settings
 
 QUERY_TEMPLATE = "Instruct: {task}\nQuery:{query}"
 MAX_WINDOW = 32768
-# padded widths are multiples of this: few distinct widths keep batches full (docs/operations.md: 32 cost
-# nothing measurable on 150 short documents, 16 cost 15-36% in smaller forward passes, 64 too much padding)
-PAD_MULTIPLE = 32
 
 
 def _model_settings(settings: Settings | ModelSettings) -> ModelSettings:
@@ -186,24 +183,8 @@ class WindowedModel(TokenEmbedder):
             (sequence indices, ids (b, L), attention mask (b, L)) per batch, on the CPU.
         """
         budget = forward_batch_tokens(self.batch_tokens)  # a caller's scheduler may ask for smaller batches
-        lengths = np.fromiter((len(s) for s in seqs), dtype=np.int64, count=len(seqs))
-        widths = np.maximum(np.minimum(-(-lengths // PAD_MULTIPLE) * PAD_MULTIPLE, self.window), lengths)
-        order = np.lexsort((-lengths, -widths))  # widest first; within a width, longest first
-        out = []
-        i = 0
-        while i < len(order):
-            width = int(widths[order[i]])
-            same = int(np.searchsorted(-widths[order[i:]], -width, side="right"))  # sequences of this width
-            n = max(1, min(same, budget // max(width, 1)))
-            rows = [int(j) for j in order[i : i + n]]
-            ids = np.full((len(rows), width), self.pad_id, dtype=np.int64)
-            mask = np.zeros((len(rows), width), dtype=np.int64)
-            for r, j in enumerate(rows):
-                ids[r, : lengths[j]] = seqs[j]
-                mask[r, : (attend[j] if attend is not None else lengths[j])] = 1
-            out.append((rows, torch.from_numpy(ids), torch.from_numpy(mask)))
-            i += n
-        return out
+        batches = padded_batches(seqs, attend, self.window, budget, self.pad_id)
+        return [(rows, torch.from_numpy(ids), torch.from_numpy(mask)) for rows, ids, mask in batches]
 
     def forward(self, ids: torch.Tensor, mask: torch.Tensor) -> torch.Tensor:
         """The bare transformer on one batch: (b, L, h) last hidden states (what a benchmark times alone)."""

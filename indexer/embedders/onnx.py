@@ -30,16 +30,13 @@ from indexer.embedders.base import (
 )
 from indexer.embedders.folder import ModelFolder, read_json
 from indexer.onnx_session import onnx_session
-from indexer.windows import Window, plan_windows
+from indexer.windows import Window, padded_batches, plan_windows
 from schemas.errors import ModelLoadError, QueryError
 from schemas.models import EmbeddedDocument, LoadedDocument
 from schemas.settings import ModelSettings, Settings
 
 QUERY_TEMPLATE = "Instruct: {task}\nQuery:{query}"  # the torch backend's (indexer.embedders.hf)
 MAX_WINDOW = 32768
-# the torch backend's padded-width step (indexer.embedders.hf.PAD_MULTIPLE): a sequence's width depends on its
-# length alone, so its vectors do not depend on what it was batched with, and short sequences pad little
-PAD_MULTIPLE = 32
 _KNOWN_INPUTS = {"input_ids", "attention_mask", "token_type_ids", "position_ids"}
 
 
@@ -164,29 +161,12 @@ class OnnxTokenEmbedder(TokenEmbedder):
         self, seqs: Sequence[Sequence[int]], attend: Sequence[int] | None = None
     ) -> list[tuple[list[int], np.ndarray, np.ndarray]]:
         """The padded batches `seqs` run in: widest first, each of one width, at most `batch_tokens` padded tokens
-        (the torch backend's plan, `indexer.embedders.hf.WindowedModel.batches`, so both run the same batches).
+        (`indexer.windows.padded_batches`, as the torch backend: both run the same batches).
 
         Returns:
             (sequence indices, ids (b, L) int64, attention mask (b, L) int64) per batch.
         """
-        lengths = np.fromiter((len(s) for s in seqs), dtype=np.int64, count=len(seqs))
-        widths = np.maximum(np.minimum(-(-lengths // PAD_MULTIPLE) * PAD_MULTIPLE, self.window), lengths)
-        order = np.lexsort((-lengths, -widths))  # widest first; within a width, longest first
-        out = []
-        i = 0
-        while i < len(order):
-            width = int(widths[order[i]])
-            same = int(np.searchsorted(-widths[order[i:]], -width, side="right"))  # sequences of this width
-            n = max(1, min(same, self.batch_tokens // max(width, 1)))
-            rows = [int(j) for j in order[i : i + n]]
-            ids = np.full((len(rows), width), self.pad_id, dtype=np.int64)
-            mask = np.zeros((len(rows), width), dtype=np.int64)
-            for r, j in enumerate(rows):
-                ids[r, : lengths[j]] = seqs[j]
-                mask[r, : (attend[j] if attend is not None else lengths[j])] = 1
-            out.append((rows, ids, mask))
-            i += n
-        return out
+        return padded_batches(seqs, attend, self.window, self.batch_tokens, self.pad_id)
 
     def forward(self, ids: np.ndarray, mask: np.ndarray) -> np.ndarray:
         """The graph on one batch: (b, L, dim) float32 last hidden states."""
