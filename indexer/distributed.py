@@ -48,6 +48,7 @@ from indexer.ingest import (
     ModelIdentity,
     WriteItem,
     admit_file,
+    build_rank_index,
     open_for_writing,
     read_admitted,
     sweep_orphans,
@@ -432,6 +433,12 @@ class _RayRun:
                 store.close()  # the writers open it: an embedded store admits one process
             if admitted:
                 self._embed_and_write(admitted, target, admission, tally)
+            if tally.report.documents:  # the writers have closed the store: the driver builds the ranking's copy
+                store = open_for_writing(self.settings, self._identity)
+                try:
+                    build_rank_index(store, tally.report)
+                finally:
+                    store.close()
         finally:
             tally.progress.close()
             if self._started_ray:

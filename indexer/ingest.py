@@ -184,6 +184,22 @@ class ReadsServer(Protocol):
         ...
 
 
+def build_rank_index(store: TokenStore, report: IngestReport) -> None:
+    """Build the ranking's int8 copy after documents were stored; a failure is a note, never lost documents."""
+    t0 = time.perf_counter()
+    try:
+        built = store.build_rank_index()
+    except StorageFaultError as e:
+        report.index_note = (
+            f"{e}; the documents are stored, and searches rank them from the stored rows (slower) until "
+            "'chunkless compact' runs"
+        )
+        log.warning("%s", report.index_note)
+        return
+    if built:
+        report.index_seconds = time.perf_counter() - t0
+
+
 def ingest(
     paths: Iterable[Path],
     settings: Settings,
@@ -315,6 +331,8 @@ class IngestRun:
                 writer.join(timeout=0.5)
             writer.check()
             store.flush()
+            if tally.report.documents:
+                build_rank_index(store, tally.report)
         finally:
             self._stop.set()
             if self.reads is not None:

@@ -130,6 +130,8 @@ class IngestReport(BaseModel):
     segments: int = 0
     bytes_stored: int = 0
     seconds: float = 0.0
+    index_seconds: float = Field(0.0, description="Of `seconds`, building the int8 copy MaxSim ranking scans.")
+    index_note: str | None = Field(None, description="Why that copy was not built (the documents are stored).")
     failures: list[IngestFailure] = Field(default_factory=list)
 
     @property

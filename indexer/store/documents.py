@@ -519,15 +519,15 @@ class TokenStore:
         """
         if not docs:
             return {}
-        parts = []
-        for d, v in docs.items():
-            f = _seg_filter(d, v)
-            if indices and d in indices:
-                f = Where(must=[*f.must, Match("seg", [int(i) for i in indices[d]])])
-            parts.append(f)
-        where = Where(should=parts)
+        # the chosen segments of a document by id (a filter on their index reads every segment of it);
+        # documents wanted whole by filter
+        ids = [segment_id(d, v, int(i)) for d, v in docs.items() if indices and d in indices for i in indices[d]]
+        whole = [_seg_filter(d, v) for d, v in docs.items() if not (indices and d in indices)]
+        recs = self.backend.retrieve(ids, ["tokens"], True)
+        if whole:
+            recs += self.backend.scroll(Where(should=list(whole)), with_vectors=["tokens"])
         out: dict[str, list[StoredSegment]] = defaultdict(list)
-        for r in self.backend.scroll(where, with_vectors=["tokens"]):
+        for r in recs:
             p = r.payload
             scales = p.get("scales")
             out[p["doc_id"]].append(
@@ -578,12 +578,8 @@ class TokenStore:
         """
         if not wanted:
             return {}
-        parts = [
-            Where(must=[*_seg_filter(d, v).must, Match("seg", [int(i) for i in idx])]) for (d, v), idx in wanted.items()
-        ]
-        recs = self.backend.scroll(
-            Where(should=parts), with_vectors=[], payload=["doc_id", "seg", "char_start", "text"]
-        )
+        ids = [segment_id(d, v, int(i)) for (d, v), idx in wanted.items() for i in idx]
+        recs = self.backend.retrieve(ids, [], ["doc_id", "seg", "char_start", "text"])
         return {
             (r.payload["doc_id"], int(r.payload["seg"])): (int(r.payload["char_start"]), r.payload["text"])
             for r in recs
@@ -626,6 +622,7 @@ class TokenStore:
             "storage_dtype": self.meta.layout.dtype,
             "storage_layout": self.meta.layout.name,
             "sentence_vectors": self.meta.sentence_vectors,
+            "maxsim_int8": "tokens" in self.backend.quantized,
             "bytes_on_disk": disk,
             "bytes_per_token": (disk / tokens) if disk is not None and tokens else None,
         }
@@ -649,6 +646,25 @@ class TokenStore:
         seconds = time.perf_counter() - t0
         return CompactReport(before, self.backend.disk_bytes(), seconds)
 
+    def build_rank_index(self) -> bool:
+        """Build the int8 copy of token rows that MaxSim ranking scans (`StoreSettings.maxsim_int8`).
+
+        Qdrant quantizes a segment when its optimizer rewrites it; Edge runs no optimizer by itself, so
+        this runs them (as `compact` does, reclaiming deleted points on the way). Until it runs, MaxSim
+        scans the stored rows of the points written since: the same ranking, slower.
+
+        Returns:
+            Whether the collection keeps such a copy (and the optimizers ran).
+
+        Raises:
+            StorageFaultError: no room for the rewrite (nothing stored is lost); as `compact`.
+            ServerError: the server cannot be reached or refused the key.
+        """
+        if "tokens" not in self.backend.quantized:
+            return False
+        self.backend.compact()
+        return True
+
     def flush(self) -> None:
         """Persist pending writes.
 
@@ -662,12 +678,14 @@ class TokenStore:
         self.backend.close()
 
 
-def vector_spaces(dim: int, layout: StorageLayout) -> dict[str, VectorSpace]:
+def vector_spaces(dim: int, layout: StorageLayout, maxsim_int8: bool = False) -> dict[str, VectorSpace]:
     """The two named vectors: pooled (cosine, HNSW) and tokens (MaxSim multivector, no HNSW).
 
     Args:
         dim: the model's dimension.
         layout: how token rows are stored.
+        maxsim_int8: keep an int8 copy of plain token rows for MaxSim ranking (`StoreSettings.maxsim_int8`);
+            a layout of codes is never scored by MaxSim in Qdrant, so it gets none.
 
     Returns:
         name -> space.
@@ -676,7 +694,12 @@ def vector_spaces(dim: int, layout: StorageLayout) -> dict[str, VectorSpace]:
         "pooled": VectorSpace(size=dim, multivector=False, datatype="float32", distance="cosine", hnsw=True),
         # dot, not cosine: rows are unit vectors already, and cosine would renormalise int8 codes
         "tokens": VectorSpace(
-            size=layout.columns(dim), multivector=True, datatype=layout.qdrant_datatype, distance="dot", hnsw=False
+            size=layout.columns(dim),
+            multivector=True,
+            datatype=layout.qdrant_datatype,
+            distance="dot",
+            hnsw=False,
+            quantized=maxsim_int8 and layout.is_plain,
         ),
     }
 
@@ -813,7 +836,7 @@ def open_or_create_store(
         vector_kind=vector_kind or "pooled-hidden",
         sentence_vectors=store.store_sentence_vectors,
     )
-    spaces = vector_spaces(dim, layout)
+    spaces = vector_spaces(dim, layout, store.maxsim_int8)
     backend.create(
         spaces,
         {"chunkless": meta.model_dump(mode="json"), "spaces": {n: vars(s) for n, s in spaces.items()}},

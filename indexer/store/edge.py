@@ -31,6 +31,8 @@ import qdrant_edge as qe
 
 from indexer.store import diskspace
 from indexer.store.backend import (
+    INT8_QUANTILE,
+    RESCORE_OVERSAMPLING,
     WRITE_FACTOR,
     Match,
     NewPoint,
@@ -66,7 +68,9 @@ log = logging.getLogger(__name__)
 
 # Vacuum on `compact`: any segment with a deleted point. Edge optimises only when asked, so these
 # thresholds never cost a write; `chunkless delete` decides when to ask (COMPACT_AFTER_FRACTION).
-VACUUM = qe.EdgeOptimizersConfig(deleted_threshold=0.0, vacuum_min_vector_number=1)
+# Indexing: any segment, however small (Qdrant's default waits for 10 MB of vectors), so that once an
+# optimize has run every stored point is under the pooled HNSW and, where kept, MaxSim's int8 copy.
+VACUUM = qe.EdgeOptimizersConfig(deleted_threshold=0.0, vacuum_min_vector_number=1, indexing_threshold=1)
 
 
 def edge_config(spaces: dict[str, VectorSpace]) -> qe.EdgeConfig:
@@ -92,8 +96,20 @@ def edge_config(spaces: dict[str, VectorSpace]) -> qe.EdgeConfig:
             # at open: on tmpfs that allocates each sparse 32 MiB chunk (an open of a 4 MiB store took
             # 131 MiB), and on a full tmpfs it was the SIGBUS of issue 21. Same scores; opens are faster.
             memory=qe.Memory.Cold,
+            quantization_config=qe.ScalarQuantizationConfig(
+                qe.ScalarType.Int8, quantile=INT8_QUANTILE, memory=qe.Memory.Cold
+            )
+            if sp.quantized
+            else None,
         )
     return qe.EdgeConfig(vectors=vectors, optimizers=VACUUM)
+
+
+def _search_params(quantized: bool) -> qe.SearchParams | None:
+    """Scan the int8 copy, then rescore its best `RESCORE_OVERSAMPLING` x limit from the stored rows."""
+    if not quantized:
+        return None
+    return qe.SearchParams(quantization=qe.QuantizationSearchParams(rescore=True, oversampling=RESCORE_OVERSAMPLING))
 
 
 def _numbers(v: np.ndarray) -> Any:
@@ -477,6 +493,14 @@ class EdgeBackend(PointsBackend):
         out = [PointRecord(str(r.id), dict(r.payload or {}), self.vectors_of(r.vector, with_vectors)) for r in recs]
         return out, offset
 
+    def retrieve(self, ids: list[str], with_vectors: list[str], payload: bool | list[str]) -> list[PointRecord]:
+        if not ids:
+            return []
+        selector = qe.PayloadSelector.Include(payload) if isinstance(payload, list) else payload
+        with self._lock:
+            recs = self.shard.retrieve(ids, with_payload=selector, with_vector=with_vectors or False)  # type: ignore[arg-type]
+        return [PointRecord(str(r.id), dict(r.payload or {}), self.vectors_of(r.vector, with_vectors)) for r in recs]
+
     def query(
         self,
         using: str,
@@ -498,6 +522,7 @@ class EdgeBackend(PointsBackend):
             filter=flt,
             with_payload=qe.PayloadSelector.Include(with_payload) if isinstance(with_payload, list) else with_payload,
             with_vector=False,
+            params=_search_params(using in self.quantized),
         )
         with self._lock:
             res = self.shard.query(req)

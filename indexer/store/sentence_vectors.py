@@ -13,7 +13,8 @@ from typing import Any
 
 import numpy as np
 
-from indexer.store.backend import Match, PointsBackend, Where
+from indexer.store.backend import PointsBackend
+from indexer.store.segments import segment_id
 from schemas.models import SentenceVectors
 
 # payload keys as stores already hold them (the name is older than "sentence vectors")
@@ -59,18 +60,9 @@ def read_sentence_vectors(
     """
     if not wanted:
         return {}
-    parts: list[Match | Where] = [
-        Where(
-            must=[
-                Match("kind", "segment"),
-                Match("doc_id", d),
-                Match("version", v),
-                Match("seg", [int(i) for i in idx]),
-            ]
-        )
-        for (d, v), idx in wanted.items()
-    ]
-    recs = backend.scroll(Where(should=parts), with_vectors=[], payload=["doc_id", "version", CHARS_KEY, VECTORS_KEY])
+    # by id: a filter on the segment index would read every segment of a long document
+    ids = [segment_id(d, v, int(i)) for (d, v), idx in wanted.items() for i in idx]
+    recs = backend.retrieve(ids, [], ["doc_id", "version", CHARS_KEY, VECTORS_KEY])
     out: dict[SentenceKey, np.ndarray] = {}
     for r in recs:
         p = r.payload

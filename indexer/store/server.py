@@ -31,6 +31,8 @@ from qdrant_client.common.version_check import is_compatible
 from qdrant_client.http.exceptions import ResponseHandlingException, UnexpectedResponse
 
 from indexer.store.backend import (
+    INT8_QUANTILE,
+    RESCORE_OVERSAMPLING,
     Match,
     NewPoint,
     PointRecord,
@@ -206,6 +208,14 @@ class ServerBackend(PointsBackend):
                 # the most storage and buys nothing for our access pattern
                 hnsw_config=None if sp.hnsw else qm.HnswConfigDiff(m=0),
                 on_disk=s.on_disk,
+                # as Edge's (indexer.store.edge); the server builds it in its own optimizers
+                quantization_config=qm.ScalarQuantization(
+                    scalar=qm.ScalarQuantizationConfig(
+                        type=qm.ScalarType.INT8, quantile=INT8_QUANTILE, always_ram=False
+                    )
+                )
+                if sp.quantized
+                else None,
             )
             for name, sp in spaces.items()
         }
@@ -322,6 +332,15 @@ class ServerBackend(PointsBackend):
         out = [PointRecord(str(r.id), dict(r.payload or {}), self.vectors_of(r.vector, with_vectors)) for r in recs]
         return out, offset
 
+    def retrieve(self, ids: list[str], with_vectors: list[str], payload: bool | list[str]) -> list[PointRecord]:
+        if not ids:
+            return []
+        recs = self._call(
+            lambda: self.client.retrieve(self.name, ids, with_payload=payload, with_vectors=with_vectors or False),
+            "reading points",
+        )
+        return [PointRecord(str(r.id), dict(r.payload or {}), self.vectors_of(r.vector, with_vectors)) for r in recs]
+
     def query(
         self,
         using: str,
@@ -350,6 +369,11 @@ class ServerBackend(PointsBackend):
                 query_filter=flt,
                 with_payload=with_payload,
                 with_vectors=False,
+                search_params=qm.SearchParams(
+                    quantization=qm.QuantizationSearchParams(rescore=True, oversampling=RESCORE_OVERSAMPLING)
+                )
+                if using in self.quantized and not self.local  # local mode scans exactly, and warns
+                else None,
             ),
             "searching",
         )

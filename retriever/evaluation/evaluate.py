@@ -84,6 +84,8 @@ def index_benchmark(bench: Benchmark, settings: Settings, embedder: TokenEmbedde
                     store.write_document(emb)
                 batch = []
         store.flush()
+        if todo:
+            store.build_rank_index()  # as an ingest run ends
     finally:
         store.close()
     return len(todo)

@@ -257,6 +257,8 @@ def index_documents(docs: list[LoadedDocument], settings: Settings, embedder: To
             for emb in embs:
                 store.write_document(emb)
         store.flush()
+        if todo:
+            store.build_rank_index()  # as an ingest run ends
     finally:
         store.close()
     return len(todo)
