@@ -329,7 +329,8 @@ class Retriever:
         by = (self._query_tokens(query) if qtok is None else qtok) if self._fetch_by_maxsim else q
         versions = {d: h.version for d, h in headers.items()}
         with self._store_lock:
-            ranked = self.store.rank_segments(by, versions, k, self.settings.recall.rank_shortlist, q)
+            segments = sum(h.n_segments for h in headers.values())
+            ranked = self.store.rank_segments(by, versions, k, self.settings.recall.rank_shortlist, q, segments)
         out: dict[str, list[int]] = {}
         for doc_id, seg, _ in ranked:
             out.setdefault(doc_id, []).append(seg)

@@ -21,6 +21,7 @@ import numpy as np
 from indexer.codec import CodecParams, TokenCodec, fit, pool_document
 from indexer.store.backend import Match, NewPoint, PointRecord, PointsBackend, Prefetch, VectorSpace, Where
 from indexer.store.meta import RECALL_FIELDS, CollectionMeta, DocHeader
+from indexer.store.ranking import candidates, ranking_rows
 from indexer.store.segments import POINT_NAMESPACE, Segment, header_id, segment_id, split_segments
 from indexer.store.sentence_vectors import SentenceKey, read_sentence_vectors, segment_payload
 from schemas.errors import StorageFaultError, StoreMismatchError, StoreNotFoundError
@@ -261,10 +262,11 @@ class TokenStore:
                 payload["scales"] = scales.tolist()
             if sentences is not None:
                 payload |= segment_payload(sentences, s.char_start, s.char_end)
+            vectors = {"tokens": stored, "pooled": s.pooled}
+            if self.meta.rank_pool:
+                vectors["rank"] = ranking_rows(s.vectors, self.meta.rank_pool)
             # one segment per upsert keeps each request under a server's payload limit
-            point = NewPoint(
-                segment_id(doc.doc_id, doc.content_hash, s.index), {"tokens": stored, "pooled": s.pooled}, payload
-            )
+            point = NewPoint(segment_id(doc.doc_id, doc.content_hash, s.index), vectors, payload)
             self._upsert(doc, point)
             # bytes as Qdrant stores them: float16 rows travel as float32 arrays but are kept at 2 B/number
             nbytes += stored.size * (2 if self.meta.layout.dtype == "float16" else stored.itemsize)
@@ -460,14 +462,16 @@ class TokenStore:
         k: int,
         shortlist: int = 0,
         pooled: np.ndarray | None = None,
+        segments: int | None = None,
     ) -> list[tuple[str, int, float]]:
         """The k segments of these documents (doc_id -> live version) nearest the query, best first.
 
         A (dim,) query ranks by pooled cosine (HNSW); an (m, dim) matrix of query token vectors by Qdrant's
         MaxSim over each segment's token rows, which reads them inside the engine but never moves them.
-        With a `shortlist` (and the `pooled` query vector), MaxSim scores only the `shortlist` segments
-        nearest the pooled query by their pooled segment vectors, found in the same engine call (a
-        prefetch): its cost no longer grows with the recalled documents' length.
+        A collection with ranking rows (`rank_pool`) scores in two stages of one engine call: MaxSim over
+        the int8 ranking rows picks `ranking.candidates(k)` segments, MaxSim over their stored rows ranks
+        them (`indexer.store.ranking`). With a `shortlist` (and the `pooled` query vector) instead, MaxSim
+        scores only the `shortlist` segments nearest the pooled query by their pooled segment vectors.
 
         Args:
             query: (dim,) query vector or (m, dim) query token vectors.
@@ -475,6 +479,8 @@ class TokenStore:
             k: most segments to return.
             shortlist: segments MaxSim scores, taken by pooled cosine first (0: every segment).
             pooled: (dim,) the pooled query vector, for the shortlist.
+            segments: how many segments these documents hold, when the caller knows (their headers): the
+                ranking rows' first stage is skipped when it would pass on most of them anyway.
 
         Returns:
             (doc_id, segment index, score), best first: what a query fetches when it need not score whole documents.
@@ -496,6 +502,8 @@ class TokenStore:
             self._check_query(pooled)
             # the spare hits below apply to the shortlist too: stale segments take places in it until swept
             first = Prefetch("pooled", pooled, max(shortlist, 2 * k))
+        elif using == "tokens" and self.meta.rank_pool and (segments is None or segments > 2 * candidates(k)):
+            first = Prefetch("rank", query, candidates(k))  # indexer.store.ranking: int8 first, then exact
         # a few spare hits: a document's orphaned or stale segments match the filter until swept
         recs = self.backend.query(using, query, 2 * k, flt, ["doc_id", "version", "seg"], first)
         out = [
@@ -503,7 +511,9 @@ class TokenStore:
             for r in recs
             if versions.get(r.payload["doc_id"]) == r.payload["version"]
         ]
-        return out[:k]
+        # equal scores (segments of one window share its pooled vector) in document order, not in the
+        # engine's point order, which an optimize rewrites
+        return sorted(out, key=lambda x: (-x[2], x[0], x[1]))[:k]
 
     def fetch_segments(
         self, docs: dict[str, str], indices: dict[str, list[int]] | None = None
@@ -622,7 +632,7 @@ class TokenStore:
             "storage_dtype": self.meta.layout.dtype,
             "storage_layout": self.meta.layout.name,
             "sentence_vectors": self.meta.sentence_vectors,
-            "maxsim_int8": "tokens" in self.backend.quantized,
+            "rank_pool": self.meta.rank_pool,
             "bytes_on_disk": disk,
             "bytes_per_token": (disk / tokens) if disk is not None and tokens else None,
         }
@@ -647,11 +657,11 @@ class TokenStore:
         return CompactReport(before, self.backend.disk_bytes(), seconds)
 
     def build_rank_index(self) -> bool:
-        """Build the int8 copy of token rows that MaxSim ranking scans (`StoreSettings.maxsim_int8`).
+        """Build the int8 copy of the ranking rows MaxSim scans first (`StoreSettings.rank_pool`).
 
         Qdrant quantizes a segment when its optimizer rewrites it; Edge runs no optimizer by itself, so
-        this runs them (as `compact` does, reclaiming deleted points on the way). Until it runs, MaxSim
-        scans the stored rows of the points written since: the same ranking, slower.
+        this runs them (as `compact` does, reclaiming deleted points on the way). Until it runs, the
+        first stage scans the float ranking rows of the points written since: the same ranking, slower.
 
         Returns:
             Whether the collection keeps such a copy (and the optimizers ran).
@@ -660,7 +670,7 @@ class TokenStore:
             StorageFaultError: no room for the rewrite (nothing stored is lost); as `compact`.
             ServerError: the server cannot be reached or refused the key.
         """
-        if "tokens" not in self.backend.quantized:
+        if not self.backend.quantized:
             return False
         self.backend.compact()
         return True
@@ -678,30 +688,31 @@ class TokenStore:
         self.backend.close()
 
 
-def vector_spaces(dim: int, layout: StorageLayout, maxsim_int8: bool = False) -> dict[str, VectorSpace]:
-    """The two named vectors: pooled (cosine, HNSW) and tokens (MaxSim multivector, no HNSW).
+def vector_spaces(dim: int, layout: StorageLayout, rank_pool: int = 0) -> dict[str, VectorSpace]:
+    """The named vectors: pooled (cosine, HNSW), tokens (MaxSim multivector, no HNSW) and, with
+    `rank_pool`, rank (the ranking rows of `indexer.store.ranking`, kept with an int8 copy).
 
     Args:
         dim: the model's dimension.
         layout: how token rows are stored.
-        maxsim_int8: keep an int8 copy of plain token rows for MaxSim ranking (`StoreSettings.maxsim_int8`);
-            a layout of codes is never scored by MaxSim in Qdrant, so it gets none.
+        rank_pool: token rows per ranking row (`StoreSettings.rank_pool`; 0: no ranking rows). A layout
+            of codes is never ranked by MaxSim in Qdrant, so it gets none.
 
     Returns:
         name -> space.
     """
-    return {
+    spaces = {
         "pooled": VectorSpace(size=dim, multivector=False, datatype="float32", distance="cosine", hnsw=True),
         # dot, not cosine: rows are unit vectors already, and cosine would renormalise int8 codes
         "tokens": VectorSpace(
-            size=layout.columns(dim),
-            multivector=True,
-            datatype=layout.qdrant_datatype,
-            distance="dot",
-            hnsw=False,
-            quantized=maxsim_int8 and layout.is_plain,
+            size=layout.columns(dim), multivector=True, datatype=layout.qdrant_datatype, distance="dot", hnsw=False
         ),
     }
+    if rank_pool and layout.is_plain:
+        spaces["rank"] = VectorSpace(
+            size=dim, multivector=True, datatype="float16", distance="dot", hnsw=False, quantized=True
+        )
+    return spaces
 
 
 def make_backend(store: StoreSettings, read_only: bool = False) -> PointsBackend:
@@ -807,6 +818,12 @@ def open_or_create_store(
             )
             # asked for explicitly and not what the collection records: storing them for some documents
             # only, or silently not at all, would leave the user guessing which re-ranking runs
+            if "rank_pool" in store.model_fields_set and store.rank_pool != meta.rank_pool:
+                raise StoreMismatchError(
+                    f"{where} was created with rank_pool {meta.rank_pool}, and rank_pool (CHUNKLESS_RANK_POOL)="
+                    f"{store.rank_pool} asks otherwise; the setting applies when a collection is created: ingest "
+                    "into a new collection (--collection NAME) or leave the setting unset"
+                )
             asked_sv = "store_sentence_vectors" in store.model_fields_set
             if asked_sv and store.store_sentence_vectors != meta.sentence_vectors:
                 had = "with" if meta.sentence_vectors else "without"
@@ -835,8 +852,9 @@ def open_or_create_store(
         backend=model_backend or "hf-pooled",
         vector_kind=vector_kind or "pooled-hidden",
         sentence_vectors=store.store_sentence_vectors,
+        rank_pool=store.rank_pool if layout.is_plain else 0,
     )
-    spaces = vector_spaces(dim, layout, store.maxsim_int8)
+    spaces = vector_spaces(dim, layout, meta.rank_pool)
     backend.create(
         spaces,
         {"chunkless": meta.model_dump(mode="json"), "spaces": {n: vars(s) for n, s in spaces.items()}},

@@ -105,10 +105,13 @@ def edge_config(spaces: dict[str, VectorSpace]) -> qe.EdgeConfig:
     return qe.EdgeConfig(vectors=vectors, optimizers=VACUUM)
 
 
-def _search_params(quantized: bool) -> qe.SearchParams | None:
-    """Scan the int8 copy, then rescore its best `RESCORE_OVERSAMPLING` x limit from the stored rows."""
+def _search_params(quantized: bool, final: bool = True) -> qe.SearchParams | None:
+    """How a stage searches a space with an int8 copy: a final stage rescores `RESCORE_OVERSAMPLING` x its
+    limit from the stored rows; a first stage only picks candidates, which the final stage scores."""
     if not quantized:
         return None
+    if not final:
+        return qe.SearchParams(quantization=qe.QuantizationSearchParams(rescore=False))
     return qe.SearchParams(quantization=qe.QuantizationSearchParams(rescore=True, oversampling=RESCORE_OVERSAMPLING))
 
 
@@ -423,8 +426,10 @@ class EdgeBackend(PointsBackend):
         """
         self._refuse_read_only("compacting the store")
         self.shard  # noqa: B018 - attached (and its spaces known) before the reload below
-        # the rewrite copies at most the store's current bytes (ensure_space multiplies by WRITE_FACTOR)
-        self.ensure_space(int((self.disk_bytes() or 0) / WRITE_FACTOR), "compacting the store")
+        # the rewrite copies at most the store's current bytes, and makes new segments' files beside them
+        # (ensure_space multiplies by WRITE_FACTOR)
+        need = (self.disk_bytes() or 0) + diskspace.OPTIMIZE_BYTES
+        self.ensure_space(int(need / WRITE_FACTOR), "compacting the store")
         with self._lock:
             shard = self.shard
             if self._spaces:  # reload with the vacuum settings; they persist in the shard's config
@@ -514,7 +519,8 @@ class EdgeBackend(PointsBackend):
         first = None
         if prefetch is not None:
             near = qe.Query.Nearest(np.asarray(prefetch.vector, dtype=np.float32), using=prefetch.using)  # type: ignore[arg-type]
-            first = [qe.Prefetch(limit=prefetch.limit, query=near, filter=flt)]
+            params = _search_params(prefetch.using in self.quantized, final=False)
+            first = [qe.Prefetch(limit=prefetch.limit, query=near, filter=flt, params=params)]
         req = qe.QueryRequest(
             limit=limit,
             query=qe.Query.Nearest(np.asarray(vector, dtype=np.float32), using=using),  # type: ignore[arg-type]

@@ -37,6 +37,8 @@ class CollectionMeta(BaseModel):
     vector_kind: str = "pooled-hidden"
     # segments carry their sentence vectors (indexer.sentence_vectors); older collections do not
     sentence_vectors: bool = False
+    # segments carry ranking rows: their token rows mean-pooled by this many (0: none; older collections)
+    rank_pool: int = 0
 
     @model_validator(mode="before")
     @classmethod

@@ -358,6 +358,7 @@ class ServerBackend(PointsBackend):
                 using=prefetch.using,
                 limit=prefetch.limit,
                 filter=flt,
+                params=self._search_params(prefetch.using, final=False),
             )
         res = self._call(
             lambda: self.client.query_points(
@@ -369,15 +370,18 @@ class ServerBackend(PointsBackend):
                 query_filter=flt,
                 with_payload=with_payload,
                 with_vectors=False,
-                search_params=qm.SearchParams(
-                    quantization=qm.QuantizationSearchParams(rescore=True, oversampling=RESCORE_OVERSAMPLING)
-                )
-                if using in self.quantized and not self.local  # local mode scans exactly, and warns
-                else None,
+                search_params=self._search_params(using),
             ),
             "searching",
         )
         return [PointRecord(str(r.id), dict(r.payload or {}), score=float(r.score)) for r in res.points]
+
+    def _search_params(self, using: str, final: bool = True) -> qm.SearchParams | None:
+        """As Edge's (indexer.store.edge): a final stage rescores, a first stage only picks candidates."""
+        if using not in self.quantized or self.local:  # local mode scans exactly, and warns about params
+            return None
+        rescore = qm.QuantizationSearchParams(rescore=True, oversampling=RESCORE_OVERSAMPLING)
+        return qm.SearchParams(quantization=rescore if final else qm.QuantizationSearchParams(rescore=False))
 
     def count(self, where: Where) -> int:
         flt = self.translate(where)
