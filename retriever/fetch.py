@@ -29,10 +29,21 @@ from indexer.boundaries import token_ends_sentence
 from indexer.store import DocHeader, StoredSegment, TokenStore
 from retriever.relevance import gemv_blocks
 from schemas.settings import Boundary
-from schemas.structure import NON_ANSWER_KINDS, DocStructure
+from schemas.structure import KIND_CODES, NON_ANSWER_KINDS, DocStructure
 
 SegKey = tuple[str, str, int]  # (doc_id, version, segment index)
 SHORT_KINDS = frozenset({"heading", "table_row"})  # compete in the sentence method however short
+
+
+def _code_table(kinds: frozenset[str]) -> np.ndarray:
+    """(128,) bool by kind letter (`KIND_CODES`): indexed with a structure's letters, one mask in one step."""
+    table = np.zeros(128, dtype=bool)
+    table[[ord(c) for k, c in KIND_CODES.items() if k in kinds]] = True
+    return table
+
+
+_SKIP_CODES = _code_table(NON_ANSWER_KINDS)
+_SHORT_CODES = _code_table(SHORT_KINDS)
 
 
 @dataclass
@@ -47,14 +58,16 @@ class Layout:
 
     @classmethod
     def of(cls, s: DocStructure) -> Layout:
-        """The arrays of a parsed structure."""
-        kinds = [b.kind for b in s.blocks]
+        """The arrays of a structure, from its parallel arrays (`DocStructure.arrays`): a parsed payload's
+        blocks are never built for this."""
+        a = s.arrays
+        codes = np.frombuffer(a.kinds.encode("ascii"), dtype=np.uint8)
         return cls(
             s,
-            np.array([b.start for b in s.blocks], dtype=np.int64),
-            np.array([b.end for b in s.blocks], dtype=np.int64),
-            np.array([k in NON_ANSWER_KINDS for k in kinds], dtype=bool),
-            np.array([k in SHORT_KINDS for k in kinds], dtype=bool),
+            np.array(a.starts, dtype=np.int64),
+            np.array(a.ends, dtype=np.int64),
+            _SKIP_CODES[codes],
+            _SHORT_CODES[codes],
         )
 
     @classmethod
