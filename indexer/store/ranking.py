@@ -13,22 +13,23 @@ at p = 4 it missed one of the 8 on 2.5% of questions however many candidates (up
 128, none missed, for twice the rows scanned.
 
 Pooled rows straddle nothing a span needs: they are never fetched or scored, only searched. Where the
-recalled documents hold fewer than twice the candidates (squad2-dev: about 210 segments in all), the
-first stage would pass on most of them, and MaxSim scans the stored rows at once (warm rank_segments
-p50 16.6 ms two-stage against 9.6 ms one-stage on squad2-dev).
+recalled documents hold fewer than twice the candidates, the first stage would pass on most of them,
+and MaxSim scans the stored rows at once.
 """
 
 from __future__ import annotations
 
 import numpy as np
 
-# segments the int8 stage hands to exact MaxSim, which reads their stored rows (~1.6 ms per 64 of 256 rows)
-RANK_CANDIDATES = 192
+# segments the int8 stage hands to exact MaxSim per segment wanted (which reads their stored rows, ~1.6 ms
+# per 64 segments of 256 rows), and never fewer than RANK_CANDIDATES_MIN
+RANK_CANDIDATES_PER_SEGMENT = 24
+RANK_CANDIDATES_MIN = 64
 
 
 def candidates(k: int) -> int:
-    """Segments the first stage passes on when `k` are wanted (with the spare hits stale segments take)."""
-    return max(RANK_CANDIDATES, 24 * k)
+    """Segments the first stage passes on when `k` are wanted: 192 for pdf-manuals-dev's 8, 96 for 4."""
+    return max(RANK_CANDIDATES_MIN, RANK_CANDIDATES_PER_SEGMENT * k)
 
 
 def ranking_rows(rows: np.ndarray, pool: int) -> np.ndarray:
