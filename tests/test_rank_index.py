@@ -36,9 +36,10 @@ def _queries() -> list[np.ndarray]:
     return out
 
 
-def _store(path: Path, pool: int) -> TokenStore:
+def _store(path: Path, pool: int, server: bool = False) -> TokenStore:
     """DOCS random documents; some segments hold tokens near the queries' tokens, as answers do."""
-    s = Settings(store_path=path, segment_tokens=16, rank_pool=pool, storage_dtype="float32")
+    where: dict[str, object] = {"url": f"local:{path}"} if server else {"store_path": path}
+    s = Settings(**where, segment_tokens=16, rank_pool=pool, storage_dtype="float32")
     store = open_or_create_store(s.store, "m", DIM, "mean")
     rng = np.random.default_rng(3)
     queries = _queries()
@@ -103,6 +104,21 @@ def test_a_collection_keeps_its_rank_pool(tmp_path: Path) -> None:
         assert binary.stats()["rank_pool"] == 0
     finally:
         binary.close()
+
+
+def test_the_server_backend_ranks_with_its_ranking_rows_as_edge_does(tmp_path: Path) -> None:
+    """qdrant-client's local mode (the server path a test reaches): the same two-stage query, its answers."""
+    edge, server = _store(tmp_path / "edge", 3), _store(tmp_path / "server", 3, server=True)
+    try:
+        assert server.stats()["rank_pool"] == 3
+        versions = {d: h.version for d, h in edge.headers().items()}
+        for q in _queries():
+            e, s = edge.rank_segments(q, versions, 8), server.rank_segments(q, versions, 8)
+            assert [(d, i) for d, i, _ in e][:3] == [(d, i) for d, i, _ in s][:3]
+            assert np.allclose([x for *_, x in e][:3], [x for *_, x in s][:3], atol=1e-4)
+    finally:
+        edge.close()
+        server.close()
 
 
 @pytest.fixture
