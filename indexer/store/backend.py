@@ -214,6 +214,8 @@ class PointsBackend(ABC):
         location: what messages name (the store folder or the server URL).
         datatypes: stored datatype per named vector ("float32", "float16", "uint8"), known after
             `create` or `open`.
+        quantized: the named vectors kept with an int8 copy (`VectorSpace.quantized`): a query's final
+            stage over one rescores from the stored vectors, a first stage only picks candidates.
     """
 
     scroll_page: int = 256  # points per scroll request without vectors
