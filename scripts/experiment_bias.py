@@ -45,8 +45,9 @@ from indexer.embedders import HFTokenEmbedder, load_embedder
 from indexer.store import Candidate, Where
 from indexer.windows import assign_central, window_starts
 from retriever import Retriever
+from retriever.evaluation.answerability import auc
 from retriever.evaluation.benchmark import Benchmark, BenchQuery, Hit, Scores, hit_at, load_benchmark, score
-from retriever.evaluation.evaluate import auc, index_benchmark, run_chunkless
+from retriever.evaluation.evaluate import index_benchmark, run_chunkless
 from retriever.fetch import DocTokens
 from retriever.methods import (
     MethodContext,

@@ -35,8 +35,9 @@ from indexer.boundaries import boundary_chars
 from indexer.embedders import HFTokenEmbedder, load_embedder
 from retriever import Retriever
 from retriever.calibration import FEATURES, PARAMS, fit, lexical_features
+from retriever.evaluation.answerability import auc
 from retriever.evaluation.benchmark import BenchQuery, Hit, evidence_f1, hit_at, load_benchmark, words
-from retriever.evaluation.evaluate import auc, index_benchmark
+from retriever.evaluation.evaluate import index_benchmark
 from retriever.lexical import coverage
 from schemas.settings import Settings
 

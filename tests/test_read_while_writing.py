@@ -15,6 +15,7 @@ import subprocess
 import sys
 import threading
 import time
+from functools import partial
 from pathlib import Path
 from typing import Any
 
@@ -204,7 +205,7 @@ def test_a_search_on_a_store_a_service_holds_asks_the_service(tmp_path: Path, mi
     (corpus / "tides.txt").write_text("The moon's gravity pulls the oceans and causes the tides twice a day.")
     settings = Settings(store_path=tmp_path / "store", device="cpu")
     ingest([corpus], settings, embedder=minilm, id_from=tmp_path)
-    service = Service(settings, embedder=minilm, serve_reads=True)
+    service = Service(settings, embedder=minilm, reads=partial(ReadEndpoint, role="serve"))
     try:
         found = _cli("search", "What causes the tides?", "--store", str(tmp_path / "store"), "--json", "--top", "1")
         assert found.returncode == 0, found.stderr

@@ -8,6 +8,7 @@ import logging
 import signal
 import socket
 import sys
+from functools import partial
 
 from retriever.cli.flags import settings_of
 from schemas.errors import ServerError, SettingsError
@@ -70,6 +71,7 @@ def cmd_serve(args: argparse.Namespace) -> int:
     import uvicorn
 
     from retriever.serve.app import create_app
+    from retriever.serve.holder import ReadEndpoint
     from retriever.serve.service import Service
 
     cfg = settings.serve
@@ -81,7 +83,8 @@ def cmd_serve(args: argparse.Namespace) -> int:
     except OSError as e:
         raise ServerError(f"cannot listen on {cfg.host}:{cfg.port} ({e}); pick another --port") from e
     host, port = sock.getsockname()[:2]
-    service = Service(settings, serve_reads=True)  # `chunkless search` on this store asks this process
+    # `chunkless search` on this store asks this process
+    service = Service(settings, reads=partial(ReadEndpoint, role="serve"))
     app = create_app(service)
     print(f"chunkless serve: listening on http://{host}:{port} (store {settings.store.location})", file=sys.stderr)
     sys.stderr.flush()

@@ -9,6 +9,7 @@ Modules: `benchmark` (the benchmark format and the measures), `baselines` (pre-c
 cosine), `evaluate` (what `chunkless eval` runs), `storage` (what `chunkless storage-report` runs).
 """
 
+from retriever.evaluation.answerability import auc
 from retriever.evaluation.baselines import chunk_baseline, query_vectors, sentence_baseline, sentences, token_chunks
 from retriever.evaluation.benchmark import (
     BenchDoc,
@@ -22,7 +23,7 @@ from retriever.evaluation.benchmark import (
     score,
     words,
 )
-from retriever.evaluation.evaluate import EvalReport, auc, evaluate, index_benchmark, run_chunkless, to_hits
+from retriever.evaluation.evaluate import EvalReport, evaluate, index_benchmark, run_chunkless, to_hits
 
 __all__ = [
     "BenchDoc",

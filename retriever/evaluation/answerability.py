@@ -11,6 +11,8 @@ from __future__ import annotations
 from collections.abc import Sequence
 from dataclasses import dataclass
 
+import numpy as np
+
 REPORT_THRESHOLD = 0.3  # reported when no abstention threshold is configured (CHUNKLESS_ABSTAIN)
 
 
@@ -41,9 +43,23 @@ class Answerability:
         )
 
 
+def auc(pos: list[float], neg: list[float]) -> float | None:
+    """Probability that a random answerable question's top score beats an unanswerable one's (ties 1/2)."""
+    if not pos or not neg:
+        return None
+    p, n = np.asarray(pos, dtype=np.float64), np.asarray(neg, dtype=np.float64)
+    allv = np.concatenate([p, n])
+    order = allv.argsort(kind="mergesort")
+    ranks = np.empty(len(allv))
+    ranks[order] = np.arange(1, len(allv) + 1)
+    for v in np.unique(allv):  # average ranks over ties
+        m = allv == v
+        ranks[m] = ranks[m].mean()
+    return float((ranks[: len(p)].sum() - len(p) * (len(p) + 1) / 2) / (len(p) * len(n)))
+
+
 def answerability(confidences: Sequence[float | None], right: Sequence[bool], threshold: float) -> Answerability:
     """The figures for searches with these confidences, `right[i]`: search i's top span answered."""
-    from retriever.evaluation.evaluate import auc
 
     pos = [c for c, r in zip(confidences, right, strict=True) if r]
     neg = [c for c, r in zip(confidences, right, strict=True) if not r]

@@ -24,13 +24,11 @@ from collections.abc import Callable
 from dataclasses import dataclass, field
 from pathlib import Path
 
-import numpy as np
-
 from indexer.embedders import TokenEmbedder, load_embedder
 from indexer.sentence_vectors import with_sentence_vectors
 from indexer.store import open_or_create_store
 from retriever.calibration import Abstention, abstention
-from retriever.evaluation.answerability import REPORT_THRESHOLD, Answerability, answerability
+from retriever.evaluation.answerability import REPORT_THRESHOLD, Answerability, answerability, auc
 from retriever.evaluation.baselines import chunk_baseline, sentence_baseline
 from retriever.evaluation.benchmark import Benchmark, BenchQuery, Hit, Scores, hit_at, score
 from retriever.search import Retriever
@@ -94,21 +92,6 @@ def index_benchmark(bench: Benchmark, settings: Settings, embedder: TokenEmbedde
 def to_hits(resp: SearchResponse) -> list[Hit]:
     """A search response's spans as benchmark hits, best first."""
     return [Hit(s.doc_id, s.start, s.end, s.text, s.score) for s in resp.spans]
-
-
-def auc(pos: list[float], neg: list[float]) -> float | None:
-    """Probability that a random answerable question's top score beats an unanswerable one's (ties 1/2)."""
-    if not pos or not neg:
-        return None
-    p, n = np.asarray(pos, dtype=np.float64), np.asarray(neg, dtype=np.float64)
-    allv = np.concatenate([p, n])
-    order = allv.argsort(kind="mergesort")
-    ranks = np.empty(len(allv))
-    ranks[order] = np.arange(1, len(allv) + 1)
-    for v in np.unique(allv):  # average ranks over ties
-        m = allv == v
-        ranks[m] = ranks[m].mean()
-    return float((ranks[: len(p)].sum() - len(p) * (len(p) + 1) / 2) / (len(p) * len(n)))
 
 
 NO_SPAN_SCORE = -1.0  # a question with no span at all ranks below every scored one

@@ -13,7 +13,7 @@ import shutil
 import threading
 from collections.abc import Callable, Sequence
 from pathlib import Path
-from typing import TYPE_CHECKING
+from typing import Protocol
 
 from indexer.embedders import TokenEmbedder, load_embedder
 from indexer.store import TokenStore, open_or_create_store
@@ -24,10 +24,19 @@ from retriever.serve.metrics import Metrics
 from schemas.models import SearchResponse
 from schemas.settings import Settings
 
-if TYPE_CHECKING:
-    from retriever.serve.holder import ReadEndpoint
-
 log = logging.getLogger(__name__)
+
+
+class ReadsEndpoint(Protocol):
+    """What `Service` needs of an endpoint answering other processes' reads (`retriever.serve.holder`)."""
+
+    settings: Settings  # the endpoint's own copy (its token as the API key)
+
+    def start_over(self, reader: ReadService) -> None:
+        """Serve `reader`'s routes and advertise them in the store."""
+
+    def stop(self) -> None:
+        """Stop serving and remove the advert."""
 
 
 class ReadService:
@@ -91,9 +100,10 @@ class Service(ReadService):
     Args:
         settings: everything; `settings.serve` for the service itself.
         embedder: an already loaded model (tests share one); loaded from `settings.model` when None.
-        serve_reads: also answer other processes' reads of the store on a loopback endpoint advertised
-            in it (`retriever.serve.holder`), so a `chunkless search` on the same store asks this
-            service instead of failing on the store's lock; stopped first on close.
+        reads: makes an endpoint that answers other processes' reads of the store on loopback and
+            advertises it in the store (`retriever.serve.holder.ReadEndpoint`, given by `chunkless
+            serve`), so a `chunkless search` on the same store asks this service instead of failing on
+            the store's lock; stopped first on close. None: no such endpoint.
 
     Raises:
         ModelLoadError: the model cannot be loaded.
@@ -101,11 +111,16 @@ class Service(ReadService):
         StoreMismatchError: the collection was made with another model or layout.
     """
 
-    def __init__(self, settings: Settings, embedder: TokenEmbedder | None = None, serve_reads: bool = False) -> None:
+    def __init__(
+        self,
+        settings: Settings,
+        embedder: TokenEmbedder | None = None,
+        reads: Callable[[Settings], ReadsEndpoint] | None = None,
+    ) -> None:
         self.embedder = SerialEmbedder(embedder or load_embedder(settings.model), settings.serve.ingest_batch_tokens)
         e = self.embedder
         store = open_or_create_store(settings.store, e.name, e.dim, e.pooling)
-        self._endpoint: ReadEndpoint | None = None
+        self._endpoint: ReadsEndpoint | None = None
         try:
             retriever: Retriever = ScheduledRetriever(settings, self.embedder, store)
             super().__init__(settings, store, lambda: retriever)
@@ -125,10 +140,8 @@ class Service(ReadService):
                 # queued or running was left by a process that stopped
                 exclusive=url is None or url == ":memory:" or url.startswith("local:"),
             )
-            if serve_reads and url is None:  # a Qdrant server takes any number of clients itself
-                from retriever.serve.holder import ReadEndpoint
-
-                self._endpoint = ReadEndpoint(settings, role="serve")
+            if reads is not None and url is None:  # a Qdrant server takes any number of clients itself
+                self._endpoint = reads(settings)
                 self._endpoint.start_over(ReadService(self._endpoint.settings, store, lambda: retriever))
         except BaseException:
             store.close()
