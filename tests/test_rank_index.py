@@ -176,3 +176,24 @@ def test_segments_read_by_id_are_those_a_filter_reads(tmp_path: Path) -> None:
         assert store.backend.count(Where(must=[Match("kind", "segment"), Match("doc_id", "d3")])) == 4
     finally:
         store.close()
+
+
+def test_an_open_reads_the_int8_copy_ahead_in_the_background(tmp_path: Path) -> None:
+    """Every ranking query scans the int8 copy whole; Edge's close dropped it from the page cache."""
+    from indexer.store.edge import warm_scanned_copies
+
+    store = _store(tmp_path / "pool", 3)
+    plain = _store(tmp_path / "plain", 0)
+    try:
+        assert store.build_rank_index()
+        shard = tmp_path / "pool" / "chunkless" / "shard"
+        thread = warm_scanned_copies(shard, store.backend.quantized)
+        assert thread is not None  # it found the copy where Edge keeps it
+        thread.join(timeout=60)
+        assert not thread.is_alive()
+        assert warm_scanned_copies(shard, set()) is None
+        assert plain.backend.quantized == set()
+        assert warm_scanned_copies(tmp_path / "plain" / "chunkless" / "shard", {"rank"}) is None
+    finally:
+        store.close()
+        plain.close()
