@@ -16,7 +16,7 @@ import re
 import shutil
 import struct
 from abc import ABC, abstractmethod
-from collections.abc import Callable, Sequence
+from collections.abc import Iterable, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
@@ -126,18 +126,20 @@ def to_array(v: list, dtype: type) -> np.ndarray:
     if not v or not isinstance(v[0], list):
         return np.asarray(v, dtype=dtype)
     dim = len(v[0])
-    # a bytearray, not bytes: the rows stay writable, as callers that hand them to torch expect; codes
-    # (uint8 spaces) come back as Python floats too, so every row is packed as float32
-    pack = _row_packer(dim)
-    rows = np.frombuffer(bytearray(b"".join(pack(*row) for row in v)), dtype=np.float32)
-    rows = rows.reshape(len(v), dim)
+    # one writable buffer, each row packed into its place (no joined bytes to copy again); codes (uint8
+    # spaces) come back as Python floats too, so every row is packed as float32
+    packer = _row_packer(dim)
+    buf = bytearray(len(v) * packer.size)
+    for i, row in enumerate(v):
+        packer.pack_into(buf, i * packer.size, *row)
+    rows = np.frombuffer(buf, dtype=np.float32).reshape(len(v), dim)
     return rows if dtype is np.float32 else rows.astype(dtype)
 
 
 @functools.lru_cache(maxsize=16)
-def _row_packer(dim: int) -> Callable[..., bytes]:
+def _row_packer(dim: int) -> struct.Struct:
     """`struct`'s packer of one row of `dim` numbers as float32 bytes: one C loop per row."""
-    return struct.Struct(f"={dim}f").pack
+    return struct.Struct(f"={dim}f")
 
 
 def folder_bytes(folder: Path) -> int:
@@ -514,6 +516,18 @@ class PointsBackend(ABC):
         """
         self.datatypes = {n: sp["datatype"] for n, sp in metadata.get("spaces", {}).items()}
         self.quantized = {n for n, sp in metadata.get("spaces", {}).items() if sp.get("quantized")}
+
+    def records(self, recs: Iterable[Any], with_vectors: list[str]) -> list[PointRecord]:
+        """The backend's returned points (each with `id`, `payload` and `vector`) as `PointRecord`s.
+
+        Args:
+            recs: points from a scroll or a retrieve.
+            with_vectors: the named vectors asked for, converted with `vectors_of`.
+
+        Returns:
+            The records, in the order given.
+        """
+        return [PointRecord(str(r.id), dict(r.payload or {}), self.vectors_of(r.vector, with_vectors)) for r in recs]
 
     def vectors_of(self, raw: Any, names: list[str]) -> dict[str, np.ndarray]:
         """Returned named vectors as arrays: float32 for float spaces, uint8 codes for uint8 spaces.

@@ -116,6 +116,11 @@ def _search_params(quantized: bool, final: bool = True) -> qe.SearchParams | Non
     return qe.SearchParams(quantization=qe.QuantizationSearchParams(rescore=True, oversampling=RESCORE_OVERSAMPLING))
 
 
+def _payload_selector(payload: bool | list[str]) -> Any:
+    """Edge's form of "the whole payload, none, or these keys"."""
+    return qe.PayloadSelector.Include(payload) if isinstance(payload, list) else payload
+
+
 def _numbers(v: np.ndarray) -> Any:
     """A vector (or a multivector's rows) as memoryviews, the cheapest sequence Edge reads.
 
@@ -525,22 +530,22 @@ class EdgeBackend(PointsBackend):
     def scroll_one_page(
         self, flt: Any, offset: Any, limit: int, with_vectors: list[str], payload: bool | list[str]
     ) -> tuple[list[PointRecord], Any]:
-        selector = qe.PayloadSelector.Include(payload) if isinstance(payload, list) else payload
+        selector = _payload_selector(payload)
         req = qe.ScrollRequest(
             offset=offset, limit=limit, filter=flt, with_payload=selector, with_vector=with_vectors or False
         )
         with self._lock:
             recs, offset = self.shard.scroll(req)
-        out = [PointRecord(str(r.id), dict(r.payload or {}), self.vectors_of(r.vector, with_vectors)) for r in recs]
+        out = self.records(recs, with_vectors)
         return out, offset
 
     def retrieve(self, ids: list[str], with_vectors: list[str], payload: bool | list[str]) -> list[PointRecord]:
         if not ids:
             return []
-        selector = qe.PayloadSelector.Include(payload) if isinstance(payload, list) else payload
+        selector = _payload_selector(payload)
         with self._lock:
             recs = self.shard.retrieve(ids, with_payload=selector, with_vector=with_vectors or False)  # type: ignore[arg-type]
-        return [PointRecord(str(r.id), dict(r.payload or {}), self.vectors_of(r.vector, with_vectors)) for r in recs]
+        return self.records(recs, with_vectors)
 
     def query(
         self,
@@ -562,7 +567,7 @@ class EdgeBackend(PointsBackend):
             query=qe.Query.Nearest(np.asarray(vector, dtype=np.float32), using=using),  # type: ignore[arg-type]
             prefetches=first,
             filter=flt,
-            with_payload=qe.PayloadSelector.Include(with_payload) if isinstance(with_payload, list) else with_payload,
+            with_payload=_payload_selector(with_payload),
             with_vector=False,
             params=_search_params(using in self.quantized),
         )

@@ -329,7 +329,7 @@ class ServerBackend(PointsBackend):
             ),
             "reading points",
         )
-        out = [PointRecord(str(r.id), dict(r.payload or {}), self.vectors_of(r.vector, with_vectors)) for r in recs]
+        out = self.records(recs, with_vectors)
         return out, offset
 
     def retrieve(self, ids: list[str], with_vectors: list[str], payload: bool | list[str]) -> list[PointRecord]:
@@ -339,7 +339,7 @@ class ServerBackend(PointsBackend):
             lambda: self.client.retrieve(self.name, ids, with_payload=payload, with_vectors=with_vectors or False),
             "reading points",
         )
-        return [PointRecord(str(r.id), dict(r.payload or {}), self.vectors_of(r.vector, with_vectors)) for r in recs]
+        return self.records(recs, with_vectors)
 
     def query(
         self,
