@@ -28,7 +28,7 @@ from typing import Literal, Protocol
 
 import numpy as np
 
-from indexer.windows import assign_central
+from indexer.windows import Window, assign_central
 from schemas.errors import QueryError
 from schemas.models import EmbeddedDocument, LoadedDocument
 
@@ -398,3 +398,36 @@ def stitch(
     return EmbeddedDocument(
         doc=doc, vectors=unit_rows(vectors), offsets=offsets, pooled=pooled, window_pooled=wp, window_bounds=bounds
     )
+
+
+def stitch_documents(
+    docs: Sequence[LoadedDocument],
+    tokenized: Sequence[tuple[Sequence[int], np.ndarray]],
+    windows: Sequence[Window],
+    results: Sequence[tuple[np.ndarray, np.ndarray]],
+    prefix: int,
+    dim: int,
+) -> list[EmbeddedDocument]:
+    """Every document's token matrix from the embedded windows of all of them (`stitch` per document).
+
+    Args:
+        docs: the documents.
+        tokenized: per document, its token ids and (n, 2) character offsets.
+        windows: the windows, each naming its document (`plan_windows`).
+        results: per window, its (sequence length, dim) hidden rows and (dim,) pooled vector.
+        prefix: tokens the model's prefix puts before each window's content.
+        dim: vector size.
+
+    Returns:
+        One embedded document per document, in order.
+    """
+    mine: list[list[int]] = [[] for _ in docs]
+    for i, w in enumerate(windows):
+        mine[w.doc].append(i)
+    out = []
+    for k, doc in enumerate(docs):
+        bounds = np.array([[windows[i].start, windows[i].end] for i in mine[k]], dtype=np.int64).reshape(-1, 2)
+        rows = [results[i][0][prefix : prefix + (windows[i].end - windows[i].start)] for i in mine[k]]
+        wp = np.stack([results[i][1] for i in mine[k]])
+        out.append(stitch(doc, tokenized[k][1], bounds, rows, wp, dim))
+    return out

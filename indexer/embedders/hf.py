@@ -33,7 +33,7 @@ from indexer.embedders.base import (
     clean_offsets,
     forward_batch_tokens,
     forward_turn,
-    stitch,
+    stitch_documents,
     unit_rows,
 )
 from indexer.embedders.device import pick_device, pick_dtype
@@ -263,18 +263,7 @@ class WindowedModel(TokenEmbedder):
 
     def embed_documents(self, docs: Sequence[LoadedDocument]) -> list[EmbeddedDocument]:
         tokenized, windows, seqs = self._windows(docs)
-        results = self.encode(seqs)
-        p = len(self.prefix)
-        out = []
-        mine: list[list[int]] = [[] for _ in docs]
-        for i, w in enumerate(windows):
-            mine[w.doc].append(i)
-        for k, doc in enumerate(docs):
-            bounds = np.array([[windows[i].start, windows[i].end] for i in mine[k]], dtype=np.int64).reshape(-1, 2)
-            rows = [results[i][0][p : p + (windows[i].end - windows[i].start)] for i in mine[k]]
-            wp = np.stack([results[i][1] for i in mine[k]])
-            out.append(stitch(doc, tokenized[k][1], bounds, rows, wp, self.dim))
-        return out
+        return stitch_documents(docs, tokenized, windows, self.encode(seqs), len(self.prefix), self.dim)
 
     def embed_texts(self, texts: Sequence[str]) -> np.ndarray:
         with forward_turn():

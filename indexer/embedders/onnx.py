@@ -25,7 +25,7 @@ from indexer.embedders.base import (
     TokenEmbedder,
     WindowEmbedder,
     clean_offsets,
-    stitch,
+    stitch_documents,
     unit_rows,
 )
 from indexer.embedders.folder import ModelFolder, read_json
@@ -210,18 +210,7 @@ class OnnxTokenEmbedder(TokenEmbedder):
         tokenized = [self.tokenize(d.text) for d in docs]
         windows: list[Window] = plan_windows([len(ids) for ids, _ in tokenized], self.content, self.stride)
         seqs = [self.prefix + tokenized[w.doc][0][w.start : w.end] + self.suffix for w in windows]
-        results = self.encode(seqs)
-        p = len(self.prefix)
-        mine: list[list[int]] = [[] for _ in docs]
-        for i, w in enumerate(windows):
-            mine[w.doc].append(i)
-        out = []
-        for k, doc in enumerate(docs):
-            bounds = np.array([[windows[i].start, windows[i].end] for i in mine[k]], dtype=np.int64).reshape(-1, 2)
-            rows = [results[i][0][p : p + (windows[i].end - windows[i].start)] for i in mine[k]]
-            wp = np.stack([results[i][1] for i in mine[k]])
-            out.append(stitch(doc, tokenized[k][1], bounds, rows, wp, self.dim))
-        return out
+        return stitch_documents(docs, tokenized, windows, self.encode(seqs), len(self.prefix), self.dim)
 
     def windows(self) -> WindowEmbedder:
         """What part-wise embedding of long documents needs (`indexer.long_documents`): this embedder, whose
