@@ -271,59 +271,60 @@ class UnitBuilder:
     ) -> list[Unit]:
         blocks = layout.structure.blocks
         first, last = self._table(layout, i, "table_row")
-        dt = self.texts[doc]
-        text = dt.get(blocks[i].start, blocks[j].end)
-        if text is None:
-            return []
         head = None
         if first < i:  # the header row is read with the rows (it names the columns)
-            h = dt.get(blocks[first].start, blocks[first].end)
+            h = self.texts[doc].get(blocks[first].start, blocks[first].end)
             head = (blocks[first].start, blocks[first].end, h) if h is not None else None
-        return [
-            Unit(
-                doc,
-                blocks[i].start,
-                blocks[j].end,
-                text,
-                "rows",
-                source,
-                rank,
-                lead=head,
-                before=(blocks[i - 1].start, blocks[i - 1].end) if i - 1 > first else None,
-                after=(blocks[j + 1].start, blocks[j + 1].end) if j < last else None,
-                context=title or "",
-            )
-        ]
+        # the header row is the lead, never a neighbour row to join
+        return self._run(doc, layout, i, j, "rows", head, first + 1, last, source, rank, title)
 
     def _items(
         self, doc: int, layout: Layout, i: int, j: int, source: float, rank: int, title: str | None
     ) -> list[Unit]:
         blocks = layout.structure.blocks
         first, last = self._table(layout, i, "list_item")
-        dt = self.texts[doc]
-        text = dt.get(blocks[i].start, blocks[j].end)
-        if text is None:
-            return []
         lead = None
         if first > 0 and blocks[first - 1].kind == "paragraph":  # the lead-in: the paragraph's last sentence
             p = blocks[first - 1]
-            ptext = dt.get(p.start, p.end)
+            ptext = self.texts[doc].get(p.start, p.end)
             if ptext is not None:
                 a, b = whole_sentences(ptext, p.start)[-1]
                 # only a sentence that announces the list ("... the following tools:") leads it in
                 if ptext[a - p.start : b - p.start].rstrip().endswith(":"):
                     lead = (a, b, ptext[a - p.start : b - p.start])
+        return self._run(doc, layout, i, j, "items", lead, first, last, source, rank, title)
+
+    def _run(
+        self,
+        doc: int,
+        layout: Layout,
+        i: int,
+        j: int,
+        kind: str,
+        lead: tuple[int, int, str] | None,
+        body_first: int,
+        last: int,
+        source: float,
+        rank: int,
+        title: str | None,
+    ) -> list[Unit]:
+        """Blocks i..j of a run of rows or items (blocks body_first..last) as one unit, with its lead and
+        the neighbour blocks of the run it may join."""
+        blocks = layout.structure.blocks
+        text = self.texts[doc].get(blocks[i].start, blocks[j].end)
+        if text is None:
+            return []
         return [
             Unit(
                 doc,
                 blocks[i].start,
                 blocks[j].end,
                 text,
-                "items",
+                kind,
                 source,
                 rank,
                 lead=lead,
-                before=(blocks[i - 1].start, blocks[i - 1].end) if i > first else None,
+                before=(blocks[i - 1].start, blocks[i - 1].end) if i > body_first else None,
                 after=(blocks[j + 1].start, blocks[j + 1].end) if j < last else None,
                 context=title or "",
             )
