@@ -124,14 +124,14 @@ class Retriever:
             pool=self.store.meta.layout.pool,
             scorer=self.scorer,
             embed_texts=self._embed_texts,
-            segment_texts=self._segment_texts,
+            segment_texts=self.segment_texts,
             sentence_vectors=self._sentence_vectors if self.store.meta.sentence_vectors else None,
         )
         self.method: SpanMethod = span_method(ctx) if span_method else make_span_method(settings.spans.span_method, ctx)
         self._signal = ThresholdMethod(ctx)  # explain's signal and threshold where the method has none
         # the reader re-ranks the span method's best candidates by reading them; its calibration then
         # gives the confidence (it sees what the span method's scores cannot)
-        self.reader = reader if reader is not None else make_reader(settings, self._segment_texts)
+        self.reader = reader if reader is not None else make_reader(settings, self.segment_texts)
         self.calibration = self.reader.calibration if self.reader is not None else Calibration.packaged()
         # queries the reader does not read (reader_queries) keep the span method's confidence
         self._span_calibration = Calibration.packaged() if self.reader is not None else None
@@ -339,7 +339,7 @@ class Retriever:
             # MaxSim's best and BM25's best are fetched together: each finds segments the other misses
             docs = {d: (h.version, h.n_segments) for d, h in headers.items()}
             taken = {(d, s) for d, s, _ in ranked}
-            lexical = self.lexicon.rank(query, docs, extra + len(taken), self._segment_texts)
+            lexical = self.lexicon.rank(query, docs, extra + len(taken), self.segment_texts)
             for doc_id, seg, _ in [x for x in lexical if (x[0], x[1]) not in taken][:extra]:
                 out.setdefault(doc_id, []).append(seg)
         best = ranked[0][2] / len(by) if ranked and by.ndim == 2 else None
@@ -381,7 +381,16 @@ class Retriever:
         with self._model_lock:
             return self.embedder.embed_texts(texts)
 
-    def _segment_texts(self, need: dict[tuple[str, str], list[int]]) -> dict[tuple[str, int], tuple[int, str]]:
+    def segment_texts(self, need: dict[tuple[str, str], list[int]]) -> dict[tuple[str, int], tuple[int, str]]:
+        """The text of some segments (payload only), under the store lock: what a reader or a lexical
+        ranker built outside the Retriever is given to read neighbours' text with.
+
+        Args:
+            need: (doc_id, version) -> segment indices.
+
+        Returns:
+            (doc_id, segment index) -> (char_start, text).
+        """
         with self._store_lock:
             return self.store.segment_texts(need)
 

@@ -29,14 +29,14 @@ import sys
 import tempfile
 import threading
 import time
-from collections.abc import Sequence
+from collections.abc import Callable, Iterator, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import ClassVar
+from typing import ClassVar, TypeVar
 
 import numpy as np
 
-from indexer.embedders import load_embedder
+from indexer.embedders import TokenEmbedder, load_embedder
 from retriever.calibration import Calibration, fit
 from retriever.evaluation import auc, index_benchmark, load_benchmark, score, to_hits
 from retriever.evaluation.benchmark import BenchQuery, hit_at
@@ -49,7 +49,7 @@ from retriever.reader.model import Pair, ReaderBackend
 from retriever.reader.stage import FEATURES
 from retriever.search import Retriever
 from schemas.models import SearchResponse
-from schemas.settings import Settings
+from schemas.settings import ReaderSettings, Settings
 
 
 class CachedCrossEncoder(CrossEncoder):
@@ -192,55 +192,72 @@ def main() -> int:
         "| span config | reader config | hit@1 | hit@5 | F1 | words | conf AUC | logit AUC | cand hit@K | pairs run |"
     )
     print("|---|---|---|---|---|---|---|---|---|---|")
+    both = lambda r, k: (collect(r, pos, k), collect(r, neg, k))  # noqa: E731 - answerable, then not
+    for span_cfg, (cp, cn), rcfg, rs, reader in configurations(args, base, embedder, cached, both):
+        before = cached.pairs_run
+        presp, nresp = read(cp, reader), read(cn, reader, top=1)
+        ph, nh = [to_hits(x) for x in presp], [to_hits(x) for x in nresp]
+        sc = score(pos, ph)
+        conf_auc = logit_auc = None
+        if all(x.confidence is not None for x in presp + nresp):
+            conf_auc = auc([x.confidence or 0.0 for x in presp], [x.confidence or 0.0 for x in nresp])
+        if reader is not None:
+            logit_auc = auc(
+                [x.features.get("reader", -20.0) for x in presp], [x.features.get("reader", -20.0) for x in nresp]
+            )
+        kk = rs.reader_k if reader is not None else 5
+        ck = np.mean(
+            [
+                hit_at(q, to_hits(SearchResponse(query="", spans=f.spans)), kk)
+                for q, f in zip(pos, cp.found, strict=True)
+            ]
+        )
+        print(
+            f"| {span_cfg} | {rcfg} | {sc.hit1:.3f} | {sc.hit5:.3f} | {sc.f1:.3f} | {sc.words:.2f} | "
+            f"{fmt(conf_auc)} | {fmt(logit_auc)} | {ck:.3f} | {cached.pairs_run - before} |",
+            flush=True,
+        )
+        if reader is None or not args.fit:
+            continue
+        feats: tuple[list[dict[str, float]], list[int], list[int], list[bool]] = ([], [], [], [])
+        for q, h, x in [*zip(pos, ph, presp, strict=True), *zip(neg, nh, nresp, strict=True)]:
+            if not x.features or "reader" not in x.features:
+                continue
+            feats[0].append(x.features)
+            feats[1].append(int(q.answerable and hit_at(q, h, 1)))
+            feats[2].append(half(q))
+            feats[3].append(q.answerable)
+        fit_calibration(*feats, write=rcfg == args.fit)
+    return 0
+
+
+T = TypeVar("T")
+
+
+def configurations(
+    args: argparse.Namespace,
+    base: Settings,
+    embedder: TokenEmbedder,
+    cached: CachedCrossEncoder,
+    collect_for: Callable[[Retriever, int], T],
+) -> Iterator[tuple[str, T, str, ReaderSettings, Reader | None]]:
+    """Each (span configuration, reader configuration) pair: the span configuration's candidates,
+    collected once for the largest reader K, and the reader (None for "off") that reads them."""
     for span_cfg in args.span_configs:
         s = base.updated(**parse_config(span_cfg))
         readers = [base.updated(**parse_config(c)).reader for c in args.reader_configs]
         k = max(x.reader_k for x in readers)
-        t0 = time.perf_counter()
         gc.collect()  # the previous configuration's store handle must be gone: Edge allows one per process
+        t0 = time.perf_counter()
         r = Retriever(s, embedder=embedder)
-        cp, cn = collect(r, pos, k), collect(r, neg, k)
+        collected = collect_for(r, k)
         print(f"collected {span_cfg} in {time.perf_counter() - t0:.0f}s", file=sys.stderr, flush=True)
         for rcfg, rs in zip(args.reader_configs, readers, strict=True):
             reader = None
             if rcfg not in ("off", "none"):
-                reader = Reader(cached, rs, r._segment_texts, reader_calibration(DEFAULT_READER))
-            before = cached.pairs_run
-            presp, nresp = read(cp, reader), read(cn, reader, top=1)
-            ph, nh = [to_hits(x) for x in presp], [to_hits(x) for x in nresp]
-            sc = score(pos, ph)
-            conf_auc = logit_auc = None
-            if all(x.confidence is not None for x in presp + nresp):
-                conf_auc = auc([x.confidence or 0.0 for x in presp], [x.confidence or 0.0 for x in nresp])
-            if reader is not None:
-                logit_auc = auc(
-                    [x.features.get("reader", -20.0) for x in presp], [x.features.get("reader", -20.0) for x in nresp]
-                )
-            kk = rs.reader_k if reader is not None else 5
-            ck = np.mean(
-                [
-                    hit_at(q, to_hits(SearchResponse(query="", spans=f.spans)), kk)
-                    for q, f in zip(pos, cp.found, strict=True)
-                ]
-            )
-            print(
-                f"| {span_cfg} | {rcfg} | {sc.hit1:.3f} | {sc.hit5:.3f} | {sc.f1:.3f} | {sc.words:.2f} | "
-                f"{fmt(conf_auc)} | {fmt(logit_auc)} | {ck:.3f} | {cached.pairs_run - before} |",
-                flush=True,
-            )
-            if reader is None or not args.fit:
-                continue
-            feats: tuple[list[dict[str, float]], list[int], list[int], list[bool]] = ([], [], [], [])
-            for q, h, x in [*zip(pos, ph, presp, strict=True), *zip(neg, nh, nresp, strict=True)]:
-                if not x.features or "reader" not in x.features:
-                    continue
-                feats[0].append(x.features)
-                feats[1].append(int(q.answerable and hit_at(q, h, 1)))
-                feats[2].append(half(q))
-                feats[3].append(q.answerable)
-            fit_calibration(*feats, write=rcfg == args.fit)
+                reader = Reader(cached, rs, r.segment_texts, reader_calibration(DEFAULT_READER))
+            yield span_cfg, collected, rcfg, rs, reader
         r.close()
-    return 0
 
 
 def pdf_main(args: argparse.Namespace) -> int:
@@ -254,47 +271,36 @@ def pdf_main(args: argparse.Namespace) -> int:
     cached = CachedCrossEncoder(load_cross_encoder(DEFAULT_READER, threads=args.threads), args.cache)
     print("| span config | reader config | n | hit@1 | hit@5 | page@1 | page@5 | wF1 | words | conf AUC | pairs run |")
     print("|---|---|---|---|---|---|---|---|---|---|---|")
-    for span_cfg in args.span_configs:
-        s = base.updated(**parse_config(span_cfg))
-        readers = [base.updated(**parse_config(c)).reader for c in args.reader_configs]
-        k = max(x.reader_k for x in readers)
-        gc.collect()
-        t0 = time.perf_counter()
-        r = Retriever(s, embedder=embedder)
-        c = collect(r, queries, k)
-        print(f"collected {span_cfg} in {time.perf_counter() - t0:.0f}s", file=sys.stderr, flush=True)
-        for rcfg, rs in zip(args.reader_configs, readers, strict=True):
-            reader = None
-            if rcfg not in ("off", "none"):
-                reader = Reader(cached, rs, r._segment_texts, reader_calibration(DEFAULT_READER))
-            before = cached.pairs_run
-            resps = read(c, reader)
-            out = [[PdfSpan(sp.doc_id, sp.text, tuple(sp.pages)) for sp in x.spans] for x in resps]
-            agg = pdf_score(queries, out)
-            right = [score_query(q, o)["hit@1"] == 1.0 for q, o in zip(queries, out, strict=True)]
-            conf = [x.confidence for x in resps]
-            conf_auc = None
-            if all(v is not None for v in conf):
-                conf_auc = auc(
-                    [v or 0.0 for v, ok in zip(conf, right, strict=True) if ok],
-                    [v or 0.0 for v, ok in zip(conf, right, strict=True) if not ok],
-                )
-            m = agg.means
-            kinds = {q.kind for q in queries}
-            for kind in sorted(kinds) if len(kinds) > 1 else []:
-                idx = [i for i, q in enumerate(queries) if q.kind == kind]
-                km = pdf_score([queries[i] for i in idx], [out[i] for i in idx]).means
-                print(
-                    f"|  | — kind {kind} | {len(idx)} | {km['hit@1']:.3f} | {km['hit@5']:.3f} | {km['page@1']:.3f} "
-                    f"| {km['page@5']:.3f} | {km['wF1']:.3f} | {km['words']:.1f} | | |"
-                )
-            print(
-                f"| {span_cfg} | {rcfg} | {len(queries)} | {m['hit@1']:.3f} | {m['hit@5']:.3f} | {m['page@1']:.3f} | "
-                f"{m.get('page@5', float('nan')):.3f} | {m['wF1']:.3f} | {m['words']:.1f} | {fmt(conf_auc)} | "
-                f"{cached.pairs_run - before} |",
-                flush=True,
+    for span_cfg, c, rcfg, _, reader in configurations(
+        args, base, embedder, cached, lambda r, k: collect(r, queries, k)
+    ):
+        before = cached.pairs_run
+        resps = read(c, reader)
+        out = [[PdfSpan(sp.doc_id, sp.text, tuple(sp.pages)) for sp in x.spans] for x in resps]
+        agg = pdf_score(queries, out)
+        right = [score_query(q, o)["hit@1"] == 1.0 for q, o in zip(queries, out, strict=True)]
+        conf = [x.confidence for x in resps]
+        conf_auc = None
+        if all(v is not None for v in conf):
+            conf_auc = auc(
+                [v or 0.0 for v, ok in zip(conf, right, strict=True) if ok],
+                [v or 0.0 for v, ok in zip(conf, right, strict=True) if not ok],
             )
-        r.close()
+        m = agg.means
+        kinds = {q.kind for q in queries}
+        for kind in sorted(kinds) if len(kinds) > 1 else []:
+            idx = [i for i, q in enumerate(queries) if q.kind == kind]
+            km = pdf_score([queries[i] for i in idx], [out[i] for i in idx]).means
+            print(
+                f"|  | — kind {kind} | {len(idx)} | {km['hit@1']:.3f} | {km['hit@5']:.3f} | {km['page@1']:.3f} "
+                f"| {km['page@5']:.3f} | {km['wF1']:.3f} | {km['words']:.1f} | | |"
+            )
+        print(
+            f"| {span_cfg} | {rcfg} | {len(queries)} | {m['hit@1']:.3f} | {m['hit@5']:.3f} | {m['page@1']:.3f} | "
+            f"{m.get('page@5', float('nan')):.3f} | {m['wF1']:.3f} | {m['words']:.1f} | {fmt(conf_auc)} | "
+            f"{cached.pairs_run - before} |",
+            flush=True,
+        )
     return 0
 
 

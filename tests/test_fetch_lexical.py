@@ -58,7 +58,7 @@ def test_bm25_segments_join_maxsims(tmp_path: Path, minilm: HFTokenEmbedder) -> 
         alone = _fetched(r)
         row = _row_segments(r)
         docs = {d: (h.version, h.n_segments) for d, h in heads.items()}
-        lexical = [(d, i) for d, i, _ in r.lexicon.rank(QUERY, docs, 10, r._segment_texts)]
+        lexical = [(d, i) for d, i, _ in r.lexicon.rank(QUERY, docs, 10, r.segment_texts)]
     assert len(alone) == 1
     assert set(lexical[:1]) <= row, "BM25's best segment holds the row's rare words"
     with Retriever(settings.updated(**base, fetch_lexical=2), embedder=minilm) as r:
