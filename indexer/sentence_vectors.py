@@ -84,7 +84,7 @@ def with_sentence_vectors(
     chars = [sentence_chars(e, pool, rows, rule) for e in docs]
     texts = [[e.doc.text[a:b] for a, b in c] for e, c in zip(docs, chars, strict=True)]
     distinct = list(dict.fromkeys(t for ts in texts for t in ts))
-    vecs = _embed_by_length(embedder, distinct)
+    vecs = embed_by_length(embedder, distinct)
     row = {t: i for i, t in enumerate(distinct)}
     out = []
     for e, c, ts in zip(docs, chars, texts, strict=True):
@@ -172,15 +172,16 @@ class _PartSentences:
         self.held_chars = [(a, b) for a, b in self.held_chars if b > a]
         texts = [text[a:b] for a, b in chars]
         distinct = list(dict.fromkeys(texts))
-        vecs = _embed_by_length(self.embedder, distinct) if distinct else np.zeros((0, self.embedder.dim), np.float32)
+        vecs = embed_by_length(self.embedder, distinct) if distinct else np.zeros((0, self.embedder.dim), np.float32)
         row = {t: i for i, t in enumerate(distinct)}
         sv = SentenceVectors(chars=chars, vectors=vecs[[row[t] for t in texts]].astype(np.float32))
         first, self.first = self.first, False
         return PartWrite(item.doc, write, first, item.n_rows, item.n_segments, sv)
 
 
-def _embed_by_length(embedder: TokenEmbedder, texts: list[str]) -> np.ndarray:
-    """(n, dim) vectors of `texts` each embedded alone, in groups of similar length.
+def embed_by_length(embedder: TokenEmbedder, texts: list[str]) -> np.ndarray:
+    """(n, dim) vectors of `texts` each embedded alone, in groups of similar length (also the sentence
+    index peer's embedding, `scripts/sentence_index.py`, so both sides embed sentences alike).
 
     One call pads every sentence of a batch to its longest (several times the real tokens), so texts
     go shortest first, LENGTH_GROUP at a time.

@@ -25,11 +25,11 @@ import numpy as np
 
 from indexer.boundaries import sentence_ranges
 from indexer.embedders import TokenEmbedder
+from indexer.sentence_vectors import embed_by_length
 from indexer.store import EdgeBackend, NewPoint, VectorSpace
 
 VECTOR = "sentence"
 WRITE_BATCH = 256  # points per upsert
-EMBED_GROUP = 128  # sentences per embed_texts call, shortest first (as indexer.sentence_vectors does)
 
 
 @dataclass(frozen=True)
@@ -53,16 +53,6 @@ def _digest(model: str, texts: dict[str, str], pieces: Sequence[tuple[str, int, 
         h.update(f"{d}\0{a}\0{b}\0".encode())
         h.update(texts[d][a:b].encode())
     return h.hexdigest()
-
-
-def _embed(embedder: TokenEmbedder, texts: list[str]) -> np.ndarray:
-    """Alone vectors, shortest first in groups (one call pads every sentence to the longest of its group)."""
-    out = np.zeros((len(texts), embedder.dim), np.float32)
-    order = sorted(range(len(texts)), key=lambda i: len(texts[i]))
-    for k in range(0, len(order), EMBED_GROUP):
-        idx = order[k : k + EMBED_GROUP]
-        out[idx] = embedder.embed_texts([texts[i] for i in idx])
-    return out
 
 
 class SentenceIndex:
@@ -93,7 +83,7 @@ class SentenceIndex:
         t0 = time.perf_counter()
         space = VectorSpace(size=embedder.dim, multivector=False, datatype="float32", distance="cosine", hnsw=True)
         self.backend.create({VECTOR: space}, {"model": embedder.name, "digest": digest}, keyword_fields=[])
-        vecs = _embed(embedder, [texts[d][a:b] for d, a, b in pieces])
+        vecs = embed_by_length(embedder, [texts[d][a:b] for d, a, b in pieces])
         for k in range(0, len(pieces), WRITE_BATCH):
             self.backend.upsert(
                 [
