@@ -191,8 +191,8 @@ def build_rank_index(store: TokenStore, report: IngestReport) -> None:
         built = store.build_rank_index()
     except StorageFaultError as e:
         report.index_note = (
-            f"{e}; the documents are stored, and searches rank them from the stored rows (slower) until "
-            "'chunkless compact' runs"
+            f"{e}. This run's documents are stored too; until 'chunkless compact' runs with that room, "
+            "searches rank segments without the int8 copy (the same results, slower)"
         )
         log.warning("%s", report.index_note)
         return
