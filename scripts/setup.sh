@@ -18,6 +18,15 @@ case "${CHUNKLESS_TORCH:-cpu}" in
   cuda) torch_index=() ;;
   *) echo "scripts/setup.sh: CHUNKLESS_TORCH=${CHUNKLESS_TORCH} is not cpu or cuda; set one of those" >&2; exit 2 ;;
 esac
+# A full disk would stop pip halfway with an OSError (seen in CI): say so before starting, with what to do.
+# A new .venv takes about 2.7 GB (the CPU torch wheel, transformers, ONNX Runtime, the packaged models).
+need_mb=$([ -x .venv/bin/python ] && echo 500 || echo 3500)
+free_mb=$(df -Pk . | awk 'NR == 2 { print int($4 / 1024) }')
+if [ "${free_mb:-0}" -lt "$need_mb" ]; then
+  echo "scripts/setup.sh: only ${free_mb} MB free on the disk of $(pwd); installing needs about ${need_mb} MB." >&2
+  echo "Free space there (old stores under build/, temporary folders) and run it again." >&2
+  exit 1
+fi
 [ -x .venv/bin/python ] || "${PYTHON:-python3}" -m venv .venv
 .venv/bin/pip install -q --disable-pip-version-check --upgrade pip
 # torch first and pinned, so installing chunkless below keeps it (its requirement is met)
