@@ -97,7 +97,9 @@ def open_for_writing(settings: Settings, model: Callable[[], ModelIdentity]) -> 
         existing = open_store(settings.store)
     except StoreNotFoundError:
         m = model()
-        return open_or_create_store(settings.store, m.name, m.dim, m.pooling, m.backend, m.vector_kind)
+        return open_or_create_store(
+            settings.store, m.name, m.dim, m.pooling, m.backend, m.vector_kind, settings.spans.boundary
+        )
     # let open_or_create_store apply every check (model, dtype, layout) as it always does
     meta = existing.meta
     existing.close()
@@ -374,7 +376,9 @@ class IngestRun:
         if self.embedder is None:
             return open_for_writing(settings, self._load_identity)
         e = self.embedder
-        return open_or_create_store(settings.store, e.name, e.dim, e.pooling, e.backend, e.vector_kind)
+        return open_or_create_store(
+            settings.store, e.name, e.dim, e.pooling, e.backend, e.vector_kind, settings.spans.boundary
+        )
 
     def _load_identity(self) -> ModelIdentity:
         self.embedder = load_embedder(self.settings)

@@ -25,7 +25,7 @@ from typing import Any
 import numpy as np
 import torch
 
-from indexer.boundaries import token_ends_sentence
+from indexer.boundaries import sentence_rows, token_ends_sentence
 from indexer.store import DocHeader, StoredSegment, TokenStore
 from retriever.relevance import gemv_blocks
 from schemas.settings import Boundary
@@ -101,17 +101,20 @@ class Layout:
 
 @dataclass
 class SegmentTokens:
-    """One segment decoded on the scoring device, with what spans need on the host."""
+    """One segment decoded on the scoring device, with what spans need on the host: its token rows, its
+    sentence pieces' sums (`indexer.store.sentence_sums`), or both."""
 
     doc_id: str
     version: str
     index: int
-    vectors: torch.Tensor  # (n, dim) float32 on the scoring device
+    vectors: torch.Tensor | None  # (n, dim) float32 on the scoring device; None: only the sums were read
     starts: np.ndarray  # (n,) absolute char offsets
     ends: np.ndarray  # (n,) running max of token ends within the segment
     ends_sentence: torch.Tensor  # (n,) bool on the device
     char_start: int  # absolute offset of text[0]
     text: str
+    sums: torch.Tensor | None = None  # (P, dim) float32 sums of the pieces starting at `piece_first` rows
+    piece_first: np.ndarray | None = None  # (P,) first row of each piece (sentence_rows over ends_sentence)
 
     @property
     def key(self) -> SegKey:
@@ -119,7 +122,8 @@ class SegmentTokens:
 
     @property
     def nbytes(self) -> int:
-        return self.vectors.numel() * self.vectors.element_size() + len(self.text) + 24 * len(self.starts)
+        held = [t for t in (self.vectors, self.sums) if t is not None]
+        return sum(t.numel() * t.element_size() for t in held) + len(self.text) + 24 * len(self.starts)
 
 
 @dataclass
@@ -132,7 +136,8 @@ class DocTokens:
     doc_id: str
     version: str
     header: DocHeader
-    parts: list[torch.Tensor]  # (n_i, dim) row blocks on the device, scored block by block, never concatenated
+    parts: list[torch.Tensor]  # (n_i, dim) row blocks on the device, scored block by block, never concatenated;
+    # empty when the run was fetched by its sentence sums
     starts: np.ndarray  # (n,) absolute char offsets
     ends: np.ndarray  # (n,) running max of token ends: end char of a span ending at token i
     ends_sentence: torch.Tensor  # (n,) bool on the device
@@ -141,6 +146,8 @@ class DocTokens:
     first_segment: int = 0
     n_segments: int = 1
     layout: Layout | None = None  # the document's parsed structure; None: it has none
+    sums: torch.Tensor | None = None  # (P, dim) the segments' piece sums in order, when fetched by them
+    piece_first: np.ndarray | None = None  # (P,) first row of each piece within the run
 
     @property
     def key(self) -> tuple[str, str, int, int]:
@@ -152,8 +159,19 @@ class DocTokens:
         return len(self.starts)
 
     @property
+    def by_sums(self) -> bool:
+        """Fetched by its sentence sums: its sentences are scored from them, and it has no rows."""
+        return self.sums is not None
+
+    @property
     def vectors(self) -> torch.Tensor:
-        """(n, dim) all rows; a copy when the run spans several segments, so not for the per-query path."""
+        """(n, dim) all rows; a copy when the run spans several segments, so not for the per-query path.
+
+        Raises:
+            ValueError: the run was fetched by its sentence sums (`Fetcher.fetch(..., rows=True)` reads rows).
+        """
+        if not self.parts:
+            raise ValueError(f"document '{self.doc_id}' was fetched by its sentence sums, without token rows")
         return self.parts[0] if len(self.parts) == 1 else torch.cat(self.parts)
 
     def relevance(self, q: torch.Tensor) -> torch.Tensor:
@@ -172,8 +190,11 @@ class DocTokens:
         return self.text[start - self.char_base : end - self.char_base]
 
     @classmethod
-    def of_segments(cls, header: DocHeader, segs: Sequence[SegmentTokens], layout: Layout | None = None) -> DocTokens:
-        """A run of consecutive segments; one segment is used as is, no copies."""
+    def of_segments(
+        cls, header: DocHeader, segs: Sequence[SegmentTokens], layout: Layout | None = None, by_sums: bool = False
+    ) -> DocTokens:
+        """A run of consecutive segments; one segment is used as is, no copies. `by_sums`: the run is
+        scored from the segments' piece sums (each must have them), else from their rows."""
         s0 = segs[0]
         if len(segs) == 1:
             starts, ends, es, text = s0.starts, s0.ends, s0.ends_sentence, s0.text
@@ -182,9 +203,30 @@ class DocTokens:
             ends = np.maximum.accumulate(np.concatenate([s.ends for s in segs]))
             es = torch.cat([s.ends_sentence for s in segs])
             text = "".join(s.text for s in segs)
-        parts = _merge_contiguous([s.vectors for s in segs])
+        sums = first = None
+        if by_sums:
+            assert all(s.sums is not None and s.piece_first is not None for s in segs)  # Fetcher._decode made them
+            parts: list[torch.Tensor] = []
+            sums = segs[0].sums if len(segs) == 1 else torch.cat([s.sums for s in segs])  # type: ignore[misc]
+            offsets = np.cumsum([0] + [len(s.starts) for s in segs[:-1]])
+            first = np.concatenate([s.piece_first + o for s, o in zip(segs, offsets, strict=True)])
+        else:
+            parts = _merge_contiguous([s.vectors for s in segs])  # type: ignore[misc]
         return cls(
-            s0.doc_id, s0.version, header, parts, starts, ends, es, text, s0.char_start, s0.index, len(segs), layout
+            s0.doc_id,
+            s0.version,
+            header,
+            parts,
+            starts,
+            ends,
+            es,
+            text,
+            s0.char_start,
+            s0.index,
+            len(segs),
+            layout,
+            sums,
+            first,
         )
 
 
@@ -244,8 +286,11 @@ class DocCache:
         """
         key = seg.key
         with self._lock:
-            if key in self._items or seg.nbytes > self.max_bytes:
+            held = self._items.get(key)
+            if seg.nbytes > self.max_bytes or (held is not None and (held.vectors is not None or seg.vectors is None)):
                 return
+            if held is not None:  # rows read for a segment cached with its sums only
+                self._remove(key)
             for old in [k for k in self._keys.get(seg.doc_id, set()) if k[1] != seg.version]:
                 self._remove(old)
             self._items[key] = seg
@@ -341,12 +386,21 @@ class Fetcher:
         self.cache = DocCache(cache_bytes)
         self.structures = StructureCache()
 
-    def fetch(self, headers: dict[str, DocHeader], segments: dict[str, list[int]] | None = None) -> list[DocTokens]:
+    @property
+    def has_sums(self) -> bool:
+        """The collection stores sentence sums cut by this fetcher's rule: `fetch(..., rows=False)` reads them."""
+        return self.store.meta.sentence_sums is not None and self.store.meta.sentence_sums == self.boundary
+
+    def fetch(
+        self, headers: dict[str, DocHeader], segments: dict[str, list[int]] | None = None, rows: bool = True
+    ) -> list[DocTokens]:
         """Runs of consecutive segments to score, in the order of `headers`.
 
         Args:
             headers: doc_id -> its header (version and n_segments), as recall returns them.
             segments: segment indices wanted per document; a document it leaves out (or None) comes whole.
+            rows: the runs carry their token rows; False: their sentence sums where the collection stores
+                them under this fetcher's rule (`has_sums`; the runs then have no rows), else rows anyway.
 
         Returns:
             One `DocTokens` per run of consecutive wanted segments. Documents gone from the store, or
@@ -355,6 +409,7 @@ class Fetcher:
         Raises:
             StoreError: the store cannot be read.
         """
+        by_sums = not rows and self.has_sums
         wanted: dict[str, list[int]] = {}
         for doc_id, h in headers.items():
             idx = (segments or {}).get(doc_id)
@@ -365,21 +420,12 @@ class Fetcher:
             version = headers[doc_id].version
             for i in idx:
                 hit = self.cache.get((doc_id, version, i))
-                if hit is not None:
-                    have[hit.key] = hit
+                if hit is not None and (hit.vectors is not None or by_sums):
+                    have[hit.key] = self._with_sums(hit) if by_sums else hit
                 else:
                     missing.setdefault(doc_id, []).append(i)
         if missing:
-            versions = {d: headers[d].version for d in missing}
-            whole = {d: i for d, i in missing.items() if len(i) == headers[d].n_segments}
-            some = {d: i for d, i in missing.items() if d not in whole}
-            found = self.store.fetch_segments(versions, some or None)
-            for doc_id, segs in found.items():
-                if len(segs) != len(missing[doc_id]):
-                    continue  # being replaced or deleted right now: its absent segments are skipped below
-                for seg in self._decode(segs):
-                    self.cache.put(seg)
-                    have[seg.key] = seg
+            self._read(headers, missing, by_sums, have)
         complete = [d for d, idx in wanted.items() if all((d, headers[d].version, i) in have for i in idx)]
         layouts = self.layouts({d: headers[d] for d in complete})
         out = []
@@ -387,8 +433,51 @@ class Fetcher:
             version = headers[doc_id].version
             for run in _runs(wanted[doc_id]):
                 parts = [have[(doc_id, version, i)] for i in run]
-                out.append(DocTokens.of_segments(headers[doc_id], parts, layouts[doc_id]))
+                out.append(DocTokens.of_segments(headers[doc_id], parts, layouts[doc_id], by_sums))
         return out
+
+    def _read(
+        self,
+        headers: dict[str, DocHeader],
+        missing: dict[str, list[int]],
+        by_sums: bool,
+        have: dict[SegKey, SegmentTokens],
+    ) -> None:
+        """Read the missing segments into `have` (and the cache): their sums when `by_sums`, and the rows of
+        any segment whose sums are not stored (written without them), else their rows."""
+        versions = {d: headers[d].version for d in missing}
+        whole = {d: i for d, i in missing.items() if len(i) == headers[d].n_segments}
+        some = {d: i for d, i in missing.items() if d not in whole}
+        found = self.store.fetch_segments(versions, some or None, rows=not by_sums)
+        without: dict[str, list[int]] = {}
+        for doc_id, segs in found.items():
+            if len(segs) != len(missing[doc_id]):
+                continue  # being replaced or deleted right now: its absent segments are skipped by `fetch`
+            for seg in self._decode(segs, by_sums):
+                if seg is None:
+                    continue
+                self.cache.put(seg)
+                have[seg.key] = seg
+            without[doc_id] = [s.index for s in segs if (doc_id, s.version, s.index) not in have]
+        without = {d: i for d, i in without.items() if i}
+        if without:
+            self._read(headers, without, False, have)
+            for d, idx in without.items():
+                for i in idx:
+                    key = (d, headers[d].version, i)
+                    if key in have:
+                        have[key] = self._with_sums(have[key])
+
+    def _with_sums(self, seg: SegmentTokens) -> SegmentTokens:
+        """`seg` with its piece sums, summed from its rows when it was read without them."""
+        if seg.sums is None:
+            assert seg.vectors is not None
+            first = sid = np.zeros(0, dtype=np.int64)
+            if len(seg.starts):
+                first, _, sid = sentence_rows(seg.ends_sentence.cpu().numpy())
+            sums = torch.zeros(len(first), seg.vectors.shape[1], device=seg.vectors.device)
+            seg.piece_first, seg.sums = first, sums.index_add_(0, torch.from_numpy(sid).to(sums.device), seg.vectors)
+        return seg
 
     def layouts(self, headers: dict[str, DocHeader]) -> dict[str, Layout | None]:
         """The parsed structure of each document version, through `structures`.
@@ -426,35 +515,47 @@ class Fetcher:
                     self.structures.put((d, v), out[d], read=True)
         return out
 
-    def _decode(self, segs: list[StoredSegment]) -> list[SegmentTokens]:
+    def _decode(self, segs: list[StoredSegment], by_sums: bool = False) -> list[SegmentTokens | None]:
         """Decode one document's fetched segments in one go: their rows are views of one device tensor, so
-        consecutive segments can later be scored as one GEMV (`_merge_contiguous`)."""
-        stored = np.concatenate([s.stored for s in segs]) if len(segs) > 1 else segs[0].stored
-        scales = [s.scales for s in segs if s.scales is not None]
-        t = torch.from_numpy(stored).to(self.device, non_blocking=True)
-        sc = torch.from_numpy(np.concatenate(scales)).to(self.device) if scales else None
-        rows = self.store.codec.decode(t, sc)  # (sum n_i, dim) in the collection's storage layout
-        out, at = [], 0
+        consecutive segments can later be scored as one GEMV (`_merge_contiguous`). Segments read by their
+        sums come with those (None for one stored without them: its rows are to be read); `by_sums` read
+        by their rows get their sums summed from the rows."""
+        rows = None
+        if segs[0].stored is not None:
+            stored = np.concatenate([s.stored for s in segs]) if len(segs) > 1 else segs[0].stored
+            scales = [s.scales for s in segs if s.scales is not None]
+            t = torch.from_numpy(stored).to(self.device, non_blocking=True)
+            sc = torch.from_numpy(np.concatenate(scales)).to(self.device) if scales else None
+            rows = self.store.codec.decode(t, sc)  # (sum n_i, dim) in the collection's storage layout
+        out: list[SegmentTokens | None] = []
+        at = 0
         for s in segs:
             n = len(s.starts)
             # boundaries from the segment's own text: its text runs up to the next segment's first token,
             # so every token's "gap after it" is inside it
             es = token_ends_sentence(s.text, s.starts - s.char_start, self.boundary)
             ends = np.maximum.accumulate(s.ends) if n else s.ends
-            out.append(
-                SegmentTokens(
-                    s.doc_id,
-                    s.version,
-                    s.index,
-                    rows[at : at + n],
-                    s.starts,
-                    ends,
-                    torch.from_numpy(es).to(self.device),
-                    s.char_start,
-                    s.text,
-                )
+            seg = SegmentTokens(
+                s.doc_id,
+                s.version,
+                s.index,
+                None if rows is None else rows[at : at + n],
+                s.starts,
+                ends,
+                torch.from_numpy(es).to(self.device),
+                s.char_start,
+                s.text,
             )
             at += n
+            if rows is None:
+                first = sentence_rows(es)[0] if n else np.zeros(0, dtype=np.int64)
+                if s.sums is None or len(s.sums) != len(first):
+                    out.append(None)  # no sums stored (or cut otherwise): read its rows
+                    continue
+                seg.sums, seg.piece_first = torch.from_numpy(s.sums.copy()).to(self.device), first
+            elif by_sums:
+                self._with_sums(seg)
+            out.append(seg)
         return out
 
 

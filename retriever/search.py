@@ -305,7 +305,7 @@ class Retriever:
             headers = {d: h for d, h in headers.items() if d in segments}
         t2 = time.perf_counter()
         with self._store_lock:
-            docs = self.fetcher.fetch(headers, segments)
+            docs = self.fetcher.fetch(headers, segments, rows=not self.method.scores_from_sentence_sums)
         t3 = time.perf_counter()
         timings = {"recall": (t1 - t0) * 1e3, "rank_segments": (t2 - t1) * 1e3, "fetch": (t3 - t2) * 1e3}
         return docs, timings, best

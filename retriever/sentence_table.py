@@ -3,6 +3,10 @@
 A sentence's pooled in-context vector is the sum of its token vectors; its cosine with a query q is
 (sum of the tokens' r = v.q) / |sum of v|. The numerator is a segment sum of r (cheap per query), the
 denominator is query-independent, so it is computed once per document version and cached.
+
+A run fetched by its sentence sums (`DocTokens.by_sums`) has no rows: a sentence's sum is the sum of
+its pieces (a sentence running across two fetched segments is two pieces), the numerator the sum of
+the pieces' dot products with q (`piece_sid` says whose piece each is).
 """
 
 from __future__ import annotations
@@ -26,6 +30,7 @@ class DocSentences:
     start: torch.Tensor  # (S,)
     end: torch.Tensor  # (S,) inclusive
     norm: torch.Tensor  # (S,) |sum of the sentence's token vectors|
+    piece_sid: torch.Tensor | None = None  # (P,) sentence of each piece, for a run fetched by its sums
 
 
 @dataclass
@@ -38,6 +43,9 @@ class SentenceTable:
     end: torch.Tensor  # (S,) flat token index, inclusive
     norm: torch.Tensor  # (S,)
     length: torch.Tensor  # (S,) tokens
+    # documents fetched by their sentence sums: every piece (P, dim) in order, and its flat sentence (P,)
+    pieces: torch.Tensor | None = None
+    piece_sid: torch.Tensor | None = None
 
     @property
     def n(self) -> int:
@@ -48,6 +56,14 @@ def doc_sentences(doc: DocTokens) -> DocSentences:
     """Split a document at its sentence-ending tokens (the fetcher's boundary rule) with
     `indexer.boundaries.sentence_rows`, the cut ingest's sentence vectors use; the last token always ends one."""
     first, last, sids = sentence_rows(doc.ends_sentence.cpu().numpy())
+    if doc.sums is not None:
+        assert doc.piece_first is not None
+        device = doc.sums.device
+        sid, start, end = (torch.from_numpy(a).to(device) for a in (sids, first, last))
+        # a piece never spans a sentence end: each lies in the sentence of its first row
+        psid = torch.from_numpy(sids[doc.piece_first]).to(device)
+        sums = torch.zeros(len(end), doc.sums.shape[1], device=device).index_add_(0, psid, doc.sums)
+        return DocSentences(sid, start, end, sums.norm(dim=1).clamp(min=1e-12), psid)
     device = doc.vectors.device
     sid, start, end = (torch.from_numpy(a).to(device) for a in (sids, first, last))
     sums = torch.zeros(len(end), doc.vectors.shape[1], device=device).index_add_(0, sid, doc.vectors)
@@ -58,13 +74,13 @@ class SentenceTables:
     """Per-document sentence tables cached by the run of segments scored (DocTokens.key); safe across threads."""
 
     def __init__(self, max_docs: int = 4096) -> None:
-        self._cache: dict[tuple[str, str, int, int], DocSentences] = {}
+        self._cache: dict[tuple[str, str, int, int, bool], DocSentences] = {}
         self._lock = threading.Lock()
         self.max_docs = max_docs
 
     def get(self, doc: DocTokens) -> DocSentences:
         """The sentences of one document run, computed once per run and version."""
-        key = doc.key
+        key = (*doc.key, doc.by_sums)
         with self._lock:
             hit = self._cache.get(key)
         if hit is not None:
@@ -102,7 +118,19 @@ class SentenceTables:
         end = torch.cat([p.end + int(tok_off[i]) for i, p in enumerate(parts)])
         doc = torch.cat([torch.full_like(p.start, doc_idx[i]) for i, p in enumerate(parts)])
         norm = torch.cat([p.norm for p in parts])
-        return SentenceTable(sid, doc, start, end, norm, end - start + 1)
+        table = SentenceTable(sid, doc, start, end, norm, end - start + 1)
+        summed = [d for d in docs if len(d.starts) and d.sums is not None]
+        if summed:
+            if len(summed) != len(parts):
+                raise ValueError("a query's documents were fetched some by their rows, some by their sentence sums")
+            table.pieces = torch.cat([d.sums for d in summed])  # type: ignore[misc]
+            table.piece_sid = torch.cat([_shifted(p.piece_sid, int(sent_off[i])) for i, p in enumerate(parts)])
+        return table
+
+
+def _shifted(t: torch.Tensor | None, by: int) -> torch.Tensor:
+    assert t is not None  # every part of a table by sums has its pieces' sentences
+    return t + by
 
 
 @dataclass

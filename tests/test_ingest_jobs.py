@@ -29,6 +29,7 @@ from indexer.embedders import DelegatingEmbedder, HFTokenEmbedder
 from indexer.ingest import ingest
 from indexer.progress import Progress
 from indexer.store import EdgeBackend, Match, Where, open_store
+from indexer.store.sentence_sums import SUMS_KEY, read_sums
 from retriever.cli import main
 from retriever.search import Retriever
 from retriever.serve.embedder import SerialEmbedder
@@ -496,10 +497,15 @@ def test_long_document_in_parts_stores_what_a_whole_embedding_stores(
         pb = {r.id: r for r in sb.backend.scroll(Where(must=[Match("kind", "segment")]), with_vectors=["pooled"])}
         for r in pa:  # same text, offsets and pooled vector per segment
             other = pb[r.id]
-            # sentence vectors compared above (float16 rows: a last bit may differ with the batch)
-            assert {k: v for k, v in r.payload.items() if k not in ("written_at", "alone")} == {
-                k: v for k, v in other.payload.items() if k not in ("written_at", "alone")
+            # sentence vectors compared above, sentence sums here (float16 rows: a last bit may differ
+            # with the batch, and a sum gathers those bits)
+            loose = ("written_at", "alone", SUMS_KEY)
+            assert {k: v for k, v in r.payload.items() if k not in loose} == {
+                k: v for k, v in other.payload.items() if k not in loose
             }
+            sums_a, sums_b = (read_sums(x.payload, sa.meta.dim, "sentences") for x in (r, other))
+            assert sums_a is not None and sums_b is not None and sums_a.shape == sums_b.shape
+            np.testing.assert_allclose(sums_a, sums_b, atol=2e-2)
             np.testing.assert_allclose(r.vectors["pooled"], other.vectors["pooled"], atol=1e-5)
         ha, hb = (s.backend.scroll(Where(must=[Match("kind", "doc")]), with_vectors=["pooled"])[0] for s in (sa, sb))
         np.testing.assert_allclose(ha.vectors["pooled"], hb.vectors["pooled"], atol=1e-5)

@@ -23,11 +23,13 @@ from indexer.store.backend import Match, NewPoint, PointRecord, PointsBackend, P
 from indexer.store.meta import RECALL_FIELDS, CollectionMeta, DocHeader
 from indexer.store.ranking import candidates, ranking_rows
 from indexer.store.segments import POINT_NAMESPACE, Segment, header_id, segment_id, split_segments
+from indexer.store.sentence_sums import read_sums
+from indexer.store.sentence_sums import segment_payload as sums_payload
 from indexer.store.sentence_vectors import SentenceKey, read_sentence_vectors, segment_payload
 from schemas.errors import StorageFaultError, StoreMismatchError, StoreNotFoundError
 from schemas.layout import StorageLayout
 from schemas.models import EmbeddedDocument, LoadedDocument, SentenceVectors
-from schemas.settings import StoreSettings
+from schemas.settings import Boundary, StoreSettings
 
 KEYWORD_FIELDS = ["kind", "doc_id", "version", "source"]
 # `chunkless delete` compacts an embedded store when the deleted tokens reach this fraction of its
@@ -43,12 +45,13 @@ class StoredSegment:
     doc_id: str
     version: str
     index: int
-    stored: np.ndarray  # (n, columns) float32, or uint8 codes for int8 and binary
+    stored: np.ndarray | None  # (n, columns) float32, or uint8 codes for int8 and binary; None: not read
     scales: np.ndarray | None  # (n,) int8 / binary row scales
     starts: np.ndarray  # (n,) absolute char offsets
     ends: np.ndarray
     char_start: int
     text: str
+    sums: np.ndarray | None = None  # (P, dim) float32 piece sums (indexer.store.sentence_sums), when read
 
 
 @dataclass(frozen=True)
@@ -262,6 +265,10 @@ class TokenStore:
                 payload["scales"] = scales.tolist()
             if sentences is not None:
                 payload |= segment_payload(sentences, s.char_start, s.char_end)
+            if self.meta.sentence_sums is not None:
+                rows = self.codec.decode_numpy(stored, scales)  # as a query decodes them
+                seg_text = payload["text"]
+                payload |= sums_payload(rows, seg_text, s.offsets[:, 0] - s.char_start, self.meta.sentence_sums)
             vectors = {"tokens": stored, "pooled": s.pooled}
             if self.meta.rank_pool:
                 vectors["rank"] = ranking_rows(s.vectors, self.meta.rank_pool)
@@ -516,13 +523,15 @@ class TokenStore:
         return sorted(out, key=lambda x: (-x[2], x[0], x[1]))[:k]
 
     def fetch_segments(
-        self, docs: dict[str, str], indices: dict[str, list[int]] | None = None
+        self, docs: dict[str, str], indices: dict[str, list[int]] | None = None, rows: bool = True
     ) -> dict[str, list[StoredSegment]]:
         """Segments of each doc_id at the given version, in order, with their stored token rows.
 
         Args:
             docs: doc_id -> version.
             indices: restricts a document to those segment indices; documents it leaves out come whole.
+            rows: read the token rows; False: their piece sums instead (`StoredSegment.sums`, None for a
+                segment written without them), and `stored` is None.
 
         Returns:
             doc_id -> its segments sorted by index (documents with none found are absent).
@@ -533,9 +542,11 @@ class TokenStore:
         # documents wanted whole by filter
         ids = [segment_id(d, v, int(i)) for d, v in docs.items() if indices and d in indices for i in indices[d]]
         whole = [_seg_filter(d, v) for d, v in docs.items() if not (indices and d in indices)]
-        recs = self.backend.retrieve(ids, ["tokens"], True)
+        vectors = ["tokens"] if rows else []
+        recs = self.backend.retrieve(ids, vectors, True)
         if whole:
-            recs += self.backend.scroll(Where(should=list(whole)), with_vectors=["tokens"])
+            recs += self.backend.scroll(Where(should=list(whole)), with_vectors=vectors)
+        rule = self.meta.sentence_sums
         out: dict[str, list[StoredSegment]] = defaultdict(list)
         for r in recs:
             p = r.payload
@@ -545,12 +556,13 @@ class TokenStore:
                     doc_id=p["doc_id"],
                     version=p["version"],
                     index=int(p["seg"]),
-                    stored=r.vectors["tokens"],
+                    stored=r.vectors["tokens"] if rows else None,
                     scales=None if scales is None else np.asarray(scales, dtype=np.float32),
                     starts=np.asarray(p["starts"], dtype=np.int64),
                     ends=np.asarray(p["ends"], dtype=np.int64),
                     char_start=int(p["char_start"]),
                     text=p["text"],
+                    sums=None if rows or rule is None else read_sums(p, self.meta.dim, rule),
                 )
             )
         for segs in out.values():
@@ -633,6 +645,7 @@ class TokenStore:
             "storage_layout": self.meta.layout.name,
             "sentence_vectors": self.meta.sentence_vectors,
             "rank_pool": self.meta.rank_pool,
+            "sentence_sums": self.meta.sentence_sums,
             "bytes_on_disk": disk,
             "bytes_per_token": (disk / tokens) if disk is not None and tokens else None,
         }
@@ -777,6 +790,7 @@ def open_or_create_store(
     pooling: str,
     model_backend: str | None = None,
     vector_kind: str | None = None,
+    sentence_rule: Boundary = "sentences",
 ) -> TokenStore:
     """Open the collection for writing, creating it for (model, dim, `store.layout`) if it does not exist.
 
@@ -787,6 +801,8 @@ def open_or_create_store(
         pooling: the embedder's pooling, recorded with the collection.
         model_backend: the embedder's backend, recorded (default "hf-pooled") and checked when given.
         vector_kind: the embedder's vector kind, recorded (default "pooled-hidden") and checked when given.
+        sentence_rule: the sentence-end rule a new collection's sentence sums are cut by
+            (`store.store_sentence_sums`; the `SpanSettings.boundary` its searches will use).
 
     Returns:
         The store, writing segments of `store.segment_tokens` rows.
@@ -833,6 +849,15 @@ def open_or_create_store(
                     "applies when a collection is created: ingest into a new collection (--collection NAME) or "
                     "leave the setting unset"
                 )
+            asked_sums = "store_sentence_sums" in store.model_fields_set
+            if asked_sums and store.store_sentence_sums != (meta.sentence_sums is not None):
+                had = "with" if meta.sentence_sums is not None else "without"
+                raise StoreMismatchError(
+                    f"{where} was created {had} sentence sums, and store_sentence_sums "
+                    f"(CHUNKLESS_STORE_SENTENCE_SUMS)={store.store_sentence_sums} asks otherwise; the setting "
+                    "applies when a collection is created: ingest into a new collection (--collection NAME) or "
+                    "leave the setting unset"
+                )
         except StoreMismatchError:
             backend.close()
             raise
@@ -853,6 +878,10 @@ def open_or_create_store(
         vector_kind=vector_kind or "pooled-hidden",
         sentence_vectors=store.store_sentence_vectors,
         rank_pool=store.rank_pool if layout.is_plain else 0,
+        # only a pooled-hidden model's sentence scores are sums of rows (multivector models take maxima)
+        sentence_sums=sentence_rule
+        if store.store_sentence_sums and (vector_kind or "pooled-hidden") == "pooled-hidden"
+        else None,
     )
     spaces = vector_spaces(dim, layout, meta.rank_pool)
     backend.create(

@@ -8,6 +8,7 @@ from pydantic import BaseModel, ConfigDict, Field, model_validator
 
 from schemas.errors import StoreMismatchError
 from schemas.layout import StorageDtype, StorageLayout
+from schemas.settings import Boundary
 
 if TYPE_CHECKING:
     from indexer.embedders.base import TokenEmbedder
@@ -39,6 +40,8 @@ class CollectionMeta(BaseModel):
     sentence_vectors: bool = False
     # segments carry ranking rows: their token rows mean-pooled by this many (0: none; older collections)
     rank_pool: int = 0
+    # segments carry their sentences' piece sums, cut by this rule (indexer.store.sentence_sums); None: none
+    sentence_sums: Boundary | None = None
 
     @model_validator(mode="before")
     @classmethod

@@ -22,13 +22,16 @@ from __future__ import annotations
 import numpy as np
 
 # segments the int8 stage hands to exact MaxSim per segment wanted (which reads their stored rows, ~1.6 ms
-# per 64 segments of 256 rows), and never fewer than RANK_CANDIDATES_MIN
-RANK_CANDIDATES_PER_SEGMENT = 24
+# per 64 segments of 256 rows, more on a fresh process's first touch of them), and never fewer than
+# RANK_CANDIDATES_MIN. 16 rather than 24: the same results on every squad2-dev and financebench-dev
+# question and the same pdf-manuals-dev metrics (2 of 297 questions' lower spans differ), cold
+# pdf-manuals-dev ratio 3.0 -> 2.8 (docs/speed.md, phase 4)
+RANK_CANDIDATES_PER_SEGMENT = 16
 RANK_CANDIDATES_MIN = 64
 
 
 def candidates(k: int) -> int:
-    """Segments the first stage passes on when `k` are wanted: 192 for pdf-manuals-dev's 8, 96 for 4."""
+    """Segments the first stage passes on when `k` are wanted: 128 for pdf-manuals-dev's 8, 64 for 4."""
     return max(RANK_CANDIDATES_MIN, RANK_CANDIDATES_PER_SEGMENT * k)
 
 

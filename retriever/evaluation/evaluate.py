@@ -60,7 +60,9 @@ def index_benchmark(bench: Benchmark, settings: Settings, embedder: TokenEmbedde
         StoreError: the store cannot be opened or does not match the embedder.
     """
     e = embedder
-    store = open_or_create_store(settings.store, e.name, e.dim, e.pooling, e.backend, e.vector_kind)
+    store = open_or_create_store(
+        settings.store, e.name, e.dim, e.pooling, e.backend, e.vector_kind, settings.spans.boundary
+    )
     try:
         live = {d: h.version for d, h in store.headers().items()}
         todo = [

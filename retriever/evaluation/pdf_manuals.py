@@ -247,7 +247,9 @@ def _all_stored(docs_dir: Path, settings: Settings, store_dir: Path) -> bool:
 def index_documents(docs: list[LoadedDocument], settings: Settings, embedder: TokenEmbedder) -> int:
     """Embed and store the documents not already stored at the same version; returns how many."""
     e = embedder
-    store = open_or_create_store(settings.store, e.name, e.dim, e.pooling, e.backend, e.vector_kind)
+    store = open_or_create_store(
+        settings.store, e.name, e.dim, e.pooling, e.backend, e.vector_kind, settings.spans.boundary
+    )
     try:
         live = {d: h.version for d, h in store.headers().items()}
         todo = [d for d in docs if live.get(d.doc_id) != d.content_hash]

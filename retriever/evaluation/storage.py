@@ -211,7 +211,9 @@ def run_layout(
     )
     tokens = sum(d.n_tokens for d in docs)
     e = embedder
-    store = open_or_create_store(settings.store, e.name, e.dim, e.pooling, e.backend, e.vector_kind)
+    store = open_or_create_store(
+        settings.store, e.name, e.dim, e.pooling, e.backend, e.vector_kind, settings.spans.boundary
+    )
     if layout.needs_fit:  # fit on rows from every document, not just the first one written
         store.fit_codec(np.concatenate([pool_document(d, layout.pool).vectors for d in docs]))
     for d in docs:

@@ -194,6 +194,11 @@ class Scorer:
             QueryError: as in `relevance`.
         """
         if not self.needs_query_tokens:
+            if table.pieces is not None and table.piece_sid is not None:  # fetched by sentence sums: no rows
+                if self.correction is not None:
+                    raise ValueError("a relevance correction needs token rows; fetch with rows=True")
+                rp = table.pieces @ self.query(q)
+                return torch.zeros(table.n, device=rp.device).index_add_(0, table.piece_sid, rp) / table.norm
             r, _ = self.relevance(q, docs)
             rs = torch.zeros(table.n, device=r.device).index_add_(0, table.sid, r)
             return rs / table.norm
@@ -313,6 +318,13 @@ class SpanMethod(ABC, Generic[State]):
             Feature values by name (`retriever.calibration.FEATURES`); {}: no confidence is given.
         """
         return {}
+
+    @property
+    def scores_from_sentence_sums(self) -> bool:
+        """Capability: `score` reads only each sentence's summed token rows (`SentenceTable.pieces`), never
+        the rows, so the Retriever may fetch the segments' sentence sums instead of their rows
+        (`Fetcher.fetch(..., rows=False)`); default False: the rows are fetched."""
+        return False
 
     def clear_caches(self) -> None:
         """Hook: forget what the method caches across queries (a cold start); default: nothing."""

@@ -117,6 +117,12 @@ class SentenceMethod(SpanMethod[SentenceCandidates]):
         self.caches = caches or SentenceCaches(SentenceVectorCache(ctx.settings.rerank_cache))
         self.min_sentence_rows = max(1, math.ceil(ctx.settings.min_sentence_tokens / ctx.pool))
 
+    @property
+    def scores_from_sentence_sums(self) -> bool:
+        """A pooled-hidden model's sentence score is the cosine of the sentence's summed rows; a multivector
+        model's (MaxSim within the sentence) and a relevance correction need every row."""
+        return not self.scorer.needs_query_tokens and self.scorer.correction is None
+
     def score(self, query: QueryDocs, top: int | None) -> SentenceCandidates:
         """Score every sentence of the candidate documents from the token signal only; keep the best few."""
         st = self.settings
