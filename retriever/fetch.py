@@ -442,31 +442,26 @@ class Fetcher:
         missing: dict[str, list[int]],
         by_sums: bool,
         have: dict[SegKey, SegmentTokens],
+        rows: bool = False,
     ) -> None:
-        """Read the missing segments into `have` (and the cache): their sums when `by_sums`, and the rows of
-        any segment whose sums are not stored (written without them), else their rows."""
+        """Read the missing segments into `have` (and the cache): their rows when `rows` or not `by_sums`,
+        else their stored sums, and then the rows of any segment stored without them (summed here)."""
         versions = {d: headers[d].version for d in missing}
         whole = {d: i for d, i in missing.items() if len(i) == headers[d].n_segments}
         some = {d: i for d, i in missing.items() if d not in whole}
-        found = self.store.fetch_segments(versions, some or None, rows=not by_sums)
+        found = self.store.fetch_segments(versions, some or None, rows=rows or not by_sums)
         without: dict[str, list[int]] = {}
         for doc_id, segs in found.items():
             if len(segs) != len(missing[doc_id]):
                 continue  # being replaced or deleted right now: its absent segments are skipped by `fetch`
             for seg in self._decode(segs, by_sums):
-                if seg is None:
-                    continue
-                self.cache.put(seg)
-                have[seg.key] = seg
+                if seg is not None:
+                    self.cache.put(seg)
+                    have[seg.key] = seg
             without[doc_id] = [s.index for s in segs if (doc_id, s.version, s.index) not in have]
         without = {d: i for d, i in without.items() if i}
         if without:
-            self._read(headers, without, False, have)
-            for d, idx in without.items():
-                for i in idx:
-                    key = (d, headers[d].version, i)
-                    if key in have:
-                        have[key] = self._with_sums(have[key])
+            self._read(headers, without, by_sums, have, rows=True)
 
     def _with_sums(self, seg: SegmentTokens) -> SegmentTokens:
         """`seg` with its piece sums, summed from its rows when it was read without them."""

@@ -56,18 +56,17 @@ def doc_sentences(doc: DocTokens) -> DocSentences:
     """Split a document at its sentence-ending tokens (the fetcher's boundary rule) with
     `indexer.boundaries.sentence_rows`, the cut ingest's sentence vectors use; the last token always ends one."""
     first, last, sids = sentence_rows(doc.ends_sentence.cpu().numpy())
+    # what is summed: the rows, each in its sentence, or the pieces, each in the sentence of its first row
+    # (a piece never spans a sentence end)
     if doc.sums is not None:
         assert doc.piece_first is not None
-        device = doc.sums.device
-        sid, start, end = (torch.from_numpy(a).to(device) for a in (sids, first, last))
-        # a piece never spans a sentence end: each lies in the sentence of its first row
-        psid = torch.from_numpy(sids[doc.piece_first]).to(device)
-        sums = torch.zeros(len(end), doc.sums.shape[1], device=device).index_add_(0, psid, doc.sums)
-        return DocSentences(sid, start, end, sums.norm(dim=1).clamp(min=1e-12), psid)
-    device = doc.vectors.device
-    sid, start, end = (torch.from_numpy(a).to(device) for a in (sids, first, last))
-    sums = torch.zeros(len(end), doc.vectors.shape[1], device=device).index_add_(0, sid, doc.vectors)
-    return DocSentences(sid, start, end, sums.norm(dim=1).clamp(min=1e-12))
+        units, unit_sids = doc.sums, sids[doc.piece_first]
+    else:
+        units, unit_sids = doc.vectors, sids
+    device = units.device
+    sid, start, end, usid = (torch.from_numpy(a).to(device) for a in (sids, first, last, unit_sids))
+    sums = torch.zeros(len(end), units.shape[1], device=device).index_add_(0, usid, units)
+    return DocSentences(sid, start, end, sums.norm(dim=1).clamp(min=1e-12), usid if doc.by_sums else None)
 
 
 class SentenceTables:

@@ -19,7 +19,7 @@ from retriever.methods import ThresholdMethod
 from retriever.sentence_table import SentenceTables, doc_sentences
 from schemas.errors import StoreMismatchError
 from schemas.settings import Settings
-from tests.test_sentence_vectors import DOCS, QUERIES, _corpus
+from tests.test_sentence_vectors import DOCS, QUERIES, _corpus, _spans
 
 
 def _settings(tmp_path: Path, name: str, **over: object) -> Settings:
@@ -95,10 +95,6 @@ def test_sums_read_give_the_sentences_and_norms_rows_give(stores: tuple[Settings
             assert len(d.sums) > len(got.start)  # some sentence did cross an edge
     finally:
         store.close()
-
-
-def _spans(r: Retriever) -> list[list[tuple[str, int, int, float]]]:
-    return [[(x.doc_id, x.start, x.end, x.score) for x in r.search(q).spans] for q in QUERIES]
 
 
 @pytest.mark.parametrize("fetch_segments", [0, 2])
