@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+from collections.abc import Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
 
@@ -37,8 +38,13 @@ class TextBuilder:
         page: int = 1,
         level: int | None = None,
         separator: str = BLOCK_SEPARATOR,
+        page_breaks: Sequence[tuple[int, int]] = (),
     ) -> Block | None:
-        """Append one block (whitespace collapsed at its ends); returns it, or None when `text` is blank."""
+        """Append one block (whitespace collapsed at its ends); returns it, or None when `text` is blank.
+
+        `page_breaks`: (offset into `text`, page) where a later page starts inside the block (a paragraph
+        that runs on over a page break); the block's `page` is the page it starts on.
+        """
         body = text.strip()
         if not body:
             return None
@@ -48,6 +54,10 @@ class TextBuilder:
         while len(self.page_starts) < page:  # pages with no text start where the next text does
             self.page_starts.append(self.pos)
         start = self.pos
+        lead = len(text) - len(text.lstrip())
+        for offset, later in page_breaks:
+            while len(self.page_starts) < later:
+                self.page_starts.append(start + min(max(offset - lead, 0), len(body)))
         self.parts.append(body)
         self.pos += len(body)
         block = Block(

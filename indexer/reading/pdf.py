@@ -42,11 +42,17 @@ from schemas.structure import BlockKind
 
 BAND = 0.09  # top/bottom share of the page height where running headers and footers live
 MIN_REPEAT_PAGES = 3
+EDGE_GAP = 1.5  # body font sizes between the text and a header / footer printed inside the text area
+_ENDS_SENTENCE = re.compile(r"[.?!:;\"”’)\]]\s*$")
 HEADING_MAX_WORDS = 24
 BOLD = 16  # pymupdf span flag bits
 MONO = 8
 
 _DOT_LEADER = re.compile(r"(?:\.\s?){4,}|…{2,}|(?:\s\.){3,}")
+# an amount, not a page number: currency, percent, thousands separator, decimals, a negative in
+# parentheses, or two numbers in a row (a table's columns)
+_AMOUNT = re.compile(r"[$€£¥%]|\d,\d{3}\b|\d\.\d|\(\s*\d|\d\s+\(?\d")
+PAGE_SLACK = 20  # printed page numbers may run ahead of the physical page count (front matter unnumbered)
 _ENDS_IN_PAGE = re.compile(r"\s(?:\d{1,4}|[ivxlcdm]{1,7})(?:,\s*\d{1,4})*\s*$", re.IGNORECASE)
 _PAGE_NUMBER = re.compile(r"^\s*(?:page\s+)?(?:\d{1,4}|[ivxlcdm]{1,7})(?:\s*(?:/|of)\s*\d{1,4})?\s*$", re.IGNORECASE)
 _BULLET = re.compile(r"^\s*(?:[•◦▪▫●○■□‣⁃∙·\-–—*]|\(?\d{1,3}[.)]|\(?[a-z][.)])\s+\S")
@@ -296,10 +302,52 @@ def _mark_running(pages: list[list[Line]], heights: list[float]) -> None:
             ln.kind = "header" if band == "top" else "footer"
 
 
-def _mark_toc(lines: list[Line]) -> None:
+def _mark_edges(pages: list[list[Line]], body: float) -> None:
+    """Header/footer printed inside the text area, above the bottom band (filings printed from HTML put
+    the page number at 70-77% of the page height). A page's lowest (topmost) text line is one when it is a
+    page number that runs with the page index (the same printed offset on MIN_REPEAT_PAGES+ pages), or
+    when it is set apart from the text by more than a paragraph gap and its text, digits ignored, is the
+    lowest (topmost) line of MIN_REPEAT_PAGES+ pages. Left as text, a page number lands inside every
+    paragraph that runs on over the page break."""
+    edges: list[tuple[Line, str, bool]] = []
+    texts: Counter[tuple[str, str]] = Counter()
+    offsets: Counter[tuple[str, int]] = Counter()
+    for lines in pages:
+        text = sorted((ln for ln in lines if ln.kind not in ("table_row", "header", "footer")), key=lambda ln: ln.y0)
+        if len(text) < 2:
+            continue
+        for edge, ln, gap in (
+            ("bottom", text[-1], text[-1].y0 - max(x.y1 for x in text[:-1])),
+            ("top", text[0], min(x.y0 for x in text[1:]) - text[0].y1),
+        ):
+            apart = gap > EDGE_GAP * body
+            edges.append((ln, edge, apart))
+            if apart:
+                texts[(edge, re.sub(r"\d+", "#", ln.text.lower()))] += 1
+            if ln.text.strip().isdigit():
+                offsets[(edge, int(ln.text) - ln.page)] += 1
+    for ln, edge, apart in edges:
+        numbered = ln.text.strip().isdigit() and offsets[(edge, int(ln.text) - ln.page)] >= MIN_REPEAT_PAGES
+        repeated = apart and texts[(edge, re.sub(r"\d+", "#", ln.text.lower()))] >= MIN_REPEAT_PAGES
+        if numbered or repeated:
+            ln.kind = "header" if edge == "top" else "footer"
+
+
+def _page_reference(text: str, n_pages: int) -> bool:
+    """Whether a line ends in page references ("Troubleshooting 12", "widget, 3, 17"), not in amounts: a
+    financial statement's rows ("Depreciation and amortization 1,488 1,544") end in numbers too, and a
+    statement page taken for a TOC page is never answered from."""
+    m = _ENDS_IN_PAGE.search(text)
+    if m is None or _AMOUNT.search(text):
+        return False
+    numbers = re.findall(r"\d+", m.group(0))
+    return all(int(n) <= n_pages + PAGE_SLACK for n in numbers)
+
+
+def _mark_toc(lines: list[Line], n_pages: int) -> None:
     """TOC and index entries: dot leaders anywhere; every line of a page mostly made of page references."""
     body = [ln for ln in lines if ln.kind not in ("header", "footer", "table_row")]  # a row's numbers are data
-    refs = sum(1 for ln in body if _DOT_LEADER.search(ln.text) or _ENDS_IN_PAGE.search(ln.text))
+    refs = sum(1 for ln in body if _DOT_LEADER.search(ln.text) or _page_reference(ln.text, n_pages))
     toc_page = len(body) >= 5 and refs >= 0.5 * len(body)
     for ln in body:
         if toc_page or _DOT_LEADER.search(ln.text):
@@ -422,6 +470,48 @@ def _blocks(lines: list[Line], gap_limit: float) -> list[tuple[BlockKind, str, i
     return out
 
 
+@dataclass
+class PageBlock:
+    """One block as read from its page; `breaks`: (offset into text, page) where a later page starts in it."""
+
+    kind: BlockKind
+    text: str
+    page: int
+    level: int | None
+    breaks: list[tuple[int, int]] = field(default_factory=list)
+
+
+FURNITURE: frozenset[str] = frozenset({"header", "footer", "footnote", "toc"})
+
+
+def _run_on(blocks: list[PageBlock]) -> list[PageBlock]:
+    """Join a paragraph that runs on over a page break: the last text block of a page does not end a
+    sentence and the next page's first text block is a paragraph starting in lower case. Without this,
+    every such sentence is two "sentences" cut at the break, and a span stops mid-sentence. The page's
+    header, footer and footnotes then follow the joined paragraph."""
+    out: list[PageBlock] = []
+    last: PageBlock | None = None  # the last block that is text, not furniture
+    for b in blocks:
+        if b.kind in FURNITURE:
+            out.append(b)
+            continue
+        if (
+            last is not None
+            and b.kind == "paragraph"
+            and last.kind in ("paragraph", "list_item")
+            and b.page == (last.breaks[-1][1] if last.breaks else last.page) + 1
+            and b.text[:1].islower()
+            and not _ENDS_SENTENCE.search(last.text)
+        ):
+            joined = _join(last.text, b.text)
+            last.breaks.append((len(joined) - len(b.text), b.page))
+            last.text = joined
+            continue
+        out.append(b)
+        last = b
+    return out
+
+
 def read_pdf(path: Path) -> Reading:
     """Reading text, page starts, title and structure of a PDF; raises InputError."""
     import pymupdf
@@ -463,13 +553,16 @@ def read_pdf(path: Path) -> Reading:
     gaps = [b.y0 - a.y1 for p in text_lines for a, b in itertools.pairwise(p) if 0 <= b.y0 - a.y1 < 3 * body]
     line_gap = statistics.median(gaps) if gaps else body * 0.3
     gap_limit = line_gap + 0.45 * body
-    builder = TextBuilder()
+    _mark_edges(pages, body)
+    blocks: list[PageBlock] = []
     for lines, h in zip(pages, heights, strict=True):
-        _mark_toc(lines)
+        _mark_toc(lines, len(pages))
         _mark_headings(lines, outline, body)
         _mark_labelled(lines, max((lv for es in outline.values() for lv, _ in es), default=2) + 1, gap_limit)
         _mark_rest(lines, body, h)
-        for kind, text, level, members in _blocks(lines, gap_limit):
-            builder.add(kind, text, page=members[0].page + 1, level=level)
+        blocks.extend(PageBlock(k, t, members[0].page + 1, lv) for k, t, lv, members in _blocks(lines, gap_limit))
+    builder = TextBuilder()
+    for b in _run_on(blocks):
+        builder.add(b.kind, b.text, page=b.page, level=b.level, page_breaks=b.breaks)
     has_labels = any(labels) and labels != [str(i + 1) for i in range(len(labels))]
     return builder.finish(path, meta_title or path.stem, n_pages=len(pages), page_labels=labels if has_labels else None)
