@@ -1,7 +1,8 @@
 """The PDF reader across page breaks, on a real PDF through the real loader: a page number printed inside
 the text area (as filings printed from HTML put it, at ~75% of the page height) is a footer, not text; a
 paragraph that runs on over the page break is one paragraph, so its sentence is never cut at the break;
-and a financial statement page, whose rows end in numbers, is not taken for a table of contents."""
+and a financial statement page, whose rows end in numbers, is not taken for a table of contents, and
+each of its rows is a sentence of its own."""
 
 from __future__ import annotations
 
@@ -100,8 +101,10 @@ def test_a_statement_page_is_text_and_a_table_of_contents_stays_one(filing: Path
     on_statement = [b for b in d.structure.blocks if b.page == 5 and b.kind not in ("header", "footer")]
     assert on_statement and all(b.kind != "toc" for b in on_statement)
     text = " ".join(d.text[b.start : b.end] for b in on_statement)
+    sentences = set(sentence_ranges(d.text))
     for row in STATEMENT[2:]:
         assert row in text, "amounts are answerable text"
+        assert _range(d.text, row) in sentences, "each row of the unruled table is a sentence of its own"
 
 
 def _range(text: str, piece: str) -> tuple[int, int]:

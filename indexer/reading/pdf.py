@@ -52,6 +52,10 @@ _DOT_LEADER = re.compile(r"(?:\.\s?){4,}|…{2,}|(?:\s\.){3,}")
 # an amount, not a page number: currency, percent, thousands separator, decimals, a negative in
 # parentheses, or two numbers in a row (a table's columns)
 _AMOUNT = re.compile(r"[$€£¥%]|\d,\d{3}\b|\d\.\d|\(\s*\d|\d\s+\(?\d")
+# a printed line that ends in two amounts / numbers in a row (a "—" may stand for zero): a table's row
+# ("8.4, 7.5" in prose: a number followed by a comma is a list's, not a column's)
+_NUM = r"[$€£]?\s?\(?-?\d(?:[\d,.]*\d)?\)?%?"
+_ROW_END = re.compile(rf"(?<![\w.,])(?:{_NUM}|[—–])\s+{_NUM}\s*$")
 PAGE_SLACK = 20  # printed page numbers may run ahead of the physical page count (front matter unnumbered)
 _ENDS_IN_PAGE = re.compile(r"\s(?:\d{1,4}|[ivxlcdm]{1,7})(?:,\s*\d{1,4})*\s*$", re.IGNORECASE)
 _PAGE_NUMBER = re.compile(r"^\s*(?:page\s+)?(?:\d{1,4}|[ivxlcdm]{1,7})(?:\s*(?:/|of)\s*\d{1,4})?\s*$", re.IGNORECASE)
@@ -463,7 +467,11 @@ def _blocks(lines: list[Line], gap_limit: float) -> list[tuple[BlockKind, str, i
         )
         if cont:
             k, text, level, members = out[-1]
-            out[-1] = (k, _join(text, ln.text), level, [*members, ln])
+            # a statement's row ("Depreciation and amortization 1,488 1,544 1,474") ends its line: one
+            # sentence per row, not one "sentence" of the whole unruled table
+            row = k == "paragraph" and _ROW_END.search(members[-1].text) is not None
+            joined = text + "\n" + ln.text if row else _join(text, ln.text)
+            out[-1] = (k, joined, level, [*members, ln])
         else:
             out.append((kind, ln.text, ln.level, [ln]))
         prev = ln
