@@ -313,6 +313,9 @@ def fit_calibration(
     span = ("score", "margin", "lexical", "coverage", "idf_coverage", "missing")
     names_tried: list[tuple[str, ...]] = [
         ("reader",),
+        ("reader_max",),
+        ("reader_max", "score"),
+        ("reader", "reader_max", "score"),
         ("reader", "reader_margin"),
         FEATURES,
         (*FEATURES, "score", "missing", "idf_coverage"),
@@ -329,7 +332,9 @@ def fit_calibration(
         print(
             f"features {names}: held-out AUC answerable vs unanswerable {auc_unans:.3f}, top span answers {auc_ans:.3f}"
         )
-        if auc_unans is not None and (best is None or auc_unans > best[0] + 0.002):
+        # a richer set must beat a simpler one by more than noise (AUC's standard error at ~1,400 held-out
+        # questions is about .014; .01 is asked)
+        if auc_unans is not None and (best is None or auc_unans > best[0] + 0.01):
             best = (auc_unans, names)
     assert best is not None
     cal_half = fit([rows[i] for i in np.flatnonzero(h == 0)], y[h == 0].tolist(), best[1])

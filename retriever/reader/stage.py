@@ -232,6 +232,8 @@ class Reader:
         return {
             "reader": top.extra["logit"],
             "reader_margin": top.extra["logit"] - second,
+            # the best logit of any unit read: "is the answer anywhere here", whichever unit ranks first
+            "reader_max": float(max(u.extra["logit"] for u in us)),
             "source": top.source,
             "reader_max_source": float(np.max([u.source for u in us])),
         }
