@@ -51,12 +51,23 @@ class DocIdCollisionError(InputError):
         )
 
 
+# A stored document is what its reader made of the file, so its version covers the reader too: a
+# format's revision is bumped when its reader's text or structure changes, and the next ingest reads
+# those files again instead of keeping the old reading as "unchanged". PDF 2: page numbers inside the
+# text area, paragraphs run on over page breaks, statement pages and rows (issue 20).
+READER_REVISIONS: dict[str, int] = {".pdf": 2}
+
+
 def file_hash(path: Path) -> str:
-    """sha256 of the file's bytes: the unit of change detection."""
+    """The document version of a file, the unit of change detection: sha256 of its bytes, and of its
+    reader's revision when it has one (`READER_REVISIONS`)."""
     h = hashlib.sha256()
     with path.open("rb") as f:
         for block in iter(lambda: f.read(1 << 20), b""):
             h.update(block)
+    revision = READER_REVISIONS.get(path.suffix.lower())
+    if revision is not None:
+        h.update(f"\0reader revision {revision}".encode())
     return h.hexdigest()
 
 

@@ -22,6 +22,7 @@ import pymupdf
 import pytest
 import torch
 
+import indexer.admit
 import indexer.ingest
 import indexer.long_documents as long_documents
 from indexer.admit import file_hash
@@ -389,6 +390,28 @@ def test_doc_id_taken_by_another_file_is_refused_naming_both(tmp_path: Path, min
     # other files of the run go on: the folder's other file is stored under its own id
     report = ingest([corpus], s, embedder=minilm, id_from=tmp_path)
     assert report.documents == 2 and report.failures == []
+
+
+def test_a_pdf_read_by_an_older_reader_revision_is_read_again(
+    tmp_path: Path, minilm: HFTokenEmbedder, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """A document is what its reader made of the file: when the PDF reader changes, "unchanged" bytes
+    must not keep the old reading; text files, whose reader did not change, stay unchanged."""
+    corpus = make_corpus(tmp_path, 2)
+    pdf = pymupdf.open()
+    pdf.new_page().insert_text((72, 100), "The widget ships in one box with a power cable.", fontsize=11)
+    pdf.save(corpus / "manual.pdf")
+    s = Settings(store_path=tmp_path / "store", device="cpu")
+    monkeypatch.setitem(indexer.admit.READER_REVISIONS, ".pdf", 1)
+    assert ingest([corpus], s, embedder=minilm).documents == 3
+    assert ingest([corpus], s, embedder=minilm).skipped_unchanged == 3
+
+    monkeypatch.setitem(indexer.admit.READER_REVISIONS, ".pdf", 2)
+    again = ingest([corpus], s, embedder=minilm)
+    assert (again.documents, again.replaced, again.skipped_unchanged) == (1, 1, 2)
+    store = open_store(s.store)
+    assert store.headers()[doc_id(corpus / "manual.pdf")].version == file_hash(corpus / "manual.pdf")
+    store.close()
 
 
 def test_file_stored_under_an_older_id_is_replaced_not_duplicated(tmp_path: Path, minilm: HFTokenEmbedder) -> None:
