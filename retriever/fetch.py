@@ -82,6 +82,18 @@ class Layout:
         inside = (i >= 0) & (chars < self.ends[np.maximum(i, 0)])
         return np.where(inside, i, -1)
 
+    def table_header(self, pos: int) -> tuple[int, int] | None:
+        """The header row (the table's first row) of the table row holding character `pos`; None when
+        `pos` is in no table row or in the header row itself."""
+        blocks = self.structure.blocks
+        touched = self.overlapping(pos, pos + 1)
+        if not touched or blocks[touched[0]].kind != "table_row":
+            return None
+        i = first = touched[0]
+        while first > 0 and blocks[first - 1].kind == "table_row":
+            first -= 1
+        return (blocks[first].start, blocks[first].end) if first < i else None
+
     def overlapping(self, c0: int, c1: int) -> range:
         """Indices of the blocks that characters [c0, c1) touch, in order."""
         first = int(np.searchsorted(self.ends, c0, side="right"))  # the first block ending after c0

@@ -174,8 +174,17 @@ def test_reader_off_is_the_span_method_alone(manual_settings: Settings, minilm) 
     q = "What are the additional arguments of the hypergeometric distribution?"
     with Retriever(manual_settings.updated(reader_model="none"), embedder=minilm) as r:
         assert r.reader is None
-        resp = r.search(q, top=3)
-    assert "read" not in resp.timings_ms and all(sp.lead is None for sp in resp.spans)
+        resp = r.search(q, top=5)
+    assert "read" not in resp.timings_ms
+    # the span method's table rows come with their header row too; other spans lead with nothing
+    header = "Distribution; R name; Additional arguments"
+    rows = [sp for sp in resp.spans if sp.text.count(";") == 2 and sp.text != header]
+    assert rows, [sp.text for sp in resp.spans]
+    for sp in resp.spans:
+        if sp in rows:
+            assert sp.lead is not None and sp.lead.text == header
+        else:
+            assert sp.lead is None, sp.text
 
 
 def test_confidence_abstention_in_json_and_terminal(manual_settings: Settings, minilm) -> None:

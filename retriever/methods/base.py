@@ -41,7 +41,7 @@ from retriever.relevance import (
 from retriever.sentence_table import SentenceTable
 from retriever.spans import TokenSpans, smooth
 from schemas.errors import QueryError
-from schemas.models import SpanResult
+from schemas.models import SpanLead, SpanResult
 from schemas.settings import SpanSettings
 
 # (r (N,), q (dim,) on r's device, the query's documents) -> corrected r (N,), same device and length;
@@ -402,10 +402,16 @@ def span_result(d: DocTokens, start: int, end: int, score: float, text: str | No
         text: the span's text when it reaches past the fetched run; None: sliced from `d`.
 
     Returns:
-        The `SpanResult`, with its section path and printed page labels when the document has a structure.
+        The `SpanResult`, with its section path and printed page labels when the document has a structure,
+        and a table row's header row as its `lead` when that lies in the fetched run.
     """
     layout = d.layout
     pages = pages_of(d.header.page_starts, start, end)
+    lead = None
+    head = layout.table_header(start) if layout is not None else None
+    if head is not None and d.char_base <= head[0] and head[1] <= d.char_base + len(d.text):
+        # a row without its header row says nothing of what its cells are
+        lead = SpanLead(start=head[0], end=head[1], text=d.chars(*head))
     return SpanResult(
         doc_id=d.doc_id,
         source=d.header.source,
@@ -416,4 +422,5 @@ def span_result(d: DocTokens, start: int, end: int, score: float, text: str | No
         pages=pages,
         page_labels=layout.structure.labels_of(pages) if layout is not None else None,
         section=layout.structure.section_path(start) if layout is not None else None,
+        lead=lead,
     )
