@@ -82,17 +82,27 @@ class Layout:
         inside = (i >= 0) & (chars < self.ends[np.maximum(i, 0)])
         return np.where(inside, i, -1)
 
+    def run_of_kind(self, i: int) -> tuple[int, int]:
+        """First and last block index of the run of consecutive blocks of block i's kind (a table's rows,
+        a list's items)."""
+        blocks = self.structure.blocks
+        kind = blocks[i].kind
+        first, last = i, i
+        while first > 0 and blocks[first - 1].kind == kind:
+            first -= 1
+        while last + 1 < len(blocks) and blocks[last + 1].kind == kind:
+            last += 1
+        return first, last
+
     def table_header(self, pos: int) -> tuple[int, int] | None:
         """The header row (the table's first row) of the table row holding character `pos`; None when
         `pos` is in no table row or in the header row itself."""
-        blocks = self.structure.blocks
         touched = self.overlapping(pos, pos + 1)
-        if not touched or blocks[touched[0]].kind != "table_row":
+        if not touched or self.structure.blocks[touched[0]].kind != "table_row":
             return None
-        i = first = touched[0]
-        while first > 0 and blocks[first - 1].kind == "table_row":
-            first -= 1
-        return (blocks[first].start, blocks[first].end) if first < i else None
+        first, _ = self.run_of_kind(touched[0])
+        head = self.structure.blocks[first]
+        return (head.start, head.end) if first < touched[0] else None
 
     def overlapping(self, c0: int, c1: int) -> range:
         """Indices of the blocks that characters [c0, c1) touch, in order."""

@@ -38,7 +38,7 @@ from pathlib import Path
 
 from indexer.reading.base import Reading, TextBuilder
 from schemas.errors import InputError
-from schemas.structure import BlockKind
+from schemas.structure import NON_ANSWER_KINDS, BlockKind
 
 BAND = 0.09  # top/bottom share of the page height where running headers and footers live
 MIN_REPEAT_PAGES = 3
@@ -281,6 +281,11 @@ def _body_size(lines: list[Line]) -> float:
     return sizes.most_common(1)[0][0] if sizes else 10.0
 
 
+def _shape(text: str) -> str:
+    """A line as running headers repeat it: lower case, digits ignored ("page 7" and "page 8" match)."""
+    return re.sub(r"\d+", "#", text.lower())
+
+
 def _mark_running(pages: list[list[Line]], heights: list[float]) -> None:
     """Header/footer: lines in the top/bottom band whose position or text repeats across pages."""
     n = len(pages)
@@ -295,13 +300,13 @@ def _mark_running(pages: list[list[Line]], heights: list[float]) -> None:
                 continue
             banded.append((ln, band))
             seen_y.add((band, round(ln.y0 / 2)))
-            seen_t.add((band, re.sub(r"\d+", "#", ln.text.lower())))
+            seen_t.add((band, _shape(ln.text)))
         ys.update(seen_y)
         texts.update(seen_t)
     need = max(MIN_REPEAT_PAGES, int(0.3 * n))
     for ln, band in banded:
         same_y = ys[(band, round(ln.y0 / 2))] >= need
-        same_t = texts[(band, re.sub(r"\d+", "#", ln.text.lower()))] >= MIN_REPEAT_PAGES
+        same_t = texts[(band, _shape(ln.text))] >= MIN_REPEAT_PAGES
         if same_y or same_t or _PAGE_NUMBER.match(ln.text):
             ln.kind = "header" if band == "top" else "footer"
 
@@ -313,9 +318,9 @@ def _mark_edges(pages: list[list[Line]], body: float) -> None:
     when it is set apart from the text by more than a paragraph gap and its text, digits ignored, is the
     lowest (topmost) line of MIN_REPEAT_PAGES+ pages. Left as text, a page number lands inside every
     paragraph that runs on over the page break."""
-    edges: list[tuple[Line, str, bool]] = []
-    texts: Counter[tuple[str, str]] = Counter()
-    offsets: Counter[tuple[str, int]] = Counter()
+    # (line, edge, its shape when set apart, its printed offset from the page index when a number)
+    edges: list[tuple[Line, str, str | None, int | None]] = []
+    counts: Counter[tuple[str, str | int]] = Counter()
     for lines in pages:
         text = sorted((ln for ln in lines if ln.kind not in ("table_row", "header", "footer")), key=lambda ln: ln.y0)
         if len(text) < 2:
@@ -324,16 +329,12 @@ def _mark_edges(pages: list[list[Line]], body: float) -> None:
             ("bottom", text[-1], text[-1].y0 - max(x.y1 for x in text[:-1])),
             ("top", text[0], min(x.y0 for x in text[1:]) - text[0].y1),
         ):
-            apart = gap > EDGE_GAP * body
-            edges.append((ln, edge, apart))
-            if apart:
-                texts[(edge, re.sub(r"\d+", "#", ln.text.lower()))] += 1
-            if ln.text.strip().isdigit():
-                offsets[(edge, int(ln.text) - ln.page)] += 1
-    for ln, edge, apart in edges:
-        numbered = ln.text.strip().isdigit() and offsets[(edge, int(ln.text) - ln.page)] >= MIN_REPEAT_PAGES
-        repeated = apart and texts[(edge, re.sub(r"\d+", "#", ln.text.lower()))] >= MIN_REPEAT_PAGES
-        if numbered or repeated:
+            shape = _shape(ln.text) if gap > EDGE_GAP * body else None
+            offset = int(ln.text) - ln.page if ln.text.strip().isdigit() else None
+            edges.append((ln, edge, shape, offset))
+            counts.update((edge, k) for k in (shape, offset) if k is not None)
+    for ln, edge, shape, offset in edges:
+        if any(k is not None and counts[(edge, k)] >= MIN_REPEAT_PAGES for k in (shape, offset)):
             ln.kind = "header" if edge == "top" else "footer"
 
 
@@ -488,8 +489,13 @@ class PageBlock:
     level: int | None
     breaks: list[tuple[int, int]] = field(default_factory=list)
 
+    @property
+    def last_page(self) -> int:
+        """The page the block ends on."""
+        return self.breaks[-1][1] if self.breaks else self.page
 
-FURNITURE: frozenset[str] = frozenset({"header", "footer", "footnote", "toc"})
+
+FURNITURE: frozenset[str] = NON_ANSWER_KINDS | {"footnote"}  # what a paragraph runs on over
 
 
 def _run_on(blocks: list[PageBlock]) -> list[PageBlock]:
@@ -507,7 +513,7 @@ def _run_on(blocks: list[PageBlock]) -> list[PageBlock]:
             last is not None
             and b.kind == "paragraph"
             and last.kind in ("paragraph", "list_item")
-            and b.page == (last.breaks[-1][1] if last.breaks else last.page) + 1
+            and b.page == last.last_page + 1
             and b.text[:1].islower()
             and not _ENDS_SENTENCE.search(last.text)
         ):

@@ -207,9 +207,7 @@ class UnitBuilder:
         nxt = body[-1] + 1  # a lead-in: the table or list right after it offers its rows / items
         if nxt < len(blocks) and blocks[nxt].kind in ("table_row", "list_item") and out[0].end >= blocks[body[-1]].end:
             kind = blocks[nxt].kind
-            last = nxt
-            while last + 1 < len(blocks) and blocks[last + 1].kind == kind:
-                last += 1
+            _, last = layout.run_of_kind(nxt)
             for k in range(nxt, min(last, nxt + MAX_ROWS - 1) + 1):
                 sub = (self._rows if kind == "table_row" else self._items)(doc, layout, k, k, source, rank, title)
                 out += sub[:1]
@@ -256,21 +254,11 @@ class UnitBuilder:
             context=title or "",
         )
 
-    def _table(self, layout: Layout, i: int, kind: str) -> tuple[int, int]:
-        """First and last block index of the run of `kind` blocks holding block i."""
-        blocks = layout.structure.blocks
-        first, last = i, i
-        while first > 0 and blocks[first - 1].kind == kind:
-            first -= 1
-        while last + 1 < len(blocks) and blocks[last + 1].kind == kind:
-            last += 1
-        return first, last
-
     def _rows(
         self, doc: int, layout: Layout, i: int, j: int, source: float, rank: int, title: str | None
     ) -> list[Unit]:
         blocks = layout.structure.blocks
-        first, last = self._table(layout, i, "table_row")
+        first, last = layout.run_of_kind(i)
         head = None
         if first < i:  # the header row is read with the rows (it names the columns)
             h = self.texts[doc].get(blocks[first].start, blocks[first].end)
@@ -282,7 +270,7 @@ class UnitBuilder:
         self, doc: int, layout: Layout, i: int, j: int, source: float, rank: int, title: str | None
     ) -> list[Unit]:
         blocks = layout.structure.blocks
-        first, last = self._table(layout, i, "list_item")
+        first, last = layout.run_of_kind(i)
         lead = None
         if first > 0 and blocks[first - 1].kind == "paragraph":  # the lead-in: the paragraph's last sentence
             p = blocks[first - 1]
